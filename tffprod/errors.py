@@ -1,0 +1,62 @@
+"""The tffprod exception tree.
+
+Every error a user can cause or meet is one of these; the CLI maps them to
+messages and exit codes in exactly one place (``tffprod.cli.errors``).
+
+    TffprodError
+    ├── SpecError            a session spec is malformed (unknown key, wrong type, missing field)
+    ├── TaskLoadError        a ``module:attribute`` task path does not import or is not a Task
+    ├── NotFoundError        an unknown dataset, session, site or model version
+    ├── DatasetError         a data file is missing, corrupt, or does not match its schema
+    │   └── SchemaMismatchError  a dataset's schema does not match the task's
+    ├── RegistryError        the registry file cannot be opened or written
+    └── SessionError         training failed after the session was recorded
+"""
+
+from __future__ import annotations
+
+
+class TffprodError(Exception):
+    """Base class of every error tffprod raises on purpose."""
+
+    exit_code = 1
+
+
+class SpecError(TffprodError):
+    """A session spec is malformed."""
+
+    exit_code = 2
+
+
+class TaskLoadError(TffprodError):
+    """A task path does not name an importable ``tffprod.Task``."""
+
+    exit_code = 2
+
+
+class NotFoundError(TffprodError):
+    """Something named by the user is not in the registry."""
+
+    exit_code = 3
+
+
+class DatasetError(TffprodError):
+    """A data file is missing, unreadable, corrupt, or off its schema."""
+
+    exit_code = 4
+
+
+class SchemaMismatchError(DatasetError):
+    """A dataset's schema does not match what the task consumes."""
+
+
+class RegistryError(TffprodError):
+    """The registry cannot be opened, migrated or written."""
+
+    exit_code = 5
+
+
+class SessionError(TffprodError):
+    """A recorded session failed while running."""
+
+    exit_code = 6
