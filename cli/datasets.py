@@ -1,0 +1,91 @@
+"""``tffprod dataset``: register and inspect site datasets."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from tffprod.cli.errors import user_errors
+from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, table
+
+
+@click.group()
+def dataset() -> None:
+    """Register and inspect datasets held at sites."""
+
+
+@dataset.command("register")
+@click.argument("ref")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--schema", "schema_file", type=click.Path(dir_okay=False), help="Schema as a JSON file.")
+@click.option("--task", "task_path", help="Take the schema from this task (module:attr).")
+@click.option("--format", "fmt", type=click.Choice(["tfrecord", "csv"]), help="File format (default: by suffix).")
+@registry_option
+@output_options
+def register(ref: str, path: str, schema_file: Optional[str], task_path: Optional[str], fmt: Optional[str],
+             registry_path: str, as_json: bool) -> None:
+    """Validate the file at PATH against a schema and record it as REF (SITE/NAME).
+
+    \b
+    Example:
+        tffprod dataset register hospital-a/train data/hospital-a/train.tfrecord \\
+            --task tffprod.examples.digits:task
+    """
+    from tffprod.datasets import load_schema_file, register_dataset
+    from tffprod.task import load_task
+
+    with user_errors():
+        if bool(schema_file) == bool(task_path):
+            raise click.UsageError("give exactly one of --schema FILE or --task MODULE:ATTR")
+        schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
+        with open_registry(registry_path) as registry:
+            row = register_dataset(registry, ref, path, schema=schema, fmt=fmt)
+    if as_json:
+        emit_json(row)
+    else:
+        click.echo(f"registered {row['ref']}: {row['num_examples']} examples ({row['format']}, {row['content_hash'][:19]}...)")
+
+
+@dataset.command("list")
+@click.option("--site", help="Only this site's datasets.")
+@registry_option
+@output_options
+def list_(site: Optional[str], registry_path: str, as_json: bool) -> None:
+    """List the latest version of every dataset.
+
+    \b
+    Example:
+        tffprod dataset list --json
+    """
+    with user_errors(), open_registry(registry_path) as registry:
+        rows = registry.list_datasets(site=site)
+    if as_json:
+        emit_json(rows)
+    else:
+        table(rows, ["ref", "format", "num_examples", "registered_at"])
+
+
+@dataset.command("show")
+@click.argument("ref")
+@registry_option
+@output_options
+def show(ref: str, registry_path: str, as_json: bool) -> None:
+    """Show one dataset (REF is SITE/NAME or SITE/NAME:VERSION).
+
+    \b
+    Example:
+        tffprod dataset show hospital-a/train
+    """
+    with user_errors(), open_registry(registry_path) as registry:
+        row = registry.get_dataset(ref)
+    if as_json:
+        emit_json(row)
+        return
+    for key in ("ref", "path", "format", "num_examples", "content_hash", "registered_at"):
+        click.echo(f"{key:13} {row[key]}")
+    click.echo("schema")
+    for f in row["schema"]["features"]:
+        click.echo(f"  feature   {f['name']}: {f['dtype']}{f['shape']}")
+    label = row["schema"]["label"]
+    click.echo(f"  label     {label['name']}: {label['dtype']}{label['shape']}")

@@ -1,0 +1,133 @@
+"""The registry schema, as ``sqlite_utils`` migrations.
+
+Each migration runs in a transaction together with the record of it having
+been applied (in ``_sqlite_migrations``, set ``tffprod.registry``).
+
+Never edit a migration that has been released: databases in the field have
+already applied it and will not run it again. Change the schema by adding a
+new decorated function below the last one.
+
+JSON columns hold text (see ``tffprod.registry.codec``); timestamps are
+ISO-8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlite_utils import Migrations
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+MIGRATIONS = Migrations("tffprod.registry")
+_KNOWN: list[str] = []
+
+
+def migration(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Registers ``fn`` as the next migration (and remembers its name)."""
+    _KNOWN.append(fn.__name__)
+    return MIGRATIONS()(fn)
+
+
+_INITIAL_SCHEMA = [
+    """
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        address TEXT,
+        info TEXT NOT NULL DEFAULT '{}',          -- JSON object
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE datasets (
+        site TEXT NOT NULL REFERENCES sites(name),
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        path TEXT NOT NULL,
+        format TEXT NOT NULL,
+        schema TEXT NOT NULL,                     -- JSON object
+        num_examples INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        PRIMARY KEY (site, name, version)
+    )
+    """,
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'running', 'finished', 'failed', 'cancelled')),
+        backend TEXT NOT NULL,
+        spec TEXT NOT NULL,                       -- JSON object
+        task TEXT NOT NULL,                       -- JSON object
+        datasets TEXT NOT NULL,                   -- JSON list of dataset refs
+        rounds_planned INTEGER NOT NULL,
+        rounds_completed INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT
+    )
+    """,
+    "CREATE INDEX sessions_by_created_at ON sessions (created_at)",
+    """
+    CREATE TABLE rounds (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        round_num INTEGER NOT NULL CHECK (round_num >= 1),
+        metrics TEXT NOT NULL,                    -- JSON object
+        participants TEXT NOT NULL,               -- JSON list of objects
+        duration_s REAL NOT NULL,
+        epsilon REAL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (session_id, round_num)
+    )
+    """,
+    """
+    CREATE TABLE model_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        artifact_path TEXT NOT NULL,
+        metrics TEXT NOT NULL,                    -- JSON object
+        dp TEXT NOT NULL,                         -- JSON object
+        epsilon REAL,
+        delta REAL,
+        datasets TEXT NOT NULL,                   -- JSON list of dataset refs
+        task TEXT NOT NULL,                       -- JSON object
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    )
+    """,
+    """
+    CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        dataset TEXT NOT NULL,
+        metrics TEXT NOT NULL,                    -- JSON object
+        session_id TEXT REFERENCES sessions(id),
+        created_at TEXT NOT NULL,
+        FOREIGN KEY (model, version) REFERENCES model_versions(name, version)
+    )
+    """,
+    "CREATE INDEX evaluations_by_model ON evaluations (model, version)",
+]
+
+
+@migration
+def m001_initial(db: Database) -> None:
+    """Creates every table of the first registry schema."""
+    for statement in _INITIAL_SCHEMA:
+        db.execute(statement)
+
+
+def unknown_migrations(db: Database) -> list[str]:
+    """Names of applied migrations that this version of tffprod does not know.
+
+    A non-empty answer means a newer tffprod has changed the schema.
+    """
+    return [m.name for m in MIGRATIONS.applied(db) if m.name not in _KNOWN]

@@ -1,0 +1,146 @@
+"""Training sessions and the rounds recorded while they run.
+
+A session moves ``pending -> running -> finished | failed | cancelled``;
+each round is recorded once, together with the session's progress counter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tffprod.errors import NotFoundError, RegistryError
+from tffprod.registry.codec import from_json, new_session_id, seconds_between, to_json, utc_now
+from tffprod.registry.connection import first_row, write_transaction
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+STATUSES = ("pending", "running", "finished", "failed", "cancelled")
+FINAL_STATUSES = ("finished", "failed", "cancelled")
+PARTICIPANT_STATUSES = ("ok", "timeout", "error")
+
+
+def _session(row: dict[str, Any]) -> dict[str, Any]:
+    decoded = {key: from_json(row[key]) for key in ("spec", "task", "datasets")}
+    return {**row, **decoded, "duration_s": seconds_between(row["started_at"], row["finished_at"])}
+
+
+def _round(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "metrics": from_json(row["metrics"]), "participants": from_json(row["participants"])}
+
+
+def require_session(db: Database, session_id: str) -> None:
+    """Raises NotFoundError unless the session exists."""
+    if first_row(db, "SELECT 1 AS found FROM sessions WHERE id = ?", [session_id]) is None:
+        raise NotFoundError(f"unknown session {session_id!r}")
+
+
+def create_session(db: Database, **fields: Any) -> dict[str, Any]:
+    """Records a new pending session; see ``Registry.create_session``."""
+    now = utc_now()
+    with write_transaction(db):
+        session_id = new_session_id(now)
+        while first_row(db, "SELECT 1 AS taken FROM sessions WHERE id = ?", [session_id]):
+            session_id = new_session_id(now)
+        db.execute(
+            "INSERT INTO sessions (id, name, status, backend, spec, task, datasets, rounds_planned,"
+            " created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            [
+                session_id,
+                fields["name"],
+                fields["backend"],
+                to_json(fields["spec"]),
+                to_json(fields["task"]),
+                to_json(list(fields["datasets"])),
+                int(fields["rounds_planned"]),
+                now,
+            ],
+        )
+    return get_session(db, session_id)
+
+
+def start_session(db: Database, session_id: str) -> dict[str, Any]:
+    """Marks a session running and stamps ``started_at``."""
+    with write_transaction(db):
+        require_session(db, session_id)
+        db.execute(
+            "UPDATE sessions SET status = 'running', started_at = ? WHERE id = ?",
+            [utc_now(), session_id],
+        )
+    return get_session(db, session_id)
+
+
+def finish_session(db: Database, session_id: str, status: str, error: str | None) -> dict[str, Any]:
+    """Ends a session with a final status; see ``Registry.finish_session``."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"final session status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+    with write_transaction(db):
+        require_session(db, session_id)
+        db.execute(
+            "UPDATE sessions SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+            [status, error, utc_now(), session_id],
+        )
+    return get_session(db, session_id)
+
+
+def get_session(db: Database, session_id: str) -> dict[str, Any]:
+    """Returns one session. Raises NotFoundError if unknown."""
+    row = first_row(db, "SELECT * FROM sessions WHERE id = ?", [session_id])
+    if row is None:
+        raise NotFoundError(f"unknown session {session_id!r}")
+    return _session(row)
+
+
+def list_sessions(db: Database, status: str | None) -> list[dict[str, Any]]:
+    """Returns sessions newest first, optionally only those with ``status``."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"session status must be one of {', '.join(STATUSES)}, got {status!r}")
+    where, params = ("WHERE status = ?", [status]) if status else ("", [])
+    sql = f"SELECT * FROM sessions {where} ORDER BY created_at DESC, rowid DESC"
+    return [_session(row) for row in db.query(sql, params)]
+
+
+def _check_participants(participants: list[dict]) -> list[dict]:
+    for participant in participants:
+        if participant.get("status") not in PARTICIPANT_STATUSES:
+            raise ValueError(
+                f"participant status must be one of {', '.join(PARTICIPANT_STATUSES)}, got {participant!r}"
+            )
+    return list(participants)
+
+
+def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]:
+    """Records one round and the session's progress in one transaction."""
+    round_num = int(fields["round_num"])
+    if round_num < 1:
+        raise ValueError(f"round_num must be >= 1, got {round_num}")
+    participants = _check_participants(fields["participants"])
+    with write_transaction(db):
+        require_session(db, session_id)
+        sql = "SELECT 1 AS taken FROM rounds WHERE session_id = ? AND round_num = ?"
+        if first_row(db, sql, [session_id, round_num]) is not None:
+            raise RegistryError(f"session {session_id!r} already has round {round_num} recorded")
+        db.execute(
+            "INSERT INTO rounds (session_id, round_num, metrics, participants, duration_s, epsilon,"
+            " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                session_id,
+                round_num,
+                to_json(fields["metrics"]),
+                to_json(participants),
+                float(fields["duration_s"]),
+                None if fields["epsilon"] is None else float(fields["epsilon"]),
+                utc_now(),
+            ],
+        )
+        db.execute("UPDATE sessions SET rounds_completed = ? WHERE id = ?", [round_num, session_id])
+        row = first_row(db, "SELECT * FROM rounds WHERE session_id = ? AND round_num = ?", [session_id, round_num])
+    assert row is not None  # inserted just above, in the same transaction
+    return _round(row)
+
+
+def list_rounds(db: Database, session_id: str) -> list[dict[str, Any]]:
+    """Returns a session's rounds in order. Raises NotFoundError if the session is unknown."""
+    require_session(db, session_id)
+    sql = "SELECT * FROM rounds WHERE session_id = ? ORDER BY round_num"
+    return [_round(row) for row in db.query(sql, [session_id])]

@@ -1,0 +1,356 @@
+"""``Registry``: the public face of the registry store.
+
+Each method is one call into the concept modules (``datasets``, ``sessions``,
+``models``) run inside ``translate_errors``, so a caller only ever sees
+``tffprod`` errors. Rows come back as plain dicts with JSON columns decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tffprod.registry import datasets, models, sessions
+from tffprod.registry.connection import connect, translate_errors
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _translated(method: _Method) -> _Method:
+    """Runs a ``Registry`` method inside ``translate_errors`` for its path."""
+
+    @functools.wraps(method)
+    def wrapper(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        with translate_errors(self.path):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Registry:
+    """Sites, datasets, sessions, rounds, model versions and evaluations in SQLite.
+
+    Open with :meth:`open`; use as a context manager or call :meth:`close`.
+    One instance serves one thread.
+
+    Example:
+        with Registry.open("tffprod.db") as registry:
+            registry.add_site("hospital-a", address="hospital-a.example:8443")
+    """
+
+    def __init__(self, db: Database, path: str) -> None:
+        """Wraps an already open, migrated database; use :meth:`open` instead."""
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Registry:
+        """Opens a registry file, creating it and applying pending migrations.
+
+        Args:
+            path: A file path (its directory must exist) or ``":memory:"``.
+
+        Returns:
+            The open registry.
+
+        Raises:
+            RegistryError: if the file cannot be opened or created, is not a
+                registry (corrupt), is locked, or was written by a newer tffprod.
+        """
+        text = os.fspath(path)
+        resolved = text if text == ":memory:" else os.path.abspath(text)
+        with translate_errors(resolved):
+            return cls(connect(resolved), resolved)
+
+    @_translated
+    def close(self) -> None:
+        """Closes the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.path!r})"
+
+    # Sites and datasets.
+
+    @_translated
+    def add_site(self, name: str, *, address: str | None = None, info: dict | None = None) -> dict:
+        """Adds a site or updates it; arguments left as None keep their stored values.
+
+        Raises:
+            SpecError: if ``name`` is not a valid name.
+        """
+        return datasets.add_site(self._db, name, address, info)
+
+    @_translated
+    def get_site(self, name: str) -> dict:
+        """Returns a site: name, address, info, created_at, updated_at.
+
+        Raises:
+            NotFoundError: if the site is unknown.
+        """
+        return datasets.get_site(self._db, name)
+
+    @_translated
+    def list_sites(self) -> list[dict]:
+        """Returns every site, sorted by name."""
+        return datasets.list_sites(self._db)
+
+    @_translated
+    def add_dataset(
+        self,
+        *,
+        site: str,
+        name: str,
+        path: str,
+        format: str,
+        schema: dict,
+        num_examples: int,
+        content_hash: str,
+    ) -> dict:
+        """Registers a dataset of a site (adding the site if missing).
+
+        If the latest version has the same content hash, schema and path it is
+        returned unchanged; otherwise version ``latest + 1`` (from 1) is added.
+
+        Returns:
+            The version: ref (``"site/name:version"``), site, name, version,
+            path, format, schema, num_examples, content_hash, registered_at.
+
+        Raises:
+            SpecError: if ``site`` or ``name`` is not a valid name.
+        """
+        return datasets.add_dataset(
+            self._db,
+            site=site,
+            name=name,
+            path=path,
+            format=format,
+            schema=schema,
+            num_examples=num_examples,
+            content_hash=content_hash,
+        )
+
+    @_translated
+    def get_dataset(self, ref: str) -> dict:
+        """Returns ``"SITE/NAME:VERSION"``, or the latest version for ``"SITE/NAME"``.
+
+        Raises:
+            NotFoundError: if no such dataset version exists, or ``ref`` is malformed.
+        """
+        return datasets.get_dataset(self._db, ref)
+
+    @_translated
+    def list_datasets(self, site: str | None = None) -> list[dict]:
+        """Returns the latest version of every dataset (of ``site`` if given), sorted by ref."""
+        return datasets.list_datasets(self._db, site)
+
+    # Sessions and rounds.
+
+    @_translated
+    def create_session(
+        self,
+        *,
+        name: str,
+        spec: dict,
+        task: dict,
+        backend: str,
+        rounds_planned: int,
+        datasets: list[str],
+    ) -> dict:
+        """Records a new ``pending`` session with a fresh id like ``s-20261125-183000-ab12``.
+
+        Returns:
+            The session, as :meth:`get_session` returns it.
+        """
+        return sessions.create_session(
+            self._db,
+            name=name,
+            spec=spec,
+            task=task,
+            backend=backend,
+            rounds_planned=rounds_planned,
+            datasets=datasets,
+        )
+
+    @_translated
+    def start_session(self, session_id: str) -> dict:
+        """Sets a session ``running`` and stamps ``started_at``.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+        """
+        return sessions.start_session(self._db, session_id)
+
+    @_translated
+    def finish_session(self, session_id: str, *, status: str, error: str | None = None) -> dict:
+        """Ends a session: ``finished``, ``failed`` or ``cancelled``; stamps ``finished_at``.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+            ValueError: if ``status`` is not a final status.
+        """
+        return sessions.finish_session(self._db, session_id, status, error)
+
+    @_translated
+    def get_session(self, session_id: str) -> dict:
+        """Returns a session.
+
+        Returns:
+            id, name, status, backend, spec, task, datasets, rounds_planned,
+            rounds_completed, created_at, started_at, finished_at, error and
+            duration_s (None until the session has both started and finished).
+
+        Raises:
+            NotFoundError: if the session is unknown.
+        """
+        return sessions.get_session(self._db, session_id)
+
+    @_translated
+    def list_sessions(self, *, status: str | None = None) -> list[dict]:
+        """Returns sessions (only those with ``status`` if given), newest first."""
+        return sessions.list_sessions(self._db, status)
+
+    @_translated
+    def record_round(
+        self,
+        session_id: str,
+        *,
+        round_num: int,
+        metrics: dict,
+        participants: list[dict],
+        duration_s: float,
+        epsilon: float | None,
+    ) -> dict:
+        """Records a finished round and sets the session's ``rounds_completed``, atomically.
+
+        Args:
+            session_id: The session.
+            round_num: The round, from 1.
+            metrics: The round's aggregated metrics.
+            participants: One ``{"site", "status" ("ok" | "timeout" | "error"),
+                "duration_s", "examples", "error"}`` dict per selected site.
+            duration_s: Wall time of the round.
+            epsilon: Privacy spent so far, if DP is on.
+
+        Returns:
+            The round: session_id, round_num, metrics, participants,
+            duration_s, epsilon, recorded_at.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+            RegistryError: if this round was already recorded (nothing changes).
+            ValueError: if ``round_num`` < 1 or a participant status is unknown.
+        """
+        return sessions.record_round(
+            self._db,
+            session_id,
+            round_num=round_num,
+            metrics=metrics,
+            participants=participants,
+            duration_s=duration_s,
+            epsilon=epsilon,
+        )
+
+    @_translated
+    def list_rounds(self, session_id: str) -> list[dict]:
+        """Returns a session's rounds by round number.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+        """
+        return sessions.list_rounds(self._db, session_id)
+
+    # Model versions and evaluations.
+
+    @_translated
+    def add_model_version(
+        self,
+        *,
+        name: str,
+        session_id: str,
+        artifact_path: str,
+        metrics: dict,
+        dp: dict,
+        epsilon: float | None,
+        delta: float | None,
+        datasets: list[str],
+        task: dict,
+    ) -> dict:
+        """Adds the next version (from 1) of model ``name``, with its lineage.
+
+        Returns:
+            name, version, session_id, artifact_path, metrics, dp, epsilon,
+            delta, datasets, task, created_at.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+            SpecError: if ``name`` is not a valid name.
+        """
+        return models.add_model_version(
+            self._db,
+            name=name,
+            session_id=session_id,
+            artifact_path=artifact_path,
+            metrics=metrics,
+            dp=dp,
+            epsilon=epsilon,
+            delta=delta,
+            datasets=datasets,
+            task=task,
+        )
+
+    @_translated
+    def get_model_version(self, ref: str) -> dict:
+        """Returns ``"NAME:VERSION"``, or the latest version for ``"NAME"``.
+
+        Raises:
+            NotFoundError: if no such version exists, or ``ref`` is malformed.
+        """
+        return models.get_model_version(self._db, ref)
+
+    @_translated
+    def list_model_versions(self, name: str | None = None) -> list[dict]:
+        """Returns all versions (of model ``name`` if given), by name then version."""
+        return models.list_model_versions(self._db, name)
+
+    @_translated
+    def add_evaluation(
+        self,
+        *,
+        model: str,
+        version: int,
+        dataset: str,
+        metrics: dict,
+        session_id: str | None = None,
+    ) -> dict:
+        """Records the metrics of model version ``model:version`` on ``dataset``.
+
+        Returns:
+            id, model, version, dataset, metrics, session_id, created_at.
+
+        Raises:
+            NotFoundError: if the model version or the session is unknown.
+        """
+        return models.add_evaluation(
+            self._db, model=model, version=version, dataset=dataset, metrics=metrics, session_id=session_id
+        )
+
+    @_translated
+    def list_evaluations(self, model: str, version: int | None = None) -> list[dict]:
+        """Returns the evaluations of a model (or one version of it), oldest first.
+
+        Raises:
+            NotFoundError: if the model (or that version) is unknown.
+        """
+        return models.list_evaluations(self._db, model, version)

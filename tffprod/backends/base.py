@@ -1,0 +1,57 @@
+"""The backend plug-point: where each site's part of a round runs.
+
+A backend gives the round router two things: a context per site that runs the
+per-site part (``up_to_merge``) next to that site's data, and a coordinator
+context that merges partial results and finishes the round (DP noise, server
+optimizer). The router never knows which backend it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteTarget:
+    """A site a session uses, and the datasets (registry rows) it reads there."""
+
+    name: str
+    datasets: tuple[Mapping[str, Any], ...]
+
+
+class Backend(abc.ABC):
+    """Runs TFF computations at sites and at the coordinator.
+
+    Use as a context manager: ``__enter__`` connects (or starts) what it needs,
+    ``__exit__`` releases it, ending every process it started.
+    """
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def open(self, sites: list[SiteTarget]) -> None:
+        """Prepare a context for each site and the coordinator."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release channels and stop every process this backend started."""
+
+    @abc.abstractmethod
+    def site_context(self, site: str) -> Any:
+        """The synchronous TFF context that runs computations at ``site``."""
+
+    @abc.abstractmethod
+    def coordinator_context(self) -> Any:
+        """The synchronous TFF context at the coordinator."""
+
+    @abc.abstractmethod
+    def reference(self, dataset: Mapping[str, Any]) -> str:
+        """The string a computation at the dataset's site opens to read it."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Federated evaluation: each dataset is evaluated at its own site.
+
+Imports TensorFlow and TFF.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import tensorflow_federated as tff
+
+from tffprod.backends.base import Backend
+from tffprod.errors import SessionError
+from tffprod.metrics import plain_metrics
+from tffprod.process import build_evaluation_process
+from tffprod.router import RoundRouter
+from tffprod.task import Task
+
+Struct = tff.structure.Struct
+
+
+def _eval_metrics(output: Any) -> dict[str, float]:
+    metrics = plain_metrics(output.metrics)
+    current = metrics.get("client_work", {}).get("eval", {}).get("current_round_metrics")
+    return current if current is not None else metrics
+
+
+def evaluate(
+    task: Task,
+    weights: Any,
+    datasets: Sequence[Mapping[str, Any]],
+    *,
+    backend: Backend,
+    fmt: str,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """Evaluate ``weights`` on each dataset at its site, and over all of them.
+
+    Args:
+        task: the task whose model and metrics to use.
+        weights: ``tff.learning.models.ModelWeights`` to evaluate.
+        datasets: registry rows of the datasets, all in format ``fmt``.
+        backend: an open backend with every dataset's site.
+
+    Returns:
+        ``{"overall": metrics, "datasets": {ref: metrics}}``.
+    """
+    process = build_evaluation_process(task, fmt=fmt)
+    form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
+    ctx = backend.coordinator_context()
+    state = ctx.invoke(process.initialize, None)
+    state = ctx.invoke(process.set_model_weights, Struct.unnamed(state, weights))
+    router = RoundRouter(backend, form, timeout_s=timeout_s)
+    try:
+        per_dataset, partials = {}, []
+        for row in datasets:
+            (outcome,) = router.partials(state, {row["site"]: [backend.reference(row)]})
+            if outcome.status != "ok":
+                raise SessionError(f"evaluation of {row['ref']} failed at site {row['site']}: {outcome.error}")
+            partials.append(outcome.partial)
+            per_dataset[row["ref"]] = _eval_metrics(router.finish(state, outcome.partial))
+        overall = _eval_metrics(router.finish(state, router.merge(partials)))
+    finally:
+        router.close()
+    return {"overall": overall, "datasets": per_dataset}
+
+
+def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str], *, backend: Backend,
+                     timeout_s: float = 600.0) -> dict[str, Any]:
+    """Evaluate a registered model version on registered datasets and record the results.
+
+    Returns:
+        ``{"model": name, "version": n, "overall": metrics, "datasets": {ref: metrics}}``.
+    """
+    from tffprod.backends.base import SiteTarget
+    from tffprod.export import load_weights
+    from tffprod.session import resolve_datasets
+    from tffprod.task import load_task
+
+    version = registry.get_model_version(model_ref)
+    task = load_task(registry.get_session(version["session_id"])["spec"]["task"])
+    rows = resolve_datasets(registry, list(dataset_refs), task)
+    formats = sorted({row["format"] for row in rows})
+    if len(formats) != 1:
+        raise SessionError(f"datasets evaluated together must share a format, these mix {', '.join(formats)}")
+    weights = load_weights(version["artifact_path"])
+    by_site: dict[str, list] = {}
+    for row in rows:
+        by_site.setdefault(row["site"], []).append(row)
+    with backend:
+        backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()])
+        result = evaluate(task, weights, rows, backend=backend, fmt=formats[0], timeout_s=timeout_s)
+    for ref, metrics in result["datasets"].items():
+        registry.add_evaluation(model=version["name"], version=version["version"], dataset=ref, metrics=metrics)
+    return {"model": version["name"], "version": version["version"], **result}

@@ -1,0 +1,125 @@
+"""The round router: one computation in mergeable form, run across sites.
+
+Each round: the per-site part (``up_to_merge``) runs at every selected site
+concurrently, one thread per site (TFF's remote executor blocks, so asyncio
+would serialize them; facts section 4), each under a deadline. The partial
+results are merged and the round finished (``after_merge``) at the
+coordinator, so DP noise and the server optimizer never run at a site.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Mapping, Optional
+
+import tensorflow_federated as tff
+
+from tffprod.backends.base import Backend
+from tffprod.errors import SessionError
+
+Struct = tff.structure.Struct
+
+
+@dataclasses.dataclass
+class SiteOutcome:
+    """What one site did in one round."""
+
+    site: str
+    status: str  # "ok" | "timeout" | "error"
+    duration_s: float
+    clients: int
+    examples: int = 0
+    error: Optional[str] = None
+    partial: Any = dataclasses.field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 4),
+            "clients": self.clients,
+            "examples": self.examples,
+            "error": self.error,
+        }
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    """The coordinator's result of a round and who took part."""
+
+    output: Any
+    sites: list[SiteOutcome]
+    duration_s: float
+
+    @property
+    def ok_sites(self) -> list[SiteOutcome]:
+        return [s for s in self.sites if s.status == "ok"]
+
+
+class RoundRouter:
+    """Runs a ``MergeableCompForm`` over a backend's sites."""
+
+    def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1) -> None:
+        self._backend = backend
+        self._form = form
+        self._timeout_s = timeout_s
+        self._min_sites = min_sites
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tffprod-site")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def partials(self, state: Any, refs_by_site: Mapping[str, list[str]]) -> list[SiteOutcome]:
+        """Run the per-site part at every site concurrently; never raises for a site's failure."""
+        started = time.monotonic()
+        futures = {
+            site: self._pool.submit(self._run_site, site, state, refs) for site, refs in refs_by_site.items()
+        }
+        outcomes = []
+        for site, future in futures.items():
+            remaining = max(0.0, self._timeout_s - (time.monotonic() - started))
+            clients = len(refs_by_site[site])
+            try:
+                partial, duration = future.result(timeout=remaining)
+                outcomes.append(SiteOutcome(site, "ok", duration, clients, partial=partial))
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                outcomes.append(SiteOutcome(site, "timeout", time.monotonic() - started, clients,
+                                            error=f"no result within {self._timeout_s:g} s"))
+            except Exception as e:  # a site's failure is recorded, not raised
+                outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
+                                            error=f"{type(e).__name__}: {e}".splitlines()[0][:500]))
+        return outcomes
+
+    def _run_site(self, site: str, state: Any, refs: list[str]) -> tuple[Any, float]:
+        t0 = time.monotonic()
+        arg = Struct.unnamed(state, refs) if state is not None else refs
+        result = self._backend.site_context(site).invoke(self._form.up_to_merge, arg)
+        return result, time.monotonic() - t0
+
+    def merge(self, partials: list[Any]) -> Any:
+        """Fold partial results with ``merge`` at the coordinator."""
+        ctx = self._backend.coordinator_context()
+        merged = partials[0]
+        for partial in partials[1:]:
+            merged = ctx.invoke(self._form.merge, Struct.unnamed(merged, partial))
+        return merged
+
+    def finish(self, state: Any, merged: Any) -> Any:
+        """Run ``after_merge`` at the coordinator on the merged partials."""
+        ctx = self._backend.coordinator_context()
+        original = Struct.unnamed(state, []) if state is not None else []
+        return ctx.invoke(self._form.after_merge, Struct.unnamed(original, merged))
+
+    def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]]) -> RoundOutcome:
+        """One full round; raises SessionError when fewer than ``min_sites`` sites succeed."""
+        t0 = time.monotonic()
+        sites = self.partials(state, refs_by_site)
+        ok = [s for s in sites if s.status == "ok"]
+        if len(ok) < self._min_sites:
+            detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")
+            raise SessionError(f"round needs {self._min_sites} site(s), {len(ok)} succeeded: {detail}")
+        output = self.finish(state, self.merge([s.partial for s in ok]))
+        return RoundOutcome(output=output, sites=sites, duration_s=time.monotonic() - t0)

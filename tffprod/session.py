@@ -1,0 +1,282 @@
+"""Plan and run a training session: the round loop.
+
+``plan_session`` checks everything it can before anything is written (task,
+datasets, schemas, files, DP settings), so bad input leaves the registry as it
+was. ``run_session`` records the session, trains round by round through a
+backend, records each round with its participants and epsilon, evaluates,
+saves the model and registers it as a new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from tffprod.backends.base import Backend, SiteTarget
+from tffprod.datafiles import content_hash
+from tffprod.errors import DatasetError, SessionError, SpecError, TffprodError
+from tffprod.schema import Schema
+from tffprod.spec import SessionSpec
+from tffprod.task import Task, load_task
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionPlan:
+    """A validated session: the spec, its task and the registry rows it reads."""
+
+    spec: SessionSpec
+    task: Task
+    datasets: tuple[Mapping[str, Any], ...]
+    eval_datasets: tuple[Mapping[str, Any], ...]
+    fmt: str
+
+    @property
+    def sites(self) -> list[SiteTarget]:
+        by_site: dict[str, list] = {}
+        for row in self.datasets + self.eval_datasets:
+            by_site.setdefault(row["site"], []).append(row)
+        return [SiteTarget(name, tuple(rows)) for name, rows in by_site.items()]
+
+    @property
+    def training_sites(self) -> list[str]:
+        return list(dict.fromkeys(row["site"] for row in self.datasets))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundReport:
+    """What the progress callback sees after each round."""
+
+    round_num: int
+    rounds: int
+    metrics: dict
+    sites: list
+    duration_s: float
+    epsilon: Optional[float]
+
+
+def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files: bool = True) -> list[Mapping[str, Any]]:
+    rows = []
+    for ref in refs:
+        row = registry.get_dataset(ref)
+        Schema.from_dict(row["schema"]).check_provides(task.schema, what=f"dataset {row['ref']}")
+        if verify_files:
+            path = Path(row["path"])
+            if not path.is_file():
+                raise DatasetError(f"dataset {row['ref']}: file {path} is missing")
+            if content_hash(path) != row["content_hash"]:
+                raise DatasetError(
+                    f"dataset {row['ref']}: {path} changed since it was registered; register it again"
+                )
+        rows.append(row)
+    return rows
+
+
+def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True) -> SessionPlan:
+    """Validate a spec against the registry; writes nothing.
+
+    Raises:
+        TaskLoadError, NotFoundError, SchemaMismatchError, DatasetError, SpecError.
+    """
+    task = load_task(spec.task)
+    datasets = resolve_datasets(registry, list(spec.datasets), task, verify_files=verify_files)
+    eval_datasets = resolve_datasets(registry, list(spec.eval_datasets), task, verify_files=verify_files)
+    formats = sorted({row["format"] for row in datasets + eval_datasets})
+    if len(formats) != 1:
+        raise DatasetError(f"datasets of one session must share a format, these mix {', '.join(formats)}")
+    sites = {row["site"] for row in datasets}
+    if spec.min_sites > len(sites):
+        raise SpecError(f"min_sites is {spec.min_sites} but the datasets span only {len(sites)} site(s)")
+    return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0])
+
+
+def initial_weights(task: Task, seed: int) -> Any:
+    """The task model's initial weights, drawn reproducibly from ``seed``."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    tf.keras.utils.set_random_seed(seed)
+    return tff.learning.models.ModelWeights.from_model(task.model_fn())
+
+
+class _Trainer:
+    """Holds the compiled process and the server state between rounds."""
+
+    def __init__(self, plan: SessionPlan, backend: Backend) -> None:
+        import tensorflow_federated as tff
+
+        from tffprod.process import build_training_process
+        from tffprod.router import RoundRouter
+
+        spec = plan.spec
+        self._Struct = tff.structure.Struct
+        self.process = build_training_process(
+            plan.task, spec.dp, fmt=plan.fmt, seed=spec.seed, clients_per_round=len(plan.datasets)
+        )
+        self.ctx = backend.coordinator_context()
+        form = tff.backends.native.compile_to_mergeable_comp_form(self.process.next)
+        self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites)
+        state = self.ctx.invoke(self.process.initialize, None)
+        self.state = self.ctx.invoke(
+            self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
+        )
+        self.refs_by_site: dict[str, list[str]] = {}
+        for row in plan.datasets:
+            self.refs_by_site.setdefault(row["site"], []).append(backend.reference(row))
+
+    def run_round(self):
+        outcome = self.router.run_round(self.state, self.refs_by_site)
+        self.state = outcome.output.state
+        return outcome
+
+    def weights(self) -> Any:
+        return self.ctx.invoke(self.process.get_model_weights, self.state)
+
+    def close(self) -> None:
+        self.router.close()
+
+
+def _participants(outcome: Any, plan: SessionPlan) -> list[dict]:
+    examples = {}
+    for row in plan.datasets:
+        examples[row["site"]] = examples.get(row["site"], 0) + int(row["num_examples"])
+    out = []
+    for site in outcome.sites:
+        record = site.to_dict()
+        record["examples"] = examples.get(site.site, 0) if site.status == "ok" else 0
+        out.append(record)
+    return out
+
+
+def run_session(
+    plan: SessionPlan,
+    *,
+    registry: Any,
+    backend: Backend,
+    artifacts_dir: Path,
+    progress: Optional[Callable[[RoundReport], None]] = None,
+) -> dict:
+    """Record and run a planned session; returns the finished session's registry row.
+
+    The backend must not be open yet; this opens it for the session's sites and
+    closes it at the end, ending every process it started.
+
+    Raises:
+        SessionError: training failed; the session is recorded as failed with the reason.
+    """
+    from tffprod.metrics import plain_metrics
+
+    spec = plan.spec
+    session = registry.create_session(
+        name=spec.name,
+        spec=spec.to_dict(),
+        task=plan.task.summary(),
+        backend=backend.name,
+        rounds_planned=spec.rounds,
+        datasets=[row["ref"] for row in plan.datasets],
+    )
+    session_id = session["id"]
+    registry.start_session(session_id)
+    ledger = _ledger(spec)
+    trainer = None
+    try:
+        backend.open(plan.sites)
+        trainer = _Trainer(plan, backend)
+        train_metrics: dict = {}
+        for round_num in range(1, spec.rounds + 1):
+            outcome = trainer.run_round()
+            epsilon = ledger.record_round(sampling_rate=1.0) if ledger else None
+            metrics = plain_metrics(outcome.output.metrics)
+            train_metrics = metrics.get("client_work", {}).get("train", metrics)
+            participants = _participants(outcome, plan)
+            registry.record_round(
+                session_id,
+                round_num=round_num,
+                metrics=metrics,
+                participants=participants,
+                duration_s=outcome.duration_s,
+                epsilon=epsilon,
+            )
+            if progress:
+                progress(RoundReport(round_num, spec.rounds, train_metrics, participants, outcome.duration_s, epsilon))
+        weights = trainer.weights()
+        version = _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir)
+        registry.finish_session(session_id, status="finished")
+    except BaseException as e:
+        reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
+        status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+        registry.finish_session(session_id, status=status, error=reason.splitlines()[0] if reason else status)
+        if isinstance(e, (TffprodError, KeyboardInterrupt)):
+            raise
+        raise SessionError(f"session {session_id} failed: {reason.splitlines()[0]}") from e
+    finally:
+        if trainer:
+            trainer.close()
+        backend.close()
+    result = registry.get_session(session_id)
+    result["model_version"] = version
+    return result
+
+
+def _ledger(spec: SessionSpec):
+    if not spec.dp.enabled:
+        return None
+    from tffprod.accounting import PrivacyLedger
+
+    return PrivacyLedger(noise_multiplier=spec.dp.noise_multiplier, delta=spec.dp.delta)
+
+
+def _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir) -> dict:
+    from tffprod.evaluation import evaluate
+    from tffprod.export import save_artifacts
+
+    spec = plan.spec
+    evaluation = None
+    if plan.eval_datasets:
+        evaluation = evaluate(plan.task, weights, plan.eval_datasets, backend=backend, fmt=plan.fmt,
+                              timeout_s=spec.round_timeout_s)
+    artifact = save_artifacts(plan.task, weights, Path(artifacts_dir) / spec.name / session_id)
+    metrics = {"train": train_metrics}
+    if evaluation:
+        metrics["eval"] = evaluation["overall"]
+    version = registry.add_model_version(
+        name=spec.name,
+        session_id=session_id,
+        artifact_path=str(artifact.resolve()),
+        metrics=metrics,
+        dp=spec.dp.to_dict(),
+        epsilon=ledger.epsilon() if ledger else None,
+        delta=spec.dp.delta if ledger else None,
+        datasets=[row["ref"] for row in plan.datasets],
+        task=plan.task.summary(),
+    )
+    if evaluation:
+        for ref, m in evaluation["datasets"].items():
+            registry.add_evaluation(model=spec.name, version=version["version"], dataset=ref, metrics=m,
+                                    session_id=session_id)
+    return version
+
+
+def artifacts_dir_for(registry_path: str | Path) -> Path:
+    """Where model artifacts live by default: ``artifacts/`` beside the registry file."""
+    return Path(registry_path).resolve().parent / "artifacts"
+
+
+def train(
+    spec: SessionSpec,
+    *,
+    registry: Any,
+    backend: Backend,
+    artifacts_dir: Optional[Path] = None,
+    progress: Optional[Callable[[RoundReport], None]] = None,
+) -> dict:
+    """Plan, record and run a session from ``spec``: the whole of ``tffprod session run``."""
+    plan = plan_session(spec, registry=registry)
+    return run_session(
+        plan,
+        registry=registry,
+        backend=backend,
+        artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path),
+        progress=progress,
+    )

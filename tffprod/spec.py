@@ -1,0 +1,416 @@
+"""Session specs: the TOML file that says what to train, on which data, with what privacy.
+
+A spec is read with the standard library's ``tomllib`` and validated strictly:
+an unknown key, a wrong type, a missing field or an out-of-range value raises
+:class:`tffprod.errors.SpecError` with one line that names the file, the key and
+the problem. Nothing here imports TensorFlow, TFF or dp_accounting.
+
+Example::
+
+    name = "digits-dp"
+    task = "tffprod.examples.digits:task"
+    datasets = ["hospital-a/train", "hospital-b/train:2"]
+    rounds = 10
+
+    [dp]
+    mechanism = "gaussian_fixed"
+    noise_multiplier = 0.5
+    clip = 1.0
+    delta = 1e-5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from tffprod.errors import SpecError
+
+MECHANISMS = ("none", "gaussian_fixed", "gaussian_adaptive")
+BACKENDS = ("local", "remote")
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Site and dataset names follow the registry's rule (tffprod.registry.codec.check_name).
+_DATASET_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+
+_TOP_REQUIRED = ("name", "task", "datasets", "rounds")
+_TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "dp")
+_DP_KEYS = {
+    "none": ("mechanism",),
+    "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta"),
+    "gaussian_adaptive": ("mechanism", "noise_multiplier", "clip", "target_quantile", "learning_rate", "delta"),
+}
+_DP_REQUIRED = ("noise_multiplier", "clip", "delta")
+_ALL_DP_KEYS = _DP_KEYS["gaussian_adaptive"]
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _type_name(value: Any) -> str:
+    """How TOML calls the type of ``value``, for messages."""
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
+                       (list, "array"), (tuple, "array"), (Mapping, "table")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _integer(key: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{key!r} must be an integer, got {_type_name(value)} {value!r}")
+    if value < minimum:
+        raise SpecError(f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, ok: Callable[[float], bool], want: str) -> float:
+    """Checks a float (ints are accepted and converted; bools are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{key!r} must be a number, got {_type_name(value)} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not ok(number):
+        raise SpecError(f"{key!r} must be {want}, got {value!r}")
+    return number
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{key!r} must be a string, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
+    _string(key, value)
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise SpecError(f"{key!r} must be one of {options}, got {value!r}{_did_you_mean(value, choices)}")
+    return value
+
+
+def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"{key!r} must be an array of dataset refs, got {_type_name(value)} {value!r}")
+    if not value and not allow_empty:
+        raise SpecError(f"{key!r} must name at least one dataset")
+    seen: set[str] = set()
+    for ref in value:
+        if not isinstance(ref, str) or not _DATASET_REF.match(ref):
+            raise SpecError(f"{key!r}: {ref!r} is not a dataset ref of the form SITE/NAME or SITE/NAME:VERSION")
+        site_name = ref.split(":")[0]
+        if site_name in seen:
+            raise SpecError(f"{key!r} names dataset {site_name!r} more than once")
+        seen.add(site_name)
+    return tuple(value)
+
+
+def _task_path(key: str, value: Any) -> str:
+    _string(key, value)
+    module, sep, attr = value.rpartition(":")
+    is_file = module.endswith(".py")
+    if not sep or not module or not _IDENTIFIER.match(attr) or not (is_file or _MODULE.match(module)):
+        raise SpecError(f"{key!r} must look like 'package.module:attribute' or 'file.py:attribute', got {value!r}")
+    return value
+
+
+def _resolve_task(task: str, source: Optional[str]) -> str:
+    """Makes a relative ``file.py:attr`` task path absolute against the spec file's folder."""
+    module, _, attr = task.rpartition(":")
+    if source is None or not module.endswith(".py") or os.path.isabs(module):
+        return task
+    return f"{os.path.abspath(os.path.join(os.path.dirname(source), module))}:{attr}"
+
+
+# ---------------------------------------------------------------- DPConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+    """How model updates are made differentially private (the spec's ``[dp]`` table).
+
+    Attributes:
+        mechanism: ``"none"``, ``"gaussian_fixed"`` or ``"gaussian_adaptive"``.
+        noise_multiplier: Gaussian noise stddev over the clip norm (>= 0); None for ``none``.
+        clip: the L2 clip norm (fixed) or the initial clip norm (adaptive); > 0.
+        target_quantile: adaptive only: the quantile of update norms the clip tracks, in (0, 1).
+        learning_rate: adaptive only: the clip's learning rate (>= 0).
+        delta: the delta epsilon is reported for, in (0, 1).
+    """
+
+    mechanism: str = "none"
+    noise_multiplier: Optional[float] = None
+    clip: Optional[float] = None
+    target_quantile: Optional[float] = None
+    learning_rate: Optional[float] = None
+    delta: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        mechanism = _choice("dp.mechanism", self.mechanism, MECHANISMS)
+        applicable = _DP_KEYS[mechanism]
+        for key in _ALL_DP_KEYS:
+            if key not in applicable and getattr(self, key) is not None:
+                raise SpecError(_not_applicable(key, mechanism))
+        if mechanism == "none":
+            return
+        if mechanism == "gaussian_adaptive":
+            if self.target_quantile is None:
+                object.__setattr__(self, "target_quantile", 0.5)
+            if self.learning_rate is None:
+                object.__setattr__(self, "learning_rate", 0.2)
+        for key in _DP_REQUIRED:
+            if getattr(self, key) is None:
+                raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
+        checks = {
+            "noise_multiplier": (lambda v: v >= 0, "a number >= 0"),
+            "clip": (lambda v: v > 0, "a number > 0"),
+            "target_quantile": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+            "learning_rate": (lambda v: v >= 0, "a number >= 0"),
+            "delta": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+        }
+        for key in applicable[1:]:
+            ok, want = checks[key]
+            object.__setattr__(self, key, _number(f"dp.{key}", getattr(self, key), ok, want))
+
+    @property
+    def enabled(self) -> bool:
+        """True unless the mechanism is ``none``."""
+        return self.mechanism != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[dp]`` table: the mechanism and only the keys that apply to it."""
+        return {key: getattr(self, key) for key in _DP_KEYS[self.mechanism]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DPConfig":
+        """Builds a config from a ``[dp]`` table.
+
+        Raises:
+            SpecError: on an unknown or inapplicable key, a missing key or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"'dp' must be a table, got {_type_name(data)} {data!r}")
+        for key in data:
+            if key not in _ALL_DP_KEYS:
+                raise SpecError(f"unknown key 'dp.{key}'{_did_you_mean(key, _ALL_DP_KEYS)}")
+        if "mechanism" not in data:
+            raise SpecError("missing required key 'dp.mechanism' (one of " + ", ".join(MECHANISMS) + ")")
+        return cls(**data)
+
+
+def _not_applicable(key: str, mechanism: str) -> str:
+    owners = [m for m, keys in _DP_KEYS.items() if key in keys]
+    return (
+        f"key 'dp.{key}' does not apply to mechanism {mechanism!r} "
+        f"(only to {', '.join(repr(m) for m in owners)})"
+    )
+
+
+# ---------------------------------------------------------------- SessionSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSpec:
+    """One federated training session, as a spec file declares it.
+
+    Attributes:
+        name: the model name the trained version is recorded under.
+        task: ``module:attr`` or ``file.py:attr``; a relative file path read from a spec
+            file is made absolute against that file's folder.
+        datasets: training dataset refs (``SITE/NAME`` or ``SITE/NAME:VERSION``).
+        rounds: number of training rounds (>= 1).
+        eval_datasets: dataset refs evaluated after training.
+        seed: seed of the initial weights and data shuffling (>= 0).
+        backend: ``"local"`` or ``"remote"``.
+        min_sites: fewest sites whose results a round needs to count.
+        round_timeout_s: deadline of one round, in seconds.
+        dp: the differential privacy settings.
+        source: the spec file this was read from, if any (not compared).
+    """
+
+    name: str
+    task: str
+    datasets: tuple[str, ...]
+    rounds: int
+    eval_datasets: tuple[str, ...] = ()
+    seed: int = 0
+    backend: str = "local"
+    min_sites: int = 1
+    round_timeout_s: float = 600.0
+    dp: DPConfig = DPConfig()
+    source: Optional[str] = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except SpecError as e:
+            raise SpecError(f"{self.source}: {e}" if self.source else str(e)) from None
+
+    def _validate(self) -> None:
+        set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731
+        name = _string("name", self.name)
+        if not _NAME.match(name):
+            raise SpecError(
+                f"'name' must start with a lowercase letter or digit and hold only "
+                f"lowercase letters, digits, '.', '_' and '-', got {name!r}"
+            )
+        _task_path("task", self.task)
+        set_("datasets", _dataset_refs("datasets", self.datasets, allow_empty=False))
+        set_("eval_datasets", _dataset_refs("eval_datasets", self.eval_datasets, allow_empty=True))
+        _integer("rounds", self.rounds, minimum=1)
+        _integer("seed", self.seed, minimum=0)
+        _choice("backend", self.backend, BACKENDS)
+        _integer("min_sites", self.min_sites, minimum=1)
+        if self.min_sites > len(self.sites):
+            raise SpecError(
+                f"'min_sites' is {self.min_sites} but 'datasets' span only {len(self.sites)} site(s)"
+            )
+        set_("round_timeout_s", _number("round_timeout_s", self.round_timeout_s, lambda v: v > 0, "a number > 0"))
+        if not isinstance(self.dp, DPConfig):
+            raise SpecError(f"'dp' must be a DPConfig, got {type(self.dp).__name__}")
+        z, n = self.dp.noise_multiplier, self.clients_per_round
+        if self.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * n:
+            raise SpecError(
+                f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {n} dataset(s) per round: "
+                f"TFF's adaptive clipping also noises the clipped-count estimate (stddev 0.05 * clients per "
+                f"round) and needs noise_multiplier < 0.1 * clients per round = {0.1 * n:g}; "
+                f"add datasets, lower the noise or use gaussian_fixed"
+            )
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The distinct sites of ``datasets``, in order of first appearance."""
+        return tuple(dict.fromkeys(ref.split("/")[0] for ref in self.datasets))
+
+    @property
+    def clients_per_round(self) -> int:
+        """Clients that train each round: one per training dataset."""
+        return len(self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what ``from_dict`` reads back; ``source`` is left out)."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "datasets": list(self.datasets),
+            "eval_datasets": list(self.eval_datasets),
+            "rounds": self.rounds,
+            "seed": self.seed,
+            "backend": self.backend,
+            "min_sites": self.min_sites,
+            "round_timeout_s": self.round_timeout_s,
+            "dp": self.dp.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: Optional[str] = None) -> "SessionSpec":
+        """Validates plain data (a parsed TOML document) into a spec.
+
+        Args:
+            data: the spec's keys; ``dp`` is a nested table.
+            source: the file the data came from: named in errors, and the folder that
+                relative ``file.py`` task paths resolve against.
+
+        Raises:
+            SpecError: with one line naming the file, the key and the problem.
+        """
+        try:
+            if not isinstance(data, Mapping):
+                raise SpecError(f"a spec must be a table, got {_type_name(data)}")
+            for key in data:
+                if key not in _TOP_KEYS:
+                    in_dp = key in _ALL_DP_KEYS
+                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else _did_you_mean(key, _TOP_KEYS)
+                    raise SpecError(f"unknown key {key!r}{hint}")
+            for key in _TOP_REQUIRED:
+                if key not in data:
+                    raise SpecError(f"missing required key {key!r}")
+            fields = dict(data)
+            fields["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
+            fields["task"] = _resolve_task(_task_path("task", data["task"]), source)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}" if source else str(e)) from None
+        return cls(**fields, source=source)
+
+
+# ---------------------------------------------------------------- files
+
+
+def load_spec(path: Union[str, os.PathLike]) -> SessionSpec:
+    """Reads and validates a TOML session spec.
+
+    Raises:
+        SpecError: the file cannot be read, is not TOML, or is not a valid spec.
+    """
+    where = os.fspath(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SpecError(f"{where}: cannot read spec: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{where}: invalid TOML: {' '.join(str(e).split())}") from None
+    return SessionSpec.from_dict(data, source=where)
+
+
+def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
+    """Writes ``spec`` as a TOML file that :func:`load_spec` reads back to an equal spec.
+
+    A relative ``file.py`` task path (only a spec built in code has one) is written
+    absolute, against the current folder, so that it keeps naming the same file.
+    """
+    data = spec.to_dict()
+    dp = data.pop("dp")
+    # A relative file.py task path of a spec built in code means "from the current folder";
+    # written as is, it would be read back relative to the new file's folder.
+    data["task"] = _resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items()]
+    lines += ["", "[dp]"] + [f"{key} = {_toml_value(value)}" for key, value in dp.items()]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _toml_value(value: Any) -> str:
+    """TOML for the few value types a spec holds."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -1,0 +1,163 @@
+"""Supervised ``worker_binary`` processes: TFF's C++ executor service.
+
+TFF's own local contexts start workers that outlive Python and inherit its
+stdout (shared/design/tff-0.87-facts.md section 5). tffprod starts its own:
+output goes to a log file, each worker leads its own process group, the kernel
+kills it if the Python thread that started it dies (``PR_SET_PDEATHSIG``), and
+``stop()`` (also run at exit) ends the whole group.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from tffprod.errors import TffprodError
+
+_PR_SET_PDEATHSIG = 1
+_LIVE: "set[WorkerProcess]" = set()
+_LIVE_LOCK = threading.Lock()
+
+
+class WorkerError(TffprodError):
+    """A worker could not be started or died."""
+
+
+def worker_binary_path() -> Path:
+    """Where TFF's wheel keeps ``worker_binary`` (found without importing TFF)."""
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkerError("tensorflow-federated is not installed: no worker_binary to run")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "worker_binary"
+    if not path.is_file():
+        raise WorkerError(f"worker_binary not found at {path}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class WorkerProcess:
+    """One ``worker_binary`` on a loopback port, started and stopped by us.
+
+    Use as a context manager, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "worker",
+        port: Optional[int] = None,
+        cwd: Optional[os.PathLike] = None,
+        log_path: Optional[os.PathLike] = None,
+        max_message_mb: int = 2000,
+    ) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.cwd = Path(cwd) if cwd else None
+        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"tffprod-{name}-{self.port}.log"
+        self.max_message_mb = max_message_mb
+        self._proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 30.0) -> "WorkerProcess":
+        """Start the worker and wait until its port accepts connections."""
+        if self.alive():
+            return self
+        args = [
+            str(worker_binary_path()),
+            f"--port={self.port}",
+            "--max_concurrent_computation_calls=-1",
+            f"--grpc_max_message_length_megabytes={self.max_message_mb}",
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                preexec_fn=_die_with_parent,
+            )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._forget()
+                raise WorkerError(f"worker {self.name} exited at start ({self._proc.returncode}); see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise WorkerError(f"worker {self.name} did not listen on port {self.port} within {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the worker's process group; SIGKILL if it does not exit in time."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        self._forget()
+
+    def _forget(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@atexit.register
+def stop_all_workers() -> None:
+    """Stop every worker this process started and has not stopped yet."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for worker in live:
+        worker.stop()
