@@ -1,0 +1,63 @@
+"""Shared fixtures: real registry files, real example data, and a CLI runner.
+
+Everything here is TF-free, so tests that must stay fast (and must prove that
+registry commands never import TensorFlow) can use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import pytest
+from click.testing import CliRunner, Result
+
+
+@pytest.fixture
+def registry_path(tmp_path: Path) -> str:
+    """Path of a registry file that does not exist yet (``tffprod init`` or any command creates it)."""
+    return str(tmp_path / "registry.db")
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """``tffprod.examples.digits.prepare`` run once per test session: ``{site: {"train": path, "test": path}}``.
+
+    Shared by every test: copy a file before changing it.
+    """
+    from tffprod.examples import digits
+
+    return digits.prepare(tmp_path_factory.mktemp("digits"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def fraud_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """``tffprod.examples.fraud.prepare`` run once per test session: ``{bank: {"train": path, "test": path}}``.
+
+    Shared by every test: copy a file before changing it.
+    """
+    from tffprod.examples import fraud
+
+    return fraud.prepare(tmp_path_factory.mktemp("fraud"), seed=0)
+
+
+RunCli = Callable[..., Result]
+
+
+@pytest.fixture
+def run_cli() -> RunCli:
+    """Invoke ``tffprod`` in-process: ``run_cli("dataset", "list", "--json", env={...})``.
+
+    Arguments are converted with ``str`` (so paths can be passed as is). ``TFFPROD_REGISTRY``
+    is unset unless ``env`` sets it, so the caller's environment cannot leak in. Returns the
+    ``click.testing.Result`` (with separate ``stdout`` and ``stderr``) and asserts nothing.
+    """
+    from tffprod.cli.main import cli
+
+    def invoke(*args: object, env: Optional[Mapping[str, Optional[str]]] = None,
+               input: Optional[str] = None, catch_exceptions: bool = True) -> Result:
+        argv: Sequence[str] = [str(a) for a in args]
+        environment = {"TFFPROD_REGISTRY": None, **(env or {})}
+        return CliRunner().invoke(cli, argv, env=environment, input=input, catch_exceptions=catch_exceptions)
+
+    return invoke
