@@ -12,7 +12,14 @@ from tffprod.cli.options import emit_json, open_registry, output_options, regist
 
 @click.group()
 def dataset() -> None:
-    """Register and inspect datasets held at sites."""
+    """Register and inspect datasets held at sites.
+
+    \b
+    Example:
+        tffprod dataset register hospital-a/train data/hospital-a/train.tfrecord \\
+            --task tffprod.examples.digits:task
+        tffprod dataset list
+    """
 
 
 @dataset.command("register")

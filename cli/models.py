@@ -12,7 +12,13 @@ from tffprod.cli.options import emit_json, open_registry, output_options, regist
 
 @click.group()
 def model() -> None:
-    """List, inspect and export trained model versions."""
+    """List, inspect and export trained model versions.
+
+    \b
+    Example:
+        tffprod model list
+        tffprod model export digits-dp:1 --out ./digits-savedmodel
+    """
 
 
 @model.command("list")

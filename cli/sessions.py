@@ -12,7 +12,13 @@ from tffprod.cli.options import emit_json, interactive, open_registry, output_op
 
 @click.group()
 def session() -> None:
-    """Run federated training sessions and inspect them."""
+    """Run federated training sessions and inspect them.
+
+    \b
+    Example:
+        tffprod session run --spec demo/digits-dp.toml
+        tffprod session list
+    """
 
 
 @session.command("run")

@@ -58,6 +58,7 @@ def run_cli() -> RunCli:
                input: Optional[str] = None, catch_exceptions: bool = True) -> Result:
         argv: Sequence[str] = [str(a) for a in args]
         environment = {"TFFPROD_REGISTRY": None, **(env or {})}
-        return CliRunner().invoke(cli, argv, env=environment, input=input, catch_exceptions=catch_exceptions)
+        return CliRunner().invoke(cli, argv, env=environment, input=input, catch_exceptions=catch_exceptions,
+                                  prog_name="tffprod")
 
     return invoke

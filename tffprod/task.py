@@ -132,8 +132,6 @@ def load_task(path: str) -> Task:
     task = getattr(module, attr, None)
     if task is None:
         raise TaskLoadError(f"task {path!r}: module {module_name} has no attribute {attr!r}")
-    if callable(task) and not isinstance(task, Task):
-        task = task()
     if not isinstance(task, Task):
         raise TaskLoadError(f"task {path!r}: {attr} is a {type(task).__name__}, not a tffprod.Task")
     return task

@@ -22,7 +22,7 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, *, log_dir: Optional[Path] = None) -> None:
-        self._log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
+        self._log_dir = Path(log_dir) if log_dir else None
         self._workers: dict[str, WorkerProcess] = {}
         self._contexts: dict[str, Any] = {}
         self._coordinator: Optional[Any] = None
@@ -44,6 +44,8 @@ class LocalBackend(Backend):
             raise
 
     def _start_worker(self, name: str) -> WorkerProcess:
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
         worker = WorkerProcess(name=name, log_path=self._log_dir / f"{name}.log")
         self._workers[name] = worker
         return worker.start()

@@ -1,0 +1,142 @@
+"""Export, evaluation and the CLI, end to end in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tffprod.examples import digits
+
+pytestmark = pytest.mark.e2e
+
+TFFPROD = str(Path(sys.executable).with_name("tffprod"))
+
+
+def tffprod(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed ``tffprod`` executable with stdout piped (as in a script)."""
+    env = {**os.environ, "TFFPROD_REGISTRY": str(cwd / "tffprod.db")}
+    proc = subprocess.run([TFFPROD, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A registry with one session trained through ``tffprod session run`` (piped, --json)."""
+    root = tmp_path_factory.mktemp("cli")
+    paths = digits.prepare(root / "data")
+    for site in digits.SITES:
+        for split in ("train", "test"):
+            tffprod("dataset", "register", f"{site}/{split}", str(paths[site][split]),
+                    "--task", "tffprod.examples.digits:task", cwd=root)
+    (root / "spec.toml").write_text(
+        'name = "digits"\ntask = "tffprod.examples.digits:task"\n'
+        f"datasets = {json.dumps([f'{s}/train' for s in digits.SITES])}\n"
+        'eval_datasets = ["hospital-a/test"]\nrounds = 3\n'
+        '[dp]\nmechanism = "gaussian_fixed"\nnoise_multiplier = 0.3\nclip = 1.0\ndelta = 1e-5\n'
+    )
+    proc = tffprod("session", "run", "--spec", "spec.toml", "--json", cwd=root)
+    return root, json.loads(proc.stdout), proc
+
+
+def test_session_run_piped_prints_only_json(trained):
+    _, result, proc = trained
+    assert result["status"] == "finished" and result["rounds_completed"] == 3
+    assert "round " not in proc.stderr  # no progress lines when nobody watches
+    version = result["model_version"]
+    assert (version["name"], version["version"], version["session_id"]) == ("digits", 1, result["id"])
+    assert version["epsilon"] > 0 and version["delta"] == 1e-5
+
+
+def test_session_and_model_listing_json(trained):
+    root, result, _ = trained
+    sessions = json.loads(tffprod("session", "list", "--json", cwd=root).stdout)
+    assert [(s["id"], s["status"], s["rounds_completed"]) for s in sessions] == [(result["id"], "finished", 3)]
+    shown = json.loads(tffprod("session", "show", result["id"], "--json", cwd=root).stdout)
+    assert [r["round_num"] for r in shown["rounds"]] == [1, 2, 3]
+    models = json.loads(tffprod("model", "list", "--json", cwd=root).stdout)
+    assert {k: models[0][k] for k in ("name", "version", "session_id")} == {
+        "name": "digits", "version": 1, "session_id": result["id"]}
+    assert set(models[0]) >= {"metrics", "epsilon", "delta", "datasets"}
+
+
+def test_exported_savedmodel_predicts_like_the_trained_model(trained):
+    import tensorflow as tf
+
+    from tffprod.export import keras_model_with_weights, load_weights
+
+    root, result, _ = trained
+    tffprod("model", "export", "digits:1", "--out", "out/sm", cwd=root)
+    tffprod("model", "export", "digits", "--out", "out/m.keras", "--format", "keras", cwd=root)
+    x = np.random.default_rng(0).random((7, 64), dtype=np.float32)
+
+    trained_model = keras_model_with_weights(digits.task, load_weights(result["model_version"]["artifact_path"]))
+    expected = trained_model({"pixels": x}).numpy()
+
+    loaded = tf.saved_model.load(str(root / "out/sm"))
+    serve = loaded.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["pixels"]
+    got = serve(pixels=tf.constant(x))["predictions"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+    keras_model = tf.keras.models.load_model(root / "out/m.keras")
+    np.testing.assert_allclose(keras_model({"pixels": x}).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_export_refuses_to_overwrite(trained):
+    root, _, _ = trained
+    (root / "taken").mkdir()
+    (root / "taken" / "file").write_text("keep me")
+    proc = tffprod("model", "export", "digits:1", "--out", "taken", cwd=root, check=False)
+    assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert (root / "taken" / "file").read_text() == "keep me"
+
+
+def test_eval_command_records_per_site_metrics(trained):
+    from tffprod.export import keras_model_with_weights, load_weights
+    from tffprod.tfdata import read_examples, to_model_input
+
+    root, result, _ = trained
+    proc = tffprod("eval", "digits:1", "--dataset", "hospital-b/test", "--dataset", "hospital-c/test",
+                   "--json", cwd=root)
+    evaluated = json.loads(proc.stdout)
+    assert set(evaluated["datasets"]) == {"hospital-b/test:1", "hospital-c/test:1"}
+    # Each site's federated evaluation equals plain Keras on that site's file.
+    model = keras_model_with_weights(digits.task, load_weights(result["model_version"]["artifact_path"]))
+    model.compile(loss=digits.task.loss_fn(), metrics=digits.task.metrics_fn())
+    for site in ("hospital-b", "hospital-c"):
+        data = read_examples(str(root / f"data/{site}/test.tfrecord"), digits.SCHEMA, "tfrecord")
+        expected = model.evaluate(data.map(to_model_input(digits.SCHEMA)).batch(64), verbose=0, return_dict=True)
+        got = evaluated["datasets"][f"{site}/test:1"]
+        assert got["sparse_categorical_accuracy"] == pytest.approx(expected["sparse_categorical_accuracy"], abs=1e-6)
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    shown = json.loads(tffprod("model", "show", "digits:1", "--json", cwd=root).stdout)
+    assert {e["dataset"] for e in shown["evaluations"]} >= {"hospital-b/test:1", "hospital-c/test:1"}
+
+
+def test_demo_leaves_everything_in_the_workdir(tmp_path):
+    proc = tffprod("demo", "--workdir", str(tmp_path / "demo"), "--rounds", "3", "--json", cwd=tmp_path)
+    summary = json.loads(proc.stdout)
+    work = tmp_path / "demo"
+    assert Path(summary["registry"]) == work / "tffprod.db" and (work / "tffprod.db").is_file()
+    assert Path(summary["spec"]).parent == work and Path(summary["spec"]).suffix == ".toml"
+    assert (Path(summary["saved_model"]) / "saved_model.pb").is_file()
+    shown = json.loads(tffprod("model", "show", summary["model"], "--registry", summary["registry"], "--json",
+                               cwd=tmp_path).stdout)
+    assert summary["accuracy"] == shown["metrics"]["eval"]["sparse_categorical_accuracy"]
+    assert summary["epsilon"] == shown["epsilon"] > 0
+    assert set(summary["per_site_accuracy"]) == {f"{s}/test:1" for s in digits.SITES}
+    assert 0.5 < summary["central_accuracy"] <= 1.0
+    assert summary["repeat_command"].startswith("tffprod session run --spec ")
+    # The printed command repeats the training by hand.
+    rerun = tffprod("session", "run", "--spec", summary["spec"], "--registry", summary["registry"], "--json",
+                    cwd=tmp_path)
+    assert json.loads(rerun.stdout)["model_version"]["version"] == 2
