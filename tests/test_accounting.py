@@ -56,6 +56,7 @@ def test_ledger_starts_empty():
         "rounds": 0,
         "epsilon": 0.0,
         "sampling_rates": [],
+        "events": [],
     }
 
 
@@ -158,3 +159,21 @@ def test_bad_sampling_rate(q):
 def test_epsilon_for_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         epsilon_for(**{"noise_multiplier": 1.0, "rounds": 1, "delta": 1e-5, **kwargs})
+
+
+def test_ledger_composes_the_events_tff_reports():
+    import dp_accounting
+
+    # What TFF's adaptive-clipping aggregator reports for noise_multiplier 0.2: the value
+    # and the clipped-count noise as two Gaussians, together worth one Gaussian of 0.2.
+    reported = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(0.26832816), dp_accounting.GaussianDpEvent(0.3)]
+    )
+    ledger = PrivacyLedger(noise_multiplier=0.2, delta=1e-5)
+    for _ in range(3):
+        eps = ledger.record_round(event=reported)
+    assert eps == pytest.approx(epsilon_for(noise_multiplier=0.2, rounds=3, delta=1e-5), rel=1e-3)
+    louder = PrivacyLedger(noise_multiplier=0.2, delta=1e-5)
+    louder.record_round(event=dp_accounting.GaussianDpEvent(2.0))
+    assert louder.epsilon() < epsilon_for(noise_multiplier=0.2, rounds=1, delta=1e-5)
+    assert ledger.to_dict()["events"][0].startswith("ComposedDpEvent")

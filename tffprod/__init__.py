@@ -15,11 +15,13 @@ from tffprod.errors import (
     TffprodError,
 )
 from tffprod.schema import Feature, Schema
+from tffprod.spec import DPConfig, SessionSpec, load_spec
 from tffprod.task import Optimizer, Task, load_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DPConfig",
     "DatasetError",
     "Feature",
     "NotFoundError",
@@ -28,9 +30,11 @@ __all__ = [
     "Schema",
     "SchemaMismatchError",
     "SessionError",
+    "SessionSpec",
     "SpecError",
     "Task",
     "TaskLoadError",
     "TffprodError",
+    "load_spec",
     "load_task",
 ]

@@ -48,27 +48,37 @@ def _check_accountant(accountant: Any) -> str:
     return accountant
 
 
-def _epsilon(*, noise_multiplier: float, delta: float, accountant: str, rounds_by_rate: Mapping[float, int]) -> float:
-    """Epsilon after ``rounds_by_rate[q]`` rounds at each sampling rate ``q``.
+def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
+             rounds_by_rate: list[tuple[tuple[float, Any], int]]) -> float:
+    """Epsilon after ``n`` rounds of each ``((q, event), n)`` in ``rounds_by_rate``.
 
-    Composition is commutative, so the rounds of one rate are composed as one
-    ``SelfComposedDpEvent``: this gives the epsilon of composing them one by one,
-    at the cost of one event per distinct rate.
+    ``event`` is a ``dp_accounting.DpEvent`` reported by TFF, or None for
+    ``GaussianDpEvent(noise_multiplier)``. Composition is commutative, so the
+    rounds of one pair are composed as one ``SelfComposedDpEvent``: this gives
+    the epsilon of composing them one by one, at the cost of one event per pair.
     """
-    rounds_by_rate = {q: n for q, n in rounds_by_rate.items() if n > 0}
+    rounds_by_rate = [(key, n) for key, n in rounds_by_rate if n > 0]
     if not rounds_by_rate:
         return 0.0
-    if noise_multiplier == 0:
+    if noise_multiplier == 0 and any(event is None for (_, event), _ in rounds_by_rate):
         return math.inf
+
     import dp_accounting  # seconds to import (SciPy); no TensorFlow
     from dp_accounting import pld, rdp
 
     acct = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
-    for q, n in sorted(rounds_by_rate.items()):
-        event = gaussian if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian)
+    for (q, event), n in sorted(rounds_by_rate, key=lambda kv: (kv[0][0], repr(kv[0][1]))):
+        event = event if event is not None else dp_accounting.GaussianDpEvent(noise_multiplier)
+        event = event if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, event)
         acct.compose(dp_accounting.SelfComposedDpEvent(event, n) if n > 1 else event)
     return float(acct.get_epsilon(delta))
+
+
+def _count_rounds(rates: list[float], events: list[Any]) -> list[tuple[tuple[float, Any], int]]:
+    """Rounds per (rate, event) pair; events may be unhashable, so they are told apart by repr."""
+    counts: collections.Counter = collections.Counter((q, repr(e)) for q, e in zip(rates, events))
+    first = {(q, repr(e)): e for q, e in zip(rates, events)}
+    return [((key[0], first[key]), n) for key, n in counts.items()]
 
 
 class PrivacyLedger:
@@ -98,6 +108,7 @@ class PrivacyLedger:
         self._delta = _check_delta(delta)
         self._accountant = _check_accountant(accountant)
         self._rates: list[float] = []
+        self._events: list[Any] = []  # the DP event TFF reported for each round, or None
         self._cache: tuple[int, float] = (0, 0.0)  # (rounds, epsilon) of the last computation
 
     @property
@@ -125,12 +136,15 @@ class PrivacyLedger:
         """The sampling rate of each recorded round, in order."""
         return tuple(self._rates)
 
-    def record_round(self, *, sampling_rate: float = 1.0) -> float:
+    def record_round(self, *, sampling_rate: float = 1.0, event: Any = None) -> float:
         """Records one round in which each client took part with probability ``sampling_rate``.
 
         Args:
             sampling_rate: the Poisson sampling probability q of a client, in (0, 1];
                 1.0 when every client trains every round.
+            event: the ``dp_accounting.DpEvent`` TFF's DP aggregator reported for the
+                round (``extract_dp_event_from_state``); None means
+                ``GaussianDpEvent(noise_multiplier)``.
 
         Returns:
             Epsilon after all rounds recorded so far.
@@ -139,6 +153,7 @@ class PrivacyLedger:
             ValueError: ``sampling_rate`` is out of range (nothing is recorded).
         """
         self._rates.append(_check_sampling_rate(sampling_rate))
+        self._events.append(event)
         return self.epsilon()
 
     def epsilon(self) -> float:
@@ -148,7 +163,7 @@ class PrivacyLedger:
                 noise_multiplier=self._noise_multiplier,
                 delta=self._delta,
                 accountant=self._accountant,
-                rounds_by_rate=collections.Counter(self._rates),
+                rounds_by_rate=_count_rounds(self._rates, self._events),
             )
             self._cache = (len(self._rates), value)
         return self._cache[1]
@@ -162,6 +177,7 @@ class PrivacyLedger:
             "rounds": self.rounds,
             "epsilon": self.epsilon(),
             "sampling_rates": list(self._rates),
+            "events": [repr(e) if e is not None else None for e in self._events],
         }
 
     @classmethod
@@ -177,6 +193,7 @@ class PrivacyLedger:
             accountant=data.get("accountant", "rdp"),
         )
         ledger._rates = [_check_sampling_rate(q) for q in data.get("sampling_rates", [])]
+        ledger._events = [None] * len(ledger._rates)  # rebuilt as GaussianDpEvent(noise_multiplier)
         return ledger
 
     def __repr__(self) -> str:
@@ -215,5 +232,5 @@ def epsilon_for(
         noise_multiplier=_check_noise_multiplier(noise_multiplier),
         delta=_check_delta(delta),
         accountant=_check_accountant(accountant),
-        rounds_by_rate={_check_sampling_rate(sampling_rate): rounds},
+        rounds_by_rate=[((_check_sampling_rate(sampling_rate), None), rounds)],
     )

@@ -130,6 +130,23 @@ class _Trainer:
         self.state = outcome.output.state
         return outcome
 
+    def dp_event(self) -> Any:
+        """The DP event TFF's aggregator reports for the last round.
+
+        Raises:
+            SessionError: the process has no TFF DP aggregator state (e.g. a custom
+                ``process_builder`` that ignored the DP aggregator it was given).
+        """
+        from tensorflow_federated.python.aggregators.differential_privacy import extract_dp_event_from_state
+
+        try:
+            return extract_dp_event_from_state(self.state.aggregator)
+        except Exception as e:
+            raise SessionError(
+                "the spec asks for DP but the training process reports no DP event; a custom "
+                f"process_builder must use the aggregator it is given ({type(e).__name__})"
+            ) from e
+
     def weights(self) -> Any:
         return self.ctx.invoke(self.process.get_model_weights, self.state)
 
@@ -186,7 +203,7 @@ def run_session(
         train_metrics: dict = {}
         for round_num in range(1, spec.rounds + 1):
             outcome = trainer.run_round()
-            epsilon = ledger.record_round(sampling_rate=1.0) if ledger else None
+            epsilon = ledger.record_round(sampling_rate=1.0, event=trainer.dp_event()) if ledger else None
             metrics = plain_metrics(outcome.output.metrics)
             train_metrics = metrics.get("client_work", {}).get("train", metrics)
             participants = _participants(outcome, plan)

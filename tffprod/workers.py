@@ -3,8 +3,13 @@
 TFF's own local contexts start workers that outlive Python and inherit its
 stdout (shared/design/tff-0.87-facts.md section 5). tffprod starts its own:
 output goes to a log file, each worker leads its own process group, the kernel
-kills it if the Python thread that started it dies (``PR_SET_PDEATHSIG``), and
-``stop()`` (also run at exit) ends the whole group.
+kills it if the Python thread that started it dies (``PR_SET_PDEATHSIG``, set
+by util-linux ``setpriv`` just before it executes the worker), and ``stop()``
+(also run at exit) ends the whole group.
+
+No Python code runs between fork and exec (no ``preexec_fn``): with gRPC's
+threads alive in this process, a plain fork can abort in gRPC's fork handlers,
+so ``subprocess`` must be free to use ``vfork``.
 
 Nothing here imports TensorFlow.
 """
@@ -12,9 +17,9 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +31,6 @@ from typing import Optional
 
 from tffprod.errors import TffprodError
 
-_PR_SET_PDEATHSIG = 1
 _LIVE: "set[WorkerProcess]" = set()
 _LIVE_LOCK = threading.Lock()
 
@@ -53,10 +57,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _port_is_free(port: int) -> bool:
+    """True when nothing listens on ``port`` (the worker binds every interface)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def _die_with_parent_prefix() -> list[str]:
+    """A command prefix making the kernel SIGKILL the worker when its parent thread dies."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class WorkerProcess:
@@ -96,7 +110,10 @@ class WorkerProcess:
         """Start the worker and wait until its port accepts connections."""
         if self.alive():
             return self
+        if not _port_is_free(self.port):
+            raise WorkerError(f"worker {self.name}: port {self.port} is already in use")
         args = [
+            *_die_with_parent_prefix(),
             str(worker_binary_path()),
             f"--port={self.port}",
             "--max_concurrent_computation_calls=-1",
@@ -110,7 +127,7 @@ class WorkerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
-                preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
         with _LIVE_LOCK:
             _LIVE.add(self)

@@ -182,3 +182,28 @@ def test_same_seed_gives_same_weights(digits_registry):
     assert a["model_version"]["version"] + 1 == b["model_version"]["version"]
     for x, y in zip(wa, wb):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_dp_spec_with_a_process_that_drops_the_dp_aggregator_fails(digits_registry, tmp_path):
+    from tffprod.errors import SessionError
+
+    registry, _ = digits_registry
+    task_file = tmp_path / "no_dp_task.py"
+    task_file.write_text(
+        "import dataclasses\n"
+        "import tensorflow_federated as tff\n"
+        "from tffprod.examples import digits\n"
+        "def build(task, model_fn, aggregator):  # ignores the DP aggregator it is given\n"
+        "    return tff.learning.algorithms.build_weighted_fed_avg(\n"
+        "        model_fn, client_optimizer_fn=task.client_optimizer.build(),\n"
+        "        server_optimizer_fn=task.server_optimizer.build())\n"
+        "task = dataclasses.replace(digits.task, process_builder=build)\n"
+    )
+    dp = {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5}
+    with pytest.raises(SessionError, match="reports no DP event"):
+        train(_spec("digits-nodp", rounds=2, dp=dp, task=f"{task_file}:task"), registry=registry,
+              backend=LocalBackend())
+    (failed,) = registry.list_sessions(status="failed")
+    assert failed["name"] == "digits-nodp" and "no DP event" in failed["error"]
+    assert failed["rounds_completed"] == 0
+    assert [v for v in registry.list_model_versions("digits-nodp")] == []

@@ -31,14 +31,17 @@ class LocalBackend(Backend):
         from tffprod.contexts import channel_context, insecure_channel
 
         try:
-            for site in sites:
-                if site.name in self._contexts:
-                    continue
-                worker = self._start_worker(f"site-{site.name}")
-                self._contexts[site.name] = channel_context(insecure_channel(worker.address))
+            names = [f"site-{site.name}" for site in sites if site.name not in self._contexts]
             if self._coordinator is None:
-                worker = self._start_worker("coordinator")
-                self._coordinator = channel_context(insecure_channel(worker.address))
+                names.append("coordinator")
+            # Start every worker before opening any channel: fewer gRPC threads alive while forking.
+            started = {name: self._start_worker(name) for name in names}
+            for name, worker in started.items():
+                context = channel_context(insecure_channel(worker.address))
+                if name == "coordinator":
+                    self._coordinator = context
+                else:
+                    self._contexts[name.removeprefix("site-")] = context
         except BaseException:
             self.close()
             raise
