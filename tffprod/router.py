@@ -1,22 +1,27 @@
 """The round router: one computation in mergeable form, run across sites.
 
 Each round: the per-site part (``up_to_merge``) runs at every selected site
-concurrently, one thread per site (TFF's remote executor blocks, so asyncio
-would serialize them; facts section 4), each under a deadline. The partial
-results are merged and the round finished (``after_merge``) at the
-coordinator, so DP noise and the server optimizer never run at a site.
+concurrently, one daemon thread per site (TFF's remote executor blocks, so
+asyncio would serialize them; facts section 4), each under the round's
+deadline; a site that is unavailable is tried again a bounded number of times
+within it. The partial results are merged and the round finished
+(``after_merge``) at the coordinator, so DP noise and the server optimizer
+never run at a site. A site that misses the deadline is left behind: its
+daemon thread never keeps the process from exiting.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from typing import Any, Mapping, Optional
 
 import tensorflow_federated as tff
 
 from tffprod.backends.base import Backend
+from tffprod.contexts import SiteUnavailableError
 from tffprod.errors import SessionError
 
 Struct = tff.structure.Struct
@@ -32,6 +37,7 @@ class SiteOutcome:
     clients: int
     examples: int = 0
     error: Optional[str] = None
+    attempts: int = 1
     partial: Any = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +48,7 @@ class SiteOutcome:
             "clients": self.clients,
             "examples": self.examples,
             "error": self.error,
+            "attempts": self.attempts,
         }
 
 
@@ -61,43 +68,66 @@ class RoundOutcome:
 class RoundRouter:
     """Runs a ``MergeableCompForm`` over a backend's sites."""
 
-    def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1) -> None:
+    def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1,
+                 retries: int = 2, backoff_s: float = 0.5) -> None:
         self._backend = backend
         self._form = form
         self._timeout_s = timeout_s
         self._min_sites = min_sites
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tffprod-site")
+        self._retries = retries
+        self._backoff_s = backoff_s
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: site threads are daemons and end with their calls."""
 
     def partials(self, state: Any, refs_by_site: Mapping[str, list[str]]) -> list[SiteOutcome]:
         """Run the per-site part at every site concurrently; never raises for a site's failure."""
         started = time.monotonic()
-        futures = {
-            site: self._pool.submit(self._run_site, site, state, refs) for site, refs in refs_by_site.items()
-        }
+        deadline = started + self._timeout_s
+        futures = {site: self._spawn(site, state, refs, deadline) for site, refs in refs_by_site.items()}
         outcomes = []
         for site, future in futures.items():
-            remaining = max(0.0, self._timeout_s - (time.monotonic() - started))
             clients = len(refs_by_site[site])
             try:
-                partial, duration = future.result(timeout=remaining)
-                outcomes.append(SiteOutcome(site, "ok", duration, clients, partial=partial))
+                partial, duration, attempts = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                outcomes.append(SiteOutcome(site, "ok", duration, clients, partial=partial, attempts=attempts))
             except concurrent.futures.TimeoutError:
-                future.cancel()
                 outcomes.append(SiteOutcome(site, "timeout", time.monotonic() - started, clients,
                                             error=f"no result within {self._timeout_s:g} s"))
             except Exception as e:  # a site's failure is recorded, not raised
                 outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
-                                            error=f"{type(e).__name__}: {e}".splitlines()[0][:500]))
+                                            error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                                            attempts=getattr(e, "attempts", 1)))
         return outcomes
 
-    def _run_site(self, site: str, state: Any, refs: list[str]) -> tuple[Any, float]:
-        t0 = time.monotonic()
+    def _spawn(self, site: str, state: Any, refs: list[str], deadline: float) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline),
+                                  name=f"tffprod-site-{site}", daemon=True)
+        thread.start()
+        return future
+
+    def _run_site(self, future: concurrent.futures.Future, site: str, state: Any, refs: list[str],
+                  deadline: float) -> None:
+        future.set_running_or_notify_cancel()
         arg = Struct.unnamed(state, refs) if state is not None else refs
-        result = self._backend.site_context(site).invoke(self._form.up_to_merge, arg)
-        return result, time.monotonic() - t0
+        context = self._backend.site_context(site)
+        t0, backoff = time.monotonic(), self._backoff_s
+        for attempt in range(1, self._retries + 2):
+            try:
+                result = context.invoke(self._form.up_to_merge, arg)
+                future.set_result((result, time.monotonic() - t0, attempt))
+                return
+            except SiteUnavailableError as e:
+                if attempt > self._retries or time.monotonic() + backoff >= deadline:
+                    e.attempts = attempt
+                    future.set_exception(e)
+                    return
+                time.sleep(backoff)
+                backoff *= 2
+            except BaseException as e:  # reported through the future
+                future.set_exception(e)
+                return
 
     def merge(self, partials: list[Any]) -> Any:
         """Fold partial results with ``merge`` at the coordinator."""

@@ -207,3 +207,41 @@ def test_dp_spec_with_a_process_that_drops_the_dp_aggregator_fails(digits_regist
     assert failed["name"] == "digits-nodp" and "no DP event" in failed["error"]
     assert failed["rounds_completed"] == 0
     assert [v for v in registry.list_model_versions("digits-nodp")] == []
+
+
+def _kill_site_after_round(backend: LocalBackend, site: str, after: int):
+    def progress(report):
+        if report.round_num == after:
+            backend._workers[f"site-{site}"].stop()  # the site goes away between rounds
+
+    return progress
+
+
+def test_a_dead_site_is_recorded_and_the_round_goes_on_without_it(digits_registry):
+    registry, _ = digits_registry
+    backend = LocalBackend()
+    spec = _spec("digits-churn", rounds=3, min_sites=2)
+    result = train(spec, registry=registry, backend=backend, progress=_kill_site_after_round(backend, "hospital-c", 1))
+    assert result["status"] == "finished" and result["rounds_completed"] == 3
+    rounds = registry.list_rounds(result["id"])
+    status = [{p["site"]: p["status"] for p in r["participants"]} for r in rounds]
+    assert status[0] == dict.fromkeys(digits.SITES, "ok")
+    for later in status[1:]:
+        assert later == {"hospital-a": "ok", "hospital-b": "ok", "hospital-c": "error"}
+    failed = next(p for p in rounds[1]["participants"] if p["site"] == "hospital-c")
+    assert "unavailable" in failed["error"] and failed["attempts"] == 3 and failed["examples"] == 0
+    trained_on = rounds[1]["metrics"]["client_work"]["train"]["num_examples"]
+    assert trained_on == sum(registry.get_dataset(f"{s}/train")["num_examples"] for s in ("hospital-a", "hospital-b"))
+
+
+def test_too_few_sites_fail_the_session_with_the_reason(digits_registry):
+    from tffprod.errors import SessionError
+
+    registry, _ = digits_registry
+    backend = LocalBackend()
+    spec = _spec("digits-quorum", rounds=3, min_sites=3)
+    with pytest.raises(SessionError, match="round needs 3 site"):
+        train(spec, registry=registry, backend=backend, progress=_kill_site_after_round(backend, "hospital-a", 1))
+    (failed,) = registry.list_sessions(status="failed")
+    assert failed["name"] == "digits-quorum" and failed["rounds_completed"] == 1
+    assert "hospital-a: error" in failed["error"]
