@@ -11,12 +11,14 @@ import signal
 import click
 
 from tffprod import __version__
+from tffprod.cli.certs import certs
 from tffprod.cli.datasets import dataset
 from tffprod.cli.demo import demo
 from tffprod.cli.models import eval_command, model
 from tffprod.cli.options import emit_json, open_registry, output_options, registry_option
 from tffprod.cli.errors import user_errors
 from tffprod.cli.sessions import session
+from tffprod.cli.sites import site
 
 
 def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C so workers are stopped
@@ -59,6 +61,8 @@ cli.add_command(session)
 cli.add_command(model)
 cli.add_command(eval_command)
 cli.add_command(demo)
+cli.add_command(site)
+cli.add_command(certs)
 
 
 if __name__ == "__main__":  # pragma: no cover

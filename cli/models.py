@@ -107,7 +107,7 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, registry_pat
     from tffprod.evaluation import evaluate_version
 
     with user_errors(), open_registry(registry_path) as registry:
-        result = evaluate_version(registry, ref, datasets, backend=create_backend(backend))
+        result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry))
     if as_json:
         emit_json(result)
         return
@@ -115,3 +115,5 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, registry_pat
     for ds, metrics in result["datasets"].items():
         click.echo(f"  {ds:24} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     click.echo(f"  {'overall':24} " + "  ".join(f"{k} {v:.4f}" for k, v in result["overall"].items() if isinstance(v, float)))
+    for ds, reason in result["errors"].items():
+        click.echo(f"  {ds:24} not evaluated: {reason}")

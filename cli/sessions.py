@@ -45,7 +45,7 @@ def run(spec_path: str, backend: Optional[str], registry_path: str, as_json: boo
             result = train(
                 spec,
                 registry=registry,
-                backend=create_backend(backend or spec.backend),
+                backend=create_backend(backend or spec.backend, registry=registry),
                 progress=print_round if interactive() else None,
             )
     if as_json:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import grpc
 import tensorflow_federated as tff
 
+from tffprod.connections import GRPC_OPTIONS
 from tffprod.errors import TffprodError
 
 
@@ -62,13 +63,6 @@ class FailFastStub(tff.framework.RemoteExecutorStub):
     @property
     def is_ready(self) -> bool:
         return self._inner.is_ready
-
-# Large models travel as single messages; gRPC's Python side caps at 2 GB.
-GRPC_OPTIONS = (
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-)
-
 
 def insecure_channel(address: str) -> grpc.Channel:
     """A plaintext channel; only for workers on loopback that this process started."""

@@ -43,7 +43,11 @@ def evaluate(
         backend: an open backend with every dataset's site.
 
     Returns:
-        ``{"overall": metrics, "datasets": {ref: metrics}}``.
+        ``{"overall": metrics, "datasets": {ref: metrics}, "errors": {ref: reason}}``: a dataset
+        whose site fails is reported in ``errors`` and left out of ``overall``.
+
+    Raises:
+        SessionError: no dataset could be evaluated.
     """
     process = build_evaluation_process(task, fmt=fmt)
     form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
@@ -52,17 +56,20 @@ def evaluate(
     state = ctx.invoke(process.set_model_weights, Struct.unnamed(state, weights))
     router = RoundRouter(backend, form, timeout_s=timeout_s)
     try:
-        per_dataset, partials = {}, []
+        per_dataset, partials, errors = {}, [], {}
         for row in datasets:
             (outcome,) = router.partials(state, {row["site"]: [backend.reference(row)]})
             if outcome.status != "ok":
-                raise SessionError(f"evaluation of {row['ref']} failed at site {row['site']}: {outcome.error}")
+                errors[row["ref"]] = f"site {row['site']}: {outcome.status}: {outcome.error}"
+                continue
             partials.append(outcome.partial)
             per_dataset[row["ref"]] = _eval_metrics(router.finish(state, outcome.partial))
+        if not partials:
+            raise SessionError(f"evaluation failed on every dataset: {'; '.join(errors.values())}")
         overall = _eval_metrics(router.finish(state, router.merge(partials)))
     finally:
         router.close()
-    return {"overall": overall, "datasets": per_dataset}
+    return {"overall": overall, "datasets": per_dataset, "errors": errors}
 
 
 def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str], *, backend: Backend,

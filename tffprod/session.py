@@ -61,7 +61,7 @@ def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files
     for ref in refs:
         row = registry.get_dataset(ref)
         Schema.from_dict(row["schema"]).check_provides(task.schema, what=f"dataset {row['ref']}")
-        if verify_files:
+        if verify_files and not row["path"].startswith("site://"):  # site data is checked by its site
             path = Path(row["path"])
             if not path.is_file():
                 raise DatasetError(f"dataset {row['ref']}: file {path} is missing")
@@ -257,6 +257,8 @@ def _register_model(plan, registry, backend, session_id, weights, train_metrics,
     metrics = {"train": train_metrics}
     if evaluation:
         metrics["eval"] = evaluation["overall"]
+        if evaluation["errors"]:
+            metrics["eval_errors"] = evaluation["errors"]
     version = registry.add_model_version(
         name=spec.name,
         session_id=session_id,

@@ -58,8 +58,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_is_free(port: int) -> bool:
-    """True when nothing listens on ``port`` (the worker binds every interface)."""
+    """True when nothing listens on ``port`` (the worker binds every interface).
+
+    SO_REUSEADDR, as the worker itself uses: a port left in TIME_WAIT by a dead
+    worker's connections counts as free, one with a listener does not.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
             return True
@@ -102,6 +107,11 @@ class WorkerProcess:
     @property
     def pid(self) -> Optional[int]:
         return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit status once the worker has ended (negative: killed by that signal)."""
+        return self._proc.poll() if self._proc else None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

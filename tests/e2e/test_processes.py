@@ -64,7 +64,7 @@ def long_session(tmp_path):
 
 def _start(db: Path, spec: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
     proc = subprocess.Popen([TFFPROD, "session", "run", "--spec", str(spec), "--registry", str(db), "--json"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers = _wait_for(lambda: len(_workers_of(proc.pid)) == 4 and _workers_of(proc.pid), 180, "4 workers")
 
     def first_round_recorded():
@@ -76,9 +76,21 @@ def _start(db: Path, spec: Path) -> tuple[subprocess.Popen, list[psutil.Process]
     return proc, workers
 
 
-def test_sigterm_cancels_the_session_and_stops_every_worker(long_session):
+@pytest.fixture
+def started(long_session):
+    """The session process, killed at teardown if a test left it running."""
     db, spec = long_session
-    proc, workers = _start(db, spec)
+    holder = {}
+    yield lambda: holder.setdefault("run", _start(db, spec))
+    proc = holder.get("run", (None,))[0]
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_sigterm_cancels_the_session_and_stops_every_worker(long_session, started):
+    db, _ = long_session
+    proc, workers = started()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
@@ -90,9 +102,8 @@ def test_sigterm_cancels_the_session_and_stops_every_worker(long_session):
         assert session["rounds_completed"] == len(registry.list_rounds(session["id"])) >= 1
 
 
-def test_sigkill_of_the_coordinator_takes_its_workers_down(long_session):
-    db, spec = long_session
-    proc, workers = _start(db, spec)
+def test_sigkill_of_the_coordinator_takes_its_workers_down(started):
+    proc, workers = started()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     # The kernel kills each worker when the coordinator dies (PR_SET_PDEATHSIG).

@@ -5,11 +5,11 @@ from __future__ import annotations
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.errors import SpecError
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "remote")
 
 
-def create_backend(name: str, **options) -> Backend:
-    """The backend called ``name``.
+def create_backend(name: str, *, registry=None, **options) -> Backend:
+    """The backend called ``name``; ``remote`` reaches the sites recorded in ``registry``.
 
     Raises:
         SpecError: no backend has that name.
@@ -19,7 +19,14 @@ def create_backend(name: str, **options) -> Backend:
 
         return LocalBackend(**options)
     if name == "remote":
-        raise SpecError("backend 'remote' (sites over mTLS) is not available in this version; use --backend local")
+        from tffprod.backends.remote import RemoteBackend
+        from tffprod.connections import SiteConnection
+
+        if registry is None:
+            raise SpecError("the remote backend needs the registry's sites")
+        connections = {row["name"]: SiteConnection.from_registry(row) for row in registry.list_sites()
+                       if row.get("address")}
+        return RemoteBackend(connections, **options)
     raise SpecError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
 
 

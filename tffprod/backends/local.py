@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tffprod.backends.base import Backend, SiteTarget
+from tffprod.errors import DatasetError
 from tffprod.workers import WorkerProcess
 
 
@@ -74,4 +75,7 @@ class LocalBackend(Backend):
         return self._coordinator
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
+        if dataset["path"].startswith("site://"):
+            raise DatasetError(f"dataset {dataset['ref']} lives only at site {dataset['site']}; "
+                               "use --backend remote")
         return str(Path(dataset["path"]).resolve())

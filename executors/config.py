@@ -1,0 +1,510 @@
+"""The site config: the TOML file a site operator writes for ``tffprod site serve``.
+
+Read with the standard library's ``tomllib`` and validated strictly, like session
+specs (:mod:`tffprod.spec`): an unknown key, a wrong type, a missing field or a bad
+value raises :class:`tffprod.errors.SpecError` with one line naming the file, the
+key and the problem. Relative paths are resolved against the config file's folder.
+Nothing here imports TensorFlow (a dataset's ``task`` is imported for its schema;
+tasks import TensorFlow only when their model is built).
+
+Example::
+
+    name = "hospital-a"                 # the site's name
+    listen = "0.0.0.0:7001"             # the gateway's public address; port 0 = pick one
+    state_dir = "state"                 # audit log, worker log, site.json (created)
+    insecure_dev = false                # plaintext, loopback only: development only
+
+    [tls]                               # required unless insecure_dev
+    cert = "certs/hospital-a.crt"
+    key = "certs/hospital-a.key"
+    ca = "certs/ca.crt"
+
+    [[coordinators]]                    # who may call; at least one
+    identity = "coordinator"            # certificate CN
+    token_sha256 = "<64 hex>"           # hash_token(its bearer token); never the token
+
+    [worker]                            # optional
+    port = 0                            # 0 = a free loopback port
+    max_message_mb = 2000
+    max_restarts = 5                    # within restart_window_s, then the site stops
+    restart_window_s = 300
+
+    [datasets.train]                    # catalog name -> local file
+    path = "data/train.tfrecord"
+    format = "tfrecord"                 # optional: by suffix
+    task = "tffprod.examples.digits:task"   # the schema, from a task or
+    # schema_file = "schema.json"       # from a JSON schema file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+
+from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_file
+from tffprod.errors import DatasetError, SpecError, TaskLoadError
+from tffprod.schema import Schema
+from tffprod.spec import _did_you_mean, _resolve_task, _task_path, _toml_string, _toml_value, _type_name
+
+if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
+    from tffprod.executors.gateway import CatalogEntry
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the registry's rule for names
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_MAX_MESSAGE_MB = 2047  # gRPC's message limit is a signed 32-bit byte count
+
+_TOP_REQUIRED = ("name", "listen", "coordinators", "datasets")
+_TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "tls", "worker")
+_TLS_KEYS = ("cert", "key", "ca")
+_COORDINATOR_KEYS = ("identity", "token_sha256")
+_WORKER_KEYS = ("port", "max_message_mb", "max_restarts", "restart_window_s")
+_DATASET_KEYS = ("path", "format", "task", "schema_file")
+
+
+# ---------------------------------------------------------------- the config
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """The gateway's certificate, its private key and the CA that signs its callers."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """The PEM bytes as the gateway takes them: ``(key, cert, ca)``.
+
+        Raises:
+            SpecError: a file cannot be read.
+        """
+        pems = []
+        for key in ("key", "cert", "ca"):
+            path = getattr(self, key)
+            try:
+                pems.append(path.read_bytes())
+            except OSError as e:
+                raise SpecError(f"'tls.{key}': cannot read {path}: {e.strerror or e}") from None
+        return pems[0], pems[1], pems[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How the site's ``worker_binary`` is run and supervised (the ``[worker]`` table)."""
+
+    port: int = 0
+    max_message_mb: int = 2000
+    max_restarts: int = 5
+    restart_window_s: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDecl:
+    """One catalog entry as declared: a local file, its format and the schema it must match."""
+
+    path: Path
+    format: str
+    schema: Schema
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteConfig:
+    """A validated site config (see the module docstring for the file format).
+
+    Attributes:
+        name: the site's name.
+        listen: the gateway's public address, ``host:port`` (port 0 = pick a free one).
+        state_dir: where the audit log, the worker log and ``site.json`` go (absolute).
+        insecure_dev: plaintext gRPC, no certificates; only on a loopback address.
+        tls: the gateway's certificate files; None only with ``insecure_dev``.
+        coordinators: certificate identity (CN) -> SHA-256 hex of its bearer token.
+        worker: the worker's port and supervision settings.
+        datasets: catalog name -> declared dataset.
+        source: the file this was read from, if any.
+    """
+
+    name: str
+    listen: str
+    state_dir: Path
+    insecure_dev: bool
+    tls: Optional[TLSFiles]
+    coordinators: Mapping[str, str]
+    worker: WorkerSettings
+    datasets: Mapping[str, DatasetDecl]
+    source: Optional[Path] = dataclasses.field(default=None, compare=False)
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of ``listen`` (without IPv6 brackets)."""
+        return _split_address("listen", self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """The port part of ``listen`` (0 = the gateway picks one)."""
+        return _split_address("listen", self.listen)[1]
+
+    def build_catalog(self) -> dict[str, "CatalogEntry"]:
+        """Validate every dataset file against its schema and hash it.
+
+        Returns:
+            catalog name -> ``tffprod.executors.gateway.CatalogEntry``.
+
+        Raises:
+            DatasetError: one line naming the config, the dataset and what is wrong with its file.
+        """
+        from tffprod.executors.gateway import CatalogEntry  # imports grpc: only when serving
+
+        catalog = {}
+        for name, decl in self.datasets.items():
+            where = f"{self.source}: dataset {name!r}" if self.source else f"dataset {name!r}"
+            try:
+                if not decl.path.is_file():
+                    raise DatasetError(f"{decl.path}: no such file")
+                num_examples = validate_file(decl.path, decl.format, decl.schema)
+                digest = content_hash(decl.path)
+            except DatasetError as e:
+                raise DatasetError(f"{where}: {e}") from None
+            catalog[name] = CatalogEntry(
+                name=name,
+                path=str(decl.path),
+                format=decl.format,
+                schema=decl.schema.to_dict(),
+                num_examples=num_examples,
+                content_hash=digest,
+            )
+        return catalog
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest of a bearer token: what a site config stores instead of the token.
+
+    Raises:
+        SpecError: the token is empty or not a string.
+    """
+    if not isinstance(token, str) or not token:
+        raise SpecError("a bearer token must be a non-empty string")
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_site_config(path: PathLike) -> SiteConfig:
+    """Read and validate a site config file.
+
+    Args:
+        path: the TOML file; relative paths inside it are resolved against its folder.
+
+    Raises:
+        SpecError: one line naming the file, the key and the problem.
+    """
+    source = Path(path).absolute()
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read site config: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {' '.join(str(e).split())}") from None
+    try:
+        return _parse(data, source)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+
+
+def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
+    folder = source.parent
+    _known_keys("", data, _TOP_KEYS)
+    for key in _TOP_REQUIRED:
+        if key not in data:
+            raise SpecError(f"missing required key {key!r}")
+
+    name = _string("name", data["name"])
+    if not _SITE_NAME.match(name):
+        raise SpecError(
+            f"'name' must start with a lowercase letter or digit and hold only "
+            f"lowercase letters, digits, '.', '_' and '-', got {name!r}"
+        )
+    listen = _string("listen", data["listen"])
+    host, listen_port = _split_address("listen", listen)
+    insecure_dev = _boolean("insecure_dev", data.get("insecure_dev", False))
+    state_dir = _path(folder, "state_dir", data.get("state_dir", "state"))
+
+    tls = None
+    if insecure_dev:
+        if not _is_loopback(host):
+            raise SpecError(
+                f"'insecure_dev' = true serves plaintext without certificates and is refused unless "
+                f"'listen' is a loopback address (127.0.0.1, ::1 or localhost), got {listen!r}"
+            )
+        if "tls" in data:
+            raise SpecError("'tls' and 'insecure_dev' = true contradict each other: remove one")
+    else:
+        if "tls" not in data:
+            raise SpecError("missing required table 'tls' (cert, key, ca); or set insecure_dev = true on loopback")
+        tls = _tls(folder, _table("tls", data["tls"]))
+
+    coordinators = _coordinators(data["coordinators"])
+    worker = _worker(_table("worker", data.get("worker", {})))
+    if worker.port and worker.port == listen_port:
+        raise SpecError(f"'worker.port' = {worker.port} is the port 'listen' uses; leave it 0 or pick another")
+    datasets = _datasets(folder, _table("datasets", data["datasets"]))
+
+    return SiteConfig(
+        name=name,
+        listen=listen,
+        state_dir=state_dir,
+        insecure_dev=insecure_dev,
+        tls=tls,
+        coordinators=coordinators,
+        worker=worker,
+        datasets=datasets,
+        source=source,
+    )
+
+
+def _tls(folder: Path, table: Mapping[str, Any]) -> TLSFiles:
+    _known_keys("tls.", table, _TLS_KEYS)
+    paths = {}
+    for key in _TLS_KEYS:
+        if key not in table:
+            raise SpecError(f"missing required key 'tls.{key}'")
+        paths[key] = _path(folder, f"tls.{key}", table[key])
+        if not paths[key].is_file():
+            raise SpecError(f"'tls.{key}': no such file {paths[key]}")
+    return TLSFiles(**paths)
+
+
+def _coordinators(value: Any) -> dict[str, str]:
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise SpecError(f"'coordinators' must be an array of tables ([[coordinators]]), got {_type_name(value)}")
+    if not value:
+        raise SpecError("'coordinators' must name at least one coordinator")
+    out: dict[str, str] = {}
+    for i, item in enumerate(value):
+        key = f"coordinators[{i}]"
+        _known_keys(f"{key}.", item, _COORDINATOR_KEYS)
+        for field in _COORDINATOR_KEYS:
+            if field not in item:
+                raise SpecError(f"missing required key '{key}.{field}'")
+        identity = _string(f"{key}.identity", item["identity"])
+        if not identity or identity != identity.strip() or not identity.isprintable():
+            raise SpecError(f"'{key}.identity' must be a certificate common name, got {identity!r}")
+        if identity in out:
+            raise SpecError(f"'{key}.identity': coordinator {identity!r} is listed twice")
+        digest = _string(f"{key}.token_sha256", item["token_sha256"])
+        if not _SHA256.match(digest):
+            raise SpecError(
+                f"'{key}.token_sha256' must be 64 hex digits (the SHA-256 of the token, "
+                f"see tffprod.executors.config.hash_token), got {digest!r}"
+            )
+        out[identity] = digest.lower()
+    return out
+
+
+def _worker(table: Mapping[str, Any]) -> WorkerSettings:
+    _known_keys("worker.", table, _WORKER_KEYS)
+    defaults = WorkerSettings()
+    port = _integer("worker.port", table.get("port", defaults.port), minimum=0, maximum=65535)
+    mb = _integer("worker.max_message_mb", table.get("max_message_mb", defaults.max_message_mb),
+                  minimum=1, maximum=_MAX_MESSAGE_MB)
+    restarts = _integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
+    window = table.get("restart_window_s", defaults.restart_window_s)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < float("inf"):
+        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {_type_name(window)} {window!r}")
+    return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=float(window))
+
+
+def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
+    if not table:
+        raise SpecError("'datasets' must declare at least one dataset ([datasets.NAME] with a path)")
+    out = {}
+    for name, decl in table.items():
+        key = f"datasets.{name}"
+        if not _DATASET_NAME.match(name):
+            raise SpecError(f"{key!r}: a dataset name holds only letters, digits, '.', '_' and '-'")
+        decl = _table(key, decl)
+        _known_keys(f"{key}.", decl, _DATASET_KEYS)
+        if "path" not in decl:
+            raise SpecError(f"missing required key '{key}.path'")
+        path = _path(folder, f"{key}.path", decl["path"])
+        if "format" in decl:
+            fmt = _string(f"{key}.format", decl["format"])
+            if fmt not in FORMATS:
+                options = ", ".join(repr(f) for f in FORMATS)
+                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{_did_you_mean(fmt, FORMATS)}")
+        else:
+            try:
+                fmt = detect_format(path)
+            except DatasetError:
+                raise SpecError(
+                    f"'{key}.format' is needed: the suffix of {path.name!r} names no format "
+                    f"(use .tfrecord or .csv, or set format)"
+                ) from None
+        out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl))
+    return out
+
+
+def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
+    if ("task" in decl) == ("schema_file" in decl):
+        raise SpecError(f"{key!r} needs exactly one of 'task' or 'schema_file' (where its schema comes from)")
+    if "task" in decl:
+        from tffprod.task import load_task
+
+        task = _resolve_task(_task_path(f"{key}.task", decl["task"]), str(folder / "_"))
+        try:
+            return load_task(task).schema
+        except TaskLoadError as e:
+            raise SpecError(f"'{key}.task': {e}") from None
+    from tffprod.datasets import load_schema_file
+
+    path = _path(folder, f"{key}.schema_file", decl["schema_file"])
+    try:
+        return load_schema_file(path)
+    except SpecError as e:
+        raise SpecError(f"'{key}.schema_file': {e}") from None
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _known_keys(prefix: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
+    for key in table:
+        if key not in known:
+            raise SpecError(f"unknown key '{prefix}{key}'{_did_you_mean(key, known)}")
+
+
+def _table(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{key!r} must be a table, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{key!r} must be a string, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{key!r} must be true or false, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _integer(key: str, value: Any, *, minimum: int, maximum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{key!r} must be an integer, got {_type_name(value)} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise SpecError(f"{key!r} must be an integer {bounds}, got {value!r}")
+    return value
+
+
+def _path(folder: Path, key: str, value: Any) -> Path:
+    text = _string(key, value)
+    if not text:
+        raise SpecError(f"{key!r} must be a non-empty path")
+    return Path(os.path.normpath(folder / Path(text).expanduser()))
+
+
+def _split_address(key: str, address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SpecError(f"{key!r} must be 'host:port' (port 0-65535; 0 = pick one), got {address!r}")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_site_config(path: PathLike, config: Mapping[str, Any]) -> Path:
+    """Write a site config file from plain data (the same tables :func:`load_site_config` reads).
+
+    Nothing is validated here (certificates and data may not exist yet); load the file to check it.
+    The file is replaced atomically.
+
+    Args:
+        path: the TOML file to write.
+        config: top-level keys; ``tls``, ``worker`` and ``datasets.NAME`` as dicts,
+            ``coordinators`` as a list of dicts. Paths may be ``pathlib.Path``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SpecError: a value has no TOML form (e.g. None).
+    """
+    path = Path(path)
+    text = _toml_document(config)
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _toml_document(data: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    _toml_table(lines, (), data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_table(lines: list[str], prefix: tuple[str, ...], table: Mapping[str, Any]) -> None:
+    """Scalars and arrays first, then sub-tables and arrays of tables (as TOML requires)."""
+
+    def is_table_array(value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+    nested = {k: v for k, v in table.items() if isinstance(v, Mapping) or is_table_array(v)}
+    for key, value in table.items():
+        if key not in nested:
+            lines.append(f"{_toml_key(key)} = {_toml_scalar('.'.join(prefix + (key,)), value)}")
+    for key, value in nested.items():
+        header = ".".join(_toml_key(k) for k in prefix + (key,))
+        if isinstance(value, Mapping):
+            # A table holding only sub-tables needs no header of its own ([datasets] before [datasets.a]).
+            if not value or any(not (isinstance(v, Mapping) or is_table_array(v)) for v in value.values()):
+                lines += ["", f"[{header}]"]
+            _toml_table(lines, prefix + (key,), value)
+        else:
+            for item in value:
+                lines += ["", f"[[{header}]]"]
+                _toml_table(lines, prefix + (key,), item)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else _toml_string(key)
+
+
+def _toml_scalar(key: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    try:
+        return _toml_value(value)
+    except TypeError:
+        raise SpecError(f"{key!r}: cannot write {type(value).__name__} {value!r} as TOML") from None

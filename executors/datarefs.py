@@ -1,0 +1,192 @@
+"""Data by name: the coordinator names datasets, only the site knows their paths.
+
+What travels, observed (a TFF 0.87 ``RemoteExecutor`` talking to a worker through
+a logging proxy): every argument of an invocation is its own ``CreateValue``;
+``CreateStruct`` later joins them by reference. A ``FederatedType(np.str_,
+CLIENTS)`` argument arrives as ``Value.federated`` (placement ``clients``,
+``all_equal`` false) whose members are scalar ``Array`` values with ``dtype:
+DT_STRING`` and the bytes in ``string_list``; a SERVER-placed string is the same
+with placement ``server`` and ``all_equal`` true; an unplaced string is a bare
+``Value.array``. TFF never sends strings as raw ``content`` (its
+``to_proto_content`` refuses ``np.str_``). Computations travel as
+``Value.computation`` in their own ``CreateValue``.
+
+The rule (applied to every ``CreateValue``):
+
+* Every string in every array value, at ANY placement and nesting depth
+  (``federated`` members, ``struct`` elements, any shape), must be a catalog
+  name; it is replaced by the dataset's local path before the worker sees it.
+  Checking only CLIENTS-placed values would not do: an unplaced or SERVER
+  string reaches the clients with ``federated_value`` / ``federated_broadcast``
+  (both verified to work).
+* Any other string is refused with ``NOT_FOUND`` naming it and the known names.
+* A string array given as raw ``content`` is refused (``INVALID_ARGUMENT``): it
+  cannot be checked.
+* Bytes that do not parse as a ``CreateValueRequest`` are refused
+  (``INVALID_ARGUMENT``).
+* Requests without strings are forwarded byte for byte (never re-serialized).
+
+On the way back, catalog paths found in ``Compute`` results (a computation that
+returns its argument would hand the path to the coordinator) are turned back
+into names, and paths in error messages become ``dataset 'NAME'``.
+
+What this rule is NOT: a sandbox. Computations (``Value.computation``) and
+serialized dataset graphs (``Value.sequence``) pass through untouched, and a
+computation can embed any path as a constant and read any file the worker can
+read (shared/design/tff-0.87-facts.md section 6). Keeping arbitrary code out is
+the job of computation approval, not of this module.
+
+TF-free: only the generated protobuf modules (``protos``) are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import grpc
+
+from tffprod.executors.protos import array_pb2, data_type_pb2, executor_pb2
+
+__all__ = ["CatalogEntry", "DataRefs", "RequestRefused"]
+
+_DT_STRING = data_type_pb2.DataType.Value("DT_STRING")
+_SHOWN = 120  # longest caller-provided string echoed in an error message
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+    """One dataset a site serves. ``path`` never leaves the site; the rest is public metadata."""
+
+    name: str
+    path: str
+    format: str
+    schema: dict
+    num_examples: int
+    content_hash: str
+
+    def public(self) -> dict[str, Any]:
+        """What the site tells coordinators about this dataset (no path)."""
+        return {"name": self.name, "format": self.format, "schema": self.schema,
+                "num_examples": self.num_examples, "content_hash": self.content_hash}
+
+
+class RequestRefused(Exception):
+    """A request the gateway answers itself, with ``code`` and ``detail``."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _shown(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def _is_string_array(array: array_pb2.Array) -> bool:
+    return array.dtype == _DT_STRING or array.WhichOneof("kind") == "string_list"
+
+
+def _walk_arrays(value: executor_pb2.Value, visit: Callable[[array_pb2.Array], None]) -> None:
+    """Call ``visit`` on every array inside ``value`` (code-carrying kinds are not entered)."""
+    kind = value.WhichOneof("value")
+    if kind == "array":
+        visit(value.array)
+    elif kind == "struct":
+        for element in value.struct.element:
+            _walk_arrays(element.value, visit)
+    elif kind == "federated":
+        for member in value.federated.value:
+            _walk_arrays(member, visit)
+    # "computation" and "sequence" are code: they pass through (see the module docstring).
+
+
+class DataRefs:
+    """Name <-> path translation for one site's catalog.
+
+    Args:
+        site: the site's name, used in error messages.
+        catalog: catalog name -> entry.
+    """
+
+    def __init__(self, site: str, catalog: Mapping[str, CatalogEntry]) -> None:
+        for key, entry in catalog.items():
+            if key != entry.name:
+                raise ValueError(f"catalog key {key!r} does not match its entry's name {entry.name!r}")
+            if not entry.name or not entry.path:
+                raise ValueError(f"catalog entry {key!r} needs a non-empty name and path")
+        self.site = site
+        self._paths = {name.encode(): entry.path.encode() for name, entry in catalog.items()}
+        # Longest first, so a path that contains another path is replaced whole.
+        self._names_by_path = sorted(((p, n) for n, p in self._paths.items()), key=lambda pn: -len(pn[0]))
+        self._known = ", ".join(sorted(catalog)) or "none"
+
+    def names_to_paths(self, request: bytes) -> bytes:
+        """Check and rewrite a serialized ``CreateValueRequest``.
+
+        Raises:
+            RequestRefused: INVALID_ARGUMENT (unparseable, raw string content) or NOT_FOUND (unknown name).
+        """
+        try:
+            message = executor_pb2.CreateValueRequest.FromString(request)
+        except Exception:  # protobuf's DecodeError, or a recursion-limit error
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"site {self.site}: CreateValue request does not parse") from None
+        changed = False
+
+        def visit(array: array_pb2.Array) -> None:
+            nonlocal changed
+            if not _is_string_array(array):
+                return
+            if array.HasField("content"):
+                raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"site {self.site}: string arrays must list their values (string_list)")
+            values = array.string_list.value
+            for i, name in enumerate(values):
+                path = self._paths.get(name)
+                if path is None:
+                    raise RequestRefused(grpc.StatusCode.NOT_FOUND,
+                                         f"dataset '{_shown(name)}' is not in site {self.site}'s catalog "
+                                         f"(known: {self._known})")
+                values[i] = path
+                changed = True
+
+        _walk_arrays(message.value, visit)
+        return message.SerializeToString() if changed else request
+
+    def paths_to_names(self, response: bytes) -> bytes:
+        """Replace catalog paths inside string results of a serialized ``ComputeResponse``.
+
+        Cheap when no path occurs: a byte search, no parsing.
+        """
+        if not any(path in response for path, _ in self._names_by_path):
+            return response
+        try:
+            message = executor_pb2.ComputeResponse.FromString(response)
+        except Exception:
+            return response  # not ours to judge; the coordinator will complain
+        changed = False
+
+        def visit(array: array_pb2.Array) -> None:
+            nonlocal changed
+            if array.WhichOneof("kind") != "string_list":
+                return
+            values = array.string_list.value
+            for i, value in enumerate(values):
+                restored = value
+                for path, name in self._names_by_path:
+                    restored = restored.replace(path, name)
+                if restored != value:
+                    values[i] = restored
+                    changed = True
+
+        _walk_arrays(message.value, visit)
+        return message.SerializeToString() if changed else response
+
+    def redact(self, text: str) -> str:
+        """``text`` with every catalog path replaced by ``dataset 'NAME'``."""
+        for path, name in self._names_by_path:
+            text = text.replace(path.decode(), f"dataset '{name.decode()}'")
+        return text

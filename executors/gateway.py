@@ -1,0 +1,316 @@
+"""The site gateway: the only door into a site's executor worker.
+
+TFF's ``worker_binary`` listens in plaintext, authenticates nobody and runs
+any graph it is sent (shared/design/tff-0.87-facts.md section 6), so it stays
+on loopback. The gateway sits on the site's public address and, for every call:
+
+1. authenticates the caller: mTLS with a client certificate signed by the
+   site's CA (the certificate's common name is the identity) plus a bearer
+   token (``authorization: Bearer T``) whose SHA-256 must equal the hash
+   configured for that identity; failures are ``UNAUTHENTICATED``;
+2. for ``CreateValue``, swaps catalog names for local paths and refuses any
+   other string (``tffprod.executors.datarefs`` documents the rule);
+3. forwards the 8 unary-unary ``tensorflow_federated.v0.ExecutorGroup`` RPCs
+   to the worker as raw bytes (nothing else is deserialized), passing the
+   worker's errors through with their code and details (catalog paths
+   redacted), and answering ``UNAVAILABLE`` itself when the worker is down;
+4. appends one audit line per call, refused calls included (``audit``).
+
+It also serves ``tffprod.v1.SiteInfo/Get`` (``siteinfo``) behind the same
+checks. Plaintext is allowed only with ``insecure_dev=True`` on a loopback
+address; the caller then names itself in the ``x-tffprod-identity`` header and
+the token is still checked.
+
+Nothing here imports TensorFlow or ``tensorflow_federated``'s Python package:
+a site starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import grpc
+
+from tffprod.errors import TffprodError
+from tffprod.executors.audit import AuditLog
+from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
+from tffprod.executors.protos import executor_pb2
+from tffprod.executors.siteinfo import IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
+
+__all__ = ["EXECUTOR_METHODS", "EXECUTOR_SERVICE", "CatalogEntry", "Gateway", "GatewayError", "is_loopback"]
+
+log = logging.getLogger(__name__)
+
+EXECUTOR_SERVICE = "tensorflow_federated.v0.ExecutorGroup"
+EXECUTOR_METHODS = ("GetExecutor", "CreateValue", "CreateCall", "CreateStruct", "CreateSelection",
+                    "Compute", "Dispose", "DisposeExecutor")
+# One message can be a whole model or a client's data: gRPC's Python limit (2 GB) on both hops.
+MESSAGE_LIMITS = (("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1))
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remaining is far beyond this
+
+Handler = Callable[[bytes, grpc.ServicerContext], bytes]
+
+
+class GatewayError(TffprodError):
+    """The gateway cannot start (for instance, its address cannot be bound)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (brackets allowed)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen_host(listen: str) -> str:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host
+
+
+class Gateway:
+    """A gRPC server forwarding authenticated executor calls to one local worker.
+
+    Args:
+        site: the site's name (in messages and site info).
+        listen: ``HOST:PORT`` to bind; port 0 picks a free one (see ``start``).
+        worker_address: ``HOST:PORT`` of the site's ``worker_binary`` (loopback).
+        catalog: catalog name -> ``CatalogEntry``; the only data a coordinator can name.
+        tokens: coordinator identity -> SHA-256 hex digest of its bearer token.
+        tls: ``(key_pem, cert_pem, ca_pem)``: the server's key and certificate and the CA
+            that signs coordinator certificates. ``None`` only together with ``insecure_dev``.
+        audit: where every call is recorded.
+        insecure_dev: serve plaintext (loopback only), identity from ``x-tffprod-identity``.
+        worker_health: returns whether the worker is running.
+        max_workers: threads serving calls (each blocks while its worker call runs).
+
+    Raises:
+        ValueError: plaintext without ``insecure_dev`` or off loopback, TLS and
+            ``insecure_dev`` together, a token entry that is not a SHA-256 hex digest,
+            or a malformed catalog.
+    """
+
+    def __init__(self, *, site: str, listen: str, worker_address: str, catalog: Mapping[str, CatalogEntry],
+                 tokens: Mapping[str, str], tls: Optional[tuple[bytes, bytes, bytes]], audit: AuditLog,
+                 insecure_dev: bool = False, worker_health: Callable[[], bool] = lambda: True,
+                 max_workers: int = 16) -> None:
+        host = _listen_host(listen)
+        if insecure_dev:
+            if tls is not None:
+                raise ValueError("give either tls or insecure_dev=True, not both")
+            if not is_loopback(host):
+                raise ValueError(f"site {site}: plaintext (insecure_dev) is only allowed on loopback, "
+                                 f"not on {host!r}")
+        elif tls is None:
+            raise ValueError(f"site {site}: TLS key, certificate and CA are required "
+                             "(plaintext only with insecure_dev=True on loopback)")
+        for identity, digest in tokens.items():
+            if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
+                raise ValueError(f"token for {identity!r} must be the SHA-256 hex digest of the token, "
+                                 "not the token itself")
+        self.site = site
+        self.listen = listen
+        self.worker_address = worker_address
+        self._catalog = dict(catalog)
+        self._refs = DataRefs(site, self._catalog)
+        self._tokens = {identity: digest.lower() for identity, digest in tokens.items()}
+        self._tls = tls
+        self._audit = audit
+        self._worker_health = worker_health
+        self._max_workers = max_workers
+        self._server: Optional[grpc.Server] = None
+        self._channel: Optional[grpc.Channel] = None
+        self._started_at = 0.0
+        self._lock = threading.Lock()
+        self.port: Optional[int] = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Bind, start serving, and return the bound port.
+
+        Raises:
+            GatewayError: the address cannot be bound.
+        """
+        with self._lock:
+            if self._server is not None:
+                return self.port  # type: ignore[return-value]
+            channel = grpc.insecure_channel(self.worker_address, options=MESSAGE_LIMITS)
+            server = grpc.server(
+                concurrent.futures.ThreadPoolExecutor(self._max_workers, thread_name_prefix=f"gateway-{self.site}"),
+                options=MESSAGE_LIMITS,
+            )
+            executor_handlers = {m: self._executor_method(channel, m) for m in EXECUTOR_METHODS}
+            server.add_generic_rpc_handlers([
+                grpc.method_handlers_generic_handler(EXECUTOR_SERVICE, executor_handlers),
+                grpc.method_handlers_generic_handler(SITE_INFO_SERVICE, {"Get": self._site_info_method()}),
+            ])
+            try:
+                if self._tls is None:
+                    port = server.add_insecure_port(self.listen)
+                else:
+                    key, cert, ca = self._tls
+                    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                        require_client_auth=True)
+                    port = server.add_secure_port(self.listen, creds)
+            except RuntimeError as e:
+                port, reason = 0, str(e)
+            else:
+                reason = "bind failed"
+            if not port:
+                channel.close()
+                raise GatewayError(f"site {self.site}: cannot listen on {self.listen} ({reason})")
+            server.start()
+            self._server, self._channel, self.port = server, channel, port
+            self._started_at = time.monotonic()
+            log.info("site %s: gateway on port %d -> worker %s", self.site, port, self.worker_address)
+            return port
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting calls, let running ones finish for ``grace`` seconds, close the worker channel."""
+        with self._lock:
+            server, channel = self._server, self._channel
+            self._server = self._channel = None
+        if server is not None:
+            server.stop(grace).wait()
+        if channel is not None:
+            channel.close()
+
+    def __enter__(self) -> "Gateway":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _executor_method(self, channel: grpc.Channel, method: str) -> grpc.RpcMethodHandler:
+        full = f"/{EXECUTOR_SERVICE}/{method}"
+        upstream = channel.unary_unary(full)  # no serializers: bytes in, bytes out
+        rewrite_in = self._refs.names_to_paths if method == "CreateValue" else None
+        rewrite_out = self._refs.paths_to_names if method == "Compute" else None
+        request_type = getattr(executor_pb2, f"{method}Request")
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            if not self._worker_health():
+                raise RequestRefused(grpc.StatusCode.UNAVAILABLE, self._worker_down())
+            if rewrite_in is not None:
+                request = rewrite_in(request)
+            else:  # small messages (ids and refs): a parse check costs microseconds
+                self._check_parses(request_type, method, request)
+            response = self._call_worker(upstream, request, context)
+            return rewrite_out(response) if rewrite_out is not None else response
+
+        return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(full, req, ctx, forward))
+
+    def _site_info_method(self) -> grpc.RpcMethodHandler:
+        def info(request: bytes, context: grpc.ServicerContext) -> bytes:
+            uptime = time.monotonic() - self._started_at
+            document = site_info(self.site, self._catalog.values(), worker_up=bool(self._worker_health()),
+                                 uptime_s=uptime)
+            return json.dumps(document).encode()
+
+        return grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: self._serve(f"/{SITE_INFO_SERVICE}/Get", req, ctx, info))
+
+    def _serve(self, method: str, request: bytes, context: grpc.ServicerContext, handler: Handler) -> bytes:
+        """Authenticate, run ``handler``, audit, and turn refusals into gRPC statuses."""
+        started = time.monotonic()
+        identity: Optional[str] = None
+        response = b""
+        code, detail = grpc.StatusCode.OK, None
+        try:
+            identity = self._claimed_identity(context)
+            self._authenticate(identity, context)
+            response = handler(request, context)
+        except RequestRefused as refused:
+            code, detail = refused.code, refused.detail
+        except Exception:  # a gateway bug must not take the site down or leak a traceback
+            log.exception("site %s: gateway error in %s", self.site, method)
+            code, detail = grpc.StatusCode.INTERNAL, f"site {self.site}: gateway error (see the site's log)"
+        try:
+            self._audit.record(identity=identity, method=method, bytes_in=len(request),
+                               bytes_out=len(response), status=code.name,
+                               duration_s=time.monotonic() - started, detail=detail)
+        except Exception:
+            log.exception("site %s: cannot write the audit log", self.site)
+        if code is not grpc.StatusCode.OK:
+            context.abort(code, detail or "")
+        return response
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    def _claimed_identity(self, context: grpc.ServicerContext) -> Optional[str]:
+        if self._tls is None:
+            values = [v for k, v in context.invocation_metadata() if k == IDENTITY_HEADER]
+            return values[0] if len(values) == 1 and values[0] else None
+        names = context.auth_context().get("x509_common_name") or []
+        return names[0].decode("utf-8", errors="replace") if names else None
+
+    def _authenticate(self, identity: Optional[str], context: grpc.ServicerContext) -> None:
+        if identity is None:
+            how = IDENTITY_HEADER if self._tls is None else "certificate common name"
+            raise RequestRefused(grpc.StatusCode.UNAUTHENTICATED, f"no coordinator identity ({how})")
+        expected = self._tokens.get(identity)
+        if expected is None:
+            raise RequestRefused(grpc.StatusCode.UNAUTHENTICATED, f"unknown coordinator identity '{identity}'")
+        # A channel with call credentials plus an explicit header sends the token twice: fine if equal.
+        presented = set()
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                scheme, _, token = value.partition(" ")
+                presented.add(token.strip() if scheme.lower() == "bearer" else "\0")
+        token = presented.pop() if len(presented) == 1 else ""
+        actual = hashlib.sha256(token.encode()).hexdigest()
+        if not token or not hmac.compare_digest(actual, expected):
+            raise RequestRefused(grpc.StatusCode.UNAUTHENTICATED, f"bad token for '{identity}'")
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _check_parses(self, request_type: Any, method: str, request: bytes) -> None:
+        """Refuse bytes the worker would only answer with an empty INTERNAL error."""
+        try:
+            request_type.FromString(request)
+        except Exception:
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"site {self.site}: {method} request does not parse") from None
+
+    def _worker_down(self) -> str:
+        return f"site {self.site}: executor worker is not running"
+
+    def _call_worker(self, upstream: grpc.UnaryUnaryMultiCallable, request: bytes,
+                     context: grpc.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None and remaining < _NO_DEADLINE_S else None
+        future = upstream.future(request, timeout=timeout)
+        context.add_callback(future.cancel)  # the caller went away: stop the worker's call too
+        try:
+            return future.result()
+        except grpc.FutureCancelledError:
+            raise RequestRefused(grpc.StatusCode.CANCELLED, "cancelled by the caller") from None
+        except grpc.RpcError as e:
+            code = e.code()
+            if code is grpc.StatusCode.UNAVAILABLE:
+                if not self._worker_health():
+                    raise RequestRefused(code, self._worker_down()) from None
+                raise RequestRefused(code, f"site {self.site}: executor worker unavailable: "
+                                           f"{self._refs.redact(e.details() or '')}") from None
+            detail = self._refs.redact(e.details() or "")
+            raise RequestRefused(code, detail or f"site {self.site}: executor worker said {code.name} "
+                                                 "without a message") from None

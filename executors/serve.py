@@ -1,0 +1,174 @@
+"""Running a site: the catalog, the supervised worker and the gateway, until told to stop.
+
+``serve_site`` is what ``tffprod site serve`` calls. In order it:
+
+1. validates and hashes every dataset file of the catalog (a bad file fails here,
+   before any process starts, with one line naming the dataset);
+2. takes ``state_dir/site.lock`` so two site processes never share a state folder;
+3. starts the supervised ``worker_binary`` on a loopback port;
+4. starts the gateway on the public ``listen`` address (mTLS, or plaintext with
+   ``insecure_dev``), auditing every call to ``state_dir/audit.jsonl``;
+5. writes ``state_dir/site.json`` (``{"site", "address", "pid", ...}``) and calls ``ready``;
+6. serves until SIGTERM or SIGINT (when called on the main thread), ``stop_event``
+   or the supervisor giving up on the worker;
+7. stops the gateway, then the worker, and removes ``site.json``, whatever happened.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from tffprod.errors import TffprodError
+from tffprod.executors.config import SiteConfig
+from tffprod.executors.supervisor import WorkerSupervisor
+from tffprod.workers import WorkerError
+
+SITE_FILE = "site.json"
+LOCK_FILE = "site.lock"
+AUDIT_FILE = "audit.jsonl"
+WORKER_LOG = "worker.log"
+STOP_GRACE_S = 5.0  # how long calls in flight may finish when the site stops
+
+
+class SiteError(TffprodError):
+    """A site cannot be served (its state folder is in use by another site process)."""
+
+
+def serve_site(
+    config: SiteConfig,
+    *,
+    ready: Optional[Callable[[dict[str, Any]], None]] = None,
+    stop_event: Optional[threading.Event] = None,
+) -> None:
+    """Serve a site until SIGTERM/SIGINT or ``stop_event``; then stop everything it started.
+
+    Args:
+        config: the validated site config.
+        ready: called once, when the gateway accepts calls, with the site info
+            ``{"site", "address", "pid", "tls", "datasets"}`` (also written to ``site.json``).
+        stop_event: set it to stop serving (from another thread). Signal handlers for
+            SIGTERM and SIGINT are installed only when this runs on the main thread.
+
+    Raises:
+        DatasetError: a dataset file is missing, corrupt or off its schema (nothing was started).
+        SpecError: a TLS file cannot be read.
+        SiteError: another site process uses ``config.state_dir``.
+        WorkerError: the worker did not start, or kept dying and the supervisor gave up.
+    """
+    from tffprod.executors.audit import AuditLog
+    from tffprod.executors.gateway import Gateway
+
+    catalog = config.build_catalog()
+    tls = config.tls.read() if config.tls is not None else None
+    stop = stop_event if stop_event is not None else threading.Event()
+    gave_up: list[str] = []
+
+    def give_up(reason: str) -> None:
+        gave_up.append(reason)
+        stop.set()
+
+    state_dir = config.state_dir
+    site_file = state_dir / SITE_FILE
+    with _state_lock(state_dir, config.name), _stop_on_signals(stop):
+        supervisor = WorkerSupervisor(config, state_dir / WORKER_LOG, on_give_up=give_up)
+        gateway = audit = None
+        try:
+            supervisor.start()
+            if stop.is_set():  # told to stop while the worker started
+                return
+            audit = AuditLog(state_dir / AUDIT_FILE)
+            gateway = Gateway(
+                site=config.name,
+                listen=config.listen,
+                worker_address=supervisor.address,
+                catalog=catalog,
+                tokens=dict(config.coordinators),
+                tls=tls,
+                audit=audit,
+                insecure_dev=config.insecure_dev,
+                worker_health=supervisor.healthy,
+            )
+            port = gateway.start()
+            info = {
+                "site": config.name,
+                "address": _address(config.listen_host, port),
+                "pid": os.getpid(),
+                "tls": tls is not None,
+                "datasets": sorted(catalog),
+            }
+            _write_json(site_file, info)
+            if ready is not None:
+                ready(info)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            try:
+                if gateway is not None:
+                    gateway.stop(STOP_GRACE_S)
+            finally:
+                supervisor.stop()
+                if audit is not None:
+                    audit.close()
+                site_file.unlink(missing_ok=True)
+    if gave_up:
+        raise WorkerError(gave_up[0])
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path, site: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``state_dir/site.lock`` (released by the kernel if we die)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _site_file_pid(state_dir / SITE_FILE)
+            by = f" (pid {owner})" if owner else ""
+            raise SiteError(
+                f"site {site}: state folder {state_dir} is in use by another `tffprod site serve`{by}"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _site_file_pid(path: Path) -> Optional[int]:
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """On the main thread: SIGTERM and SIGINT set ``stop`` (instead of raising) until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: stop.set()  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,147 @@
+"""Real multi-site training: site processes (gateway + worker) on loopback, mTLS, tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import psutil
+import pytest
+
+from tffprod.backends import create_backend
+from tffprod.backends.local import LocalBackend
+from tffprod.datasets import register_dataset
+from tffprod.errors import DatasetError
+from tffprod.examples import digits
+from tffprod.export import load_weights
+from tffprod.federation import LocalFederation
+from tffprod.registry import Registry
+from tffprod.session import train
+from tffprod.sites import SiteCheckError, add_site, check_site
+from tffprod.spec import SessionSpec
+
+pytestmark = pytest.mark.e2e
+
+TASK = "tffprod.examples.digits:task"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    return root, digits.prepare(root / "data")
+
+
+@pytest.fixture(scope="module")
+def federation(data):
+    root, paths = data
+    datasets = {site: {split: {"path": paths[site][split], "task": TASK} for split in ("train", "test")}
+                for site in digits.SITES}
+    fed = LocalFederation(root / "fed", datasets)
+    fed.prepare()
+    fed.start()
+    site_pids = list(fed.pids().values())
+    registry = Registry.open(root / "remote.db")
+    try:
+        fed.register(registry)
+        yield fed, registry
+    finally:
+        registry.close()
+        fed.stop()
+    for pid in site_pids:  # every site process and its worker are gone
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    leftover = [p for p in psutil.process_iter(["cmdline"]) if "worker_binary" in " ".join(p.info["cmdline"] or [])
+                and str(root) in " ".join(p.cwd() for _ in [0])]
+    assert leftover == []
+
+
+def _spec(name, *, rounds=2, min_sites=1, dp=None, eval_sites=digits.SITES):
+    data = {"name": name, "task": TASK, "datasets": [f"{s}/train" for s in digits.SITES],
+            "eval_datasets": [f"{s}/test" for s in eval_sites], "rounds": rounds, "seed": 0,
+            "min_sites": min_sites, "round_timeout_s": 120.0}
+    if dp:
+        data["dp"] = dp
+    return SessionSpec.from_dict(data)
+
+
+def test_sites_check_and_their_catalogs_arrive_without_paths(federation):
+    fed, registry = federation
+    for site in digits.SITES:
+        report = check_site(registry, site)
+        assert report["ok"], report["problems"]
+        assert sorted(report["catalog"]) == ["test", "train"]
+        assert report["health"]["worker"] == "up"
+    rows = registry.list_datasets()
+    assert sorted(r["ref"] for r in rows) == sorted(f"{s}/{d}:1" for s in digits.SITES for d in ("test", "train"))
+    assert all(r["path"] == f"site://{r['site']}/{r['name']}" for r in rows)
+
+
+def test_remote_training_equals_local_training_without_dp(federation, data, tmp_path):
+    fed, remote_registry = federation
+    root, paths = data
+    remote = train(_spec("digits-remote"), registry=remote_registry,
+                   backend=create_backend("remote", registry=remote_registry))
+    with Registry.open(tmp_path / "local.db") as local_registry:
+        for site in digits.SITES:
+            for split in ("train", "test"):
+                register_dataset(local_registry, f"{site}/{split}", paths[site][split], schema=digits.SCHEMA)
+        local = train(_spec("digits-remote"), registry=local_registry, backend=LocalBackend())
+    w_remote = load_weights(remote["model_version"]["artifact_path"]).trainable
+    w_local = load_weights(local["model_version"]["artifact_path"]).trainable
+    for a, b in zip(w_remote, w_local):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert remote["model_version"]["metrics"]["eval"] == pytest.approx(local["model_version"]["metrics"]["eval"])
+    rounds = remote_registry.list_rounds(remote["id"])
+    assert all(p["status"] == "ok" for r in rounds for p in r["participants"])
+
+
+def test_a_wrong_token_is_refused_and_the_site_keeps_serving(federation, tmp_path):
+    fed, registry = federation
+    bad_token = tmp_path / "bad-token"
+    bad_token.write_text("not-the-token\n")
+    coordinator = fed.certs_dir / "coordinator"
+    with Registry.open(tmp_path / "other.db") as other:
+        add_site(other, "hospital-a", address=fed.addresses["hospital-a"], ca=coordinator / "ca.crt",
+                 cert=coordinator / "coordinator.crt", key=coordinator / "coordinator.key", token_file=bad_token)
+        with pytest.raises(SiteCheckError, match="UNAUTHENTICATED"):
+            check_site(other, "hospital-a")
+    assert check_site(registry, "hospital-a")["ok"]
+
+
+def test_a_dataset_the_site_does_not_serve_is_refused_before_training(federation):
+    fed, registry = federation
+    real = registry.get_dataset("hospital-b/train")
+    registry.add_dataset(site="hospital-b", name="ghost", path="site://hospital-b/ghost", format="tfrecord",
+                         schema=real["schema"], num_examples=10, content_hash="sha256:" + "0" * 64)
+    spec = SessionSpec.from_dict({"name": "ghost", "task": TASK, "datasets": ["hospital-b/ghost"], "rounds": 1})
+    with pytest.raises(DatasetError, match="no longer serves 'ghost'"):
+        train(spec, registry=registry, backend=create_backend("remote", registry=registry))
+
+
+def test_a_site_killed_mid_session(federation):
+    """min_sites still holds: the session finishes without it; then it does not: the session fails."""
+    from tffprod.errors import SessionError
+
+    fed, registry = federation
+
+    def kill_c_after_round_1(report):
+        if report.round_num == 1:
+            fed.stop_site("hospital-c", kill=True)
+
+    spec = _spec("digits-churn", rounds=3, min_sites=2, eval_sites=("hospital-a", "hospital-b"))
+    result = train(spec, registry=registry, backend=create_backend("remote", registry=registry),
+                   progress=kill_c_after_round_1)
+    assert result["status"] == "finished" and result["rounds_completed"] == 3
+    later = [{p["site"]: p["status"] for p in r["participants"]} for r in registry.list_rounds(result["id"])[1:]]
+    assert all(r["hospital-c"] in ("error", "timeout") and r["hospital-a"] == "ok" for r in later)
+
+    fed.start_site("hospital-c")  # back on the same address
+    assert check_site(registry, "hospital-c")["ok"]
+
+    def kill_b_after_round_1(report):
+        if report.round_num == 1:
+            fed.stop_site("hospital-b", kill=True)
+
+    spec = _spec("digits-quorum", rounds=3, min_sites=3, eval_sites=("hospital-a",))
+    with pytest.raises(SessionError, match="round needs 3 site"):
+        train(spec, registry=registry, backend=create_backend("remote", registry=registry),
+              progress=kill_b_after_round_1)
+    (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
+    assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]

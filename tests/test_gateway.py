@@ -1,0 +1,583 @@
+"""The site gateway: mTLS + token in front of a real ``worker_binary``, data by catalog name, audit.
+
+Every test here talks to a real worker process through a real gateway on 127.0.0.1. The tests
+not marked e2e never import TensorFlow: they speak the executor protocol with raw gRPC calls and
+protobuf messages loaded by ``tffprod.executors.protos``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tffprod.executors.audit import AuditLog, read_audit_log
+from tffprod.executors.datarefs import DataRefs, RequestRefused
+from tffprod.executors.gateway import EXECUTOR_SERVICE, MESSAGE_LIMITS, CatalogEntry, Gateway
+from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.executors.siteinfo import fetch_site_info
+from tffprod.workers import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "correct-horse-battery-staple"
+SITE = "site-a"
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], cn: str, *, server: bool = False) -> tuple[bytes, bytes]:
+    """``(key_pem, cert_pem)`` for ``cn`` signed by ``ca``; EKU serverAuth + clientAuth."""
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                     ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if server:
+        import ipaddress
+
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, bytes]:
+    ca = _make_ca("tffprod test CA")
+    other_ca = _make_ca("someone else's CA")
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    server_key, server_cert = _issue(ca, SITE, server=True)
+    client_key, client_cert = _issue(ca, "coordinator")
+    stranger_key, stranger_cert = _issue(ca, "stranger")
+    rogue_key, rogue_cert = _issue(other_ca, "coordinator")
+    return {"ca": pem(ca[1]), "server_key": server_key, "server_cert": server_cert,
+            "client_key": client_key, "client_cert": client_cert,
+            "stranger_key": stranger_key, "stranger_cert": stranger_cert,
+            "rogue_key": rogue_key, "rogue_cert": rogue_cert}
+
+
+# ---------------------------------------------------------------- a site: worker + gateway
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("site")
+    (root / "train-lines.txt").write_text("alpha\nbeta\ngamma\n")
+    (root / "eval-lines.txt").write_text("one\ntwo\n")
+    return root
+
+
+def _catalog(site_dir: Path) -> dict[str, CatalogEntry]:
+    def entry(name: str, lines: int) -> CatalogEntry:
+        path = site_dir / f"{name}-lines.txt"
+        return CatalogEntry(name=name, path=str(path), format="text", schema={"line": "string"},
+                            num_examples=lines, content_hash=hashlib.sha256(path.read_bytes()).hexdigest())
+
+    return {"train": entry("train", 3), "eval": entry("eval", 2)}
+
+
+class Site:
+    """A real worker and a real gateway on loopback, stopped by ``close``."""
+
+    def __init__(self, tmp: Path, site_dir: Path, pki: dict[str, bytes], *, insecure_dev: bool = False) -> None:
+        self.catalog = _catalog(site_dir)
+        self.audit_path = tmp / f"audit-{time.monotonic_ns()}.jsonl"
+        self.worker = WorkerProcess(name="gw-test", cwd=site_dir, log_path=tmp / "worker.log").start()
+        self.audit = AuditLog(self.audit_path)
+        self.gateway = Gateway(
+            site=SITE, listen="127.0.0.1:0", worker_address=self.worker.address, catalog=self.catalog,
+            tokens={"coordinator": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                    "stranger-without-token": "0" * 64},
+            tls=None if insecure_dev else (pki["server_key"], pki["server_cert"], pki["ca"]),
+            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive)
+        try:
+            self.port = self.gateway.start()
+        except BaseException:
+            self.close()
+            raise
+        self.address = f"127.0.0.1:{self.port}"
+
+    def records(self) -> list[dict]:
+        return list(read_audit_log(self.audit_path))
+
+    def close(self) -> None:
+        try:
+            self.gateway.stop(0.5)
+        finally:
+            self.worker.stop()
+            self.audit.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, site_dir, pki):
+    s = Site(tmp_path_factory.mktemp("gw"), site_dir, pki)
+    yield s
+    s.close()
+
+
+def tls_channel(site: Site, pki: dict[str, bytes], who: str = "client", *, token: str | None = TOKEN) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(pki["ca"], pki[f"{who}_key"], pki[f"{who}_cert"])
+    if token is not None:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(site.address, creds, options=MESSAGE_LIMITS)
+
+
+def rpc(channel: grpc.Channel, method: str, request, **kwargs) -> bytes:
+    raw = request if isinstance(request, bytes) else request.SerializeToString()
+    return channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}")(raw, timeout=30, **kwargs)
+
+
+def get_executor(channel: grpc.Channel, clients: int = 1, **kwargs) -> executor_pb2.ExecutorId:
+    request = executor_pb2.GetExecutorRequest(cardinalities=[executor_pb2.Cardinality(
+        placement=computation_pb2.Placement(uri="clients"), cardinality=clients)])
+    return executor_pb2.GetExecutorResponse.FromString(rpc(channel, "GetExecutor", request, **kwargs)).executor
+
+
+def dispose_executor(channel: grpc.Channel, executor: executor_pb2.ExecutorId, **kwargs) -> None:
+    rpc(channel, "DisposeExecutor", executor_pb2.DisposeExecutorRequest(executor=executor), **kwargs)
+
+
+def string_array(*values: bytes) -> executor_pb2.Value:
+    return executor_pb2.Value(array=array_pb2.Array(
+        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(),
+        string_list=array_pb2.Array.BytesList(value=list(values))))
+
+
+def clients_strings(*names: bytes) -> executor_pb2.Value:
+    """What TFF's RemoteExecutor sends for a ``FederatedType(np.str_, CLIENTS)`` argument."""
+    federated_type = computation_pb2.FederatedType(
+        placement=computation_pb2.PlacementSpec(value=computation_pb2.Placement(uri="clients")), all_equal=False,
+        member=computation_pb2.Type(tensor=computation_pb2.TensorType(dtype=data_type_pb2.DT_STRING)))
+    return executor_pb2.Value(federated=executor_pb2.Value.Federated(
+        type=federated_type, value=[string_array(n) for n in names]))
+
+
+def status_of(call, *args, **kwargs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+# ---------------------------------------------------------------- auth and audit
+
+
+def test_a_good_call_is_forwarded_and_audited(site, pki):
+    channel = tls_channel(site, pki)
+    try:
+        executor = get_executor(channel)
+        assert executor.id
+        dispose_executor(channel, executor)
+    finally:
+        channel.close()
+    records = site.records()
+    get, dispose = [r for r in records if r["identity"] == "coordinator"][-2:]
+    assert get["method"] == f"/{EXECUTOR_SERVICE}/GetExecutor" and get["status"] == "OK"
+    assert dispose["method"] == f"/{EXECUTOR_SERVICE}/DisposeExecutor" and dispose["status"] == "OK"
+    assert get["bytes_in"] > 0 and get["bytes_out"] > 0 and get["detail"] is None
+    assert get["duration_s"] >= 0 and get["time"].endswith("+00:00")
+    assert TOKEN not in site.audit_path.read_text()
+
+
+def test_a_wrong_token_is_unauthenticated_and_audited(site, pki):
+    channel = tls_channel(site, pki, token="not-the-token")
+    try:
+        error = status_of(get_executor, channel)
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "bad token for 'coordinator'"
+    last = site.records()[-1]
+    assert (last["identity"], last["status"], last["detail"]) == (
+        "coordinator", "UNAUTHENTICATED", "bad token for 'coordinator'")
+
+
+def test_a_missing_token_is_unauthenticated(site, pki):
+    channel = tls_channel(site, pki, token=None)
+    try:
+        assert status_of(get_executor, channel).code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+
+
+def test_an_unknown_identity_is_unauthenticated(site, pki):
+    channel = tls_channel(site, pki, "stranger")
+    try:
+        error = status_of(get_executor, channel)
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "unknown coordinator identity 'stranger'"
+    assert site.records()[-1]["identity"] == "stranger"
+
+
+def test_a_client_certificate_from_another_ca_is_refused(site, pki):
+    channel = tls_channel(site, pki, "rogue")
+    try:
+        error = status_of(get_executor, channel)
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails: no call reaches the gateway
+
+
+def test_plaintext_against_the_tls_port_fails(site):
+    channel = grpc.insecure_channel(site.address)
+    try:
+        error = status_of(get_executor, channel, metadata=[("authorization", f"Bearer {TOKEN}")])
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_needs_insecure_dev_and_loopback(tmp_path, site_dir, pki):
+    common = dict(site=SITE, worker_address="127.0.0.1:1", catalog=_catalog(site_dir), tokens={})
+    with AuditLog(tmp_path / "a.jsonl") as audit:
+        with pytest.raises(ValueError, match="loopback"):
+            Gateway(listen="0.0.0.0:0", tls=None, audit=audit, insecure_dev=True, **common)
+        with pytest.raises(ValueError, match="loopback"):
+            Gateway(listen="10.1.2.3:7001", tls=None, audit=audit, insecure_dev=True, **common)
+        with pytest.raises(ValueError, match="TLS"):
+            Gateway(listen="127.0.0.1:0", tls=None, audit=audit, **common)
+        with pytest.raises(ValueError, match="SHA-256"):
+            Gateway(listen="127.0.0.1:0", tls=None, audit=audit, insecure_dev=True,
+                    **{**common, "tokens": {"coordinator": TOKEN}})
+        for host in ("127.0.0.1", "127.8.9.10", "localhost", "[::1]"):
+            Gateway(listen=f"{host}:0", tls=None, audit=audit, insecure_dev=True, **common)
+
+
+def test_insecure_dev_takes_the_identity_from_metadata_and_still_checks_the_token(tmp_path, site_dir, pki):
+    site = Site(tmp_path, site_dir, pki, insecure_dev=True)
+    channel = grpc.insecure_channel(site.address)
+    try:
+        ok = [("authorization", f"Bearer {TOKEN}"), ("x-tffprod-identity", "coordinator")]
+        dispose_executor(channel, get_executor(channel, metadata=ok), metadata=ok)
+        bad = status_of(get_executor, channel, metadata=[("authorization", "Bearer nope"),
+                                                          ("x-tffprod-identity", "coordinator")])
+        assert (bad.code(), bad.details()) == (grpc.StatusCode.UNAUTHENTICATED, "bad token for 'coordinator'")
+        anonymous = status_of(get_executor, channel, metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert anonymous.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert site.records()[-1]["identity"] == "?"
+    finally:
+        channel.close()
+        site.close()
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_garbage_is_invalid_argument_and_the_gateway_keeps_serving(site, pki):
+    channel = tls_channel(site, pki)
+    try:
+        for method in ("CreateValue", "CreateCall", "Compute", "GetExecutor"):
+            error = status_of(rpc, channel, method, b"\xff\xfe this is not a protobuf")
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "does not parse" in error.details()
+        dispose_executor(channel, get_executor(channel))
+    finally:
+        channel.close()
+    assert site.records()[-1]["status"] == "OK"
+
+
+def test_worker_errors_pass_through_with_code_and_details(site, pki):
+    channel = tls_channel(site, pki)
+    try:
+        request = executor_pb2.ComputeRequest(executor=executor_pb2.ExecutorId(id="no-such-executor"),
+                                              value_ref=executor_pb2.ValueRef(id="0"))
+        error = status_of(rpc, channel, "Compute", request)
+    finally:
+        channel.close()
+    assert error.code() not in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+    assert error.details()
+    last = site.records()[-1]
+    assert last["status"] == error.code().name and last["detail"] == error.details()
+
+
+def test_a_dead_worker_gives_unavailable_with_a_clear_message(tmp_path, site_dir, pki):
+    site = Site(tmp_path, site_dir, pki)
+    channel = tls_channel(site, pki)
+    try:
+        dispose_executor(channel, get_executor(channel))
+        site.worker.stop()
+        error = status_of(get_executor, channel)
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        assert error.details() == f"site {SITE}: executor worker is not running"
+        assert fetch_site_info(channel, TOKEN)["health"]["worker"] == "down"
+    finally:
+        channel.close()
+        site.close()
+
+
+# ---------------------------------------------------------------- data by catalog name
+
+
+def test_catalog_names_become_paths_and_come_back_as_names(site, pki):
+    channel = tls_channel(site, pki)
+    direct = grpc.insecure_channel(site.worker.address)
+    try:
+        executor = get_executor(channel, clients=2)
+        request = executor_pb2.CreateValueRequest(executor=executor, value=clients_strings(b"train", b"eval"))
+        ref = executor_pb2.CreateValueResponse.FromString(rpc(channel, "CreateValue", request)).value_ref
+        compute = executor_pb2.ComputeRequest(executor=executor, value_ref=ref)
+        raw = rpc(channel, "Compute", compute)
+        seen_by_worker = rpc(direct, "Compute", compute)  # the same executor, asked behind the gateway's back
+        dispose_executor(channel, executor)
+    finally:
+        channel.close()
+        direct.close()
+
+    def strings(response: bytes) -> list[bytes]:
+        members = executor_pb2.ComputeResponse.FromString(response).value.federated.value
+        return [m.array.string_list.value[0] for m in members]
+
+    assert strings(seen_by_worker) == [site.catalog[n].path.encode() for n in ("train", "eval")]
+    assert strings(raw) == [b"train", b"eval"]
+    assert site.catalog["train"].path.encode() not in raw
+
+
+@pytest.mark.parametrize("placement", ["clients", "server", "unplaced", "nested struct"])
+def test_a_string_that_is_not_a_catalog_name_is_not_found(site, pki, placement):
+    value = {
+        "clients": clients_strings(b"train", b"/etc/passwd"),
+        "server": executor_pb2.Value(federated=executor_pb2.Value.Federated(
+            type=computation_pb2.FederatedType(placement=computation_pb2.PlacementSpec(
+                value=computation_pb2.Placement(uri="server")), all_equal=True),
+            value=[string_array(b"/etc/passwd")])),
+        "unplaced": string_array(b"/etc/passwd"),
+        "nested struct": executor_pb2.Value(struct=executor_pb2.Value.Struct(element=[
+            executor_pb2.Value.Struct.Element(name="x", value=executor_pb2.Value(struct=executor_pb2.Value.Struct(
+                element=[executor_pb2.Value.Struct.Element(value=string_array(b"eval", b"/etc/passwd"))])))])),
+    }[placement]
+    channel = tls_channel(site, pki)
+    try:
+        executor = get_executor(channel, clients=2)
+        request = executor_pb2.CreateValueRequest(executor=executor, value=value)
+        error = status_of(rpc, channel, "CreateValue", request)
+        dispose_executor(channel, executor)
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert error.details() == f"dataset '/etc/passwd' is not in site {SITE}'s catalog (known: eval, train)"
+
+
+def test_the_rewrite_rule_itself(site_dir):
+    refs = DataRefs(SITE, _catalog(site_dir))
+    train_path = str(site_dir / "train-lines.txt").encode()
+    request = executor_pb2.CreateValueRequest(value=clients_strings(b"train")).SerializeToString()
+    rewritten = executor_pb2.CreateValueRequest.FromString(refs.names_to_paths(request))
+    assert rewritten.value.federated.value[0].array.string_list.value == [train_path]
+    # no strings: forwarded byte for byte
+    floats = executor_pb2.CreateValueRequest(value=executor_pb2.Value(array=array_pb2.Array(
+        dtype=data_type_pb2.DT_FLOAT, shape=array_pb2.ArrayShape(dim=[3]),
+        float32_list=array_pb2.Array.FloatList(value=[1, 2, 3])))).SerializeToString()
+    assert refs.names_to_paths(floats) is floats
+    # strings as raw content cannot be checked
+    raw = executor_pb2.CreateValueRequest(value=executor_pb2.Value(array=array_pb2.Array(
+        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(), content=b"/etc/passwd"))).SerializeToString()
+    with pytest.raises(RequestRefused) as info:
+        refs.names_to_paths(raw)
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert refs.redact(f"{train_path.decode()}: No such file") == "dataset 'train': No such file"
+
+
+# ---------------------------------------------------------------- site info
+
+
+def test_site_info_lists_the_catalog_without_paths(site, pki):
+    channel = tls_channel(site, pki)
+    try:
+        raw = channel.unary_unary("/tffprod.v1.SiteInfo/Get")(b"ignored", timeout=10)
+        info = fetch_site_info(channel, TOKEN)  # token in metadata as well as in the call credentials
+    finally:
+        channel.close()
+    for entry in site.catalog.values():
+        assert entry.path.encode() not in raw
+        assert str(Path(entry.path).parent).encode() not in raw
+    assert info == json.loads(raw) | {"health": info["health"]}
+    assert info["site"] == SITE
+    assert set(info["versions"]) == {"tffprod", "tensorflow_federated", "tensorflow"}
+    assert info["versions"]["tensorflow_federated"] == "0.87.0"
+    assert [e["name"] for e in info["catalog"]] == ["eval", "train"]
+    assert set(info["catalog"][0]) == {"name", "format", "schema", "num_examples", "content_hash"}
+    assert info["catalog"][1]["num_examples"] == 3
+    assert info["health"]["worker"] == "up" and info["health"]["uptime_s"] >= 0
+    assert site.records()[-1]["method"] == "/tffprod.v1.SiteInfo/Get"
+
+
+def test_site_info_needs_the_token(site, pki):
+    channel = tls_channel(site, pki, token=None)
+    try:
+        error = status_of(fetch_site_info, channel, "wrong")
+    finally:
+        channel.close()
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------- no TensorFlow
+
+
+def test_the_gateway_imports_without_tensorflow(capsys):
+    code = textwrap.dedent("""
+        import sys, time
+        t = time.perf_counter()
+        import tffprod.executors.gateway, tffprod.executors.siteinfo
+        from tffprod.executors.protos import executor_pb2
+        elapsed = time.perf_counter() - t
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_federated"))
+        print(repr(loaded), elapsed)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    loaded, elapsed = out.stdout.strip().rsplit(" ", 1)
+    assert loaded == "[]"
+    with capsys.disabled():
+        print(f"\nimporting the gateway and the protos (no TensorFlow): {float(elapsed):.3f} s")
+
+
+# ---------------------------------------------------------------- end to end (imports TF)
+
+
+@pytest.mark.e2e
+def test_tensorflow_federated_still_imports_after_the_protos_were_loaded():
+    code = textwrap.dedent("""
+        import sys
+        from tffprod.executors import protos
+        assert not any(m.startswith("tensorflow_federated") for m in sys.modules), "stand-ins left behind"
+        import tensorflow_federated as tff
+        from tensorflow_federated.proto.v0 import executor_pb2
+        assert tff.framework.RemoteExecutor is not None
+        assert executor_pb2.CreateValueRequest.DESCRIPTOR.full_name == protos.executor_pb2.CreateValueRequest.DESCRIPTOR.full_name
+        ours = protos.executor_pb2.GetExecutorRequest(cardinalities=[protos.executor_pb2.Cardinality(cardinality=3)])
+        assert executor_pb2.GetExecutorRequest.FromString(ours.SerializeToString()).cardinalities[0].cardinality == 3
+        print("ok")
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@pytest.mark.e2e
+def test_a_tff_computation_reads_a_dataset_by_catalog_name_through_the_gateway(site, pki, capsys):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    channel = tls_channel(site, pki)
+    stub = tff.framework.RemoteExecutorGrpcStub(channel)
+
+    def stack_fn(cardinalities):
+        cardinalities.setdefault(tff.CLIENTS, 0)
+        executor = tff.framework.RemoteExecutor(stub)
+        executor.set_cardinalities(cardinalities)
+        return executor
+
+    context = tff.framework.SyncExecutionContext(
+        executor_fn=tff.framework.ResourceManagingExecutorFactory(stack_fn),
+        compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+        transform_args=tff.tensorflow.transform_args, transform_result=tff.tensorflow.transform_result)
+
+    @tff.tensorflow.computation(np.str_)
+    def count_lines(path):
+        return tf.data.TextLineDataset(path).reduce(np.int32(0), lambda n, _: n + 1)
+
+    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
+    def total_lines(names):
+        return tff.federated_sum(tff.federated_map(count_lines, names))
+
+    try:
+        with tff.framework.get_context_stack().install(context):
+            assert total_lines(["train"]) == 3
+            assert total_lines(["train", "eval"]) == 5
+            with pytest.raises(grpc.RpcError) as info:
+                total_lines(["train", "secrets"])
+    finally:
+        channel.close()
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "dataset 'secrets' is not in site site-a's catalog" in info.value.details()
+    assert any(r["status"] == "NOT_FOUND" and "'secrets'" in r["detail"] for r in site.records())
+
+
+@pytest.mark.e2e
+def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
+    """Benchmark (printed, not asserted): a 50 MB float32 CreateValue plus its Compute, gateway vs direct.
+
+    The value is real (the worker stores it and sends it back), so the numbers include the
+    gateway's parse of every CreateValue (no strings: forwarded unchanged) and its byte scan of
+    every Compute result for catalog paths.
+    """
+    import numpy as np
+
+    n = 12_500_000  # float32: 50 MB
+    array = array_pb2.Array(dtype=data_type_pb2.DT_FLOAT, shape=array_pb2.ArrayShape(dim=[n]),
+                            content=np.arange(n, dtype=np.float32).tobytes())
+
+    def measure(channel: grpc.Channel, reps: int = 5) -> tuple[float, float]:
+        executor = get_executor(channel)
+        request = executor_pb2.CreateValueRequest(executor=executor, value=executor_pb2.Value(array=array))
+        raw = request.SerializeToString()
+        creates, computes = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            ref = executor_pb2.CreateValueResponse.FromString(rpc(channel, "CreateValue", raw)).value_ref
+            creates.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            out = rpc(channel, "Compute", executor_pb2.ComputeRequest(executor=executor, value_ref=ref))
+            computes.append(time.perf_counter() - t)
+            assert len(out) > n * 4
+            rpc(channel, "Dispose", executor_pb2.DisposeRequest(executor=executor, value_ref=[ref]))
+        dispose_executor(channel, executor)
+        return float(np.median(creates)), float(np.median(computes))
+
+    direct_channel = grpc.insecure_channel(site.worker.address, options=MESSAGE_LIMITS)
+    gateway_channel = tls_channel(site, pki)
+    try:
+        measure(direct_channel, 1), measure(gateway_channel, 1)  # warm up both paths
+        direct = measure(direct_channel)
+        gateway = measure(gateway_channel)
+    finally:
+        direct_channel.close()
+        gateway_channel.close()
+    mb = n * 4 / 1e6
+    with capsys.disabled():
+        print(f"\n50 MB value, median of 5 (CreateValue up / Compute down):")
+        for label, (up, down) in (("direct to worker   ", direct), ("through mTLS gateway", gateway)):
+            print(f"  {label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)")

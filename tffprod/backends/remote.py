@@ -1,0 +1,92 @@
+"""The remote backend: each site's part runs on that site's gateway over mTLS.
+
+Datasets are referred to by catalog name; the site maps names to its own
+files. Merging and the coordinator's part run on a supervised local worker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tffprod.backends.base import Backend, SiteTarget
+from tffprod.connections import SiteConnection
+from tffprod.errors import DatasetError, TffprodError
+from tffprod.workers import WorkerProcess
+
+
+class RemoteBackend(Backend):
+    """Sites reached through their gateways; the coordinator part runs locally."""
+
+    name = "remote"
+
+    def __init__(self, connections: Mapping[str, SiteConnection], *, log_dir: Optional[Path] = None,
+                 verify_catalogs: bool = True) -> None:
+        self._connections = dict(connections)
+        self._log_dir = Path(log_dir) if log_dir else None
+        self._verify = verify_catalogs
+        self._channels: dict[str, Any] = {}
+        self._contexts: dict[str, Any] = {}
+        self._coordinator_worker: Optional[WorkerProcess] = None
+        self._coordinator: Optional[Any] = None
+
+    def open(self, sites: list[SiteTarget]) -> None:
+        from tffprod.contexts import channel_context, insecure_channel
+
+        try:
+            if self._coordinator is None:
+                log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="tffprod-coordinator-"))
+                self._coordinator_worker = WorkerProcess(name="coordinator", log_path=log_dir / "coordinator.log")
+                self._coordinator_worker.start()
+                self._coordinator = channel_context(insecure_channel(self._coordinator_worker.address))
+            for site in sites:
+                if site.name in self._contexts:
+                    continue
+                connection = self._connections.get(site.name)
+                if connection is None:
+                    raise TffprodError(f"site {site.name} is not registered for the remote backend; "
+                                       "add it with 'tffprod site add'")
+                channel = connection.channel()
+                self._channels[site.name] = channel
+                if self._verify:
+                    self._check_catalog(site, channel, connection)
+                self._contexts[site.name] = channel_context(channel)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
+        """Refuse to train on data that changed at the site since it was registered."""
+        from tffprod.executors.siteinfo import fetch_site_info
+
+        info = fetch_site_info(channel, connection.token())
+        catalog = {entry["name"]: entry for entry in info["catalog"]}
+        for row in site.datasets:
+            entry = catalog.get(row["name"])
+            if entry is None:
+                raise DatasetError(f"dataset {row['ref']}: site {site.name} no longer serves '{row['name']}'")
+            if entry["content_hash"] != row["content_hash"]:
+                raise DatasetError(f"dataset {row['ref']}: changed at site {site.name} since it was registered; "
+                                   f"run 'tffprod site sync {site.name}'")
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._contexts.clear()
+        if self._coordinator_worker:
+            self._coordinator_worker.stop()
+        self._coordinator_worker = None
+        self._coordinator = None
+
+    def site_context(self, site: str) -> Any:
+        return self._contexts[site]
+
+    def coordinator_context(self) -> Any:
+        if self._coordinator is None:
+            raise RuntimeError("backend is not open")
+        return self._coordinator
+
+    def reference(self, dataset: Mapping[str, Any]) -> str:
+        return dataset["name"]

@@ -1,0 +1,74 @@
+"""How the coordinator reaches a site: address, TLS files and bearer token.
+
+Secrets stay in files; the registry keeps only their paths. TF-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from tffprod.errors import NotFoundError, SpecError
+
+# Large models travel as single messages; gRPC's Python side caps at 2 GB.
+GRPC_OPTIONS = (
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteConnection:
+    """The coordinator's side of one site's mTLS link."""
+
+    site: str
+    address: str
+    ca: Path
+    cert: Path
+    key: Path
+    token_file: Path
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise SpecError(f"site {self.site}: address {self.address!r} is not HOST:PORT")
+
+    def to_info(self) -> dict[str, str]:
+        """What the registry stores (paths only, never the secrets)."""
+        return {k: str(Path(getattr(self, k)).resolve()) for k in ("ca", "cert", "key", "token_file")}
+
+    @classmethod
+    def from_registry(cls, row: Mapping[str, Any]) -> "SiteConnection":
+        info = row.get("info") or {}
+        missing = [k for k in ("ca", "cert", "key", "token_file") if not info.get(k)]
+        if not row.get("address") or missing:
+            raise NotFoundError(
+                f"site {row['name']} has no connection settings ({', '.join(missing) or 'address'}); "
+                "add it with 'tffprod site add'"
+            )
+        return cls(row["name"], row["address"], *(Path(info[k]) for k in ("ca", "cert", "key", "token_file")))
+
+    def _read(self, path: Path, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise SpecError(f"site {self.site}: cannot read {what} {path}: {e.strerror}") from None
+
+    def token(self) -> str:
+        token = self._read(self.token_file, "token file").decode().strip()
+        if not token:
+            raise SpecError(f"site {self.site}: token file {self.token_file} is empty")
+        return token
+
+    def channel(self) -> Any:
+        """A secure gRPC channel: mTLS with this coordinator's certificate plus the bearer token."""
+        import grpc
+
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=self._read(self.ca, "CA certificate"),
+            private_key=self._read(self.key, "key"),
+            certificate_chain=self._read(self.cert, "certificate"),
+        )
+        creds = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(self.token()))
+        return grpc.secure_channel(self.address, creds, options=GRPC_OPTIONS)

@@ -1,0 +1,131 @@
+"""Coordinator-side site management: add a site, check it, import its catalog.
+
+TF-free: talks to the site's gateway with gRPC and its site-info service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tffprod.connections import SiteConnection
+from tffprod.errors import TffprodError
+
+SITE_PATH_PREFIX = "site://"
+
+
+class SiteCheckError(TffprodError):
+    """A site cannot be reached, refuses this coordinator, or is incompatible."""
+
+    exit_code = 8
+
+
+def add_site(registry: Any, name: str, *, address: str, ca: Path, cert: Path, key: Path, token_file: Path) -> dict:
+    """Record a site and where this coordinator's TLS files and token for it live."""
+    connection = SiteConnection(name, address, Path(ca), Path(cert), Path(key), Path(token_file))
+    for path in (connection.ca, connection.cert, connection.key, connection.token_file):
+        if not Path(path).is_file():
+            raise TffprodError(f"site {name}: {path} does not exist")
+    return registry.add_site(name, address=address, info=connection.to_info())
+
+
+def _versions_compatible(ours: dict, theirs: dict) -> list[str]:
+    problems = []
+    for package in ("tensorflow_federated", "tensorflow"):
+        if ours.get(package) != theirs.get(package):
+            problems.append(f"{package} {theirs.get(package)} at the site, {ours.get(package)} here")
+    mine, site = (str(v.get("tffprod", "")).split(".")[:2] for v in (ours, theirs))
+    if mine != site:
+        problems.append(f"tffprod {theirs.get('tffprod')} at the site, {ours.get('tffprod')} here")
+    return problems
+
+
+def local_versions() -> dict[str, str]:
+    """Installed versions of tffprod, TFF and TF (read from metadata; nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in (("tffprod", "tffprod"), ("tensorflow_federated", "tensorflow-federated"),
+                      ("tensorflow", "tensorflow")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
+    """The site's own description (name, versions, catalog, health), over mTLS with the token.
+
+    Raises:
+        SiteCheckError: unreachable, TLS refused, token refused, or another site answered.
+    """
+    import grpc
+
+    from tffprod.executors.siteinfo import fetch_site_info
+
+    connection = SiteConnection.from_registry(registry.get_site(name))
+    channel = connection.channel()
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise SiteCheckError(f"site {name}: no TLS connection to {connection.address} within {timeout_s:g} s "
+                                 "(down, wrong address, or the certificates do not match)") from None
+        try:
+            info = fetch_site_info(channel, connection.token(), timeout_s=timeout_s)
+        except grpc.RpcError as e:
+            raise SiteCheckError(f"site {name}: {e.code().name}: {e.details()}") from None
+    finally:
+        channel.close()
+    if info.get("site") != name:
+        raise SiteCheckError(f"site {name}: the server at {connection.address} says it is {info.get('site')!r}")
+    return info
+
+
+def check_site(registry: Any, name: str) -> dict:
+    """Prove the TLS handshake, the token, version compatibility and the catalog.
+
+    Returns:
+        ``{"site", "address", "ok", "versions", "problems", "catalog", "health"}``.
+    """
+    info = fetch_info(registry, name)
+    problems = _versions_compatible(local_versions(), info.get("versions", {}))
+    if info.get("health", {}).get("worker") != "up":
+        problems.append("the site's executor worker is not running")
+    return {
+        "site": name,
+        "address": registry.get_site(name)["address"],
+        "ok": not problems,
+        "versions": info.get("versions", {}),
+        "problems": problems,
+        "catalog": [entry["name"] for entry in info.get("catalog", [])],
+        "health": info.get("health", {}),
+    }
+
+
+def sync_site(registry: Any, name: str) -> list[dict]:
+    """Import the site's catalog metadata into the registry's datasets.
+
+    A dataset whose content and schema are unchanged keeps its version; a changed
+    one becomes a new version whose path names the site (``site://SITE/NAME``):
+    the coordinator never learns the site's file paths.
+    """
+    info = fetch_info(registry, name)
+    rows = []
+    for entry in info.get("catalog", []):
+        ref = f"{name}/{entry['name']}"
+        try:
+            latest = registry.get_dataset(ref)
+        except TffprodError:
+            latest = None
+        if latest and latest["content_hash"] == entry["content_hash"] and latest["schema"] == entry["schema"]:
+            rows.append(latest)
+            continue
+        rows.append(registry.add_dataset(
+            site=name, name=entry["name"], path=f"{SITE_PATH_PREFIX}{name}/{entry['name']}",
+            format=entry["format"], schema=entry["schema"], num_examples=entry["num_examples"],
+            content_hash=entry["content_hash"],
+        ))
+    registry.add_site(name, info={**registry.get_site(name)["info"], "versions": info.get("versions", {})})
+    return rows
