@@ -25,9 +25,10 @@ def worker_children() -> list[psutil.Process]:
 
 @pytest.fixture(autouse=True)
 def no_leaked_workers():
-    """Every e2e test must end every worker it started."""
+    """Every e2e test must end every worker it started (module fixtures' sites excepted)."""
+    before = {p.pid for p in worker_children()}
     yield
-    leaked = worker_children()
+    leaked = [p for p in worker_children() if p.pid not in before]
     assert not leaked, f"test left worker processes running: {[p.pid for p in leaked]}"
 
 

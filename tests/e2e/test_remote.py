@@ -18,6 +18,8 @@ from tffprod.session import train
 from tffprod.sites import SiteCheckError, add_site, check_site
 from tffprod.spec import SessionSpec
 
+from .conftest import worker_children
+
 pytestmark = pytest.mark.e2e
 
 TASK = "tffprod.examples.digits:task"
@@ -45,11 +47,9 @@ def federation(data):
     finally:
         registry.close()
         fed.stop()
-    for pid in site_pids:  # every site process and its worker are gone
+    for pid in site_pids:  # every site process is gone, and with it its worker
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    leftover = [p for p in psutil.process_iter(["cmdline"]) if "worker_binary" in " ".join(p.info["cmdline"] or [])
-                and str(root) in " ".join(p.cwd() for _ in [0])]
-    assert leftover == []
+    assert worker_children() == []
 
 
 def _spec(name, *, rounds=2, min_sites=1, dp=None, eval_sites=digits.SITES):
@@ -145,3 +145,4 @@ def test_a_site_killed_mid_session(federation):
               progress=kill_b_after_round_1)
     (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
     assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]
+    fed.stop_site("hospital-c")  # the restarted site belongs to this test
