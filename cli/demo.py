@@ -11,9 +11,15 @@ from tffprod.cli.options import emit_json, interactive, output_options
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(file_okay=False), help="Folder for data, registry, spec and model.")
 @click.option("--rounds", default=25, show_default=True, type=click.IntRange(1, 1000), help="Training rounds.")
+@click.option("--backend", type=click.Choice(["remote", "local"]), default="remote", show_default=True,
+              help="remote: real site processes over mTLS; local: simulated sites.")
 @output_options
-def demo(workdir: str, rounds: int, as_json: bool) -> None:
+def demo(workdir: str, rounds: int, backend: str, as_json: bool) -> None:
     """Three hospitals train a digits classifier with DP-FedAvg; evaluate, export, compare.
+
+    By default each hospital runs as its own site process (gateway + worker,
+    mutual TLS on loopback) with certificates the demo issues; all of them are
+    stopped at the end, and their configs stay in WORKDIR/sites/.
 
     \b
     Example:
@@ -21,7 +27,6 @@ def demo(workdir: str, rounds: int, as_json: bool) -> None:
     """
     from pathlib import Path
 
-    from tffprod.backends import create_backend
     from tffprod.cli.progress import print_round
     from tffprod.demo import run_demo
     from tffprod.registry import Registry
@@ -31,8 +36,8 @@ def demo(workdir: str, rounds: int, as_json: bool) -> None:
         summary = run_demo(
             Path(workdir),
             rounds=rounds,
+            backend=backend,
             registry_factory=Registry.open,
-            backend=create_backend("local", log_dir=Path(workdir).resolve() / "logs"),
             progress=print_round if watch else None,
             say=(lambda m: click.echo(m, err=True)) if watch else (lambda m: None),
         )
@@ -49,4 +54,8 @@ def demo(workdir: str, rounds: int, as_json: bool) -> None:
     click.echo(f"accuracy (centralized reference):    {summary['central_accuracy']:.4f}")
     click.echo(f"privacy: epsilon {summary['epsilon']:.4g} at delta {summary['delta']:g} "
                "(site-level: each site is one client; with 3 sites every round, epsilon is large)")
+    if summary.get("sites"):
+        click.echo("start the same sites by hand (one terminal each), then repeat the training:")
+        for config in summary["sites"].values():
+            click.echo(f"  tffprod site serve --config {config}")
     click.echo(f"repeat the training: {summary['repeat_command']}")

@@ -13,15 +13,20 @@ with placement ``server`` and ``all_equal`` true; an unplaced string is a bare
 
 The rule (applied to every ``CreateValue``):
 
-* Every string in every array value, at ANY placement and nesting depth
-  (``federated`` members, ``struct`` elements, any shape), must be a catalog
-  name; it is replaced by the dataset's local path before the worker sees it.
-  Checking only CLIENTS-placed values would not do: an unplaced or SERVER
-  string reaches the clients with ``federated_value`` / ``federated_broadcast``
-  (both verified to work).
-* Any other string is refused with ``NOT_FOUND`` naming it and the known names.
-* A string array given as raw ``content`` is refused (``INVALID_ARGUMENT``): it
-  cannot be checked.
+* Every string inside a CLIENTS-placed value (``federated`` with placement
+  ``clients`` and ``all_equal`` false, at any nesting depth below it) is a
+  dataset reference: it must be a catalog name, and it is replaced by the
+  dataset's local path before the worker sees it.
+* Any other CLIENTS string is refused with ``NOT_FOUND`` naming it and the
+  known names.
+* Strings outside CLIENTS values (SERVER state, unplaced constants) pass
+  through: the server state of real processes carries strings (TFF's DP
+  aggregator keeps its DP event's class name there), so refusing them would
+  refuse DP training. Such a string can still reach the clients through
+  ``federated_broadcast``, as can a path embedded in a computation: what
+  closes that is computation approval (below), not this rule.
+* A CLIENTS string array given as raw ``content`` is refused
+  (``INVALID_ARGUMENT``): it cannot be checked.
 * Bytes that do not parse as a ``CreateValueRequest`` are refused
   (``INVALID_ARGUMENT``).
 * Requests without strings are forwarded byte for byte (never re-serialized).
@@ -89,17 +94,26 @@ def _is_string_array(array: array_pb2.Array) -> bool:
     return array.dtype == _DT_STRING or array.WhichOneof("kind") == "string_list"
 
 
-def _walk_arrays(value: executor_pb2.Value, visit: Callable[[array_pb2.Array], None]) -> None:
-    """Call ``visit`` on every array inside ``value`` (code-carrying kinds are not entered)."""
+def _is_clients(federated: executor_pb2.Value.Federated) -> bool:
+    spec = federated.type
+    return spec.placement.value.uri == "clients" and not spec.all_equal
+
+
+def _walk_arrays(value: executor_pb2.Value, visit: Callable[[array_pb2.Array], None], *,
+                 clients_only: bool = False, at_clients: bool = False) -> None:
+    """Call ``visit`` on every array inside ``value`` (only those in CLIENTS values with
+    ``clients_only``); code-carrying kinds are not entered."""
     kind = value.WhichOneof("value")
     if kind == "array":
-        visit(value.array)
+        if at_clients or not clients_only:
+            visit(value.array)
     elif kind == "struct":
         for element in value.struct.element:
-            _walk_arrays(element.value, visit)
+            _walk_arrays(element.value, visit, clients_only=clients_only, at_clients=at_clients)
     elif kind == "federated":
+        inside = at_clients or _is_clients(value.federated)
         for member in value.federated.value:
-            _walk_arrays(member, visit)
+            _walk_arrays(member, visit, clients_only=clients_only, at_clients=inside)
     # "computation" and "sequence" are code: they pass through (see the module docstring).
 
 
@@ -153,7 +167,7 @@ class DataRefs:
                 values[i] = path
                 changed = True
 
-        _walk_arrays(message.value, visit)
+        _walk_arrays(message.value, visit, clients_only=True)
         return message.SerializeToString() if changed else request
 
     def paths_to_names(self, response: bytes) -> bytes:

@@ -374,18 +374,20 @@ def test_catalog_names_become_paths_and_come_back_as_names(site, pki):
     assert site.catalog["train"].path.encode() not in raw
 
 
-@pytest.mark.parametrize("placement", ["clients", "server", "unplaced", "nested struct"])
-def test_a_string_that_is_not_a_catalog_name_is_not_found(site, pki, placement):
+def _server_strings(*values: bytes) -> executor_pb2.Value:
+    return executor_pb2.Value(federated=executor_pb2.Value.Federated(
+        type=computation_pb2.FederatedType(placement=computation_pb2.PlacementSpec(
+            value=computation_pb2.Placement(uri="server")), all_equal=True),
+        value=[string_array(*values)]))
+
+
+@pytest.mark.parametrize("placement", ["clients", "clients in a struct"])
+def test_a_client_string_that_is_not_a_catalog_name_is_not_found(site, pki, placement):
     value = {
         "clients": clients_strings(b"train", b"/etc/passwd"),
-        "server": executor_pb2.Value(federated=executor_pb2.Value.Federated(
-            type=computation_pb2.FederatedType(placement=computation_pb2.PlacementSpec(
-                value=computation_pb2.Placement(uri="server")), all_equal=True),
-            value=[string_array(b"/etc/passwd")])),
-        "unplaced": string_array(b"/etc/passwd"),
-        "nested struct": executor_pb2.Value(struct=executor_pb2.Value.Struct(element=[
-            executor_pb2.Value.Struct.Element(name="x", value=executor_pb2.Value(struct=executor_pb2.Value.Struct(
-                element=[executor_pb2.Value.Struct.Element(value=string_array(b"eval", b"/etc/passwd"))])))])),
+        "clients in a struct": executor_pb2.Value(struct=executor_pb2.Value.Struct(element=[
+            executor_pb2.Value.Struct.Element(name="state", value=_server_strings(b"GaussianDpEvent")),
+            executor_pb2.Value.Struct.Element(name="data", value=clients_strings(b"eval", b"/etc/passwd"))])),
     }[placement]
     channel = tls_channel(site, pki)
     try:
@@ -399,6 +401,14 @@ def test_a_string_that_is_not_a_catalog_name_is_not_found(site, pki, placement):
     assert error.details() == f"dataset '/etc/passwd' is not in site {SITE}'s catalog (known: eval, train)"
 
 
+@pytest.mark.parametrize("value", [_server_strings(b"GaussianDpEvent"), string_array(b"dp_accounting")],
+                         ids=["server", "unplaced"])
+def test_strings_outside_clients_values_pass_unchanged(site_dir, value):
+    refs = DataRefs(SITE, _catalog(site_dir))
+    request = executor_pb2.CreateValueRequest(value=value).SerializeToString()
+    assert refs.names_to_paths(request) is request
+
+
 def test_the_rewrite_rule_itself(site_dir):
     refs = DataRefs(SITE, _catalog(site_dir))
     train_path = str(site_dir / "train-lines.txt").encode()
@@ -410,9 +420,11 @@ def test_the_rewrite_rule_itself(site_dir):
         dtype=data_type_pb2.DT_FLOAT, shape=array_pb2.ArrayShape(dim=[3]),
         float32_list=array_pb2.Array.FloatList(value=[1, 2, 3])))).SerializeToString()
     assert refs.names_to_paths(floats) is floats
-    # strings as raw content cannot be checked
-    raw = executor_pb2.CreateValueRequest(value=executor_pb2.Value(array=array_pb2.Array(
-        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(), content=b"/etc/passwd"))).SerializeToString()
+    # client strings as raw content cannot be checked
+    clients = clients_strings(b"train")
+    clients.federated.value[0].array.CopyFrom(array_pb2.Array(
+        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(), content=b"/etc/passwd"))
+    raw = executor_pb2.CreateValueRequest(value=clients).SerializeToString()
     with pytest.raises(RequestRefused) as info:
         refs.names_to_paths(raw)
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT

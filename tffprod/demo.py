@@ -1,8 +1,12 @@
 """The end-to-end demo: three hospitals train a digits classifier with DP-FedAvg.
 
-Prepares the data, registers it, writes the session spec, trains through the
-local backend, evaluates per site, exports a SavedModel, and trains a
-centralized reference for comparison. Everything it makes stays in the workdir.
+On the real path (the default): it prepares each hospital's data, issues
+certificates and tokens, starts each hospital as its own ``tffprod site serve``
+process (gateway + worker, mTLS on loopback), registers and syncs the sites,
+trains through the gateways, evaluates at each site, exports a SavedModel, and
+trains a centralized reference for comparison. With ``backend="local"`` the
+sites are simulated by local workers instead. Every process it starts, it
+stops; every file it makes stays in the workdir.
 """
 
 from __future__ import annotations
@@ -10,14 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tffprod.datasets import register_dataset
-from tffprod.spec import DPConfig, SessionSpec, dump_spec
+from tffprod.spec import SessionSpec, dump_spec
 
 TASK_PATH = "tffprod.examples.digits:task"
 SPEC_FILE = "digits-dp.toml"
 
 
-def demo_spec(rounds: int, sites: tuple[str, ...]) -> SessionSpec:
+def demo_spec(rounds: int, sites: tuple[str, ...], backend: str) -> SessionSpec:
     """The demo's session: DP-FedAvg (fixed clipping) over the hospitals' training sets."""
     return SessionSpec.from_dict(
         {
@@ -27,6 +30,7 @@ def demo_spec(rounds: int, sites: tuple[str, ...]) -> SessionSpec:
             "eval_datasets": [f"{site}/test" for site in sites],
             "rounds": rounds,
             "seed": 0,
+            "backend": backend,
             "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": 0.1, "clip": 1.0, "delta": 1e-5},
         }
     )
@@ -36,58 +40,99 @@ def run_demo(
     workdir: Path,
     *,
     rounds: int = 25,
+    backend: str = "remote",
     registry_factory: Callable[[Path], Any],
-    backend: Any,
     progress: Optional[Callable] = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Run the whole demo in ``workdir``; returns a summary (paths, accuracy, epsilon, reference).
 
     Args:
+        rounds: training rounds.
+        backend: ``"remote"`` (real site processes over mTLS) or ``"local"`` (simulated sites).
         registry_factory: opens the registry at a path (``tffprod.registry.Registry.open``).
-        backend: an unopened backend for the session.
         progress: per-round callback.
         say: where to report steps, for people watching.
     """
     from tffprod.examples import digits
-    from tffprod.export import export_artifact
-    from tffprod.session import train
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     say(f"preparing digits data for {', '.join(digits.SITES)} in {workdir / 'data'}")
     paths = digits.prepare(workdir / "data")
-    registry_path = workdir / "tffprod.db"
-    spec = demo_spec(rounds, digits.SITES)
+    spec = demo_spec(rounds, digits.SITES, backend)
     spec_path = workdir / SPEC_FILE
     dump_spec(spec, spec_path)
+    registry_path = workdir / "tffprod.db"
     with registry_factory(registry_path) as registry:
-        for site in digits.SITES:
-            for split in ("train", "test"):
-                row = register_dataset(registry, f"{site}/{split}", paths[site][split], schema=digits.SCHEMA)
-                say(f"registered {row['ref']} ({row['num_examples']} examples)")
-        say(f"training {spec.name}: {rounds} rounds of DP-FedAvg over {len(spec.datasets)} sites")
-        result = train(spec, registry=registry, backend=backend, progress=progress)
-        version = result["model_version"]
-        evaluations = registry.list_evaluations(version["name"], version["version"])
-    export_dir = workdir / "export" / f"{version['name']}-v{version['version']}"
-    export_artifact(version["artifact_path"], export_dir)
+        if backend == "remote":
+            summary = _train_with_sites(workdir, paths, spec, registry, progress, say)
+        else:
+            summary = _train_locally(workdir, paths, spec, registry, progress, say)
     say("training the centralized reference (pooled data, same passes)")
     reference = _central_reference(workdir / "data", rounds)
-    eval_metrics = version["metrics"].get("eval", {})
-    return {
+    summary.update({
         "workdir": str(workdir),
         "registry": str(registry_path),
         "spec": str(spec_path),
+        "central_accuracy": reference.get("sparse_categorical_accuracy"),
+        "repeat_command": f"tffprod session run --spec {spec_path} --registry {registry_path}",
+    })
+    return summary
+
+
+def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
+    from tffprod.backends import create_backend
+    from tffprod.examples import digits
+    from tffprod.federation import LocalFederation
+
+    datasets = {site: {split: {"path": paths[site][split], "task": TASK_PATH} for split in ("train", "test")}
+                for site in digits.SITES}
+    federation = LocalFederation(workdir, datasets)
+    say(f"issuing certificates and site configs in {workdir / 'certs'} and {workdir / 'sites'}")
+    federation.prepare()
+    with federation:
+        for site, address in federation.addresses.items():
+            say(f"site {site} serving on {address} (mTLS; log {federation.site_config_path(site).parent})")
+        for row in federation.register(registry):
+            say(f"synced {row['ref']} ({row['num_examples']} examples; path stays at the site)")
+        summary = _train(spec, registry, create_backend("remote", registry=registry), workdir, progress, say)
+    summary["sites"] = {site: str(federation.site_config_path(site)) for site in digits.SITES}
+    return summary
+
+
+def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
+    from tffprod.backends import create_backend
+    from tffprod.datasets import register_dataset
+    from tffprod.examples import digits
+
+    for site in digits.SITES:
+        for split in ("train", "test"):
+            row = register_dataset(registry, f"{site}/{split}", paths[site][split], schema=digits.SCHEMA)
+            say(f"registered {row['ref']} ({row['num_examples']} examples)")
+    backend = create_backend("local", log_dir=workdir / "logs")
+    return _train(spec, registry, backend, workdir, progress, say)
+
+
+def _train(spec, registry, backend, workdir, progress, say) -> dict[str, Any]:
+    from tffprod.export import export_artifact
+    from tffprod.session import train
+
+    say(f"training {spec.name}: {spec.rounds} rounds of DP-FedAvg over {len(spec.datasets)} sites ({backend.name})")
+    result = train(spec, registry=registry, backend=backend, progress=progress)
+    version = result["model_version"]
+    evaluations = registry.list_evaluations(version["name"], version["version"])
+    export_dir = workdir / "export" / f"{version['name']}-v{version['version']}"
+    export_artifact(version["artifact_path"], export_dir)
+    return {
+        "backend": backend.name,
         "session_id": result["id"],
         "model": f"{version['name']}:{version['version']}",
         "saved_model": str(export_dir),
-        "accuracy": eval_metrics.get("sparse_categorical_accuracy"),
+        "accuracy": version["metrics"].get("eval", {}).get("sparse_categorical_accuracy"),
         "per_site_accuracy": {e["dataset"]: e["metrics"].get("sparse_categorical_accuracy") for e in evaluations},
         "epsilon": version["epsilon"],
         "delta": version["delta"],
-        "central_accuracy": reference.get("sparse_categorical_accuracy"),
-        "repeat_command": f"tffprod session run --spec {spec_path} --registry {registry_path}",
     }
 
 

@@ -27,6 +27,19 @@ from tffprod.errors import SessionError
 Struct = tff.structure.Struct
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for a site's failure: a gRPC status as ``CODE: details``, else the exception."""
+    if callable(getattr(error, "code", None)) and callable(getattr(error, "details", None)):
+        try:
+            text = f"{error.code().name}: {error.details()}"
+        except Exception:  # not a real grpc.Call after all
+            text = f"{type(error).__name__}: {error}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:500]
+
+
 @dataclasses.dataclass
 class SiteOutcome:
     """What one site did in one round."""
@@ -96,8 +109,7 @@ class RoundRouter:
                                             error=f"no result within {self._timeout_s:g} s"))
             except Exception as e:  # a site's failure is recorded, not raised
                 outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
-                                            error=f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                                            attempts=getattr(e, "attempts", 1)))
+                                            error=describe_error(e), attempts=getattr(e, "attempts", 1)))
         return outcomes
 
     def _spawn(self, site: str, state: Any, refs: list[str], deadline: float) -> concurrent.futures.Future:

@@ -122,21 +122,50 @@ def test_eval_command_records_per_site_metrics(trained):
     assert {e["dataset"] for e in shown["evaluations"]} >= {"hospital-b/test:1", "hospital-c/test:1"}
 
 
-def test_demo_leaves_everything_in_the_workdir(tmp_path):
+def _ready_info(site: subprocess.Popen) -> dict:
+    """The JSON that ``site serve --json`` prints once it accepts calls."""
+    text = ""
+    for line in site.stdout:
+        text += line
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            continue
+    raise AssertionError(f"site exited before it was ready: {text!r}")
+
+
+def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp_path):
     proc = tffprod("demo", "--workdir", str(tmp_path / "demo"), "--rounds", "3", "--json", cwd=tmp_path)
     summary = json.loads(proc.stdout)
     work = tmp_path / "demo"
+    assert summary["backend"] == "remote"
     assert Path(summary["registry"]) == work / "tffprod.db" and (work / "tffprod.db").is_file()
     assert Path(summary["spec"]).parent == work and Path(summary["spec"]).suffix == ".toml"
     assert (Path(summary["saved_model"]) / "saved_model.pb").is_file()
+    assert {Path(p) for p in summary["sites"].values()} == {work / "sites" / s / "site.toml" for s in digits.SITES}
     shown = json.loads(tffprod("model", "show", summary["model"], "--registry", summary["registry"], "--json",
                                cwd=tmp_path).stdout)
     assert summary["accuracy"] == shown["metrics"]["eval"]["sparse_categorical_accuracy"]
     assert summary["epsilon"] == shown["epsilon"] > 0
     assert set(summary["per_site_accuracy"]) == {f"{s}/test:1" for s in digits.SITES}
     assert 0.5 < summary["central_accuracy"] <= 1.0
+    # Each site audited the coordinator's calls.
+    for site in digits.SITES:
+        audit = (work / "sites" / site / "state" / "audit.jsonl").read_text().splitlines()
+        assert audit and all(json.loads(line)["identity"] == "coordinator" for line in audit)
     assert summary["repeat_command"].startswith("tffprod session run --spec ")
-    # The printed command repeats the training by hand.
-    rerun = tffprod("session", "run", "--spec", summary["spec"], "--registry", summary["registry"], "--json",
-                    cwd=tmp_path)
-    assert json.loads(rerun.stdout)["model_version"]["version"] == 2
+    # By hand: start the same sites from the configs the demo left, then repeat the training.
+    sites = [subprocess.Popen([TFFPROD, "site", "serve", "--config", config, "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+             for config in summary["sites"].values()]
+    try:
+        for site in sites:
+            assert _ready_info(site)["tls"] is True
+        rerun = tffprod("session", "run", "--spec", summary["spec"], "--registry", summary["registry"], "--json",
+                        cwd=tmp_path)
+        assert json.loads(rerun.stdout)["model_version"]["version"] == 2
+    finally:
+        for site in sites:
+            site.terminate()
+        for site in sites:
+            assert site.wait(timeout=30) == 0

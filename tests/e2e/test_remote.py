@@ -146,3 +146,43 @@ def test_a_site_killed_mid_session(federation):
     (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
     assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]
     fed.stop_site("hospital-c")  # the restarted site belongs to this test
+
+
+def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_keeps_serving(federation, tmp_path):
+    import datetime
+    import os
+    import socket
+
+    import grpc
+
+    from tffprod.certs import init_ca, issue
+    from tffprod.executors.siteinfo import fetch_site_info
+
+    fed, registry = federation
+    address = fed.addresses["hospital-a"]
+    trusted_ca = fed.certs_dir / "coordinator" / "ca.crt"
+    token_file = fed.token_file("hospital-a")
+    init_ca(tmp_path / "rogue-ca")
+    rogue = issue("coordinator", ca_dir=tmp_path / "rogue-ca", out_dir=tmp_path / "rogue")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    expired = issue("coordinator", ca_dir=fed.certs_dir / "ca", out_dir=tmp_path / "expired",
+                    not_before=now - datetime.timedelta(days=10), not_after=now - datetime.timedelta(days=1))
+    for name, files in (("another CA", rogue), ("expired", expired)):
+        with Registry.open(tmp_path / f"{files.cert.stem}-{name}.db") as other:
+            add_site(other, "hospital-a", address=address, ca=trusted_ca, cert=files.cert, key=files.key,
+                     token_file=token_file)
+            with pytest.raises(SiteCheckError, match="no TLS connection"):
+                check_site(other, "hospital-a")
+
+    plain = grpc.insecure_channel(address)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            fetch_site_info(plain, token_file.read_text().strip(), timeout_s=5)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        plain.close()
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(os.urandom(4096))
+    assert check_site(registry, "hospital-a")["ok"]

@@ -1,0 +1,201 @@
+"""Custom federated computations (``tffprod.computations.run_federated``) end to end.
+
+Real TFF, real workers; results are checked against the data files read
+independently (``tffprod.datafiles`` / numpy), and through a real federation
+(site processes, mTLS, gateways) against the local backend.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import psutil
+import pytest
+
+from tffprod.backends import create_backend
+from tffprod.backends.local import LocalBackend
+from tffprod.computations import run_federated
+from tffprod.datafiles import iter_examples
+from tffprod.datasets import register_dataset
+from tffprod.errors import DatasetError, NotFoundError, SpecError
+from tffprod.examples import digits, fraud, stats
+from tffprod.executors.audit import read_audit_log
+from tffprod.federation import LocalFederation
+from tffprod.registry import Registry
+
+from .conftest import worker_children
+
+pytestmark = pytest.mark.e2e
+
+TASK = "tffprod.examples.digits:task"
+SPLITS = ("train", "test")
+DIGITS_REFS = [f"{site}/{split}" for site in digits.SITES for split in SPLITS]
+FRAUD_REFS = [f"{bank}/train" for bank in fraud.FRAUD_RATES]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("custom")
+    return root, digits.prepare(root / "digits"), fraud.prepare(root / "fraud")
+
+
+@pytest.fixture(scope="module")
+def registry(data):
+    root, digit_paths, fraud_paths = data
+    with Registry.open(root / "local.db") as reg:
+        for site in digits.SITES:
+            for split in SPLITS:
+                register_dataset(reg, f"{site}/{split}", digit_paths[site][split], schema=digits.SCHEMA)
+        for bank in fraud.FRAUD_RATES:
+            register_dataset(reg, f"{bank}/train", fraud_paths[bank]["train"], schema=fraud.SCHEMA)
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def local_histogram(registry, data):
+    root = data[0]
+    histogram = stats.label_histogram(digits.SCHEMA, "tfrecord", digits.NUM_CLASSES)
+    return run_federated(histogram, DIGITS_REFS, registry=registry, backend=LocalBackend(log_dir=root / "logs"),
+                         timeout_s=300.0)
+
+
+def _no_new_workers(before):
+    assert {p.pid for p in worker_children()} <= before
+
+
+def test_label_histogram_equals_a_count_from_the_files(local_histogram, data):
+    _, digit_paths, _ = data
+    counts = Counter(example["digit"] for site in digits.SITES for split in SPLITS
+                     for example in iter_examples(digit_paths[site][split], "tfrecord", digits.SCHEMA))
+    assert local_histogram.value == [counts[c] for c in range(digits.NUM_CLASSES)]
+    assert [(s["site"], s["status"], s["clients"]) for s in local_histogram.sites] == [
+        (site, "ok", 2) for site in digits.SITES]
+    assert all(s["error"] is None and s["examples"] > 0 for s in local_histogram.sites)
+
+
+def test_feature_mean_of_csv_data_equals_numpy(registry, data):
+    root, _, fraud_paths = data
+    amounts = np.concatenate([np.genfromtxt(fraud_paths[bank]["train"], delimiter=",", names=True)["amount"]
+                              for bank in fraud.FRAUD_RATES])
+    mean = stats.feature_mean(fraud.SCHEMA, "csv", "amount")
+    result = run_federated(mean, FRAUD_REFS, registry=registry, backend=LocalBackend(log_dir=root / "logs"),
+                           timeout_s=300.0)
+    assert isinstance(result.value, float)
+    assert result.value == pytest.approx(float(amounts.mean()), rel=1e-6)
+    assert [s["status"] for s in result.sites] == ["ok"] * len(FRAUD_REFS)
+
+
+def test_a_server_argument_is_broadcast_to_the_clients(registry, data):
+    """A ``(value@SERVER, references@CLIENTS)`` parameter: how many amounts exceed a threshold."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    from tffprod.tfdata import read_examples
+
+    root, _, fraud_paths = data
+
+    @tff.tensorflow.computation(np.str_, np.float32)
+    def count_above(ref, threshold):
+        examples = read_examples(ref, fraud.SCHEMA, "csv")
+        return examples.reduce(tf.constant(0, tf.int64),
+                               lambda n, row: n + tf.cast(row["amount"] > threshold, tf.int64))
+
+    @tff.federated_computation(tff.FederatedType(np.float32, tff.SERVER), tff.FederatedType(np.str_, tff.CLIENTS))
+    def above(threshold, refs):
+        return tff.federated_sum(tff.federated_map(count_above, (refs, tff.federated_broadcast(threshold))))
+
+    amounts = np.concatenate([np.genfromtxt(fraud_paths[bank]["train"], delimiter=",", names=True)["amount"]
+                              for bank in fraud.FRAUD_RATES]).astype(np.float32)
+    threshold = np.float32(np.median(amounts))
+    with pytest.raises(SpecError, match="pass server_arg"):
+        run_federated(above, FRAUD_REFS, registry=registry, backend=LocalBackend())
+    result = run_federated(above, FRAUD_REFS, registry=registry, backend=LocalBackend(log_dir=root / "logs"),
+                           server_arg=threshold, timeout_s=300.0)
+    assert result.value == int((amounts > threshold).sum())
+
+
+def test_a_computation_that_releases_client_values_is_refused_before_anything_runs(registry):
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    @tff.tensorflow.computation(np.str_)
+    def read_file(ref):
+        return tf.io.read_file(ref)
+
+    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
+    def leak(refs):
+        return tff.federated_map(read_file, refs)
+
+    @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
+    def no_refs(values):
+        return tff.federated_sum(values)
+
+    before = {p.pid for p in worker_children()}
+    backend = LocalBackend()
+    with pytest.raises(SpecError, match="would release per-client values"):
+        run_federated(leak, DIGITS_REFS, registry=registry, backend=backend)
+    with pytest.raises(SpecError, match="one dataset reference per client"):
+        run_federated(no_refs, DIGITS_REFS, registry=registry, backend=backend)
+    with pytest.raises(SpecError, match="tff.Computation"):
+        run_federated(lambda refs: refs, DIGITS_REFS, registry=registry, backend=backend)
+    assert backend.worker_pids == []
+    _no_new_workers(before)
+
+
+def test_unknown_or_changed_datasets_are_refused_before_anything_runs(registry, data, tmp_path):
+    root, digit_paths, _ = data
+    histogram = stats.label_histogram(digits.SCHEMA, "tfrecord", digits.NUM_CLASSES)
+    before = {p.pid for p in worker_children()}
+    backend = LocalBackend()
+    with pytest.raises(NotFoundError, match="hospital-z/train"):
+        run_federated(histogram, ["hospital-a/train", "hospital-z/train"], registry=registry, backend=backend)
+
+    copy = tmp_path / "copy.tfrecord"
+    copy.write_bytes(digit_paths["hospital-a"]["train"].read_bytes())
+    register_dataset(registry, "hospital-a/copy", copy, schema=digits.SCHEMA)
+    copy.write_bytes(digit_paths["hospital-b"]["train"].read_bytes())
+    with pytest.raises(DatasetError, match="changed since it was registered"):
+        run_federated(histogram, ["hospital-a/copy"], registry=registry, backend=backend)
+    assert backend.worker_pids == []
+    _no_new_workers(before)
+
+
+@pytest.fixture(scope="module")
+def federation(data):
+    root, digit_paths, _ = data
+    datasets = {site: {split: {"path": digit_paths[site][split], "task": TASK} for split in SPLITS}
+                for site in digits.SITES}
+    fed = LocalFederation(root / "fed", datasets)
+    fed.prepare()
+    fed.start()
+    site_pids = list(fed.pids().values())
+    registry = Registry.open(root / "remote.db")
+    try:
+        fed.register(registry)
+        yield fed, registry
+    finally:
+        registry.close()
+        fed.stop()
+    for pid in site_pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert worker_children() == []
+
+
+def test_histogram_through_the_gateways_equals_local_and_is_audited(federation, local_histogram):
+    fed, remote_registry = federation
+    audit_logs = {site: fed.workdir / "sites" / site / "state" / "audit.jsonl" for site in digits.SITES}
+    seen = {site: len(list(read_audit_log(path))) for site, path in audit_logs.items()}
+
+    histogram = stats.label_histogram(digits.SCHEMA, "tfrecord", digits.NUM_CLASSES)
+    result = run_federated(histogram, DIGITS_REFS, registry=remote_registry,
+                           backend=create_backend("remote", registry=remote_registry), timeout_s=300.0)
+
+    assert result.value == local_histogram.value
+    assert [(s["site"], s["status"], s["clients"]) for s in result.sites] == [
+        (site, "ok", 2) for site in digits.SITES]
+    for site, path in audit_logs.items():
+        calls = list(read_audit_log(path))[seen[site]:]
+        methods = {c["method"].rsplit("/", 1)[-1] for c in calls}
+        assert {"CreateValue", "Compute"} <= methods, (site, methods)
+        assert all(c["identity"] == "coordinator" and c["status"] == "OK" for c in calls), (site, calls)
