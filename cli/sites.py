@@ -165,3 +165,18 @@ def list_(registry_path: str, as_json: bool) -> None:
         emit_json(rows)
     else:
         table(rows, ["name", "address", "updated_at"])
+
+
+@site.command("token-hash")
+@click.argument("token_file", type=click.Path(exists=True, dir_okay=False))
+def token_hash(token_file: str) -> None:
+    """Print the SHA-256 of the bearer token in TOKEN_FILE, for a site config's token_sha256.
+
+    \b
+    Example:
+        tffprod site token-hash tokens/hospital-a
+    """
+    from tffprod.executors.config import hash_token
+
+    with user_errors():
+        click.echo(hash_token(Path(token_file).read_text().strip()))
