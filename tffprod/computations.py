@@ -76,7 +76,9 @@ def check_computation(comp: Any, *, with_server_arg: bool) -> None:
         if not (isinstance(elements[0], tff.FederatedType) and elements[0].placement is tff.SERVER):
             raise SpecError(f"server_arg must be SERVER-placed; the computation's parameter is {param}")
     elif not _is_client_refs(param):
-        hint = " (pass server_arg for a (value@SERVER, references) parameter)" if isinstance(param, tff.StructType) else ""
+        hint = ""
+        if isinstance(param, tff.StructType):
+            hint = " (pass server_arg for a (value@SERVER, references) parameter)"
         raise SpecError(f"the computation's parameter must be {expected}, one dataset reference per client, "
                         f"not {param}{hint}")
     clients_placed = lambda t: isinstance(t, tff.FederatedType) and t.placement is tff.CLIENTS  # noqa: E731
