@@ -186,3 +186,38 @@ def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_k
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         raw.sendall(os.urandom(4096))
     assert check_site(registry, "hospital-a")["ok"]
+
+
+def test_site_commands_through_the_cli(federation, tmp_path):
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from tffprod.cli.main import cli
+
+    fed, registry = federation
+    runner = CliRunner()
+    db = registry.path
+    listed = json.loads(runner.invoke(cli, ["site", "list", "--json", "--registry", db]).output)
+    assert sorted(s["name"] for s in listed) == sorted(digits.SITES)
+    tokens = [fed.token_file(site).read_text().strip() for site in digits.SITES]
+    assert not any(token in json.dumps(listed) for token in tokens)  # secrets stay in their files
+    wal = Path(db + "-wal")
+    registry_bytes = Path(db).read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert len(registry_bytes) > 0
+    assert not any(token.encode() in registry_bytes for token in tokens)
+    checked = runner.invoke(cli, ["site", "check", "--all", "--json", "--registry", db])
+    assert checked.exit_code == 0, checked.output
+    assert [r["ok"] for r in json.loads(checked.output)] == [True] * len(digits.SITES)
+    synced = runner.invoke(cli, ["site", "sync", "hospital-b", "--json", "--registry", db])
+    assert synced.exit_code == 0
+    assert sorted(r["ref"] for r in json.loads(synced.output)) == ["hospital-b/test:1", "hospital-b/train:1"]
+    # A site that is not running: one line, exit 8.
+    other = tmp_path / "down.db"
+    coordinator = fed.certs_dir / "coordinator"
+    runner.invoke(cli, ["site", "add", "nowhere", "--address", "127.0.0.1:9", "--ca", str(coordinator / "ca.crt"),
+                        "--cert", str(coordinator / "coordinator.crt"), "--key", str(coordinator / "coordinator.key"),
+                        "--token-file", str(fed.token_file("hospital-a")), "--registry", str(other)])
+    down = runner.invoke(cli, ["site", "check", "nowhere", "--registry", str(other)])
+    assert down.exit_code == 8 and "no TLS connection to 127.0.0.1:9" in down.output
