@@ -28,16 +28,24 @@ def dataset() -> None:
 @click.option("--schema", "schema_file", type=click.Path(dir_okay=False), help="Schema as a JSON file.")
 @click.option("--task", "task_path", help="Take the schema from this task (module:attr).")
 @click.option("--format", "fmt", type=click.Choice(["tfrecord", "csv"]), help="File format (default: by suffix).")
+@click.option("--budget-epsilon", type=float, metavar="FLOAT",
+              help="Privacy budget: total epsilon for this dataset (every version); needs --budget-delta.")
+@click.option("--budget-delta", type=float, metavar="FLOAT",
+              help="Privacy budget: total delta, between 0 and 1; needs --budget-epsilon.")
 @registry_option
 @output_options
 def register(ref: str, path: str, schema_file: Optional[str], task_path: Optional[str], fmt: Optional[str],
-             registry_path: str, as_json: bool) -> None:
+             budget_epsilon: Optional[float], budget_delta: Optional[float], registry_path: str,
+             as_json: bool) -> None:
     """Validate the file at PATH against a schema and record it as REF (SITE/NAME).
+
+    A budget given here is the coordinator's; a budget in the site's config
+    (mirrored by 'tffprod site sync') wins and cannot be overridden.
 
     \b
     Example:
         tffprod dataset register hospital-a/train data/hospital-a/train.tfrecord \\
-            --task tffprod.examples.digits:task
+            --task tffprod.examples.digits:task --budget-epsilon 8 --budget-delta 1e-5
     """
     from tffprod.datasets import load_schema_file, register_dataset
     from tffprod.task import load_task
@@ -45,13 +53,18 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
     with user_errors():
         if bool(schema_file) == bool(task_path):
             raise click.UsageError("give exactly one of --schema FILE or --task MODULE:ATTR")
+        if (budget_epsilon is None) != (budget_delta is None):
+            raise click.UsageError("give both --budget-epsilon and --budget-delta, or neither")
+        budget = None if budget_epsilon is None else (budget_epsilon, budget_delta)
         schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
         with open_registry(registry_path) as registry:
-            row = register_dataset(registry, ref, path, schema=schema, fmt=fmt)
+            row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget)
     if as_json:
         emit_json(row)
-    else:
-        click.echo(f"registered {row['ref']}: {row['num_examples']} examples ({row['format']}, {row['content_hash'][:19]}...)")
+        return
+    click.echo(f"registered {row['ref']}: {row['num_examples']} examples ({row['format']}, {row['content_hash'][:19]}...)")
+    if "budget" in row:
+        click.echo(f"budget of {ref}: epsilon {row['budget']['epsilon']:g}, delta {row['budget']['delta']:g}")
 
 
 @dataset.command("list")

@@ -17,6 +17,7 @@ from tffprod.cli.demo import demo
 from tffprod.cli.models import eval_command, model
 from tffprod.cli.options import emit_json, open_registry, output_options, registry_option
 from tffprod.cli.errors import user_errors
+from tffprod.cli.privacy import privacy
 from tffprod.cli.sessions import session
 from tffprod.cli.sites import site
 
@@ -58,6 +59,7 @@ def init(registry_path: str, as_json: bool) -> None:
 
 cli.add_command(dataset)
 cli.add_command(session)
+cli.add_command(privacy)
 cli.add_command(model)
 cli.add_command(eval_command)
 cli.add_command(demo)

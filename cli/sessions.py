@@ -55,6 +55,8 @@ def run(spec_path: str, backend: Optional[str], registry_path: str, as_json: boo
     click.echo(f"session {result['id']} {result['status']}: {result['rounds_completed']} rounds")
     click.echo(f"model {version['name']}:{version['version']}  epsilon {version['epsilon']}  "
                f"artifact {version['artifact_path']}")
+    if version["metrics"].get("stopped"):
+        click.echo(version["metrics"]["stopped"])
 
 
 @session.command("list")

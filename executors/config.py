@@ -34,6 +34,8 @@ Example::
     format = "tfrecord"                 # optional: by suffix
     task = "tffprod.examples.digits:task"   # the schema, from a task or
     # schema_file = "schema.json"       # from a JSON schema file
+    budget = { epsilon = 8.0, delta = 1e-5 }   # optional: the privacy budget of this data
+                                        # (every version; sync_site mirrors it to the registry)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -67,7 +70,8 @@ _TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "tls", "worker")
 _TLS_KEYS = ("cert", "key", "ca")
 _COORDINATOR_KEYS = ("identity", "token_sha256")
 _WORKER_KEYS = ("port", "max_message_mb", "max_restarts", "restart_window_s")
-_DATASET_KEYS = ("path", "format", "task", "schema_file")
+_DATASET_KEYS = ("path", "format", "task", "schema_file", "budget")
+_BUDGET_KEYS = ("epsilon", "delta")
 
 
 # ---------------------------------------------------------------- the config
@@ -109,11 +113,13 @@ class WorkerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetDecl:
-    """One catalog entry as declared: a local file, its format and the schema it must match."""
+    """One catalog entry as declared: a local file, its format, the schema it must match
+    and, optionally, its privacy budget ``{"epsilon": float, "delta": float}``."""
 
     path: Path
     format: str
     schema: Schema
+    budget: Optional[dict] = dataclasses.field(default=None, hash=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +186,7 @@ class SiteConfig:
                 schema=decl.schema.to_dict(),
                 num_examples=num_examples,
                 content_hash=digest,
+                budget=None if decl.budget is None else dict(decl.budget),
             )
         return catalog
 
@@ -353,7 +360,27 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
                     f"'{key}.format' is needed: the suffix of {path.name!r} names no format "
                     f"(use .tfrecord or .csv, or set format)"
                 ) from None
-        out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl))
+        budget = _budget(f"{key}.budget", decl["budget"]) if "budget" in decl else None
+        out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl), budget=budget)
+    return out
+
+
+def _budget(key: str, value: Any) -> dict[str, float]:
+    """``budget = { epsilon = 8.0, delta = 1e-5 }``: epsilon > 0 and 0 < delta < 1, both required."""
+    table = _table(key, value)
+    _known_keys(f"{key}.", table, _BUDGET_KEYS)
+    out = {}
+    for field in _BUDGET_KEYS:
+        if field not in table:
+            raise SpecError(f"missing required key '{key}.{field}'")
+        number = table[field]
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise SpecError(f"'{key}.{field}' must be a number, got {_type_name(number)} {number!r}")
+        out[field] = float(number)
+    if not 0 < out["epsilon"] < math.inf:
+        raise SpecError(f"'{key}.epsilon' must be a number > 0, got {table['epsilon']!r}")
+    if not 0 < out["delta"] < 1:
+        raise SpecError(f"'{key}.delta' must be a number > 0 and < 1, got {table['delta']!r}")
     return out
 
 

@@ -47,7 +47,7 @@ TF-free: only the generated protobuf modules (``protos``) are used.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import grpc
 
@@ -61,7 +61,10 @@ _SHOWN = 120  # longest caller-provided string echoed in an error message
 
 @dataclasses.dataclass(frozen=True)
 class CatalogEntry:
-    """One dataset a site serves. ``path`` never leaves the site; the rest is public metadata."""
+    """One dataset a site serves. ``path`` never leaves the site; the rest is public metadata.
+
+    ``budget`` is the site's privacy budget for this data, ``{"epsilon", "delta"}``, or None.
+    """
 
     name: str
     path: str
@@ -69,11 +72,13 @@ class CatalogEntry:
     schema: dict
     num_examples: int
     content_hash: str
+    budget: Optional[dict] = None
 
     def public(self) -> dict[str, Any]:
-        """What the site tells coordinators about this dataset (no path)."""
+        """What the site tells coordinators about this dataset (no path; ``budget`` may be None)."""
         return {"name": self.name, "format": self.format, "schema": self.schema,
-                "num_examples": self.num_examples, "content_hash": self.content_hash}
+                "num_examples": self.num_examples, "content_hash": self.content_hash,
+                "budget": None if self.budget is None else dict(self.budget)}
 
 
 class RequestRefused(Exception):

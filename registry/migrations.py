@@ -125,6 +125,41 @@ def m001_initial(db: Database) -> None:
         db.execute(statement)
 
 
+_PRIVACY_SCHEMA = [
+    """
+    CREATE TABLE budgets (
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        epsilon REAL NOT NULL CHECK (epsilon > 0),
+        delta REAL NOT NULL CHECK (delta > 0 AND delta < 1),
+        source TEXT NOT NULL CHECK (source IN ('site', 'coordinator')),
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (site, name)                  -- a dataset identity, not a version
+    )
+    """,
+    """
+    CREATE TABLE privacy_spend (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        epsilon REAL NOT NULL CHECK (epsilon >= 0),   -- this session's total so far
+        delta REAL NOT NULL CHECK (delta >= 0),
+        rounds INTEGER NOT NULL CHECK (rounds >= 0),
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (session_id, site, name)
+    )
+    """,
+    "CREATE INDEX privacy_spend_by_dataset ON privacy_spend (site, name)",
+]
+
+
+@migration
+def m002_privacy_budgets(db: Database) -> None:
+    """Adds privacy budgets per dataset identity and each session's spend against them."""
+    for statement in _PRIVACY_SCHEMA:
+        db.execute(statement)
+
+
 def unknown_migrations(db: Database) -> list[str]:
     """Names of applied migrations that this version of tffprod does not know.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tffprod.errors import NotFoundError, RegistryError
+from tffprod.registry import privacy
 from tffprod.registry.codec import from_json, new_session_id, seconds_between, to_json, utc_now
 from tffprod.registry.connection import first_row, write_transaction
 
@@ -110,13 +111,15 @@ def _check_participants(participants: list[dict]) -> list[dict]:
 
 
 def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]:
-    """Records one round and the session's progress in one transaction."""
+    """Records one round, its privacy spend and the session's progress in one transaction."""
     round_num = int(fields["round_num"])
     if round_num < 1:
         raise ValueError(f"round_num must be >= 1, got {round_num}")
     participants = _check_participants(fields["participants"])
+    spend = privacy.check_spend(fields.get("spend"))
     with write_transaction(db):
         require_session(db, session_id)
+        now = utc_now()
         sql = "SELECT 1 AS taken FROM rounds WHERE session_id = ? AND round_num = ?"
         if first_row(db, sql, [session_id, round_num]) is not None:
             raise RegistryError(f"session {session_id!r} already has round {round_num} recorded")
@@ -130,9 +133,10 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
                 to_json(participants),
                 float(fields["duration_s"]),
                 None if fields["epsilon"] is None else float(fields["epsilon"]),
-                utc_now(),
+                now,
             ],
         )
+        privacy.upsert_spend(db, session_id, spend, now)
         db.execute("UPDATE sessions SET rounds_completed = ? WHERE id = ?", [round_num, session_id])
         row = first_row(db, "SELECT * FROM rounds WHERE session_id = ? AND round_num = ?", [session_id, round_num])
     assert row is not None  # inserted just above, in the same transaction

@@ -1,7 +1,7 @@
 """``Registry``: the public face of the registry store.
 
 Each method is one call into the concept modules (``datasets``, ``sessions``,
-``models``) run inside ``translate_errors``, so a caller only ever sees
+``privacy``, ``models``) run inside ``translate_errors``, so a caller only ever sees
 ``tffprod`` errors. Rows come back as plain dicts with JSON columns decoded.
 """
 
@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tffprod.registry import datasets, models, sessions
+from tffprod.registry import datasets, models, privacy, sessions
 from tffprod.registry.connection import connect, translate_errors
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _translated(method: _Method) -> _Method:
 
 
 class Registry:
-    """Sites, datasets, sessions, rounds, model versions and evaluations in SQLite.
+    """Sites, datasets, privacy budgets, sessions, rounds, model versions and evaluations in SQLite.
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`.
     One instance serves one thread.
@@ -231,8 +231,12 @@ class Registry:
         participants: list[dict],
         duration_s: float,
         epsilon: float | None,
+        spend: list[dict] | None = None,
     ) -> dict:
-        """Records a finished round and sets the session's ``rounds_completed``, atomically.
+        """Records a finished round, its privacy spend and the session's ``rounds_completed``, atomically.
+
+        The round row, every ``spend`` item and the progress counter are
+        written in one transaction: a failure leaves none of them changed.
 
         Args:
             session_id: The session.
@@ -242,6 +246,11 @@ class Registry:
                 "duration_s", "examples", "error"}`` dict per selected site.
             duration_s: Wall time of the round.
             epsilon: Privacy spent so far, if DP is on.
+            spend: Optional; one ``{"site", "name", "epsilon", "delta",
+                "rounds"}`` dict per dataset identity this session has used:
+                the session's *cumulative* spend on it so far and the number
+                of rounds it took part in. Each replaces the session's
+                previous value for that dataset (see :meth:`privacy_report`).
 
         Returns:
             The round: session_id, round_num, metrics, participants,
@@ -250,7 +259,9 @@ class Registry:
         Raises:
             NotFoundError: if the session is unknown.
             RegistryError: if this round was already recorded (nothing changes).
-            ValueError: if ``round_num`` < 1 or a participant status is unknown.
+            ValueError: if ``round_num`` < 1, a participant status is unknown,
+                or a spend item is malformed (missing or extra keys, negative
+                values, a dataset listed twice); nothing is written.
         """
         return sessions.record_round(
             self._db,
@@ -260,6 +271,7 @@ class Registry:
             participants=participants,
             duration_s=duration_s,
             epsilon=epsilon,
+            spend=spend,
         )
 
     @_translated
@@ -270,6 +282,60 @@ class Registry:
             NotFoundError: if the session is unknown.
         """
         return sessions.list_rounds(self._db, session_id)
+
+    # Privacy budgets and spend.
+
+    @_translated
+    def set_budget(self, site: str, name: str, *, epsilon: float, delta: float, source: str) -> dict:
+        """Sets the privacy budget of dataset identity ``site/name`` (every version), replacing any.
+
+        The registry stores budgets; it does not decide who may set one. Callers
+        keep a site's own budget (``source="site"``) ahead of a coordinator's.
+
+        Args:
+            site: The site.
+            name: The dataset's name (no version: a new version shares the budget).
+            epsilon: Total epsilon allowed, > 0.
+            delta: Total delta allowed, 0 < delta < 1.
+            source: ``"site"`` (from the site's config) or ``"coordinator"``.
+
+        Returns:
+            The budget: site, name, epsilon, delta, source, updated_at.
+
+        Raises:
+            SpecError: if ``site`` or ``name`` is not a valid name.
+            ValueError: if a value is out of range or ``source`` is unknown.
+        """
+        return privacy.set_budget(self._db, site, name, epsilon=epsilon, delta=delta, source=source)
+
+    @_translated
+    def get_budget(self, site: str, name: str) -> dict | None:
+        """Returns the budget of ``site/name`` (as :meth:`set_budget` does), or None if it has none."""
+        return privacy.get_budget(self._db, site, name)
+
+    @_translated
+    def privacy_report(self, *, site: str | None = None, name: str | None = None) -> list[dict]:
+        """Budget, spend and remainder of every dataset identity with a budget or any spend.
+
+        Sessions compose by basic composition: a dataset's spent epsilon is the
+        sum of every session's epsilon on it, and likewise for delta (each
+        session's value being its cumulative spend, as last recorded by
+        :meth:`record_round`). This upper bound never understates the spend.
+
+        Args:
+            site: Only datasets of this site.
+            name: Only datasets with this name.
+
+        Returns:
+            One dict per dataset identity, sorted by ``dataset``:
+            ``{"dataset": "site/name", "budget": {"epsilon", "delta", "source"}
+            | None, "spent": {"epsilon", "delta"}, "remaining": {"epsilon",
+            "delta"} | None, "sessions": [{"session_id", "epsilon", "delta",
+            "rounds", "status"}]}``; ``remaining`` is budget minus spent (it
+            goes negative when overspent) and None without a budget; sessions
+            are oldest first. An unknown site or name gives ``[]``.
+        """
+        return privacy.privacy_report(self._db, site, name)
 
     # Model versions and evaluations.
 

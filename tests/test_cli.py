@@ -399,3 +399,67 @@ def test_help_is_fast_and_does_not_import_tensorflow(tmp_path: Path, capsys) -> 
     imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
     assert {"click", "tffprod.cli.main"} <= imported, "the import log is not what we expect"
     assert not sorted(m for m in imported if m.split(".")[0] in TF_MODULES)
+
+
+# ---------------------------------------------------------------- dataset register --budget-*
+
+
+def budget_of(registry: str, ref: str) -> dict | None:
+    from tffprod.registry import Registry
+
+    site, name = ref.split("/")
+    with Registry.open(registry) as opened:
+        return opened.get_budget(site, name)
+
+
+def test_register_with_a_budget(run_cli, registry_path: str, fraud_data) -> None:
+    path = fraud_data["bank-a"]["train"]
+    register = ("dataset", "register", "bank-a/train", path, "--task", FRAUD_TASK, "--registry", registry_path,
+                "--budget-epsilon", "8", "--budget-delta", "1e-5")
+    out = ok(run_cli(*register))
+    assert out.splitlines()[1] == "budget of bank-a/train: epsilon 8, delta 1e-05"
+    row = json.loads(ok(run_cli(*register[:-4], "--budget-epsilon", "4.5", "--budget-delta", "1e-6", "--json")))
+    assert row["ref"] == "bank-a/train:1"  # same file: same version, the budget is replaced
+    assert {k: row["budget"][k] for k in ("site", "name", "epsilon", "delta", "source")} == {
+        "site": "bank-a", "name": "train", "epsilon": 4.5, "delta": 1e-6, "source": "coordinator"}
+    assert budget_of(registry_path, "bank-a/train") == row["budget"]
+    assert "budget" not in json.loads(ok(run_cli(*register[:-4], "--json")))  # no options: budget untouched
+    assert budget_of(registry_path, "bank-a/train")["epsilon"] == 4.5
+
+
+@pytest.mark.parametrize("given", [("--budget-epsilon", "8"), ("--budget-delta", "1e-5")])
+def test_register_needs_both_budget_options_or_neither(run_cli, registry_path: str, fraud_data, given) -> None:
+    result = run_cli("dataset", "register", "bank-a/train", fraud_data["bank-a"]["train"], "--task", FRAUD_TASK,
+                     "--registry", registry_path, *given)
+    assert result.exit_code == 2 and "give both --budget-epsilon and --budget-delta, or neither" in result.stderr
+    assert not Path(registry_path).exists() or dataset_rows(registry_path) == []
+
+
+@pytest.mark.parametrize("epsilon, delta, problem", [("0", "1e-5", "epsilon must be > 0"),
+                                                     ("8", "1", "delta must be > 0 and < 1"),
+                                                     ("nan", "1e-5", "epsilon must be a finite number")])
+def test_register_refuses_a_budget_out_of_range(run_cli, registry_path: str, fraud_data, epsilon: str, delta: str,
+                                                problem: str) -> None:
+    result = run_cli("dataset", "register", "bank-a/train", fraud_data["bank-a"]["train"], "--task", FRAUD_TASK,
+                     "--registry", registry_path, "--budget-epsilon", epsilon, "--budget-delta", delta)
+    assert problem in one_error_line(result, 2)
+    assert dataset_rows(registry_path) == []  # checked before anything was written
+
+
+def test_register_cannot_override_a_site_budget(run_cli, registry_path: str, fraud_data) -> None:
+    from tffprod.errors import DatasetError
+    from tffprod.registry import Registry
+
+    with Registry.open(registry_path) as registry:
+        registry.set_budget("bank-a", "train", epsilon=2.0, delta=1e-6, source="site")
+    result = run_cli("dataset", "register", "bank-a/train", fraud_data["bank-a"]["train"], "--task", FRAUD_TASK,
+                     "--registry", registry_path, "--budget-epsilon", "8", "--budget-delta", "1e-5")
+    line = one_error_line(result, DatasetError.exit_code)
+    assert "bank-a/train: its budget (epsilon=2, delta=1e-06) is set by the site's config" in line
+    assert dataset_rows(registry_path) == []
+    assert (budget_of(registry_path, "bank-a/train")["epsilon"], budget_of(registry_path, "bank-a/train")["source"]) \
+        == (2.0, "site")
+    # Without budget options the dataset registers as before, under the site's budget.
+    ok(run_cli("dataset", "register", "bank-a/train", fraud_data["bank-a"]["train"], "--task", FRAUD_TASK,
+               "--registry", registry_path))
+    assert budget_of(registry_path, "bank-a/train")["source"] == "site"

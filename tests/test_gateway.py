@@ -449,7 +449,7 @@ def test_site_info_lists_the_catalog_without_paths(site, pki):
     assert set(info["versions"]) == {"tffprod", "tensorflow_federated", "tensorflow"}
     assert info["versions"]["tensorflow_federated"] == "0.87.0"
     assert [e["name"] for e in info["catalog"]] == ["eval", "train"]
-    assert set(info["catalog"][0]) == {"name", "format", "schema", "num_examples", "content_hash"}
+    assert set(info["catalog"][0]) == {"name", "format", "schema", "num_examples", "content_hash", "budget"}
     assert info["catalog"][1]["num_examples"] == 3
     assert info["health"]["worker"] == "up" and info["health"]["uptime_s"] >= 0
     assert site.records()[-1]["method"] == "/tffprod.v1.SiteInfo/Get"

@@ -351,3 +351,68 @@ def test_loading_a_config_does_not_import_tensorflow(site_dir: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- privacy budgets
+
+
+def with_budget(budget: Any, name: str = "train") -> dict[str, Any]:
+    data = base()
+    data["datasets"][name]["budget"] = budget
+    return data
+
+
+def test_a_dataset_budget_is_parsed_and_reaches_the_catalog(site_dir: Path) -> None:
+    config = load(site_dir, with_budget({"epsilon": 8, "delta": 1e-5}))
+    assert config.datasets["train"].budget == {"epsilon": 8.0, "delta": 1e-5}
+    assert isinstance(config.datasets["train"].budget["epsilon"], float)
+    assert config.datasets["eval"].budget is None
+    catalog = config.build_catalog()
+    assert catalog["train"].budget == {"epsilon": 8.0, "delta": 1e-5}
+    assert catalog["train"].public()["budget"] == {"epsilon": 8.0, "delta": 1e-5}
+    assert catalog["eval"].budget is None and catalog["eval"].public()["budget"] is None
+    assert "path" not in catalog["train"].public()
+    hash(config.datasets["train"])  # a declaration stays hashable
+
+
+def test_the_documented_inline_table_form_loads(site_dir: Path) -> None:
+    path = write(site_dir, base())
+    text = path.read_text().replace('[datasets.eval]\n', '[datasets.eval]\nbudget = { epsilon = 2.5, delta = 1e-6 }\n')
+    path.write_text(text)
+    assert load_site_config(path).datasets["eval"].budget == {"epsilon": 2.5, "delta": 1e-6}
+
+
+def test_a_written_budget_reads_back_the_same(site_dir: Path) -> None:
+    config = load(site_dir, with_budget({"epsilon": 0.5, "delta": 1e-7}))
+    assert config.datasets["train"].budget == {"epsilon": 0.5, "delta": 1e-7}
+
+
+def test_a_catalog_entry_without_a_budget_still_constructs() -> None:
+    from tffprod.executors.datarefs import CatalogEntry
+
+    entry = CatalogEntry(name="a", path="/x", format="csv", schema={}, num_examples=1, content_hash="h")
+    assert entry.budget is None and entry.public()["budget"] is None
+
+
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        (8.0, "'datasets.train.budget' must be a table, got float 8.0"),
+        ({"epsilon": 8.0}, "missing required key 'datasets.train.budget.delta'"),
+        ({"delta": 1e-5}, "missing required key 'datasets.train.budget.epsilon'"),
+        ({"epsilom": 8.0, "delta": 1e-5}, "unknown key 'datasets.train.budget.epsilom' (did you mean 'epsilon'?)"),
+        ({"epsilon": 8.0, "delta": 1e-5, "rounds": 3}, "unknown key 'datasets.train.budget.rounds'"),
+        ({"epsilon": "8", "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number, got string '8'"),
+        ({"epsilon": True, "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number, got boolean True"),
+        ({"epsilon": 8.0, "delta": [1e-5]}, "'datasets.train.budget.delta' must be a number, got array"),
+        ({"epsilon": 0, "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number > 0, got 0"),
+        ({"epsilon": -1.0, "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number > 0, got -1.0"),
+        ({"epsilon": float("inf"), "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number > 0, got inf"),
+        ({"epsilon": float("nan"), "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number > 0, got nan"),
+        ({"epsilon": 8.0, "delta": 0}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 0"),
+        ({"epsilon": 8.0, "delta": 1}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 1"),
+        ({"epsilon": 8.0, "delta": 1.5}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 1.5"),
+    ],
+)
+def test_a_bad_budget_fails_naming_its_key(site_dir: Path, budget: Any, expected: str) -> None:
+    assert expected in error_of(site_dir, with_budget(budget))

@@ -86,7 +86,8 @@ round_timeout_s = 30
     assert spec.round_timeout_s == 30.0 and isinstance(spec.round_timeout_s, float)
     assert spec.dp == DPConfig("gaussian_fixed", noise_multiplier=0.5, clip=1.0, delta=1e-5)
     assert spec.dp.enabled
-    assert spec.dp.to_dict() == {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5}
+    assert spec.dp.to_dict() == {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5,
+                                "on_budget": "refuse"}
 
 
 def test_adaptive_defaults(tmp_path):
@@ -368,3 +369,13 @@ def test_importing_spec_and_accounting_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_on_budget_is_refuse_by_default_and_checked():
+    dp = DPConfig.from_dict({"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5})
+    assert dp.on_budget == "refuse"
+    assert DPConfig(**{**dp.to_dict(), "on_budget": "stop"}).on_budget == "stop"
+    with pytest.raises(SpecError, match="'dp.on_budget' must be one of 'refuse', 'stop'"):
+        DPConfig(**{**dp.to_dict(), "on_budget": "ignore"})
+    with pytest.raises(SpecError, match="does not apply to mechanism 'none'"):
+        DPConfig(mechanism="none", on_budget="stop")

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from tffprod.datafiles import content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, NotFoundError, SpecError
+from tffprod.registry.privacy import check_budget
 from tffprod.schema import Schema
 
 
@@ -33,16 +34,48 @@ def load_schema_file(path: str | Path) -> Schema:
     return Schema.from_dict(data)
 
 
+def _coordinator_budget(registry: Any, site: str, name: str,
+                        budget: tuple[float, float]) -> tuple[float, float]:
+    """Check a coordinator-set budget before anything is written."""
+    try:
+        epsilon, delta = check_budget(*budget)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"dataset {site}/{name}: {e}") from None
+    existing = registry.get_budget(site, name)
+    if existing is not None and existing["source"] == "site":
+        raise DatasetError(
+            f"dataset {site}/{name}: its budget (epsilon={existing['epsilon']:g}, delta={existing['delta']:g}) "
+            "is set by the site's config and a coordinator cannot override it; change it at the site"
+        )
+    return epsilon, delta
+
+
 def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schema,
-                     fmt: Optional[str] = None) -> dict:
+                     fmt: Optional[str] = None, budget: Optional[tuple[float, float]] = None) -> dict:
     """Validate the file at ``path`` against ``schema`` and record it as dataset ``ref``.
 
-    Returns the registry row (a new version only when the content or schema changed).
+    Args:
+        registry: the open registry.
+        ref: ``SITE/NAME``.
+        path: the data file.
+        schema: what every example must match.
+        fmt: ``tfrecord`` or ``csv`` (default: by suffix).
+        budget: optional ``(epsilon, delta)`` privacy budget for the dataset's identity
+            (every version), recorded with ``source="coordinator"``.
+
+    Returns:
+        The registry row (a new version only when the content or schema changed);
+        with ``budget`` given, plus ``"budget"``: the stored budget.
 
     Raises:
-        DatasetError: the file is missing, corrupt, or does not match the schema.
+        DatasetError: the file is missing, corrupt, or does not match the schema; or
+            ``budget`` is given but the dataset's budget comes from the site's config.
+        SpecError: ``budget`` is out of range (epsilon > 0, 0 < delta < 1).
+
+    Budget problems are found before anything is written.
     """
     site, name = parse_ref(ref)
+    checked = None if budget is None else _coordinator_budget(registry, site, name, budget)
     path = Path(path).resolve()
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
@@ -50,7 +83,7 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
     num_examples = validate_file(path, fmt, schema)
     if num_examples == 0:
         raise DatasetError(f"{path}: holds no examples")
-    return registry.add_dataset(
+    row = registry.add_dataset(
         site=site,
         name=name,
         path=str(path),
@@ -59,3 +92,7 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
         num_examples=num_examples,
         content_hash=content_hash(path),
     )
+    if checked is None:
+        return row
+    epsilon, delta = checked
+    return {**row, "budget": registry.set_budget(site, name, epsilon=epsilon, delta=delta, source="coordinator")}

@@ -10,7 +10,8 @@ messages and exit codes in exactly one place (``tffprod.cli.errors``).
     ├── DatasetError         a data file is missing, corrupt, or does not match its schema
     │   └── SchemaMismatchError  a dataset's schema does not match the task's
     ├── RegistryError        the registry file cannot be opened or written
-    └── SessionError         training failed after the session was recorded
+    ├── SessionError         training failed after the session was recorded
+    └── PrivacyBudgetError   a session would exceed a dataset's remaining privacy budget
 """
 
 from __future__ import annotations
@@ -60,3 +61,9 @@ class SessionError(TffprodError):
     """A recorded session failed while running."""
 
     exit_code = 6
+
+
+class PrivacyBudgetError(TffprodError):
+    """A session would spend more privacy than a dataset's remaining budget allows."""
+
+    exit_code = 9

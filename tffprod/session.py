@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from tffprod.backends.base import Backend, SiteTarget
+from tffprod.budgets import BudgetPlan, plan_budgets
 from tffprod.datafiles import content_hash
 from tffprod.errors import DatasetError, SessionError, SpecError, TffprodError
 from tffprod.schema import Schema
@@ -31,6 +32,7 @@ class SessionPlan:
     datasets: tuple[Mapping[str, Any], ...]
     eval_datasets: tuple[Mapping[str, Any], ...]
     fmt: str
+    budget: BudgetPlan = BudgetPlan({}, 0, None)
 
     @property
     def sites(self) -> list[SiteTarget]:
@@ -77,7 +79,8 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True)
     """Validate a spec against the registry; writes nothing.
 
     Raises:
-        TaskLoadError, NotFoundError, SchemaMismatchError, DatasetError, SpecError.
+        TaskLoadError, NotFoundError, SchemaMismatchError, DatasetError, SpecError,
+        PrivacyBudgetError.
     """
     task = load_task(spec.task)
     datasets = resolve_datasets(registry, list(spec.datasets), task, verify_files=verify_files)
@@ -88,7 +91,8 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True)
     sites = {row["site"] for row in datasets}
     if spec.min_sites > len(sites):
         raise SpecError(f"min_sites is {spec.min_sites} but the datasets span only {len(sites)} site(s)")
-    return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0])
+    budget = plan_budgets(spec, datasets, registry=registry)
+    return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0], budget)
 
 
 def initial_weights(task: Task, seed: int) -> Any:
@@ -201,7 +205,8 @@ def run_session(
         backend.open(plan.sites)
         trainer = _Trainer(plan, backend)
         train_metrics: dict = {}
-        for round_num in range(1, spec.rounds + 1):
+        rounds = min(spec.rounds, plan.budget.max_rounds) if plan.budget.limited else spec.rounds
+        for round_num in range(1, rounds + 1):
             outcome = trainer.run_round()
             epsilon = ledger.record_round(sampling_rate=1.0, event=trainer.dp_event()) if ledger else None
             metrics = plain_metrics(outcome.output.metrics)
@@ -214,11 +219,16 @@ def run_session(
                 participants=participants,
                 duration_s=outcome.duration_s,
                 epsilon=epsilon,
+                spend=_spend(plan, epsilon, round_num) if ledger else None,
             )
             if progress:
                 progress(RoundReport(round_num, spec.rounds, train_metrics, participants, outcome.duration_s, epsilon))
+        stopped = None if rounds == spec.rounds else (
+            f"stopped after round {rounds} of {spec.rounds}: one more would exceed the remaining privacy "
+            f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.get)}")
         weights = trainer.weights()
-        version = _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir)
+        version = _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
+                                  stopped)
         registry.finish_session(session_id, status="finished")
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
@@ -236,6 +246,13 @@ def run_session(
     return result
 
 
+def _spend(plan: SessionPlan, epsilon: float, rounds: int) -> list[dict]:
+    """What this session has spent so far on each training dataset (every dataset, every round)."""
+    identities = dict.fromkeys((row["site"], row["name"]) for row in plan.datasets)
+    return [{"site": site, "name": name, "epsilon": epsilon, "delta": plan.spec.dp.delta, "rounds": rounds}
+            for site, name in identities]
+
+
 def _ledger(spec: SessionSpec):
     if not spec.dp.enabled:
         return None
@@ -244,7 +261,8 @@ def _ledger(spec: SessionSpec):
     return PrivacyLedger(noise_multiplier=spec.dp.noise_multiplier, delta=spec.dp.delta)
 
 
-def _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir) -> dict:
+def _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
+                    stopped) -> dict:
     from tffprod.evaluation import evaluate
     from tffprod.export import save_artifacts
 
@@ -255,6 +273,8 @@ def _register_model(plan, registry, backend, session_id, weights, train_metrics,
                               timeout_s=spec.round_timeout_s)
     artifact = save_artifacts(plan.task, weights, Path(artifacts_dir) / spec.name / session_id)
     metrics = {"train": train_metrics}
+    if stopped:
+        metrics["stopped"] = stopped
     if evaluation:
         metrics["eval"] = evaluation["overall"]
         if evaluation["errors"]:

@@ -6,10 +6,11 @@ TF-free: talks to the site's gateway with gRPC and its site-info service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tffprod.connections import SiteConnection
 from tffprod.errors import TffprodError
+from tffprod.registry.privacy import check_budget
 
 SITE_PATH_PREFIX = "site://"
 
@@ -104,16 +105,41 @@ def check_site(registry: Any, name: str) -> dict:
     }
 
 
+def _site_budget(site: str, entry: dict) -> Optional[tuple[float, float]]:
+    """The ``(epsilon, delta)`` a catalog entry declares, or None; a malformed one is the site's fault."""
+    budget = entry.get("budget")
+    if budget is None:
+        return None
+    try:
+        if not isinstance(budget, dict):
+            raise ValueError(f"expected an object, got {budget!r}")
+        return check_budget(budget.get("epsilon"), budget.get("delta"))
+    except ValueError as e:
+        raise SiteCheckError(f"site {site}: dataset {entry.get('name')!r} has an invalid budget: {e}") from None
+
+
 def sync_site(registry: Any, name: str) -> list[dict]:
-    """Import the site's catalog metadata into the registry's datasets.
+    """Import the site's catalog metadata into the registry's datasets and budgets.
 
     A dataset whose content and schema are unchanged keeps its version; a changed
     one becomes a new version whose path names the site (``site://SITE/NAME``):
     the coordinator never learns the site's file paths.
+
+    A dataset's privacy budget in the site's config is mirrored into the
+    registry with ``source="site"`` on every sync, replacing whatever budget
+    the registry held for that dataset (a site's budget always wins over a
+    coordinator's). A budget the site later removes from its config stays in
+    the registry as last mirrored: dropping it would silently lift the limit.
+
+    Raises:
+        SiteCheckError: the site cannot be reached, or declares an invalid budget
+            (checked before anything is written).
     """
     info = fetch_info(registry, name)
+    catalog = info.get("catalog", [])
+    budgets = {entry["name"]: _site_budget(name, entry) for entry in catalog}
     rows = []
-    for entry in info.get("catalog", []):
+    for entry in catalog:
         ref = f"{name}/{entry['name']}"
         try:
             latest = registry.get_dataset(ref)
@@ -127,5 +153,8 @@ def sync_site(registry: Any, name: str) -> list[dict]:
             format=entry["format"], schema=entry["schema"], num_examples=entry["num_examples"],
             content_hash=entry["content_hash"],
         ))
+    for dataset, budget in budgets.items():
+        if budget is not None:
+            registry.set_budget(name, dataset, epsilon=budget[0], delta=budget[1], source="site")
     registry.add_site(name, info={**registry.get_site(name)["info"], "versions": info.get("versions", {})})
     return rows

@@ -45,9 +45,11 @@ _TOP_REQUIRED = ("name", "task", "datasets", "rounds")
 _TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "dp")
 _DP_KEYS = {
     "none": ("mechanism",),
-    "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta"),
-    "gaussian_adaptive": ("mechanism", "noise_multiplier", "clip", "target_quantile", "learning_rate", "delta"),
+    "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta", "on_budget"),
+    "gaussian_adaptive": ("mechanism", "noise_multiplier", "clip", "target_quantile", "learning_rate", "delta",
+                          "on_budget"),
 }
+ON_BUDGET = ("refuse", "stop")
 _DP_REQUIRED = ("noise_multiplier", "clip", "delta")
 _ALL_DP_KEYS = _DP_KEYS["gaussian_adaptive"]
 
@@ -148,6 +150,8 @@ class DPConfig:
         target_quantile: adaptive only: the quantile of update norms the clip tracks, in (0, 1).
         learning_rate: adaptive only: the clip's learning rate (>= 0).
         delta: the delta epsilon is reported for, in (0, 1).
+        on_budget: when the planned epsilon exceeds a dataset's remaining privacy budget:
+            ``"refuse"`` to start (the default), or ``"stop"`` after the last round that fits.
     """
 
     mechanism: str = "none"
@@ -156,6 +160,7 @@ class DPConfig:
     target_quantile: Optional[float] = None
     learning_rate: Optional[float] = None
     delta: Optional[float] = None
+    on_budget: Optional[str] = None
 
     def __post_init__(self) -> None:
         mechanism = _choice("dp.mechanism", self.mechanism, MECHANISMS)
@@ -170,6 +175,7 @@ class DPConfig:
                 object.__setattr__(self, "target_quantile", 0.5)
             if self.learning_rate is None:
                 object.__setattr__(self, "learning_rate", 0.2)
+        object.__setattr__(self, "on_budget", _choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
         for key in _DP_REQUIRED:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
@@ -180,7 +186,7 @@ class DPConfig:
             "learning_rate": (lambda v: v >= 0, "a number >= 0"),
             "delta": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
         }
-        for key in applicable[1:]:
+        for key in (k for k in applicable if k in checks):
             ok, want = checks[key]
             object.__setattr__(self, key, _number(f"dp.{key}", getattr(self, key), ok, want))
 

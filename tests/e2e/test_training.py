@@ -250,3 +250,39 @@ def test_too_few_sites_fail_the_session_with_the_reason(digits_registry):
     (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
     assert failed["rounds_completed"] == 1
     assert "hospital-a: error" in failed["error"]
+
+
+def test_a_budget_for_3_rounds_stops_a_10_round_session_with_a_usable_model(digits_registry, tmp_path):
+    import tensorflow as tf
+
+    from tffprod.accounting import epsilon_for
+    from tffprod.errors import PrivacyBudgetError
+    from tffprod.export import export_artifact
+
+    registry, _ = digits_registry
+    z, delta = 0.5, 1e-5
+    budget = (epsilon_for(noise_multiplier=z, rounds=3, delta=delta)
+              + epsilon_for(noise_multiplier=z, rounds=4, delta=delta)) / 2
+    registry.set_budget("hospital-b", "train", epsilon=budget, delta=1e-3, source="site")
+    dp = {"mechanism": "gaussian_fixed", "noise_multiplier": z, "clip": 1.0, "delta": delta}
+    with pytest.raises(PrivacyBudgetError, match="3 round"):
+        train(_spec("digits-budget", rounds=10, dp=dp), registry=registry, backend=LocalBackend())
+    assert [s for s in registry.list_sessions() if s["name"] == "digits-budget"] == []
+
+    result = train(_spec("digits-budget", rounds=10, dp={**dp, "on_budget": "stop"}), registry=registry,
+                   backend=LocalBackend())
+    assert (result["status"], result["rounds_completed"], result["rounds_planned"]) == ("finished", 3, 10)
+    version = result["model_version"]
+    assert "stopped after round 3 of 10" in version["metrics"]["stopped"]
+    assert version["epsilon"] == pytest.approx(epsilon_for(noise_multiplier=z, rounds=3, delta=delta))
+    (report,) = registry.privacy_report(site="hospital-b", name="train")
+    assert report["spent"]["epsilon"] == pytest.approx(version["epsilon"]) and report["spent"]["epsilon"] <= budget
+    assert report["remaining"]["epsilon"] == pytest.approx(budget - version["epsilon"])
+    saved = export_artifact(version["artifact_path"], tmp_path / "budget-model")
+    predictions = tf.saved_model.load(str(saved)).signatures["serving_default"](
+        pixels=tf.zeros([2, 64]))["predictions"].numpy()
+    assert predictions.shape == (2, 10) and np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(PrivacyBudgetError, match="0 round"):
+        train(_spec("digits-budget", rounds=1, dp={**dp, "on_budget": "stop"}), registry=registry,
+              backend=LocalBackend())
+    registry.set_budget("hospital-b", "train", epsilon=1e9, delta=0.5, source="site")  # leave others unbudgeted
