@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import math
 import os
 import re
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
+from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
 from tffprod.spec import _did_you_mean, _resolve_task, _task_path, _toml_string, _toml_value, _type_name
 
@@ -251,7 +251,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
 
     tls = None
     if insecure_dev:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise SpecError(
                 f"'insecure_dev' = true serves plaintext without certificates and is refused unless "
                 f"'listen' is a loopback address (127.0.0.1, ::1 or localhost), got {listen!r}"
@@ -455,15 +455,6 @@ def _split_address(key: str, address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise SpecError(f"{key!r} must be 'host:port' (port 0-65535; 0 = pick one), got {address!r}")
     return host, int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- writing

@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -41,6 +40,7 @@ from typing import Any, Callable, Mapping, Optional
 import grpc
 
 from tffprod.errors import TffprodError
+from tffprod.executors.addresses import is_loopback
 from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
 from tffprod.executors.protos import executor_pb2
@@ -63,17 +63,6 @@ Handler = Callable[[bytes, grpc.ServicerContext], bytes]
 
 class GatewayError(TffprodError):
     """The gateway cannot start (for instance, its address cannot be bound)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (brackets allowed)."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _listen_host(listen: str) -> str:

@@ -590,6 +590,6 @@ def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
         gateway_channel.close()
     mb = n * 4 / 1e6
     with capsys.disabled():
-        print(f"\n50 MB value, median of 5 (CreateValue up / Compute down):")
+        print("\n50 MB value, median of 5 (CreateValue up / Compute down):")
         for label, (up, down) in (("direct to worker   ", direct), ("through mTLS gateway", gateway)):
             print(f"  {label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)")

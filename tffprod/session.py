@@ -10,7 +10,6 @@ saves the model and registers it as a new version.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 

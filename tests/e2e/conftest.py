@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import psutil
 import pytest
@@ -37,3 +39,28 @@ def write_spec(path, **fields) -> str:
 
     dump_spec(SessionSpec.from_dict(fields), path)
     return str(path)
+
+
+@contextlib.contextmanager
+def running_federation(root: Path, datasets: dict):
+    """Real site processes (gateway + worker, mTLS) for ``datasets`` and a registry that knows them.
+
+    Yields ``(federation, registry)``; afterwards every site process and its worker are gone.
+    """
+    from tffprod.federation import LocalFederation
+    from tffprod.registry import Registry
+
+    fed = LocalFederation(root / "fed", datasets)
+    fed.prepare()
+    fed.start()
+    site_pids = list(fed.pids().values())
+    registry = Registry.open(root / "remote.db")
+    try:
+        fed.register(registry)
+        yield fed, registry
+    finally:
+        registry.close()
+        fed.stop()
+    for pid in site_pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert worker_children() == []

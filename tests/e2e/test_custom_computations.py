@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import psutil
 import pytest
 
 from tffprod.backends import create_backend
@@ -21,10 +20,9 @@ from tffprod.datasets import register_dataset
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.examples import digits, fraud, stats
 from tffprod.executors.audit import read_audit_log
-from tffprod.federation import LocalFederation
 from tffprod.registry import Registry
 
-from .conftest import worker_children
+from .conftest import running_federation, worker_children
 
 pytestmark = pytest.mark.e2e
 
@@ -166,20 +164,8 @@ def federation(data):
     root, digit_paths, _ = data
     datasets = {site: {split: {"path": digit_paths[site][split], "task": TASK} for split in SPLITS}
                 for site in digits.SITES}
-    fed = LocalFederation(root / "fed", datasets)
-    fed.prepare()
-    fed.start()
-    site_pids = list(fed.pids().values())
-    registry = Registry.open(root / "remote.db")
-    try:
-        fed.register(registry)
+    with running_federation(root, datasets) as (fed, registry):
         yield fed, registry
-    finally:
-        registry.close()
-        fed.stop()
-    for pid in site_pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert worker_children() == []
 
 
 def test_histogram_through_the_gateways_equals_local_and_is_audited(federation, local_histogram):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import psutil
 import pytest
 
 from tffprod.backends import create_backend
@@ -12,13 +11,12 @@ from tffprod.datasets import register_dataset
 from tffprod.errors import DatasetError
 from tffprod.examples import digits
 from tffprod.export import load_weights
-from tffprod.federation import LocalFederation
 from tffprod.registry import Registry
 from tffprod.session import train
 from tffprod.sites import SiteCheckError, add_site, check_site
 from tffprod.spec import SessionSpec
 
-from .conftest import worker_children
+from .conftest import running_federation
 
 pytestmark = pytest.mark.e2e
 
@@ -36,20 +34,8 @@ def federation(data):
     root, paths = data
     datasets = {site: {split: {"path": paths[site][split], "task": TASK} for split in ("train", "test")}
                 for site in digits.SITES}
-    fed = LocalFederation(root / "fed", datasets)
-    fed.prepare()
-    fed.start()
-    site_pids = list(fed.pids().values())
-    registry = Registry.open(root / "remote.db")
-    try:
-        fed.register(registry)
+    with running_federation(root, datasets) as (fed, registry):
         yield fed, registry
-    finally:
-        registry.close()
-        fed.stop()
-    for pid in site_pids:  # every site process is gone, and with it its worker
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert worker_children() == []
 
 
 def _spec(name, *, rounds=2, min_sites=1, dp=None, eval_sites=digits.SITES):
@@ -113,39 +99,6 @@ def test_a_dataset_the_site_does_not_serve_is_refused_before_training(federation
     spec = SessionSpec.from_dict({"name": "ghost", "task": TASK, "datasets": ["hospital-b/ghost"], "rounds": 1})
     with pytest.raises(DatasetError, match="no longer serves 'ghost'"):
         train(spec, registry=registry, backend=create_backend("remote", registry=registry))
-
-
-def test_a_site_killed_mid_session(federation):
-    """min_sites still holds: the session finishes without it; then it does not: the session fails."""
-    from tffprod.errors import SessionError
-
-    fed, registry = federation
-
-    def kill_c_after_round_1(report):
-        if report.round_num == 1:
-            fed.stop_site("hospital-c", kill=True)
-
-    spec = _spec("digits-churn", rounds=3, min_sites=2, eval_sites=("hospital-a", "hospital-b"))
-    result = train(spec, registry=registry, backend=create_backend("remote", registry=registry),
-                   progress=kill_c_after_round_1)
-    assert result["status"] == "finished" and result["rounds_completed"] == 3
-    later = [{p["site"]: p["status"] for p in r["participants"]} for r in registry.list_rounds(result["id"])[1:]]
-    assert all(r["hospital-c"] in ("error", "timeout") and r["hospital-a"] == "ok" for r in later)
-
-    fed.start_site("hospital-c")  # back on the same address
-    assert check_site(registry, "hospital-c")["ok"]
-
-    def kill_b_after_round_1(report):
-        if report.round_num == 1:
-            fed.stop_site("hospital-b", kill=True)
-
-    spec = _spec("digits-quorum", rounds=3, min_sites=3, eval_sites=("hospital-a",))
-    with pytest.raises(SessionError, match="round needs 3 site"):
-        train(spec, registry=registry, backend=create_backend("remote", registry=registry),
-              progress=kill_b_after_round_1)
-    (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
-    assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]
-    fed.stop_site("hospital-c")  # the restarted site belongs to this test
 
 
 def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_keeps_serving(federation, tmp_path):
@@ -221,3 +174,38 @@ def test_site_commands_through_the_cli(federation, tmp_path):
                         "--token-file", str(fed.token_file("hospital-a")), "--registry", str(other)])
     down = runner.invoke(cli, ["site", "check", "nowhere", "--registry", str(other)])
     assert down.exit_code == 8 and "no TLS connection to 127.0.0.1:9" in down.output
+
+
+def test_a_site_killed_mid_session(federation):
+    """Last in this module: it leaves two sites down.
+
+    min_sites still holds: the session finishes without it; then it does not: the session fails."""
+    from tffprod.errors import SessionError
+
+    fed, registry = federation
+
+    def kill_c_after_round_1(report):
+        if report.round_num == 1:
+            fed.stop_site("hospital-c", kill=True)
+
+    spec = _spec("digits-churn", rounds=3, min_sites=2, eval_sites=("hospital-a", "hospital-b"))
+    result = train(spec, registry=registry, backend=create_backend("remote", registry=registry),
+                   progress=kill_c_after_round_1)
+    assert result["status"] == "finished" and result["rounds_completed"] == 3
+    later = [{p["site"]: p["status"] for p in r["participants"]} for r in registry.list_rounds(result["id"])[1:]]
+    assert all(r["hospital-c"] in ("error", "timeout") and r["hospital-a"] == "ok" for r in later)
+
+    fed.start_site("hospital-c")  # back on the same address
+    assert check_site(registry, "hospital-c")["ok"]
+
+    def kill_b_after_round_1(report):
+        if report.round_num == 1:
+            fed.stop_site("hospital-b", kill=True)
+
+    spec = _spec("digits-quorum", rounds=3, min_sites=3, eval_sites=("hospital-a",))
+    with pytest.raises(SessionError, match="round needs 3 site"):
+        train(spec, registry=registry, backend=create_backend("remote", registry=registry),
+              progress=kill_b_after_round_1)
+    (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
+    assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]
+    fed.stop_site("hospital-c")  # the restarted site belongs to this test

@@ -25,10 +25,15 @@ class Backend(abc.ABC):
     """Runs TFF computations at sites and at the coordinator.
 
     Use as a context manager: ``__enter__`` connects (or starts) what it needs,
-    ``__exit__`` releases it, ending every process it started.
+    ``__exit__`` releases it, ending every process it started. Implementations
+    fill ``_contexts`` (site name -> context) and ``_coordinator`` in ``open``.
     """
 
     name: str = "abstract"
+
+    def __init__(self) -> None:
+        self._contexts: dict[str, Any] = {}
+        self._coordinator: Any = None
 
     @abc.abstractmethod
     def open(self, sites: list[SiteTarget]) -> None:
@@ -38,13 +43,15 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release channels and stop every process this backend started."""
 
-    @abc.abstractmethod
     def site_context(self, site: str) -> Any:
         """The synchronous TFF context that runs computations at ``site``."""
+        return self._contexts[site]
 
-    @abc.abstractmethod
     def coordinator_context(self) -> Any:
         """The synchronous TFF context at the coordinator."""
+        if self._coordinator is None:
+            raise RuntimeError("backend is not open")
+        return self._coordinator
 
     @abc.abstractmethod
     def reference(self, dataset: Mapping[str, Any]) -> str:

@@ -23,12 +23,12 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, *, log_dir: Optional[Path] = None) -> None:
+        super().__init__()
         self._log_dir = Path(log_dir) if log_dir else None
         self._workers: dict[str, WorkerProcess] = {}
-        self._contexts: dict[str, Any] = {}
-        self._coordinator: Optional[Any] = None
 
     def open(self, sites: list[SiteTarget]) -> None:
+        super().__init__()
         from tffprod.contexts import channel_context, insecure_channel
 
         try:
@@ -65,14 +65,6 @@ class LocalBackend(Backend):
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and monitoring)."""
         return [w.pid for w in self._workers.values() if w.alive()]
-
-    def site_context(self, site: str) -> Any:
-        return self._contexts[site]
-
-    def coordinator_context(self) -> Any:
-        if self._coordinator is None:
-            raise RuntimeError("backend is not open")
-        return self._coordinator
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
         if dataset["path"].startswith("site://"):

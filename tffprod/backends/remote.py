@@ -23,13 +23,12 @@ class RemoteBackend(Backend):
 
     def __init__(self, connections: Mapping[str, SiteConnection], *, log_dir: Optional[Path] = None,
                  verify_catalogs: bool = True) -> None:
+        super().__init__()
         self._connections = dict(connections)
         self._log_dir = Path(log_dir) if log_dir else None
         self._verify = verify_catalogs
         self._channels: dict[str, Any] = {}
-        self._contexts: dict[str, Any] = {}
         self._coordinator_worker: Optional[WorkerProcess] = None
-        self._coordinator: Optional[Any] = None
 
     def open(self, sites: list[SiteTarget]) -> None:
         from tffprod.contexts import channel_context, insecure_channel
@@ -79,14 +78,6 @@ class RemoteBackend(Backend):
             self._coordinator_worker.stop()
         self._coordinator_worker = None
         self._coordinator = None
-
-    def site_context(self, site: str) -> Any:
-        return self._contexts[site]
-
-    def coordinator_context(self) -> Any:
-        if self._coordinator is None:
-            raise RuntimeError("backend is not open")
-        return self._coordinator
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
         return dataset["name"]
