@@ -25,5 +25,9 @@ test: .venv/.synced
 test-fast: .venv/.synced
 	.venv/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
+# Prints median seconds per round for the local, direct and gateway backends (a benchmark, no assertions).
+bench: .venv/.synced
+	.venv/bin/python -m tests.benchmarks.bench_backends
+
 clean:
 	rm -rf .venv .tools $(WORKDIR) .pytest_cache

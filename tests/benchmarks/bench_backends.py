@@ -85,12 +85,11 @@ class DirectBackend(Backend):
     name = "direct"
 
     def __init__(self, worker_addresses: Mapping[str, str], *, log_dir: Path) -> None:
+        super().__init__()  # _contexts and _coordinator, served by Backend.site_context / coordinator_context
         self._addresses = dict(worker_addresses)
         self._log_dir = Path(log_dir)
         self._channels: dict[str, Any] = {}
-        self._contexts: dict[str, Any] = {}
         self._coordinator_worker: Optional[WorkerProcess] = None
-        self._coordinator: Optional[Any] = None
 
     def open(self, sites: list[SiteTarget]) -> None:
         from tffprod.contexts import channel_context, insecure_channel
@@ -118,14 +117,6 @@ class DirectBackend(Backend):
             self._coordinator_worker.stop()
         self._coordinator_worker = None
         self._coordinator = None
-
-    def site_context(self, site: str) -> Any:
-        return self._contexts[site]
-
-    def coordinator_context(self) -> Any:
-        if self._coordinator is None:
-            raise RuntimeError("backend is not open")
-        return self._coordinator
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
         return str(Path(dataset["path"]).resolve())  # what the gateway would have rewritten the name into
@@ -182,6 +173,7 @@ def prepare_data(root: Path) -> dict[str, dict[str, Path]]:
 @dataclasses.dataclass
 class Config:
     model: str  # "digits" | "mlp-10m"
+    data: str  # "hospitals" (digits.prepare's three sites) | "shards" (1/8 of all digits per site)
     task: str
     dataset: str  # catalog name at every site
     sites: tuple[str, ...]
@@ -196,6 +188,9 @@ class Result:
     rounds_s: list[float]  # rounds 2..N (RoundReport.duration_s)
     slowest_site_s: list[float]  # per measured round: the slowest site's up_to_merge
     wall_s: float  # the whole train() call: build, compile, rounds, saving the model
+    load: float  # the machine's 1-minute load average when the session ended (other work skews times)
+    wire: Optional[dict] = None  # gateway only: per site and measured round, from the sites' audit logs
+    cpu: dict = dataclasses.field(default_factory=dict)  # CPU s per measured round by role (cpu_by_role)
     error: Optional[str] = None
 
     @property
@@ -226,6 +221,15 @@ def run_session(config: Config, backend_kind: str, *, root: Path, files: Mapping
     tag = f"{config.model}-{len(config.sites)}-{backend_kind}"
     log_dir = root / "logs" / tag
     reports: list[Any] = []
+    stamps: list[float] = []  # wall clock at each progress callback: round k ends at stamps[k-1]
+
+    cpu: list[dict[str, float]] = []  # CPU seconds by process group, at each progress callback
+
+    def progress(report: Any) -> None:
+        reports.append(report)
+        stamps.append(time.time())
+        cpu.append(cpu_by_role(federation, config.sites if backend_kind != "local" else ()))
+
     backend: Optional[Backend] = None
     t0 = time.monotonic()
     error = None
@@ -246,7 +250,7 @@ def run_session(config: Config, backend_kind: str, *, root: Path, files: Mapping
                 "rounds": config.rounds, "seed": 0, "round_timeout_s": 900.0,
                 "backend": "remote" if backend_kind == "gateway" else "local",
             })
-            train(spec, registry=registry, backend=backend, progress=reports.append,
+            train(spec, registry=registry, backend=backend, progress=progress,
                   artifacts_dir=root / "artifacts")
         except Exception as e:  # report it in the table, keep measuring the rest
             error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -259,13 +263,87 @@ def run_session(config: Config, backend_kind: str, *, root: Path, files: Mapping
         if bad and error is None:
             error = f"round {report.round_num}: {bad[0]['site']} {bad[0]['status']} ({bad[0]['error']})"
     measured = reports[1:]
+    cpu_per_round = {}
+    if len(cpu) > 1:  # rounds 2..N: from the end of round 1 to the end of the last round
+        cpu_per_round = {role: (cpu[-1].get(role, 0.0) - cpu[0].get(role, 0.0)) / (len(cpu) - 1)
+                         for role in cpu[-1]}
+    wire = None
+    if backend_kind == "gateway" and len(stamps) > 1:
+        wire = audit_traffic(federation, config.sites, stamps[0], stamps[-1], rounds=len(stamps) - 1)
     return Result(
         config=config, backend=backend_kind,
         first_s=reports[0].duration_s if reports else float("nan"),
         rounds_s=[r.duration_s for r in measured],
         slowest_site_s=[max(p["duration_s"] for p in r.sites) for r in measured],
-        wall_s=wall, error=error,
+        wall_s=wall, load=os.getloadavg()[0], wire=wire, cpu=cpu_per_round, error=error,
     )
+
+
+def cpu_by_role(federation: Any, sites: tuple[str, ...]) -> dict[str, float]:
+    """Cumulative CPU seconds (user + system) of the processes a round uses, grouped by role.
+
+    ``coordinator``: this process (TFF's Python side: tracing, (de)serializing, gRPC client);
+    ``coord-worker``: the coordinator's ``worker_binary`` (merge, ``after_merge``);
+    ``site-workers``: the workers that run the per-site part (LocalBackend's own, or the
+    federation's for direct and gateway); ``gateways``: the session's ``tffprod site serve``
+    processes (gateway, audit, supervisor; their worker is counted under ``site-workers``).
+    Our own ``worker_binary`` children are LocalBackend's site workers plus one coordinator
+    worker, which every backend starts last (so it is the youngest).
+    """
+    import psutil
+
+    def seconds(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    me = psutil.Process()
+    out = {"coordinator": seconds(me), "coord-worker": 0.0, "site-workers": 0.0, "gateways": 0.0}
+    ours = []
+    for child in me.children():
+        try:
+            if child.cmdline()[0].endswith("worker_binary"):
+                ours.append(child)
+        except (psutil.NoSuchProcess, IndexError):
+            continue
+    if ours:
+        youngest = max(ours, key=lambda p: p.create_time())
+        for proc in ours:
+            out["coord-worker" if proc is youngest else "site-workers"] += seconds(proc)
+    pids = federation.pids()
+    for site in sites:
+        try:
+            gateway = psutil.Process(pids[site])
+            out["gateways"] += seconds(gateway)
+            for child in gateway.children(recursive=True):
+                out["site-workers"] += seconds(child)
+        except (KeyError, psutil.NoSuchProcess):
+            continue
+    return out
+
+
+def _audit_records(federation: Any, site: str, since: float, until: float) -> list[dict]:
+    """The site gateway's audit records of calls that ENDED in ``(since, until]`` (epoch seconds)."""
+    import datetime
+
+    from tffprod.executors.audit import read_audit_log
+    from tffprod.executors.serve import AUDIT_FILE
+
+    path = federation.site_config_path(site).parent / "state" / AUDIT_FILE
+    out = []
+    for record in read_audit_log(path):
+        ended = datetime.datetime.fromisoformat(record["time"]).timestamp()
+        if since < ended <= until:
+            out.append(record)
+    return out
+
+
+def audit_traffic(federation: Any, sites: tuple[str, ...], since: float, until: float, *, rounds: int) -> dict:
+    """Mean bytes into and out of ONE site's gateway per round, and its executor calls per round."""
+    records = [r for site in sites for r in _audit_records(federation, site, since, until)]
+    per = len(sites) * rounds
+    return {"mb_in": sum(r["bytes_in"] for r in records) / 1e6 / per,
+            "mb_out": sum(r["bytes_out"] for r in records) / 1e6 / per,
+            "calls": len(records) / per}
 
 
 # ---------------------------------------------------------------- raw throughput
@@ -288,14 +366,14 @@ def measure_throughput(root: Path, federation: Any, workers: Mapping[str, str], 
     value, _ = value_serialization.serialize_value(array, tff.TensorType(np.float32, [n]))
 
     def call(channel: Any, method: str, request: Any) -> bytes:
-        return channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}")(request.SerializeToString()
-                                                                    if not isinstance(request, bytes) else request,
-                                                                    timeout=600)
+        raw = request if isinstance(request, bytes) else request.SerializeToString()
+        return channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}")(raw, timeout=600)
+
+    get_executor = executor_pb2.GetExecutorRequest(cardinalities=[executor_pb2.Cardinality(
+        placement=computation_pb2.Placement(uri="clients"), cardinality=1)])
 
     def once(channel: Any) -> tuple[float, float]:
-        executor = executor_pb2.GetExecutorResponse.FromString(call(channel, "GetExecutor", executor_pb2.GetExecutorRequest(
-            cardinalities=[executor_pb2.Cardinality(placement=computation_pb2.Placement(uri="clients"),
-                                                    cardinality=1)]))).executor
+        executor = executor_pb2.GetExecutorResponse.FromString(call(channel, "GetExecutor", get_executor)).executor
         try:
             request = executor_pb2.CreateValueRequest(executor=executor, value=value).SerializeToString()
             t0 = time.perf_counter()
@@ -311,6 +389,7 @@ def measure_throughput(root: Path, federation: Any, workers: Mapping[str, str], 
         return t1 - t0, t2 - t1
 
     times: dict[str, dict[str, list[float]]] = {k: {"upload": [], "download": []} for k in ("direct", "gateway")}
+    times["inside"] = {"upload": [], "download": []}  # gateway handler time (audit log): parse + forward + back
     with Registry.open(root / "registries" / "throughput.db") as registry:
         federation.register(registry)
         channels = {"direct": grpc.insecure_channel(workers[site], options=GRPC_OPTIONS),
@@ -320,9 +399,16 @@ def measure_throughput(root: Path, federation: Any, workers: Mapping[str, str], 
                 once(channel)
             for _ in range(reps):
                 for kind, channel in channels.items():
+                    since = time.time()
                     up, down = once(channel)
                     times[kind]["upload"].append(up)
                     times[kind]["download"].append(down)
+                    if kind == "gateway":
+                        records = _audit_records(federation, site, since, time.time() + 1.0)
+                        for op, method, field in (("upload", "CreateValue", "bytes_in"),
+                                                  ("download", "Compute", "bytes_out")):
+                            times["inside"][op] += [r["duration_s"] for r in records if r["method"].endswith(
+                                f"/{method}") and r[field] >= array.nbytes]
         finally:
             for channel in channels.values():
                 channel.close()
@@ -342,31 +428,47 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_tables(results: list[Result], params: Mapping[str, int]) -> None:
-    keys = list(dict.fromkeys((r.config.model, len(r.config.sites)) for r in results))
-    by = {(r.config.model, len(r.config.sites), r.backend): r for r in results}
+    keys = list(dict.fromkeys((r.config.model, r.config.data, len(r.config.sites)) for r in results))
+    by = {(r.config.model, r.config.data, len(r.config.sites), r.backend): r for r in results}
     print()
     print("Median seconds per round (round 1 = compilation left out; rounds measured in brackets)")
-    print(f"{'model':<9} {'params':>10} {'sites':>5} | {'local':>6} {'direct':>6} {'gateway':>7} |"
+    print(f"{'model':<9} {'params':>10} {'data':<9} {'sites':>5} | {'local':>6} {'direct':>6} {'gateway':>7} |"
           f" {'gw/direct':>9} {'gw/local':>8}")
-    print("-" * 75)
-    for model, n in keys:
-        cells = {b: by.get((model, n, b)) for b in BACKENDS}
+    print("-" * 86)
+    for model, data, n in keys:
+        cells = {b: by.get((model, data, n, b)) for b in BACKENDS}
         med = {b: (c.median if c and not c.error else float("nan")) for b, c in cells.items()}
         measured = max((len(c.rounds_s) for c in cells.values() if c), default=0)
-        print(f"{model:<9} {params[model]:>10,} {n:>5} | {_fmt(med['local'])} {_fmt(med['direct'])}"
+        print(f"{model:<9} {params[model]:>10,} {data:<9} {n:>5} | {_fmt(med['local'])} {_fmt(med['direct'])}"
               f" {_fmt(med['gateway']):>7} | {_ratio(med['gateway'], med['direct']):>9}"
               f" {_ratio(med['gateway'], med['local']):>8}   [{measured}]")
     print()
-    print("Where a round goes (medians, s): slowest site's up_to_merge vs the rest (merge + after_merge at the"
-          " coordinator);\nfirst round (compilation) and the whole train() call (build, compile, rounds, save)")
-    print(f"{'model':<9} {'sites':>5} {'backend':<8} | {'round':>6} {'site':>6} {'coord':>6} | {'first':>6}"
-          f" {'session':>7} | per-round durations")
-    print("-" * 100)
+    print("Where a round goes. Wall (medians, s): round; slowest site's up_to_merge; the rest (merge + after_merge"
+          " at the\ncoordinator). CPU seconds per measured round (means) of: this process (TFF's Python side),"
+          " the coordinator's\nworker, the site workers (sum), the site gateway processes (sum). Then: first round"
+          " (compilation), the whole\ntrain() call (build, compile, rounds, save), 1-min load average at its end.")
+    print(f"{'model':<9} {'sites':>5} {'backend':<8} | {'round':>6} {'site':>6} {'coord':>6} | {'py':>6} {'c-wkr':>6}"
+          f" {'s-wkrs':>6} {'gateway':>7} | {'first':>6} {'session':>7} {'load':>5}")
+    print("-" * 110)
     for r in results:
-        rounds = " ".join(f"{x:.2f}" for x in r.rounds_s)
+        c = {k: r.cpu.get(k, float("nan")) for k in ("coordinator", "coord-worker", "site-workers", "gateways")}
+        gateways = c["gateways"] if r.backend != "local" else float("nan")
         print(f"{r.config.model:<9} {len(r.config.sites):>5} {r.backend:<8} | {_fmt(r.median)} {_fmt(r.median_site)}"
-              f" {_fmt(r.median_coordinator)} | {_fmt(r.first_s)} {r.wall_s:7.1f} | {rounds}"
+              f" {_fmt(r.median_coordinator)} | {_fmt(c['coordinator'])} {_fmt(c['coord-worker'])}"
+              f" {_fmt(c['site-workers'])} {_fmt(gateways):>7} | {_fmt(r.first_s)} {r.wall_s:7.1f} {r.load:5.1f}"
               + (f"  ERROR {r.error}" if r.error else ""))
+    print()
+    print("Per-round durations (s), rounds 2..N:")
+    for r in results:
+        print(f"  {r.config.model:<9} {len(r.config.sites)} {r.backend:<8} " + " ".join(f"{x:.2f}" for x in r.rounds_s))
+    wired = [r for r in results if r.wire]
+    if wired:
+        print()
+        print("Through each site's gateway per measured round (its audit log; means over sites):")
+        for r in wired:
+            w = r.wire
+            print(f"  {r.config.model:<9} {len(r.config.sites)} site(s): {w['mb_in']:8.2f} MB in,"
+                  f" {w['mb_out']:8.2f} MB out, {w['calls']:5.1f} executor calls")
 
 
 def print_throughput(times: Mapping[str, Mapping[str, list[float]]], site: str) -> None:
@@ -380,6 +482,11 @@ def print_throughput(times: Mapping[str, Mapping[str, list[float]]], site: str) 
         print(f"  {op:<8} ({what:<11}): direct {d:6.3f} s = {size / 1e6 / d:7.1f} MB/s | "
               f"gateway (mTLS+token) {g:6.3f} s = {size / 1e6 / g:7.1f} MB/s | gateway/direct {g / d:5.2f}x "
               f"| +{(g - d) / (size / 1e6) * 1e3:.2f} ms/MB")
+        if times["inside"][op]:
+            inside = statistics.median(times["inside"][op])
+            print(f"  {'':<8}  of the gateway's {g:.3f} s: {inside:.3f} s inside its handler (check/rewrite, "
+                  f"forward to the worker and back), {g - inside:.3f} s outside it (the mTLS hop into the "
+                  f"gateway process)")
 
 
 # ---------------------------------------------------------------- main
@@ -409,18 +516,18 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print(f"tffprod backend benchmark: Python {platform.python_version()}, TF {tf.__version__}, "
           f"TFF {tff.__version__}, {os.cpu_count()} CPU(s); importing TF+TFF took {time.monotonic() - t:.1f} s; "
-          f"workdir {root}", flush=True)
+          f"workdir {root}; load average {os.getloadavg()[0]:.1f}", flush=True)
 
     files = prepare_data(root)
     datasets = {site: {name: {"path": path, "task": DIGITS_TASK} for name, path in tables.items()}
                 for site, tables in files.items()}
-    configs = [Config("digits", DIGITS_TASK, "train", HOSPITALS, args.digits_rounds)]
+    configs = [Config("digits", "hospitals", DIGITS_TASK, "train", HOSPITALS, args.digits_rounds)]
     if not args.no_big:
-        configs.append(Config("mlp-10m", BIG_TASK, "small", HOSPITALS, args.big_rounds))
+        configs.append(Config("mlp-10m", "hospitals", BIG_TASK, "small", HOSPITALS, args.big_rounds))
     plan = [(c, b) for c in configs for b in BACKENDS]
     scaling_backends = [b for b in args.scaling_backends.split(",") if b]
     for n in [int(x) for x in args.scaling.split(",") if x]:
-        plan += [(Config("digits", DIGITS_TASK, "train", SHARDS[:n], args.digits_rounds), b)
+        plan += [(Config("digits", "shards", DIGITS_TASK, "train", SHARDS[:n], args.digits_rounds), b)
                  for b in scaling_backends]
     params = {"digits": 64 * 32 + 32 + 32 * 10 + 10, "mlp-10m": big_task.num_parameters()}
 
@@ -438,7 +545,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             result = run_session(config, backend_kind, root=root, files=files, federation=federation,
                                  workers=workers)
             results.append(result)
-            print(f"  {config.model:<8} {len(config.sites)} site(s) {backend_kind:<8} median {result.median:.3f} s/round"
+            print(f"  {config.model:<8} {len(config.sites)} site(s) {backend_kind:<8}"
+                  f" median {result.median:.3f} s/round"
                   f" (first {result.first_s:.2f} s, session {result.wall_s:.1f} s)"
                   + (f" ERROR {result.error}" if result.error else ""), flush=True)
         if args.payload_mb > 0:
