@@ -53,7 +53,7 @@ from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_fil
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
-from tffprod.spec import _did_you_mean, _resolve_task, _task_path, _toml_string, _toml_value, _type_name
+from tffprod.spec import did_you_mean, resolve_task, task_path, toml_string, toml_value, type_name
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
     from tffprod.executors.gateway import CatalogEntry
@@ -296,7 +296,7 @@ def _tls(folder: Path, table: Mapping[str, Any]) -> TLSFiles:
 
 def _coordinators(value: Any) -> dict[str, str]:
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-        raise SpecError(f"'coordinators' must be an array of tables ([[coordinators]]), got {_type_name(value)}")
+        raise SpecError(f"'coordinators' must be an array of tables ([[coordinators]]), got {type_name(value)}")
     if not value:
         raise SpecError("'coordinators' must name at least one coordinator")
     out: dict[str, str] = {}
@@ -330,7 +330,7 @@ def _worker(table: Mapping[str, Any]) -> WorkerSettings:
     restarts = _integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
     window = table.get("restart_window_s", defaults.restart_window_s)
     if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < float("inf"):
-        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {_type_name(window)} {window!r}")
+        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {type_name(window)} {window!r}")
     return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=float(window))
 
 
@@ -351,7 +351,7 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
             fmt = _string(f"{key}.format", decl["format"])
             if fmt not in FORMATS:
                 options = ", ".join(repr(f) for f in FORMATS)
-                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{_did_you_mean(fmt, FORMATS)}")
+                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{did_you_mean(fmt, FORMATS)}")
         else:
             try:
                 fmt = detect_format(path)
@@ -375,7 +375,7 @@ def _budget(key: str, value: Any) -> dict[str, float]:
             raise SpecError(f"missing required key '{key}.{field}'")
         number = table[field]
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SpecError(f"'{key}.{field}' must be a number, got {_type_name(number)} {number!r}")
+            raise SpecError(f"'{key}.{field}' must be a number, got {type_name(number)} {number!r}")
         out[field] = float(number)
     if not 0 < out["epsilon"] < math.inf:
         raise SpecError(f"'{key}.epsilon' must be a number > 0, got {table['epsilon']!r}")
@@ -390,7 +390,7 @@ def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
     if "task" in decl:
         from tffprod.task import load_task
 
-        task = _resolve_task(_task_path(f"{key}.task", decl["task"]), str(folder / "_"))
+        task = resolve_task(task_path(f"{key}.task", decl["task"]), str(folder / "_"))
         try:
             return load_task(task).schema
         except TaskLoadError as e:
@@ -410,30 +410,30 @@ def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
 def _known_keys(prefix: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
     for key in table:
         if key not in known:
-            raise SpecError(f"unknown key '{prefix}{key}'{_did_you_mean(key, known)}")
+            raise SpecError(f"unknown key '{prefix}{key}'{did_you_mean(key, known)}")
 
 
 def _table(key: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise SpecError(f"{key!r} must be a table, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be a table, got {type_name(value)} {value!r}")
     return value
 
 
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{key!r} must be a string, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be a string, got {type_name(value)} {value!r}")
     return value
 
 
 def _boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(f"{key!r} must be true or false, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be true or false, got {type_name(value)} {value!r}")
     return value
 
 
 def _integer(key: str, value: Any, *, minimum: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{key!r} must be an integer, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be an integer, got {type_name(value)} {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise SpecError(f"{key!r} must be an integer {bounds}, got {value!r}")
@@ -516,13 +516,13 @@ def _toml_table(lines: list[str], prefix: tuple[str, ...], table: Mapping[str, A
 
 
 def _toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else _toml_string(key)
+    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else toml_string(key)
 
 
 def _toml_scalar(key: str, value: Any) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     try:
-        return _toml_value(value)
+        return toml_value(value)
     except TypeError:
         raise SpecError(f"{key!r}: cannot write {type(value).__name__} {value!r} as TOML") from None

@@ -57,7 +57,7 @@ _ALL_DP_KEYS = _DP_KEYS["gaussian_adaptive"]
 # ---------------------------------------------------------------- value checks
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     """How TOML calls the type of ``value``, for messages."""
     for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
                        (list, "array"), (tuple, "array"), (Mapping, "table")):
@@ -66,14 +66,14 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
     match = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def _integer(key: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{key!r} must be an integer, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be an integer, got {type_name(value)} {value!r}")
     if value < minimum:
         raise SpecError(f"{key!r} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -82,7 +82,7 @@ def _integer(key: str, value: Any, *, minimum: int) -> int:
 def _number(key: str, value: Any, ok: Callable[[float], bool], want: str) -> float:
     """Checks a float (ints are accepted and converted; bools are not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{key!r} must be a number, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be a number, got {type_name(value)} {value!r}")
     number = float(value)
     if not math.isfinite(number) or not ok(number):
         raise SpecError(f"{key!r} must be {want}, got {value!r}")
@@ -91,7 +91,7 @@ def _number(key: str, value: Any, ok: Callable[[float], bool], want: str) -> flo
 
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise SpecError(f"{key!r} must be a string, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be a string, got {type_name(value)} {value!r}")
     return value
 
 
@@ -99,13 +99,13 @@ def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
     _string(key, value)
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)
-        raise SpecError(f"{key!r} must be one of {options}, got {value!r}{_did_you_mean(value, choices)}")
+        raise SpecError(f"{key!r} must be one of {options}, got {value!r}{did_you_mean(value, choices)}")
     return value
 
 
 def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
-        raise SpecError(f"{key!r} must be an array of dataset refs, got {_type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be an array of dataset refs, got {type_name(value)} {value!r}")
     if not value and not allow_empty:
         raise SpecError(f"{key!r} must name at least one dataset")
     seen: set[str] = set()
@@ -119,7 +119,7 @@ def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]
     return tuple(value)
 
 
-def _task_path(key: str, value: Any) -> str:
+def task_path(key: str, value: Any) -> str:
     _string(key, value)
     module, sep, attr = value.rpartition(":")
     is_file = module.endswith(".py")
@@ -128,7 +128,7 @@ def _task_path(key: str, value: Any) -> str:
     return value
 
 
-def _resolve_task(task: str, source: Optional[str]) -> str:
+def resolve_task(task: str, source: Optional[str]) -> str:
     """Makes a relative ``file.py:attr`` task path absolute against the spec file's folder."""
     module, _, attr = task.rpartition(":")
     if source is None or not module.endswith(".py") or os.path.isabs(module):
@@ -207,10 +207,10 @@ class DPConfig:
             SpecError: on an unknown or inapplicable key, a missing key or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise SpecError(f"'dp' must be a table, got {_type_name(data)} {data!r}")
+            raise SpecError(f"'dp' must be a table, got {type_name(data)} {data!r}")
         for key in data:
             if key not in _ALL_DP_KEYS:
-                raise SpecError(f"unknown key 'dp.{key}'{_did_you_mean(key, _ALL_DP_KEYS)}")
+                raise SpecError(f"unknown key 'dp.{key}'{did_you_mean(key, _ALL_DP_KEYS)}")
         if "mechanism" not in data:
             raise SpecError("missing required key 'dp.mechanism' (one of " + ", ".join(MECHANISMS) + ")")
         return cls(**data)
@@ -272,7 +272,7 @@ class SessionSpec:
                 f"'name' must start with a lowercase letter or digit and hold only "
                 f"lowercase letters, digits, '.', '_' and '-', got {name!r}"
             )
-        _task_path("task", self.task)
+        task_path("task", self.task)
         set_("datasets", _dataset_refs("datasets", self.datasets, allow_empty=False))
         set_("eval_datasets", _dataset_refs("eval_datasets", self.eval_datasets, allow_empty=True))
         _integer("rounds", self.rounds, minimum=1)
@@ -334,18 +334,18 @@ class SessionSpec:
         """
         try:
             if not isinstance(data, Mapping):
-                raise SpecError(f"a spec must be a table, got {_type_name(data)}")
+                raise SpecError(f"a spec must be a table, got {type_name(data)}")
             for key in data:
                 if key not in _TOP_KEYS:
                     in_dp = key in _ALL_DP_KEYS
-                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else _did_you_mean(key, _TOP_KEYS)
+                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else did_you_mean(key, _TOP_KEYS)
                     raise SpecError(f"unknown key {key!r}{hint}")
             for key in _TOP_REQUIRED:
                 if key not in data:
                     raise SpecError(f"missing required key {key!r}")
             fields = dict(data)
             fields["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
-            fields["task"] = _resolve_task(_task_path("task", data["task"]), source)
+            fields["task"] = resolve_task(task_path("task", data["task"]), source)
         except SpecError as e:
             raise SpecError(f"{source}: {e}" if source else str(e)) from None
         return cls(**fields, source=source)
@@ -384,13 +384,13 @@ def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
     dp = data.pop("dp")
     # A relative file.py task path of a spec built in code means "from the current folder";
     # written as is, it would be read back relative to the new file's folder.
-    data["task"] = _resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
-    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items()]
-    lines += ["", "[dp]"] + [f"{key} = {_toml_value(value)}" for key, value in dp.items()]
+    data["task"] = resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
+    lines = [f"{key} = {toml_value(value)}" for key, value in data.items()]
+    lines += ["", "[dp]"] + [f"{key} = {toml_value(value)}" for key, value in dp.items()]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     """TOML for the few value types a spec holds."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -401,16 +401,16 @@ def _toml_value(value: Any) -> str:
             return "nan"
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, str):
-        return _toml_string(value)
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
-def _toml_string(text: str) -> str:
+def toml_string(text: str) -> str:
     out = []
     for ch in text:
         if ch in _ESCAPES:
