@@ -45,7 +45,6 @@ import hashlib
 import math
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
@@ -53,7 +52,7 @@ from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_fil
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
-from tffprod.spec import did_you_mean, resolve_task, task_path, toml_string, toml_value, type_name
+from tffprod.spec import did_you_mean, read_toml, resolve_task, task_path, toml_string, toml_value, type_name
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
     from tffprod.executors.gateway import CatalogEntry
@@ -215,16 +214,7 @@ def load_site_config(path: PathLike) -> SiteConfig:
         SpecError: one line naming the file, the key and the problem.
     """
     source = Path(path).absolute()
-    try:
-        text = source.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read site config: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {' '.join(str(e).split())}") from None
+    data = read_toml(path, what="site config")
     try:
         return _parse(data, source)
     except SpecError as e:

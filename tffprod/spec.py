@@ -361,17 +361,27 @@ def load_spec(path: Union[str, os.PathLike]) -> SessionSpec:
         SpecError: the file cannot be read, is not TOML, or is not a valid spec.
     """
     where = os.fspath(path)
+    return SessionSpec.from_dict(read_toml(path, what="spec"), source=where)
+
+
+def read_toml(path: Any, *, what: str) -> dict[str, Any]:
+    """The TOML table in ``path``; a SpecError names the file when it cannot be read or parsed.
+
+    Args:
+        path: the file.
+        what: how messages call the file (``"spec"``, ``"site config"``).
+    """
+    where = os.fspath(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
-        raise SpecError(f"{where}: cannot read spec: {e.strerror or e}") from None
+        raise SpecError(f"{where}: cannot read {what}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise SpecError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{where}: invalid TOML: {' '.join(str(e).split())}") from None
-    return SessionSpec.from_dict(data, source=where)
 
 
 def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
