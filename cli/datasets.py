@@ -32,20 +32,27 @@ def dataset() -> None:
               help="Privacy budget: total epsilon for this dataset (every version); needs --budget-delta.")
 @click.option("--budget-delta", type=float, metavar="FLOAT",
               help="Privacy budget: total delta, between 0 and 1; needs --budget-epsilon.")
+@click.option("--client-id", "client_id", metavar="COLUMN",
+              help="The column naming each row's client (customer, patient): DP then protects each client.")
 @registry_option
 @output_options
 def register(ref: str, path: str, schema_file: Optional[str], task_path: Optional[str], fmt: Optional[str],
-             budget_epsilon: Optional[float], budget_delta: Optional[float], registry_path: str,
-             as_json: bool) -> None:
+             budget_epsilon: Optional[float], budget_delta: Optional[float], client_id: Optional[str],
+             registry_path: str, as_json: bool) -> None:
     """Validate the file at PATH against a schema and record it as REF (SITE/NAME).
 
     A budget given here is the coordinator's; a budget in the site's config
-    (mirrored by 'tffprod site sync') wins and cannot be overridden.
+    (mirrored by 'tffprod site sync') wins and cannot be overridden. With
+    --client-id the rows belong to many clients (counted here; the column need
+    not be a model feature) and sessions sample clients; without it the whole
+    dataset is one client (site-level DP).
 
     \b
     Example:
         tffprod dataset register hospital-a/train data/hospital-a/train.tfrecord \\
             --task tffprod.examples.digits:task --budget-epsilon 8 --budget-delta 1e-5
+        tffprod dataset register bank-a/train data/bank-a/train.csv \\
+            --task tffprod.examples.fraud:task --client-id customer_id
     """
     from tffprod.datasets import load_schema_file, register_dataset
     from tffprod.task import load_task
@@ -58,11 +65,13 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
         budget = None if budget_epsilon is None else (budget_epsilon, budget_delta)
         schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
         with open_registry(registry_path) as registry:
-            row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget)
+            row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget, client_id=client_id)
     if as_json:
         emit_json(row)
         return
-    click.echo(f"registered {row['ref']}: {row['num_examples']} examples ({row['format']}, {row['content_hash'][:19]}...)")
+    clients = f", {row['num_clients']} clients by {row['client_id']}" if row.get("client_id") else ""
+    click.echo(f"registered {row['ref']}: {row['num_examples']} examples{clients} "
+               f"({row['format']}, {row['content_hash'][:19]}...)")
     if "budget" in row:
         click.echo(f"budget of {ref}: epsilon {row['budget']['epsilon']:g}, delta {row['budget']['delta']:g}")
 
@@ -104,6 +113,9 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
         return
     for key in ("ref", "path", "format", "num_examples", "content_hash", "registered_at"):
         click.echo(f"{key:13} {row[key]}")
+    unit = f"client (column {row['client_id']}), {row['num_clients']} clients" if row.get("client_id") \
+        else "the whole dataset (site-level)"
+    click.echo(f"{'privacy unit':13} {unit}")
     click.echo("schema")
     for f in row["schema"]["features"]:
         click.echo(f"  feature   {f['name']}: {f['dtype']}{f['shape']}")

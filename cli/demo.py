@@ -58,4 +58,6 @@ def demo(workdir: str, rounds: int, backend: str, as_json: bool) -> None:
         click.echo("start the same sites by hand (one terminal each), then repeat the training:")
         for config in summary["sites"].values():
             click.echo(f"  tffprod site serve --config {config}")
-    click.echo(f"repeat the training: {summary['repeat_command']}")
+    click.echo("repeat the training:")
+    for command in summary["repeat_commands"]:
+        click.echo(f"  {command}")

@@ -27,8 +27,9 @@ def privacy() -> None:
 def report(dataset: Optional[str], registry_path: str, as_json: bool) -> None:
     """Show each dataset's budget, what sessions spent (epsilons add up), and what remains.
 
-    The unit of privacy is one client: with datasets that hold no client-id
-    column, a client is a whole dataset (site-level DP).
+    The unit of privacy is one client: a customer or patient for a dataset
+    with a client-id column, else the whole dataset (site-level DP). Spend is
+    RDP; a PLD epsilon is shown beside it where sessions computed one.
 
     \b
     Example:
@@ -51,5 +52,6 @@ def report(dataset: Optional[str], registry_path: str, as_json: bool) -> None:
         limit = f"budget eps {budget['epsilon']:.4g} delta {budget['delta']:.3g} ({budget['source']})" if budget \
             else "no budget"
         rest = f"  remaining eps {left['epsilon']:.4g}" if left else ""
-        click.echo(f"{row['dataset']}: {limit}  spent eps {spent['epsilon']:.4g} delta {spent['delta']:.3g}{rest}"
-                   f"  ({len(row['sessions'])} session(s); unit: the whole dataset)")
+        pld = f" (PLD {spent['epsilon_pld']:.4g})" if "epsilon_pld" in spent else ""
+        click.echo(f"{row['dataset']}: {limit}  spent eps {spent['epsilon']:.4g}{pld} delta {spent['delta']:.3g}"
+                   f"{rest}  ({len(row['sessions'])} session(s); unit: {row['unit']})")

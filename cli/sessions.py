@@ -22,32 +22,50 @@ def session() -> None:
 
 
 @session.command("run")
-@click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="Session spec (TOML).")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="Session spec (TOML).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="An approved plan ('tffprod session plan'): run exactly its computations.")
 @click.option("--backend", type=click.Choice(["local", "remote"]), help="Where site computations run (default: the spec's).")
 @registry_option
 @output_options
-def run(spec_path: str, backend: Optional[str], registry_path: str, as_json: bool) -> None:
-    """Train a model as SPEC describes and record it as a new model version.
+def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[str], registry_path: str,
+        as_json: bool) -> None:
+    """Train a model as SPEC (or an approved PLAN) describes and record it as a new model version.
+
+    Sites that require approval run only plans their operators approved: make one
+    with 'tffprod session plan', have each site approve it, then run it with --plan.
 
     \b
     Example:
         tffprod session run --spec demo/digits-dp.toml
+        tffprod session run --plan digits.plan.json --backend remote
     """
-    from tffprod.spec import load_spec
-
+    if bool(spec_path) == bool(plan_path):
+        raise click.UsageError("give either --spec or --plan")
     with user_errors():
-        spec = load_spec(spec_path)
+        if plan_path:
+            from tffprod.executors.approvals import load_plan
+
+            backend = backend or load_plan(plan_path).document["spec"].get("backend", "local")
+        else:
+            from tffprod.spec import load_spec
+
+            spec = load_spec(spec_path)
+            backend = backend or spec.backend
         from tffprod.backends import create_backend
         from tffprod.cli.progress import print_round
-        from tffprod.session import train
 
+        progress = print_round if interactive() else None
         with open_registry(registry_path) as registry:
-            result = train(
-                spec,
-                registry=registry,
-                backend=create_backend(backend or spec.backend, registry=registry),
-                progress=print_round if interactive() else None,
-            )
+            site_backend = create_backend(backend, registry=registry)
+            if plan_path:
+                from tffprod.plan import train_from_plan
+
+                result = train_from_plan(plan_path, registry=registry, backend=site_backend, progress=progress)
+            else:
+                from tffprod.session import train
+
+                result = train(spec, registry=registry, backend=site_backend, progress=progress)
     if as_json:
         emit_json(result)
         return
@@ -57,6 +75,44 @@ def run(spec_path: str, backend: Optional[str], registry_path: str, as_json: boo
                f"artifact {version['artifact_path']}")
     if version["metrics"].get("stopped"):
         click.echo(version["metrics"]["stopped"])
+
+
+@session.command("plan")
+@click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="Session spec (TOML).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The plan file to write (JSON).")
+@registry_option
+@output_options
+def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> None:
+    """Compile SPEC once and write a plan for site operators to review and approve.
+
+    The plan holds the frozen computations that will run at sites with their
+    SHA-256, the task and model summary, the DP terms, the datasets and rounds.
+    Sites approve it with 'tffprod site approve PLAN'; run it with
+    'tffprod session run --plan PLAN'.
+
+    \b
+    Example:
+        tffprod session plan --spec digits.toml --out digits.plan.json
+    """
+    from tffprod.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(spec_path)
+        from tffprod.plan import make_plan, write_plan
+        from tffprod.session import plan_session
+
+        with open_registry(registry_path) as registry:
+            document = make_plan(plan_session(spec, registry=registry))
+        write_plan(document, out_path)
+    summary = {"plan_id": document["plan_id"], "path": out_path, "sites": sorted({d["site"] for d in document["datasets"]}),
+               "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"plan {summary['plan_id']} written to {out_path}")
+    for role, digest in summary["computations"].items():
+        click.echo(f"  {role} computation sha256 {digest}")
+    click.echo(f"  sites to approve it: {', '.join(summary['sites'])} ('tffprod site approve {out_path} --config ...')")
 
 
 @session.command("list")

@@ -124,6 +124,8 @@ def check(name: Optional[str], check_all: bool, registry_path: str, as_json: boo
             click.echo(f"{r['site']}: {state}{catalog}")
             for problem in r["problems"]:
                 click.echo(f"  - {problem}")
+            for warning in r.get("warnings", []):
+                click.secho(f"  WARNING: {warning}", fg="red", bold=True)
     if not all(r["ok"] for r in results):
         raise SystemExit(8)
 
@@ -180,3 +182,82 @@ def token_hash(token_file: str) -> None:
 
     with user_errors():
         click.echo(hash_token(Path(token_file).read_text().strip()))
+
+
+@site.group("plan")
+def plan_group() -> None:
+    """Review session plans before approving them.
+
+    \b
+    Example:
+        tffprod site plan show digits.plan.json
+        tffprod site approve digits.plan.json --config site.toml
+    """
+
+
+@plan_group.command("show")
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@output_options
+def plan_show(plan_path: str, as_json: bool) -> None:
+    """Verify PLAN and show what it would run: computations and hashes, task, DP, datasets, rounds.
+
+    \b
+    Example:
+        tffprod site plan show digits.plan.json
+    """
+    from tffprod.executors.approvals import load_plan
+
+    with user_errors():
+        summary = load_plan(plan_path).summary()
+    if as_json:
+        emit_json(summary)
+        return
+    session, privacy = summary["session"], summary["privacy"]
+    click.echo(f"plan {summary['plan_id']} (verified: every hash matches its content)")
+    click.echo(f"  session {session['name']}: {session['rounds']} rounds, seed {session['seed']}, "
+               f"created {summary['created_at']}")
+    click.echo(f"  task {summary['task'].get('task', summary['spec']['task'])}")
+    if privacy.get("mechanism", "none") == "none":
+        click.echo("  privacy: NO differential privacy")
+    else:
+        click.echo(f"  privacy: {privacy['mechanism']}, noise multiplier {privacy['noise_multiplier']:g}, clip "
+                   f"{privacy['clip']:g}, sampling rate {privacy['sampling_rate']:g}, delta {privacy['delta']:g}; "
+                   f"planned epsilon {privacy['planned_epsilon']:.4g}; unit of privacy: {privacy['unit']}")
+    click.echo("  datasets:")
+    for d in summary["datasets"]:
+        click.echo(f"    {d['role']:5} {d['site']}/{d['name']} ({d['num_examples']} examples, {d['content_hash'][:19]})")
+    click.echo("  computations run at sites (each site returns only their aggregate results):")
+    for c in summary["computations"]:
+        click.echo(f"    {c['role']:5} sha256 {c['sha256']} ({c['size_bytes']} bytes)")
+        click.echo(f"          {c['type_signature']}")
+
+
+@site.command("approve")
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Site config (TOML).")
+@output_options
+def approve(plan_path: str, config_path: str, as_json: bool) -> None:
+    """Approve PLAN at this site: its gateway then runs exactly the plan's computations.
+
+    Verifies every hash, that the plan names this site and only datasets it serves
+    with their current content, and that no computation returns per-client values.
+    Takes effect on a running site without a restart; recorded in the audit log.
+
+    \b
+    Example:
+        tffprod site approve digits.plan.json --config site.toml
+    """
+    from tffprod.executors.approvals import approve_at_site
+    from tffprod.executors.config import load_site_config
+
+    with user_errors():
+        config = load_site_config(config_path)
+        approval = approve_at_site(plan_path, config)
+    if as_json:
+        emit_json(approval.to_dict())
+        return
+    click.echo(f"site {config.name} approved plan {approval.plan_id}: {approval.rounds} rounds on "
+               f"{', '.join(approval.datasets)}")
+    if config.computations != "approved":
+        click.echo(f"WARNING: {config_path} sets computations = \"any\": this site runs ANY computation; "
+                   "approval has no effect until it is \"approved\"", err=True)

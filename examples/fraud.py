@@ -4,11 +4,18 @@ Each bank's transactions come from the same feature distributions (with mild
 shifts) and the same hidden logistic rule, but a bank-specific intercept sets its
 fraud rate (about 1%, 3% and 8%). Refer to the task as ``tffprod.examples.fraud:task``.
 
+With ``customers_per_bank``, each transaction also carries the ``customer_id`` of
+one of that many customers of its bank (several transactions each; ids differ
+across banks). Registered with ``--client-id customer_id`` (or ``client_id =
+"customer_id"`` at the site), each customer is a client and DP protects every
+customer, not only every bank (user-level DP). The column is not a model feature.
+
 Example:
     >>> from tffprod.examples import fraud
     >>> paths = fraud.prepare("data/fraud", n_per_bank=2000)
     >>> paths["bank-c"]["test"]
     PosixPath('data/fraud/bank-c/test.csv')
+    >>> paths = fraud.prepare("data/fraud-customers", customers_per_bank=200)   # + customer_id
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ SCHEMA = Schema(
     label=Feature("is_fraud", "int64"),
 )
 TEST_FRACTION = 0.2
+CUSTOMER_ID = "customer_id"
+CUSTOMERS_PER_BANK = 200  # a good default for ``prepare(customers_per_bank=...)``
+# The files' columns with customers: the model's, plus the client-id column.
+CUSTOMER_SCHEMA = Schema(features=SCHEMA.features + (Feature(CUSTOMER_ID, "int64"),), label=SCHEMA.label)
 
 
 def model_fn() -> Any:
@@ -117,7 +128,8 @@ def _intercept(logit: np.ndarray, rate: float) -> float:
     return (lo + hi) / 2
 
 
-def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0) -> dict[str, dict[str, Path]]:
+def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0,
+            customers_per_bank: int | None = None) -> dict[str, dict[str, Path]]:
     """Write ``out_dir/<bank>/train.csv`` and ``test.csv`` for each bank in ``FRAUD_RATES``.
 
     Labels are drawn from the hidden logistic rule, so they are noisy but learnable; each
@@ -127,6 +139,9 @@ def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0) -> di
         out_dir: directory to write into (created if needed).
         n_per_bank: transactions per bank (train + test).
         seed: makes the data (and the files' bytes) reproducible.
+        customers_per_bank: if given, add a ``customer_id`` column: each transaction
+            belongs to one of this many customers of its bank (ids ``(bank + 1) * 100000 + k``);
+            the other columns are the same as without it.
 
     Returns:
         ``{bank: {"train": path, "test": path}}``.
@@ -138,7 +153,12 @@ def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0) -> di
 
     if n_per_bank < 100:
         raise SpecError(f"n_per_bank must be at least 100, got {n_per_bank}")
+    if customers_per_bank is not None and not 1 <= customers_per_bank <= n_per_bank // 2:
+        raise SpecError(f"customers_per_bank must be between 1 and n_per_bank / 2 (several transactions each), "
+                        f"got {customers_per_bank}")
     rng = np.random.default_rng(seed)
+    customers = np.random.default_rng([seed, 1])  # its own stream: the other columns stay as without it
+    schema = SCHEMA if customers_per_bank is None else CUSTOMER_SCHEMA
     out = Path(out_dir)
     paths: dict[str, dict[str, Path]] = {}
     for i, (bank, rate) in enumerate(FRAUD_RATES.items()):
@@ -146,9 +166,16 @@ def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0) -> di
         logit = _logit(x)
         y = (rng.random(n_per_bank) < 1.0 / (1.0 + np.exp(-(logit + _intercept(logit, rate))))).astype(np.int64)
         rows = [{**{k: float(v[j]) for k, v in x.items()}, "is_fraud": int(y[j])} for j in range(n_per_bank)]
+        if customers_per_bank is not None:
+            # Every customer has at least one transaction; the rest go to customers at random.
+            owner = np.concatenate([np.arange(customers_per_bank),
+                                    customers.integers(0, customers_per_bank, n_per_bank - customers_per_bank)])
+            customers.shuffle(owner)
+            for j, row in enumerate(rows):
+                row[CUSTOMER_ID] = (i + 1) * 100000 + int(owner[j])
         stratify = y if 2 <= y.sum() <= n_per_bank - 2 else None
         train, test = train_test_split(rows, test_size=TEST_FRACTION, stratify=stratify, random_state=seed + i)
         paths[bank] = {"train": out / bank / "train.csv", "test": out / bank / "test.csv"}
-        write_csv(paths[bank]["train"], train, SCHEMA)
-        write_csv(paths[bank]["test"], test, SCHEMA)
+        write_csv(paths[bank]["train"], train, schema)
+        write_csv(paths[bank]["test"], test, schema)
     return paths

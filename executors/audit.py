@@ -10,6 +10,11 @@ Each line is a JSON object::
      "duration_s": 0.0123,
      "detail": null}                               # the error message sent back, or null
 
+Under computation approval a ``Compute`` that releases a result also carries
+``"release": {"plan": ID, "role": "train"|"eval", "computation": SHA256,
+"round": N}`` (``round`` is null for evaluation releases). Approvals are
+recorded as lines with ``"method": "approve"``.
+
 Lines are written whole under a lock and flushed at once, so concurrent RPCs
 never interleave and a crash loses at most the call in flight. Tokens and
 dataset paths are never written.
@@ -52,8 +57,9 @@ class AuditLog:
         status: str,
         duration_s: float,
         detail: Optional[str] = None,
+        **extra: Any,
     ) -> None:
-        """Append one call's line and flush it."""
+        """Append one call's line and flush it; ``extra`` fields (e.g. ``release``) are added as given."""
         line = json.dumps({
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "identity": identity or UNKNOWN_IDENTITY,
@@ -63,6 +69,7 @@ class AuditLog:
             "status": status,
             "duration_s": round(float(duration_s), 6),
             "detail": detail,
+            **extra,
         }, ensure_ascii=False)
         with self._lock:
             if self._file.closed:

@@ -13,6 +13,8 @@ Example::
     listen = "0.0.0.0:7001"             # the gateway's public address; port 0 = pick one
     state_dir = "state"                 # audit log, worker log, site.json (created)
     insecure_dev = false                # plaintext, loopback only: development only
+    computations = "approved"           # run only approved plans (the default); "any" runs any
+                                        # computation: development only, reported loudly
 
     [tls]                               # required unless insecure_dev
     cert = "certs/hospital-a.crt"
@@ -36,6 +38,9 @@ Example::
     # schema_file = "schema.json"       # from a JSON schema file
     budget = { epsilon = 8.0, delta = 1e-5 }   # optional: the privacy budget of this data
                                         # (every version; sync_site mirrors it to the registry)
+    client_id = "customer_id"           # optional: the rows belong to many clients; DP protects each
+                                        # (coordinators see only how many; the site serves each
+                                        # client's rows from its own shard under state_dir/clients)
 """
 
 from __future__ import annotations
@@ -65,11 +70,12 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_MESSAGE_MB = 2047  # gRPC's message limit is a signed 32-bit byte count
 
 _TOP_REQUIRED = ("name", "listen", "coordinators", "datasets")
-_TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "tls", "worker")
+_TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "computations", "tls", "worker")
+COMPUTATION_POLICIES = ("approved", "any")
 _TLS_KEYS = ("cert", "key", "ca")
 _COORDINATOR_KEYS = ("identity", "token_sha256")
 _WORKER_KEYS = ("port", "max_message_mb", "max_restarts", "restart_window_s")
-_DATASET_KEYS = ("path", "format", "task", "schema_file", "budget")
+_DATASET_KEYS = ("path", "format", "task", "schema_file", "budget", "client_id")
 _BUDGET_KEYS = ("epsilon", "delta")
 
 
@@ -113,12 +119,14 @@ class WorkerSettings:
 @dataclasses.dataclass(frozen=True)
 class DatasetDecl:
     """One catalog entry as declared: a local file, its format, the schema it must match
-    and, optionally, its privacy budget ``{"epsilon": float, "delta": float}``."""
+    and, optionally, its privacy budget ``{"epsilon": float, "delta": float}`` and the column
+    naming each row's client (``client_id``; None = the whole dataset is one client)."""
 
     path: Path
     format: str
     schema: Schema
     budget: Optional[dict] = dataclasses.field(default=None, hash=False)
+    client_id: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +139,8 @@ class SiteConfig:
         state_dir: where the audit log, the worker log and ``site.json`` go (absolute).
         insecure_dev: plaintext gRPC, no certificates; only on a loopback address.
         tls: the gateway's certificate files; None only with ``insecure_dev``.
+        computations: ``"approved"`` (only computations of plans approved with
+            ``tffprod site approve``) or ``"any"`` (any computation: development only).
         coordinators: certificate identity (CN) -> SHA-256 hex of its bearer token.
         worker: the worker's port and supervision settings.
         datasets: catalog name -> declared dataset.
@@ -145,6 +155,7 @@ class SiteConfig:
     coordinators: Mapping[str, str]
     worker: WorkerSettings
     datasets: Mapping[str, DatasetDecl]
+    computations: str = "approved"
     source: Optional[Path] = dataclasses.field(default=None, compare=False)
 
     @property
@@ -166,6 +177,7 @@ class SiteConfig:
         Raises:
             DatasetError: one line naming the config, the dataset and what is wrong with its file.
         """
+        from tffprod.datafiles import split_by_client
         from tffprod.executors.gateway import CatalogEntry  # imports grpc: only when serving
 
         catalog = {}
@@ -176,6 +188,9 @@ class SiteConfig:
                     raise DatasetError(f"{decl.path}: no such file")
                 num_examples = validate_file(decl.path, decl.format, decl.schema)
                 digest = content_hash(decl.path)
+                shards = () if decl.client_id is None else tuple(str(p) for p in split_by_client(
+                    decl.path, decl.format, decl.client_id,
+                    self.state_dir / "clients" / f"{name}-{digest.removeprefix('sha256:')[:16]}"))
             except DatasetError as e:
                 raise DatasetError(f"{where}: {e}") from None
             catalog[name] = CatalogEntry(
@@ -186,6 +201,9 @@ class SiteConfig:
                 num_examples=num_examples,
                 content_hash=digest,
                 budget=None if decl.budget is None else dict(decl.budget),
+                client_id=decl.client_id,
+                num_clients=len(shards) if decl.client_id else 1,
+                client_paths=shards,
             )
         return catalog
 
@@ -238,6 +256,9 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
     host, listen_port = _split_address("listen", listen)
     insecure_dev = _boolean("insecure_dev", data.get("insecure_dev", False))
     state_dir = _path(folder, "state_dir", data.get("state_dir", "state"))
+    computations = _string("computations", data.get("computations", "approved"))
+    if computations not in COMPUTATION_POLICIES:
+        raise SpecError(f"'computations' must be \"approved\" or \"any\" (development only), got {computations!r}")
 
     tls = None
     if insecure_dev:
@@ -268,6 +289,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
         coordinators=coordinators,
         worker=worker,
         datasets=datasets,
+        computations=computations,
         source=source,
     )
 
@@ -351,7 +373,13 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
                     f"(use .tfrecord or .csv, or set format)"
                 ) from None
         budget = _budget(f"{key}.budget", decl["budget"]) if "budget" in decl else None
-        out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl), budget=budget)
+        client_id = None
+        if "client_id" in decl:
+            from tffprod.datasets import check_client_id
+
+            client_id = check_client_id(decl["client_id"], what=f"'{key}.client_id'")
+        out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl), budget=budget,
+                                client_id=client_id)
     return out
 
 

@@ -17,6 +17,14 @@ The rule (applied to every ``CreateValue``):
   ``clients`` and ``all_equal`` false, at any nesting depth below it) is a
   dataset reference: it must be a catalog name, and it is replaced by the
   dataset's local path before the worker sees it.
+* A dataset with a client-id column is many clients, addressed as
+  ``NAME#INDEX`` (index 0..num_clients-1 in the order of their sorted ids; the
+  ids never leave the site): the reference becomes the path of that client's
+  shard, a file of only its rows (the bare name still means the whole file, as
+  evaluation reads it). An index out of range is ``NOT_FOUND``; a ``#`` on a
+  dataset without a client-id column, or a malformed index, is ``INVALID_ARGUMENT``.
+* With an ``allowed`` set of names (the datasets of an approved plan), any other
+  dataset is ``PERMISSION_DENIED``.
 * Any other CLIENTS string is refused with ``NOT_FOUND`` naming it and the
   known names.
 * Strings outside CLIENTS values (SERVER state, unplaced constants) pass
@@ -47,7 +55,7 @@ TF-free: only the generated protobuf modules (``protos``) are used.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Collection, Mapping, Optional
 
 import grpc
 
@@ -64,6 +72,9 @@ class CatalogEntry:
     """One dataset a site serves. ``path`` never leaves the site; the rest is public metadata.
 
     ``budget`` is the site's privacy budget for this data, ``{"epsilon", "delta"}``, or None.
+    ``client_id`` names the column saying which client each row belongs to (None: the
+    dataset is one client); ``client_paths`` holds client ``i``'s shard at position ``i``
+    and, like ``path``, never leaves the site (only ``num_clients`` does).
     """
 
     name: str
@@ -73,12 +84,17 @@ class CatalogEntry:
     num_examples: int
     content_hash: str
     budget: Optional[dict] = None
+    client_id: Optional[str] = None
+    num_clients: int = 1
+    client_paths: tuple[str, ...] = ()
 
     def public(self) -> dict[str, Any]:
-        """What the site tells coordinators about this dataset (no path; ``budget`` may be None)."""
+        """What the site tells coordinators about this dataset (no paths, no client ids;
+        ``budget`` and ``client_id`` may be None)."""
         return {"name": self.name, "format": self.format, "schema": self.schema,
                 "num_examples": self.num_examples, "content_hash": self.content_hash,
-                "budget": None if self.budget is None else dict(self.budget)}
+                "budget": None if self.budget is None else dict(self.budget),
+                "client_id": self.client_id, "num_clients": self.num_clients}
 
 
 class RequestRefused(Exception):
@@ -136,18 +152,58 @@ class DataRefs:
                 raise ValueError(f"catalog key {key!r} does not match its entry's name {entry.name!r}")
             if not entry.name or not entry.path:
                 raise ValueError(f"catalog entry {key!r} needs a non-empty name and path")
+            if entry.client_id is not None and len(entry.client_paths) != entry.num_clients:
+                raise ValueError(f"catalog entry {key!r} has {entry.num_clients} clients but "
+                                 f"{len(entry.client_paths)} client paths")
         self.site = site
         self._paths = {name.encode(): entry.path.encode() for name, entry in catalog.items()}
+        self._clients = {name.encode(): [p.encode() for p in entry.client_paths]
+                         for name, entry in catalog.items() if entry.client_id is not None}
+        every = list(self._paths.items()) + [(f"{n.decode()}#{i}".encode(), p)
+                                             for n, paths in self._clients.items() for i, p in enumerate(paths)]
         # Longest first, so a path that contains another path is replaced whole.
-        self._names_by_path = sorted(((p, n) for n, p in self._paths.items()), key=lambda pn: -len(pn[0]))
+        self._names_by_path = sorted(((p, n) for n, p in every), key=lambda pn: -len(pn[0]))
         self._known = ", ".join(sorted(catalog)) or "none"
 
-    def names_to_paths(self, request: bytes) -> bytes:
+    def _resolve(self, ref: bytes, allowed: Optional[set[bytes]]) -> bytes:
+        """The local path of ``NAME`` or ``NAME#INDEX``; see the module docstring for refusals."""
+        name, sep, index = ref.partition(b"#")
+        if name not in self._paths:
+            raise RequestRefused(grpc.StatusCode.NOT_FOUND,
+                                 f"dataset '{_shown(name)}' is not in site {self.site}'s catalog "
+                                 f"(known: {self._known})")
+        if allowed is not None and name not in allowed:
+            raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                 f"dataset '{_shown(name)}' is not in the approved plan")
+        if not sep:
+            return self._paths[name]
+        clients = self._clients.get(name)
+        if clients is None:
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"dataset '{_shown(name)}' at site {self.site} has no client-id column: "
+                                 f"refer to it without '#'")
+        if not index.isdigit() or (len(index) > 1 and index.startswith(b"0")):
+            raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"'{_shown(ref)}': a client index is a whole number 0..{len(clients) - 1}")
+        if int(index) >= len(clients):
+            raise RequestRefused(grpc.StatusCode.NOT_FOUND,
+                                 f"dataset '{_shown(name)}' at site {self.site} has no client {int(index)} "
+                                 f"(clients 0..{len(clients) - 1})")
+        return clients[int(index)]
+
+    def names_to_paths(self, request: bytes, *, allowed: Optional[Collection[str]] = None) -> bytes:
         """Check and rewrite a serialized ``CreateValueRequest``.
 
+        Args:
+            request: the serialized request.
+            allowed: if given, the only dataset names (the part before ``#``) that may be used.
+
         Raises:
-            RequestRefused: INVALID_ARGUMENT (unparseable, raw string content) or NOT_FOUND (unknown name).
+            RequestRefused: INVALID_ARGUMENT (unparseable, raw string content, a malformed client
+                reference), NOT_FOUND (unknown name, client index out of range) or
+                PERMISSION_DENIED (a dataset outside ``allowed``).
         """
+        allowed_names = None if allowed is None else {a.encode() for a in allowed}
         try:
             message = executor_pb2.CreateValueRequest.FromString(request)
         except Exception:  # protobuf's DecodeError, or a recursion-limit error
@@ -164,12 +220,7 @@ class DataRefs:
                                      f"site {self.site}: string arrays must list their values (string_list)")
             values = array.string_list.value
             for i, name in enumerate(values):
-                path = self._paths.get(name)
-                if path is None:
-                    raise RequestRefused(grpc.StatusCode.NOT_FOUND,
-                                         f"dataset '{_shown(name)}' is not in site {self.site}'s catalog "
-                                         f"(known: {self._known})")
-                values[i] = path
+                values[i] = self._resolve(name, allowed_names)
                 changed = True
 
         _walk_arrays(message.value, visit, clients_only=True)

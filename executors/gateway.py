@@ -14,7 +14,10 @@ on loopback. The gateway sits on the site's public address and, for every call:
    to the worker as raw bytes (nothing else is deserialized), passing the
    worker's errors through with their code and details (catalog paths
    redacted), and answering ``UNAVAILABLE`` itself when the worker is down;
-4. appends one audit line per call, refused calls included (``audit``).
+4. under approval (``guard``), runs only computations of approved plans, admits
+   training rounds through the site's privacy ledger, and returns only the
+   results of approved calls, auditing each release with its plan and round;
+5. appends one audit line per call, refused calls included (``audit``).
 
 It also serves ``tffprod.v1.SiteInfo/Get`` (``siteinfo``) behind the same
 checks. Plaintext is allowed only with ``insecure_dev=True`` on a loopback
@@ -43,6 +46,7 @@ from tffprod.errors import TffprodError
 from tffprod.executors.addresses import is_loopback
 from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
+from tffprod.executors.guard import ComputationGuard
 from tffprod.executors.protos import executor_pb2
 from tffprod.executors.siteinfo import IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
 
@@ -58,7 +62,8 @@ MESSAGE_LIMITS = (("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receiv
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remaining is far beyond this
 
-Handler = Callable[[bytes, grpc.ServicerContext], bytes]
+# A handler returns the response, or the response and extra audit fields.
+Handler = Callable[[bytes, grpc.ServicerContext], Any]
 
 
 class GatewayError(TffprodError):
@@ -87,6 +92,9 @@ class Gateway:
         insecure_dev: serve plaintext (loopback only), identity from ``x-tffprod-identity``.
         worker_health: returns whether the worker is running.
         max_workers: threads serving calls (each blocks while its worker call runs).
+        guard: run only approved computations and release only their results
+            (``tffprod.executors.guard``); None runs any computation (the explicit
+            development policy ``computations = "any"``).
 
     Raises:
         ValueError: plaintext without ``insecure_dev`` or off loopback, TLS and
@@ -97,7 +105,7 @@ class Gateway:
     def __init__(self, *, site: str, listen: str, worker_address: str, catalog: Mapping[str, CatalogEntry],
                  tokens: Mapping[str, str], tls: Optional[tuple[bytes, bytes, bytes]], audit: AuditLog,
                  insecure_dev: bool = False, worker_health: Callable[[], bool] = lambda: True,
-                 max_workers: int = 16) -> None:
+                 max_workers: int = 16, guard: Optional[ComputationGuard] = None) -> None:
         host = _listen_host(listen)
         if insecure_dev:
             if tls is not None:
@@ -121,6 +129,7 @@ class Gateway:
         self._tls = tls
         self._audit = audit
         self._worker_health = worker_health
+        self._guard = guard
         self._max_workers = max_workers
         self._server: Optional[grpc.Server] = None
         self._channel: Optional[grpc.Channel] = None
@@ -192,27 +201,62 @@ class Gateway:
     def _executor_method(self, channel: grpc.Channel, method: str) -> grpc.RpcMethodHandler:
         full = f"/{EXECUTOR_SERVICE}/{method}"
         upstream = channel.unary_unary(full)  # no serializers: bytes in, bytes out
-        rewrite_in = self._refs.names_to_paths if method == "CreateValue" else None
-        rewrite_out = self._refs.paths_to_names if method == "Compute" else None
         request_type = getattr(executor_pb2, f"{method}Request")
+        guarded = getattr(self, f"_guarded_{method}", None) if self._guard is not None else None
 
-        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+        def forward(request: bytes, context: grpc.ServicerContext) -> Any:
             if not self._worker_health():
                 raise RequestRefused(grpc.StatusCode.UNAVAILABLE, self._worker_down())
-            if rewrite_in is not None:
-                request = rewrite_in(request)
-            else:  # small messages (ids and refs): a parse check costs microseconds
+            call = lambda req: self._call_worker(upstream, req, context)  # noqa: E731
+            if guarded is not None:
                 self._check_parses(request_type, method, request)
-            response = self._call_worker(upstream, request, context)
-            return rewrite_out(response) if rewrite_out is not None else response
+                return guarded(request, call, context)
+            if method == "CreateValue":
+                return call(self._refs.names_to_paths(request))
+            self._check_parses(request_type, method, request)  # small messages: microseconds
+            response = call(request)
+            return self._refs.paths_to_names(response) if method == "Compute" else response
 
         return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(full, req, ctx, forward))
+
+    # -- under approval (``guard``) --------------------------------------------------------------
+
+    def _guarded_CreateValue(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
+        message = executor_pb2.CreateValueRequest.FromString(request)
+        digest = self._guard.check_value(message)
+        if digest is None:
+            request = self._refs.names_to_paths(request, allowed=self._guard.store.datasets())
+        response = call(request)
+        self._guard.value_created(message, response, digest)
+        return response
+
+    def _guarded_CreateCall(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
+        message, pending = self._guard.check_call(request)
+        response = call(request)
+        self._guard.call_created(message, response, pending)
+        return response
+
+    def _guarded_Compute(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> tuple[bytes, dict]:
+        pending = self._guard.check_compute(request)
+        response = self._refs.paths_to_names(call(request))
+        return response, self._guard.released(pending, self._claimed_identity(context))
+
+    def _guarded_Dispose(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
+        response = call(request)
+        self._guard.disposed(request)
+        return response
+
+    def _guarded_DisposeExecutor(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
+        response = call(request)
+        self._guard.executor_disposed(request)
+        return response
 
     def _site_info_method(self) -> grpc.RpcMethodHandler:
         def info(request: bytes, context: grpc.ServicerContext) -> bytes:
             uptime = time.monotonic() - self._started_at
             document = site_info(self.site, self._catalog.values(), worker_up=bool(self._worker_health()),
                                  uptime_s=uptime)
+            document["computations"] = "approved" if self._guard is not None else "any"
             return json.dumps(document).encode()
 
         return grpc.unary_unary_rpc_method_handler(
@@ -223,11 +267,14 @@ class Gateway:
         started = time.monotonic()
         identity: Optional[str] = None
         response = b""
+        extra: dict = {}
         code, detail = grpc.StatusCode.OK, None
         try:
             identity = self._claimed_identity(context)
             self._authenticate(identity, context)
             response = handler(request, context)
+            if isinstance(response, tuple):
+                response, extra = response
         except RequestRefused as refused:
             code, detail = refused.code, refused.detail
         except Exception:  # a gateway bug must not take the site down or leak a traceback
@@ -236,7 +283,7 @@ class Gateway:
         try:
             self._audit.record(identity=identity, method=method, bytes_in=len(request),
                                bytes_out=len(response), status=code.name,
-                               duration_s=time.monotonic() - started, detail=detail)
+                               duration_s=time.monotonic() - started, detail=detail, **extra)
         except Exception:
             log.exception("site %s: cannot write the audit log", self.site)
         if code is not grpc.StatusCode.OK:

@@ -7,7 +7,10 @@
 2. takes ``state_dir/site.lock`` so two site processes never share a state folder;
 3. starts the supervised ``worker_binary`` on a loopback port;
 4. starts the gateway on the public ``listen`` address (mTLS, or plaintext with
-   ``insecure_dev``), auditing every call to ``state_dir/audit.jsonl``;
+   ``insecure_dev``), auditing every call to ``state_dir/audit.jsonl``; with
+   ``computations = "approved"`` (the default) it runs only plans approved in
+   ``state_dir/approvals/`` and keeps the privacy ledger
+   ``state_dir/privacy-ledger.sqlite``; ``"any"`` is logged as a warning;
 5. writes ``state_dir/site.json`` (``{"site", "address", "pid", ...}``) and calls ``ready``;
 6. serves until SIGTERM or SIGINT (when called on the main thread), ``stop_event``
    or the supervisor giving up on the worker;
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import threading
@@ -36,6 +40,8 @@ SITE_FILE = "site.json"
 LOCK_FILE = "site.lock"
 AUDIT_FILE = "audit.jsonl"
 WORKER_LOG = "worker.log"
+log = logging.getLogger(__name__)
+
 STOP_GRACE_S = 5.0  # how long calls in flight may finish when the site stops
 
 
@@ -54,7 +60,7 @@ def serve_site(
     Args:
         config: the validated site config.
         ready: called once, when the gateway accepts calls, with the site info
-            ``{"site", "address", "pid", "tls", "datasets"}`` (also written to ``site.json``).
+            ``{"site", "address", "pid", "tls", "computations", "datasets"}`` (also written to ``site.json``).
         stop_event: set it to stop serving (from another thread). Signal handlers for
             SIGTERM and SIGINT are installed only when this runs on the main thread.
 
@@ -64,8 +70,11 @@ def serve_site(
         SiteError: another site process uses ``config.state_dir``.
         WorkerError: the worker did not start, or kept dying and the supervisor gave up.
     """
+    from tffprod.executors.approvals import ApprovalStore
     from tffprod.executors.audit import AuditLog
     from tffprod.executors.gateway import Gateway
+    from tffprod.executors.guard import ComputationGuard
+    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 
     catalog = config.build_catalog()
     tls = config.tls.read() if config.tls is not None else None
@@ -80,12 +89,20 @@ def serve_site(
     site_file = state_dir / SITE_FILE
     with _state_lock(state_dir, config.name), _stop_on_signals(stop):
         supervisor = WorkerSupervisor(config, state_dir / WORKER_LOG, on_give_up=give_up)
-        gateway = audit = None
+        gateway = audit = ledger = None
         try:
             supervisor.start()
             if stop.is_set():  # told to stop while the worker started
                 return
             audit = AuditLog(state_dir / AUDIT_FILE)
+            guard = None
+            if config.computations == "approved":
+                ledger = SiteLedger(state_dir / LEDGER_FILE, site=config.name,
+                                    budgets={name: entry.budget for name, entry in catalog.items()})
+                guard = ComputationGuard(config.name, ApprovalStore(state_dir), ledger)
+            else:
+                log.warning("site %s: computations = \"any\": ANY computation runs here and can read any file "
+                            "the worker can read (development only)", config.name)
             gateway = Gateway(
                 site=config.name,
                 listen=config.listen,
@@ -96,6 +113,7 @@ def serve_site(
                 audit=audit,
                 insecure_dev=config.insecure_dev,
                 worker_health=supervisor.healthy,
+                guard=guard,
             )
             port = gateway.start()
             info = {
@@ -103,6 +121,7 @@ def serve_site(
                 "address": _address(config.listen_host, port),
                 "pid": os.getpid(),
                 "tls": tls is not None,
+                "computations": config.computations,
                 "datasets": sorted(catalog),
             }
             _write_json(site_file, info)
@@ -118,6 +137,8 @@ def serve_site(
                 supervisor.stop()
                 if audit is not None:
                     audit.close()
+                if ledger is not None:
+                    ledger.close()
                 site_file.unlink(missing_ok=True)
     if gave_up:
         raise WorkerError(gave_up[0])

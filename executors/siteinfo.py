@@ -5,7 +5,8 @@ executor service. The request body is ignored; the response is UTF-8 JSON::
 
     {"site": "hospital-a",
      "versions": {"tffprod": "0.1.0", "tensorflow_federated": "0.87.0", "tensorflow": "2.14.1"},
-     "catalog": [{"name", "format", "schema", "num_examples", "content_hash", "budget"}, ...],   # never paths
+     "catalog": [{"name", "format", "schema", "num_examples", "content_hash", "budget",
+                  "client_id", "num_clients"}, ...],   # never paths, never client ids
      "health": {"worker": "up" | "down", "uptime_s": 12.3}}                           # gateway uptime
 
 Versions come from installed package metadata (nothing is imported). TF-free.

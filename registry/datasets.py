@@ -30,7 +30,8 @@ def _site(row: dict[str, Any]) -> dict[str, Any]:
 
 def _dataset(row: dict[str, Any]) -> dict[str, Any]:
     ref = dataset_ref(row["site"], row["name"], row["version"])
-    return {"ref": ref, **row, "schema": from_json(row["schema"])}
+    # Versions registered before client ids existed are one client each (site-level).
+    return {"ref": ref, **row, "schema": from_json(row["schema"]), "num_clients": row.get("num_clients") or 1}
 
 
 def _ensure_site(db: Database, name: str, now: str) -> None:
@@ -82,13 +83,15 @@ def add_dataset(db: Database, **fields: Any) -> dict[str, Any]:
             latest["content_hash"] == fields["content_hash"]
             and from_json(latest["schema"]) == fields["schema"]
             and latest["path"] == fields["path"]
+            and latest["client_id"] == fields.get("client_id")
+            and (fields.get("client_id") is None or latest["num_clients"] == fields.get("num_clients"))
         ):
             return _dataset(latest)
         _ensure_site(db, site, now)
         version = 1 if latest is None else latest["version"] + 1
         db.execute(
             "INSERT INTO datasets (site, name, version, path, format, schema, num_examples,"
-            " content_hash, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " content_hash, registered_at, client_id, num_clients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 site,
                 name,
@@ -99,6 +102,8 @@ def add_dataset(db: Database, **fields: Any) -> dict[str, Any]:
                 int(fields["num_examples"]),
                 fields["content_hash"],
                 now,
+                fields.get("client_id"),
+                int(fields.get("num_clients") or 1),
             ],
         )
     return get_dataset(db, dataset_ref(site, name, version))

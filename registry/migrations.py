@@ -160,6 +160,24 @@ def m002_privacy_budgets(db: Database) -> None:
         db.execute(statement)
 
 
+_CLIENTS_SCHEMA = [
+    "ALTER TABLE datasets ADD COLUMN client_id TEXT",  # the client-id column; NULL = site-level
+    "ALTER TABLE datasets ADD COLUMN num_clients INTEGER",  # distinct clients (1 when site-level)
+    "ALTER TABLE rounds ADD COLUMN sampling_rate REAL",  # a client's chance to take part
+    "ALTER TABLE rounds ADD COLUMN clients INTEGER",  # clients that really took part
+    "ALTER TABLE rounds ADD COLUMN epsilon_pld REAL",  # epsilon so far by PLD, when computed
+    "ALTER TABLE sessions ADD COLUMN privacy TEXT",  # JSON: unit of privacy, sampling, accountants
+]
+
+
+@migration
+def m003_clients(db: Database) -> None:
+    """Adds client-id columns to datasets, sampling and participation to rounds, and a session's
+    unit of privacy."""
+    for statement in _CLIENTS_SCHEMA:
+        db.execute(statement)
+
+
 def unknown_migrations(db: Database) -> list[str]:
     """Names of applied migrations that this version of tffprod does not know.
 

@@ -10,6 +10,11 @@ Spend is recorded per session and dataset identity, together with the round
 that caused it (see ``sessions.record_round``). Each spend row holds the
 session's *cumulative* spend so far, so a later round replaces it.
 
+A dataset with a client-id column protects each client (customer, patient);
+one without protects the dataset as a whole (site-level): the report says which
+(``unit``). Spend is accounted with RDP (the budget's currency); where sessions
+also computed a PLD epsilon it is reported beside it (``epsilon_pld``).
+
 Sessions compose by basic composition: the total spent on a dataset is the sum
 of the epsilons and the sum of the deltas of every session that used it. This
 is an upper bound; it never understates what was spent.
@@ -62,6 +67,11 @@ def check_budget(epsilon: Any, delta: Any) -> tuple[float, float]:
     if not 0 < delta < 1:
         raise ValueError(f"budget delta must be > 0 and < 1, got {delta!r}")
     return epsilon, delta
+
+
+def unit_of_privacy(client_id: str | None) -> str:
+    """What one unit of privacy is for a dataset with (or without) a client-id column."""
+    return f"client (column {client_id})" if client_id else "site dataset (site-level)"
 
 
 def _budget(row: dict[str, Any]) -> dict[str, Any]:
@@ -155,14 +165,23 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
     spend_where, params = _filter("p", site, name)
     spends: dict[tuple[str, str], list[dict[str, Any]]] = {}
     sql = (
-        "SELECT p.site, p.name, p.session_id, p.epsilon, p.delta, p.rounds, s.status"
+        "SELECT p.site, p.name, p.session_id, p.epsilon, p.delta, p.rounds, s.status,"
+        " (SELECT r.epsilon_pld FROM rounds r WHERE r.session_id = p.session_id"
+        "  ORDER BY r.round_num DESC LIMIT 1) AS epsilon_pld"
         f" FROM privacy_spend p JOIN sessions s ON s.id = p.session_id{spend_where}"
         " ORDER BY s.created_at, s.id"
     )
     for row in db.query(sql, params):
-        spends.setdefault((row["site"], row["name"]), []).append(
-            {key: row[key] for key in ("session_id", "epsilon", "delta", "rounds", "status")}
-        )
+        keys = ("session_id", "epsilon", "delta", "rounds", "status") + (("epsilon_pld",) if row["epsilon_pld"]
+                                                                         is not None else ())
+        spends.setdefault((row["site"], row["name"]), []).append({key: row[key] for key in keys})
+    units = {}
+    unit_where, params = _filter("d", site, name)
+    unit_sql = ("SELECT d.site, d.name, d.client_id, d.num_clients FROM datasets d"
+                f"{unit_where or ' WHERE 1'} AND d.version ="
+                " (SELECT max(version) FROM datasets WHERE site = d.site AND name = d.name)")
+    for row in db.query(unit_sql, params):
+        units[(row["site"], row["name"])] = unit_of_privacy(row["client_id"])
     report = []
     for key in sorted(set(budgets) | set(spends), key=lambda k: f"{k[0]}/{k[1]}"):
         sessions = spends.get(key, [])
@@ -173,8 +192,10 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
         row = budgets.get(key)
         budget = None if row is None else {k: row[k] for k in ("epsilon", "delta", "source")}
         remaining = None if budget is None else {k: budget[k] - spent[k] for k in ("epsilon", "delta")}
+        if sessions and all("epsilon_pld" in s for s in sessions):
+            spent["epsilon_pld"] = math.fsum(s["epsilon_pld"] for s in sessions)
         report.append(
-            {"dataset": f"{key[0]}/{key[1]}", "budget": budget, "spent": spent, "remaining": remaining,
-             "sessions": sessions}
+            {"dataset": f"{key[0]}/{key[1]}", "unit": units.get(key, unit_of_privacy(None)), "budget": budget,
+             "spent": spent, "remaining": remaining, "sessions": sessions}
         )
     return report

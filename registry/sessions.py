@@ -23,6 +23,7 @@ PARTICIPANT_STATUSES = ("ok", "timeout", "error")
 
 def _session(row: dict[str, Any]) -> dict[str, Any]:
     decoded = {key: from_json(row[key]) for key in ("spec", "task", "datasets")}
+    decoded["privacy"] = from_json(row["privacy"]) if row.get("privacy") else None
     return {**row, **decoded, "duration_s": seconds_between(row["started_at"], row["finished_at"])}
 
 
@@ -45,7 +46,7 @@ def create_session(db: Database, **fields: Any) -> dict[str, Any]:
             session_id = new_session_id(now)
         db.execute(
             "INSERT INTO sessions (id, name, status, backend, spec, task, datasets, rounds_planned,"
-            " created_at) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            " created_at, privacy) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
             [
                 session_id,
                 fields["name"],
@@ -55,6 +56,7 @@ def create_session(db: Database, **fields: Any) -> dict[str, Any]:
                 to_json(list(fields["datasets"])),
                 int(fields["rounds_planned"]),
                 now,
+                None if fields.get("privacy") is None else to_json(fields["privacy"]),
             ],
         )
     return get_session(db, session_id)
@@ -125,7 +127,7 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
             raise RegistryError(f"session {session_id!r} already has round {round_num} recorded")
         db.execute(
             "INSERT INTO rounds (session_id, round_num, metrics, participants, duration_s, epsilon,"
-            " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " recorded_at, sampling_rate, clients, epsilon_pld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 session_id,
                 round_num,
@@ -134,6 +136,9 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
                 float(fields["duration_s"]),
                 None if fields["epsilon"] is None else float(fields["epsilon"]),
                 now,
+                None if fields.get("sampling_rate") is None else float(fields["sampling_rate"]),
+                None if fields.get("clients") is None else int(fields["clients"]),
+                None if fields.get("epsilon_pld") is None else float(fields["epsilon_pld"]),
             ],
         )
         privacy.upsert_spend(db, session_id, spend, now)

@@ -117,8 +117,14 @@ class Registry:
         schema: dict,
         num_examples: int,
         content_hash: str,
+        client_id: str | None = None,
+        num_clients: int | None = None,
     ) -> dict:
         """Registers a dataset of a site (adding the site if missing).
+
+        ``client_id`` names the column whose values say which client (customer,
+        patient) a row belongs to, and ``num_clients`` counts them; without it
+        the dataset is one client (site-level).
 
         If the latest version has the same content hash, schema and path it is
         returned unchanged; otherwise version ``latest + 1`` (from 1) is added.
@@ -139,6 +145,8 @@ class Registry:
             schema=schema,
             num_examples=num_examples,
             content_hash=content_hash,
+            client_id=client_id,
+            num_clients=num_clients,
         )
 
     @_translated
@@ -167,8 +175,11 @@ class Registry:
         backend: str,
         rounds_planned: int,
         datasets: list[str],
+        privacy: dict | None = None,
     ) -> dict:
         """Records a new ``pending`` session with a fresh id like ``s-20261125-183000-ab12``.
+
+        ``privacy`` describes the session's DP accounting (unit of privacy, sampling).
 
         Returns:
             The session, as :meth:`get_session` returns it.
@@ -181,6 +192,7 @@ class Registry:
             backend=backend,
             rounds_planned=rounds_planned,
             datasets=datasets,
+            privacy=privacy,
         )
 
     @_translated
@@ -232,6 +244,9 @@ class Registry:
         duration_s: float,
         epsilon: float | None,
         spend: list[dict] | None = None,
+        sampling_rate: float | None = None,
+        clients: int | None = None,
+        epsilon_pld: float | None = None,
     ) -> dict:
         """Records a finished round, its privacy spend and the session's ``rounds_completed``, atomically.
 
@@ -251,6 +266,9 @@ class Registry:
                 the session's *cumulative* spend on it so far and the number
                 of rounds it took part in. Each replaces the session's
                 previous value for that dataset (see :meth:`privacy_report`).
+            sampling_rate: Optional; a client's chance to take part in this round.
+            clients: Optional; how many clients really took part.
+            epsilon_pld: Optional; privacy spent so far by the PLD accountant.
 
         Returns:
             The round: session_id, round_num, metrics, participants,
@@ -272,6 +290,9 @@ class Registry:
             duration_s=duration_s,
             epsilon=epsilon,
             spend=spend,
+            sampling_rate=sampling_rate,
+            clients=clients,
+            epsilon_pld=epsilon_pld,
         )
 
     @_translated

@@ -120,7 +120,8 @@ def _catalog(site_dir: Path) -> dict[str, CatalogEntry]:
 class Site:
     """A real worker and a real gateway on loopback, stopped by ``close``."""
 
-    def __init__(self, tmp: Path, site_dir: Path, pki: dict[str, bytes], *, insecure_dev: bool = False) -> None:
+    def __init__(self, tmp: Path, site_dir: Path, pki: dict[str, bytes], *, insecure_dev: bool = False,
+                 guard=None) -> None:
         self.catalog = _catalog(site_dir)
         self.audit_path = tmp / f"audit-{time.monotonic_ns()}.jsonl"
         self.worker = WorkerProcess(name="gw-test", cwd=site_dir, log_path=tmp / "worker.log").start()
@@ -130,7 +131,7 @@ class Site:
             tokens={"coordinator": hashlib.sha256(TOKEN.encode()).hexdigest(),
                     "stranger-without-token": "0" * 64},
             tls=None if insecure_dev else (pki["server_key"], pki["server_cert"], pki["ca"]),
-            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive)
+            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, guard=guard)
         try:
             self.port = self.gateway.start()
         except BaseException:
@@ -449,7 +450,8 @@ def test_site_info_lists_the_catalog_without_paths(site, pki):
     assert set(info["versions"]) == {"tffprod", "tensorflow_federated", "tensorflow"}
     assert info["versions"]["tensorflow_federated"] == "0.87.0"
     assert [e["name"] for e in info["catalog"]] == ["eval", "train"]
-    assert set(info["catalog"][0]) == {"name", "format", "schema", "num_examples", "content_hash", "budget"}
+    assert set(info["catalog"][0]) == {"name", "format", "schema", "num_examples", "content_hash", "budget",
+                                       "client_id", "num_clients"}
     assert info["catalog"][1]["num_examples"] == 3
     assert info["health"]["worker"] == "up" and info["health"]["uptime_s"] >= 0
     assert site.records()[-1]["method"] == "/tffprod.v1.SiteInfo/Get"
@@ -593,3 +595,64 @@ def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
         print("\n50 MB value, median of 5 (CreateValue up / Compute down):")
         for label, (up, down) in (("direct to worker   ", direct), ("through mTLS gateway", gateway)):
             print(f"  {label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)")
+
+
+# ---------------------------------------------------------------- under approval (TF-free refusals)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, site_dir, pki):
+    from tffprod.executors.approvals import ApprovalStore
+    from tffprod.executors.guard import ComputationGuard
+    from tffprod.executors.ledger import SiteLedger
+
+    tmp = tmp_path_factory.mktemp("guarded")
+    ledger = SiteLedger(tmp / "ledger.sqlite", site=SITE, budgets={})
+    s = Site(tmp, site_dir, pki, guard=ComputationGuard(SITE, ApprovalStore(tmp / "state"), ledger))
+    yield s
+    s.close()
+    ledger.close()
+
+
+def _create_value(channel, executor, value) -> executor_pb2.ValueRef:
+    response = rpc(channel, "CreateValue", executor_pb2.CreateValueRequest(executor=executor, value=value))
+    return executor_pb2.CreateValueResponse.FromString(response).value_ref
+
+
+def test_an_unapproved_computation_is_permission_denied_naming_its_hash(guarded, pki):
+    from tffprod.executors.approvals import computation_sha256
+
+    channel = tls_channel(guarded, pki)
+    try:
+        executor = get_executor(channel)
+        comp = computation_pb2.Computation(reference=computation_pb2.Reference(name="anything"))
+        err = status_of(_create_value, channel, executor, executor_pb2.Value(computation=comp))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert f"computation sha256 {computation_sha256(comp)} is not approved" in err.details()
+        dispose_executor(channel, executor)
+    finally:
+        channel.close()
+    assert guarded.records()[-2]["status"] == "PERMISSION_DENIED"
+
+
+def test_under_approval_data_outside_a_plan_sequences_and_raw_results_are_refused(guarded, pki):
+    channel = tls_channel(guarded, pki)
+    try:
+        executor = get_executor(channel)
+        err = status_of(_create_value, channel, executor, clients_strings(b"train"))
+        assert (err.code(), err.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                               "dataset 'train' is not in the approved plan")
+        sequence = executor_pb2.Value(sequence=executor_pb2.Value.Sequence())
+        err = status_of(_create_value, channel, executor, sequence)
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "serialized datasets" in err.details()
+        ref = _create_value(channel, executor, string_array(b"a server-side constant"))  # plain data is fine
+        err = status_of(rpc, channel, "Compute", executor_pb2.ComputeRequest(executor=executor, value_ref=ref))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "only the results of approved" in err.details()
+        err = status_of(rpc, channel, "CreateCall", executor_pb2.CreateCallRequest(
+            executor=executor, function_ref=ref))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "only approved computations" in err.details()
+        dispose_executor(channel, executor)
+        info = fetch_site_info(channel, TOKEN)
+        assert info["computations"] == "approved"
+    finally:
+        channel.close()

@@ -88,7 +88,7 @@ def test_a_registry_with_only_m001_upgrades_in_place_and_keeps_its_rows(tmp_path
         record_round(registry, "s-1", 1, [spend()])
     with contextlib.closing(sqlite3.connect(path)) as conn:
         applied = [row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
-    assert applied == ["m001_initial", "m002_privacy_budgets"]
+    assert applied == ["m001_initial", "m002_privacy_budgets", "m003_clients"]
     with Registry.open(path) as registry:  # reopening applies nothing and keeps the new rows
         assert registry.privacy_report()[0]["spent"] == {"epsilon": 0.5, "delta": 1e-6}
 
@@ -243,7 +243,8 @@ def test_privacy_report_sums_sessions_by_basic_composition(registry: Registry) -
     ]
     assert labs["budget"] is None and labs["remaining"] is None  # spend without a budget is still reported
     assert labs["spent"] == {"epsilon": 0.25, "delta": 1e-6}
-    assert untouched == {"dataset": "hospital-b/visits", "budget": {"epsilon": 1.0, "delta": 1e-6,
+    assert untouched == {"dataset": "hospital-b/visits", "unit": "site dataset (site-level)",
+                         "budget": {"epsilon": 1.0, "delta": 1e-6,
                                                                      "source": "coordinator"},
                          "spent": {"epsilon": 0.0, "delta": 0.0}, "remaining": {"epsilon": 1.0, "delta": 1e-6},
                          "sessions": []}

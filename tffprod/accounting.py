@@ -2,8 +2,11 @@
 
 tffprod does no DP math of its own: each round is the DP event
 ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` (just ``GaussianDpEvent(z)`` when
-every client takes part, ``q == 1``), and an RDP or PLD accountant from
-``dp_accounting`` composes the rounds and reports epsilon for the target delta.
+every client takes part, ``q == 1``), or, when a fixed number k of N clients is
+drawn, ``SampledWithoutReplacementDpEvent(N, k, GaussianDpEvent(z))`` (replace-one
+neighbours; RDP only: dp_accounting's PLD accountant does not support it). An RDP
+or PLD accountant from ``dp_accounting`` composes the rounds and reports epsilon
+for the target delta.
 
 ``dp_accounting`` does not import TensorFlow, but it imports SciPy and takes
 seconds to load, so it is imported only when an epsilon is computed: importing
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -42,6 +45,20 @@ def _check_sampling_rate(sampling_rate: Any) -> float:
     return float(sampling_rate)
 
 
+def _check_fixed_sample(fixed_sample: Any) -> tuple[int, int]:
+    ok = isinstance(fixed_sample, tuple) and len(fixed_sample) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in fixed_sample)
+    if not ok or not 1 <= fixed_sample[1] <= fixed_sample[0]:
+        raise ValueError(f"fixed_sample must be (population, sample_size) with 1 <= sample_size <= population, "
+                         f"got {fixed_sample!r}")
+    return fixed_sample
+
+
+def supports(accountant: str, *, fixed_sample: Any = None) -> bool:
+    """Whether ``accountant`` can account rounds sampled this way (PLD cannot do fixed-size samples)."""
+    return not (accountant == "pld" and fixed_sample is not None)
+
+
 def _check_accountant(accountant: Any) -> str:
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
@@ -52,8 +69,9 @@ def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
              rounds_by_rate: list[tuple[tuple[float, Any], int]]) -> float:
     """Epsilon after ``n`` rounds of each ``((q, event), n)`` in ``rounds_by_rate``.
 
-    ``event`` is a ``dp_accounting.DpEvent`` reported by TFF, or None for
-    ``GaussianDpEvent(noise_multiplier)``. Composition is commutative, so the
+    ``q`` is a Poisson sampling rate, or ``(population, sample_size)`` for a fixed-size
+    sample without replacement. ``event`` is a ``dp_accounting.DpEvent`` reported by
+    TFF, or None for ``GaussianDpEvent(noise_multiplier)``. Composition is commutative, so the
     rounds of one pair are composed as one ``SelfComposedDpEvent``: this gives
     the epsilon of composing them one by one, at the cost of one event per pair.
     """
@@ -63,18 +81,31 @@ def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
     if noise_multiplier == 0 and any(event is None for (_, event), _ in rounds_by_rate):
         return math.inf
 
+    fixed = {isinstance(q, tuple) for (q, _), _ in rounds_by_rate}
+    if len(fixed) > 1:
+        raise ValueError("one ledger cannot mix Poisson and fixed-size sampling (their neighbouring relations differ)")
+    fixed_sample = True in fixed
+    if not supports(accountant, fixed_sample=fixed_sample or None):
+        raise ValueError("the PLD accountant does not support fixed-size sampling without replacement; use rdp")
+
     import dp_accounting  # seconds to import (SciPy); no TensorFlow
     from dp_accounting import pld, rdp
 
-    acct = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    for (q, event), n in sorted(rounds_by_rate, key=lambda kv: (kv[0][0], repr(kv[0][1]))):
+    if fixed_sample:
+        acct = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    else:
+        acct = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    for (q, event), n in sorted(rounds_by_rate, key=lambda kv: (repr(kv[0][0]), repr(kv[0][1]))):
         event = event if event is not None else dp_accounting.GaussianDpEvent(noise_multiplier)
-        event = event if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, event)
+        if isinstance(q, tuple):
+            event = dp_accounting.SampledWithoutReplacementDpEvent(q[0], q[1], event)
+        elif q != 1.0:
+            event = dp_accounting.PoissonSampledDpEvent(q, event)
         acct.compose(dp_accounting.SelfComposedDpEvent(event, n) if n > 1 else event)
     return float(acct.get_epsilon(delta))
 
 
-def _count_rounds(rates: list[float], events: list[Any]) -> list[tuple[tuple[float, Any], int]]:
+def _count_rounds(rates: list[Any], events: list[Any]) -> list[tuple[tuple[float, Any], int]]:
     """Rounds per (rate, event) pair; events may be unhashable, so they are told apart by repr."""
     counts: collections.Counter = collections.Counter((q, repr(e)) for q, e in zip(rates, events))
     first = {(q, repr(e)): e for q, e in zip(rates, events)}
@@ -107,9 +138,9 @@ class PrivacyLedger:
         self._noise_multiplier = _check_noise_multiplier(noise_multiplier)
         self._delta = _check_delta(delta)
         self._accountant = _check_accountant(accountant)
-        self._rates: list[float] = []
+        self._rates: list[Any] = []  # q, or (population, sample_size) for a fixed-size sample
         self._events: list[Any] = []  # the DP event TFF reported for each round, or None
-        self._cache: tuple[int, float] = (0, 0.0)  # (rounds, epsilon) of the last computation
+        self._cache: dict[str, tuple[int, float]] = {}  # accountant -> (rounds, epsilon) last computed
 
     @property
     def noise_multiplier(self) -> float:
@@ -133,10 +164,11 @@ class PrivacyLedger:
 
     @property
     def sampling_rates(self) -> tuple[float, ...]:
-        """The sampling rate of each recorded round, in order."""
-        return tuple(self._rates)
+        """The sampling rate of each recorded round, in order (k / N for a fixed-size sample)."""
+        return tuple(q[1] / q[0] if isinstance(q, tuple) else q for q in self._rates)
 
-    def record_round(self, *, sampling_rate: float = 1.0, event: Any = None) -> float:
+    def record_round(self, *, sampling_rate: float = 1.0, event: Any = None,
+                     fixed_sample: Optional[tuple[int, int]] = None) -> float:
         """Records one round in which each client took part with probability ``sampling_rate``.
 
         Args:
@@ -145,39 +177,65 @@ class PrivacyLedger:
             event: the ``dp_accounting.DpEvent`` TFF's DP aggregator reported for the
                 round (``extract_dp_event_from_state``); None means
                 ``GaussianDpEvent(noise_multiplier)``.
+            fixed_sample: ``(population, sample_size)`` instead of ``sampling_rate`` when
+                exactly ``sample_size`` of ``population`` clients were drawn without
+                replacement (RDP only).
 
         Returns:
             Epsilon after all rounds recorded so far.
 
         Raises:
-            ValueError: ``sampling_rate`` is out of range (nothing is recorded).
+            ValueError: ``sampling_rate`` or ``fixed_sample`` is out of range, or the rounds
+                would mix Poisson and fixed-size sampling (nothing is recorded).
         """
-        self._rates.append(_check_sampling_rate(sampling_rate))
+        key = _check_fixed_sample(fixed_sample) if fixed_sample is not None else _check_sampling_rate(sampling_rate)
+        if self._rates and isinstance(self._rates[0], tuple) != isinstance(key, tuple):
+            raise ValueError("one ledger cannot mix Poisson and fixed-size sampling")
+        if isinstance(key, tuple) and self._accountant == "pld":
+            raise ValueError("the PLD accountant does not support fixed-size sampling without replacement; use rdp")
+        self._rates.append(key)
         self._events.append(event)
         return self.epsilon()
 
-    def epsilon(self) -> float:
-        """Epsilon of the recorded rounds at ``delta``: 0.0 before any round, inf without noise."""
-        if self._cache[0] != len(self._rates):
+    def supports(self, accountant: str) -> bool:
+        """Whether ``accountant`` can account the rounds recorded so far."""
+        return supports(accountant, fixed_sample=True if any(isinstance(q, tuple) for q in self._rates) else None)
+
+    def epsilon(self, accountant: Optional[str] = None) -> float:
+        """Epsilon of the recorded rounds at ``delta``: 0.0 before any round, inf without noise.
+
+        Args:
+            accountant: ``"rdp"`` or ``"pld"`` for an answer by another accountant than
+                the ledger's own (e.g. PLD beside RDP).
+
+        Raises:
+            ValueError: the accountant does not support the recorded rounds (see :meth:`supports`).
+        """
+        accountant = self._accountant if accountant is None else _check_accountant(accountant)
+        rounds, value = self._cache.get(accountant, (-1, 0.0))
+        if rounds != len(self._rates):
             value = _epsilon(
                 noise_multiplier=self._noise_multiplier,
                 delta=self._delta,
-                accountant=self._accountant,
+                accountant=accountant,
                 rounds_by_rate=_count_rounds(self._rates, self._events),
             )
-            self._cache = (len(self._rates), value)
-        return self._cache[1]
+            self._cache[accountant] = (len(self._rates), value)
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """What the registry records; ``epsilon`` is ``math.inf`` when the noise is zero."""
+        fixed = {"fixed_samples": [list(q) if isinstance(q, tuple) else None for q in self._rates]} \
+            if any(isinstance(q, tuple) for q in self._rates) else {}
         return {
             "noise_multiplier": self._noise_multiplier,
             "delta": self._delta,
             "accountant": self._accountant,
             "rounds": self.rounds,
             "epsilon": self.epsilon(),
-            "sampling_rates": list(self._rates),
+            "sampling_rates": list(self.sampling_rates),
             "events": [repr(e) if e is not None else None for e in self._events],
+            **fixed,
         }
 
     @classmethod
@@ -192,7 +250,10 @@ class PrivacyLedger:
             delta=data["delta"],
             accountant=data.get("accountant", "rdp"),
         )
-        ledger._rates = [_check_sampling_rate(q) for q in data.get("sampling_rates", [])]
+        rates = data.get("sampling_rates", [])
+        fixed = data.get("fixed_samples") or [None] * len(rates)
+        ledger._rates = [_check_fixed_sample(tuple(f)) if f is not None else _check_sampling_rate(q)
+                         for q, f in zip(rates, fixed)]
         ledger._events = [None] * len(ledger._rates)  # rebuilt as GaussianDpEvent(noise_multiplier)
         return ledger
 
@@ -210,6 +271,7 @@ def epsilon_for(
     delta: float,
     sampling_rate: float = 1.0,
     accountant: str = "rdp",
+    fixed_sample: Optional[tuple[int, int]] = None,
 ) -> float:
     """Plans a session: epsilon after ``rounds`` rounds with the same sampling rate.
 
@@ -219,6 +281,8 @@ def epsilon_for(
         delta: target delta, in (0, 1).
         sampling_rate: each client's chance to take part in a round, in (0, 1].
         accountant: ``"rdp"`` or ``"pld"``.
+        fixed_sample: ``(population, sample_size)`` instead of ``sampling_rate``: a
+            fixed-size sample without replacement each round (RDP only).
 
     Returns:
         Epsilon; 0.0 for zero rounds, ``math.inf`` for zero noise.
@@ -232,5 +296,6 @@ def epsilon_for(
         noise_multiplier=_check_noise_multiplier(noise_multiplier),
         delta=_check_delta(delta),
         accountant=_check_accountant(accountant),
-        rounds_by_rate=[((_check_sampling_rate(sampling_rate), None), rounds)],
+        rounds_by_rate=[((_check_fixed_sample(fixed_sample) if fixed_sample is not None
+                          else _check_sampling_rate(sampling_rate), None), rounds)],
     )

@@ -4,16 +4,19 @@ A budget (epsilon, delta) belongs to a dataset's identity (site and name, across
 versions). What earlier sessions spent is added up (basic composition: their
 epsilons and deltas sum), and a new session is planned against what remains:
 it is refused when its planned epsilon does not fit, or, with
-``[dp] on_budget = "stop"``, it is cut to the last round that fits. TF-free.
+``[dp] on_budget = "stop"``, it is cut to the last round that fits. Planned
+epsilons use the same per-round DP events as the session's ledger: Poisson
+sampling at rate q, a fixed k of N clients, or every client (q = 1). TF-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from tffprod.accounting import epsilon_for
 from tffprod.errors import PrivacyBudgetError
+from tffprod.sampling import Population
 from tffprod.spec import SessionSpec
 
 
@@ -30,14 +33,20 @@ class BudgetPlan:
         return bool(self.remaining)
 
 
-def rounds_that_fit(*, noise_multiplier: float, delta: float, epsilon: float, rounds: int) -> int:
-    """The most rounds (at most ``rounds``) whose epsilon stays within ``epsilon``."""
+def rounds_that_fit(*, noise_multiplier: float, delta: float, epsilon: float, rounds: int,
+                    sampling_rate: float = 1.0, fixed_sample: Optional[tuple[int, int]] = None) -> int:
+    """The most rounds (at most ``rounds``) whose epsilon stays within ``epsilon``.
+
+    ``sampling_rate`` (Poisson) or ``fixed_sample`` (``(population, sample_size)``) say how
+    clients are sampled each round, as for :func:`tffprod.accounting.epsilon_for`.
+    """
     if noise_multiplier == 0 or epsilon <= 0:
         return 0
     low, high = 0, rounds  # epsilon grows with rounds: find the last that fits
     while low < high:
         mid = (low + high + 1) // 2
-        if epsilon_for(noise_multiplier=noise_multiplier, rounds=mid, delta=delta) <= epsilon:
+        if epsilon_for(noise_multiplier=noise_multiplier, rounds=mid, delta=delta, sampling_rate=sampling_rate,
+                       fixed_sample=fixed_sample) <= epsilon:
             low = mid
         else:
             high = mid - 1
@@ -72,9 +81,10 @@ def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, re
         return BudgetPlan({}, spec.rounds, None)
     tightest_name = min(remaining, key=remaining.get)
     tightest = remaining[tightest_name]
-    planned = epsilon_for(noise_multiplier=dp.noise_multiplier, rounds=spec.rounds, delta=dp.delta)
+    sampling = Population(tuple(datasets), spec.sampling).accounting()
+    planned = epsilon_for(noise_multiplier=dp.noise_multiplier, rounds=spec.rounds, delta=dp.delta, **sampling)
     fits = spec.rounds if planned <= tightest else rounds_that_fit(
-        noise_multiplier=dp.noise_multiplier, delta=dp.delta, epsilon=tightest, rounds=spec.rounds)
+        noise_multiplier=dp.noise_multiplier, delta=dp.delta, epsilon=tightest, rounds=spec.rounds, **sampling)
     if fits < spec.rounds and (dp.on_budget == "refuse" or fits == 0):
         raise PrivacyBudgetError(
             f"planned epsilon {planned:.4g} over {spec.rounds} rounds exceeds dataset {tightest_name}'s "

@@ -6,13 +6,16 @@ TF-free: files are read by ``tffprod.datafiles``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
-from tffprod.datafiles import content_hash, detect_format, validate_file
+from tffprod.datafiles import client_ids, content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.registry.privacy import check_budget
 from tffprod.schema import Schema
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -50,8 +53,29 @@ def _coordinator_budget(registry: Any, site: str, name: str,
     return epsilon, delta
 
 
+def check_client_id(column: Any, *, what: str = "client_id") -> str:
+    """A client-id column name: letters, digits, '_', '.', '-' (it travels inside references).
+
+    Raises:
+        SpecError: anything else.
+    """
+    if not isinstance(column, str) or not _COLUMN.match(column):
+        raise SpecError(f"{what} must be a column name of letters, digits, '_', '.' and '-', got {column!r}")
+    return column
+
+
+def count_clients(path: str | Path, fmt: str, column: str) -> int:
+    """How many distinct clients column ``column`` of the file names (TF-free).
+
+    Raises:
+        DatasetError: the column is missing or a row's client id is empty or malformed.
+    """
+    return len(client_ids(path, fmt, column))
+
+
 def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schema,
-                     fmt: Optional[str] = None, budget: Optional[tuple[float, float]] = None) -> dict:
+                     fmt: Optional[str] = None, budget: Optional[tuple[float, float]] = None,
+                     client_id: Optional[str] = None) -> dict:
     """Validate the file at ``path`` against ``schema`` and record it as dataset ``ref``.
 
     Args:
@@ -62,6 +86,9 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
         fmt: ``tfrecord`` or ``csv`` (default: by suffix).
         budget: optional ``(epsilon, delta)`` privacy budget for the dataset's identity
             (every version), recorded with ``source="coordinator"``.
+        client_id: the column that says which client (customer, patient) each row
+            belongs to; the dataset is then many clients, counted here, and DP protects
+            each client. Without it the dataset is one client (site-level).
 
     Returns:
         The registry row (a new version only when the content or schema changed);
@@ -75,6 +102,8 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
     Budget problems are found before anything is written.
     """
     site, name = parse_ref(ref)
+    if client_id is not None:
+        check_client_id(client_id, what="--client-id")
     checked = None if budget is None else _coordinator_budget(registry, site, name, budget)
     path = Path(path).resolve()
     if not path.is_file():
@@ -83,6 +112,7 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
     num_examples = validate_file(path, fmt, schema)
     if num_examples == 0:
         raise DatasetError(f"{path}: holds no examples")
+    num_clients = None if client_id is None else count_clients(path, fmt, client_id)
     row = registry.add_dataset(
         site=site,
         name=name,
@@ -91,6 +121,8 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
         schema=schema.to_dict(),
         num_examples=num_examples,
         content_hash=content_hash(path),
+        client_id=client_id,
+        num_clients=num_clients,
     )
     if checked is None:
         return row

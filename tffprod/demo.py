@@ -18,6 +18,7 @@ from tffprod.spec import SessionSpec, dump_spec
 
 TASK_PATH = "tffprod.examples.digits:task"
 SPEC_FILE = "digits-dp.toml"
+PLAN_FILE = "digits-dp.plan.json"
 
 
 def demo_spec(rounds: int, sites: tuple[str, ...], backend: str) -> SessionSpec:
@@ -76,9 +77,20 @@ def run_demo(
         "registry": str(registry_path),
         "spec": str(spec_path),
         "central_accuracy": reference.get("sparse_categorical_accuracy"),
-        "repeat_command": f"tffprod session run --spec {spec_path} --registry {registry_path}",
+        "repeat_commands": _repeat_commands(summary, spec_path, registry_path),
     })
     return summary
+
+
+def _repeat_commands(summary: dict, spec_path: Path, registry_path: Path) -> list[str]:
+    """How to train again by hand; with sites, a new plan each site approves (a plan's rounds are used up)."""
+    run = f"tffprod session run --registry {registry_path}"
+    if "plan" not in summary:
+        return [f"{run} --spec {spec_path}"]
+    plan = Path(summary["plan"]).with_name("again.plan.json")
+    return ([f"tffprod session plan --spec {spec_path} --out {plan} --registry {registry_path}"]
+            + [f"tffprod site approve {plan} --config {config}" for config in summary["sites"].values()]
+            + [f"{run} --plan {plan}"])
 
 
 def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
@@ -88,7 +100,7 @@ def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str
 
     datasets = {site: {split: {"path": paths[site][split], "task": TASK_PATH} for split in ("train", "test")}
                 for site in digits.SITES}
-    federation = LocalFederation(workdir, datasets)
+    federation = LocalFederation(workdir, datasets, computations="approved")
     say(f"issuing certificates and site configs in {workdir / 'certs'} and {workdir / 'sites'}")
     federation.prepare()
     with federation:
@@ -96,9 +108,26 @@ def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str
             say(f"site {site} serving on {address} (mTLS; log {federation.site_config_path(site).parent})")
         for row in federation.register(registry):
             say(f"synced {row['ref']} ({row['num_examples']} examples; path stays at the site)")
-        summary = _train(spec, registry, create_backend("remote", registry=registry), workdir, progress, say)
+        plan_path = _plan_and_approve(spec, registry, federation, workdir, say)
+        summary = _train(spec, registry, create_backend("remote", registry=registry), workdir, progress, say,
+                         plan_path=plan_path)
+        summary["plan"] = str(plan_path)
     summary["sites"] = {site: str(federation.site_config_path(site)) for site in digits.SITES}
     return summary
+
+
+def _plan_and_approve(spec, registry, federation, workdir, say) -> Path:
+    """Compile the session into a plan and approve it at every site, as their operators would."""
+    from tffprod.executors.approvals import approve_at_site
+    from tffprod.executors.config import load_site_config
+    from tffprod.plan import make_plan, write_plan
+    from tffprod.session import plan_session
+
+    plan_path = write_plan(make_plan(plan_session(spec, registry=registry)), workdir / PLAN_FILE)
+    for site in federation.datasets:
+        approval = approve_at_site(plan_path, load_site_config(federation.site_config_path(site)))
+        say(f"site {site} approved plan {approval.plan_id[:16]} ('tffprod site plan show {plan_path}')")
+    return plan_path
 
 
 def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
@@ -114,12 +143,16 @@ def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, A
     return _train(spec, registry, backend, workdir, progress, say)
 
 
-def _train(spec, registry, backend, workdir, progress, say) -> dict[str, Any]:
+def _train(spec, registry, backend, workdir, progress, say, plan_path=None) -> dict[str, Any]:
     from tffprod.export import export_artifact
+    from tffprod.plan import train_from_plan
     from tffprod.session import train
 
     say(f"training {spec.name}: {spec.rounds} rounds of DP-FedAvg over {len(spec.datasets)} sites ({backend.name})")
-    result = train(spec, registry=registry, backend=backend, progress=progress)
+    if plan_path is not None:
+        result = train_from_plan(plan_path, registry=registry, backend=backend, progress=progress)
+    else:
+        result = train(spec, registry=registry, backend=backend, progress=progress)
     version = result["model_version"]
     evaluations = registry.list_evaluations(version["name"], version["version"])
     export_dir = workdir / "export" / f"{version['name']}-v{version['version']}"

@@ -33,6 +33,7 @@ def evaluate(
     backend: Backend,
     fmt: str,
     timeout_s: float = 600.0,
+    site_computation: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` on each dataset at its site, and over all of them.
 
@@ -41,6 +42,8 @@ def evaluate(
         weights: ``tff.learning.models.ModelWeights`` to evaluate.
         datasets: registry rows of the datasets, all in format ``fmt``.
         backend: an open backend with every dataset's site.
+        site_computation: an approved plan's frozen evaluation computation to run at the
+            sites instead of a fresh compile (its type must match).
 
     Returns:
         ``{"overall": metrics, "datasets": {ref: metrics}, "errors": {ref: reason}}``: a dataset
@@ -54,7 +57,11 @@ def evaluate(
     ctx = backend.coordinator_context()
     state = ctx.invoke(process.initialize, None)
     state = ctx.invoke(process.set_model_weights, Struct.unnamed(state, weights))
-    router = RoundRouter(backend, form, timeout_s=timeout_s)
+    if site_computation is not None:
+        from tffprod.plan import check_signature
+
+        check_signature("eval", site_computation, form.up_to_merge, "of this session")
+    router = RoundRouter(backend, form, timeout_s=timeout_s, site_computation=site_computation)
     try:
         per_dataset, partials, errors = {}, [], {}
         for row in datasets:

@@ -41,10 +41,14 @@ class LocalFederation:
         workdir: where certificates, tokens and site configs are written.
         datasets: site name -> dataset name -> ``{"path": ..., "task": "module:attr"}``
             (or ``"schema_file"``), as in a site config's ``[datasets.NAME]`` table.
+        computations: the sites' policy: ``"approved"`` (run only approved plans) or
+            ``"any"`` (development only).
     """
 
-    def __init__(self, workdir: Path, datasets: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
+    def __init__(self, workdir: Path, datasets: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
+                 computations: str = "approved") -> None:
         self.workdir = Path(workdir).resolve()
+        self.computations = computations
         self.datasets = {site: dict(tables) for site, tables in datasets.items()}
         self.processes: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
@@ -84,10 +88,12 @@ class LocalFederation:
                 "name": site,
                 "listen": f"127.0.0.1:{free_port()}",
                 "state_dir": "state",
+                "computations": self.computations,
                 "tls": {"cert": f"certs/{site}.crt", "key": f"certs/{site}.key", "ca": "certs/ca.crt"},
                 "coordinators": [{"identity": COORDINATOR,
                                   "token_sha256": hash_token(token_file.read_text().strip())}],
-                "datasets": {name: {k: str(v) for k, v in table.items()} for name, table in tables.items()},
+                "datasets": {name: {k: v if isinstance(v, (Mapping, int, float)) else str(v) for k, v in table.items()}
+                             for name, table in tables.items()},
             })
 
     def start(self, timeout_s: float = 120.0) -> dict[str, str]:

@@ -82,9 +82,11 @@ class RoundRouter:
     """Runs a ``MergeableCompForm`` over a backend's sites."""
 
     def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1,
-                 retries: int = 2, backoff_s: float = 0.5) -> None:
+                 retries: int = 2, backoff_s: float = 0.5, site_computation: Any = None) -> None:
         self._backend = backend
         self._form = form
+        # An approved plan's frozen per-site computation, or the form's own.
+        self._site_computation = site_computation if site_computation is not None else form.up_to_merge
         self._timeout_s = timeout_s
         self._min_sites = min_sites
         self._retries = retries
@@ -127,7 +129,7 @@ class RoundRouter:
         t0, backoff = time.monotonic(), self._backoff_s
         for attempt in range(1, self._retries + 2):
             try:
-                result = context.invoke(self._form.up_to_merge, arg)
+                result = context.invoke(self._site_computation, arg)
                 future.set_result((result, time.monotonic() - t0, attempt))
                 return
             except SiteUnavailableError as e:
@@ -155,13 +157,19 @@ class RoundRouter:
         original = Struct.unnamed(state, []) if state is not None else []
         return ctx.invoke(self._form.after_merge, Struct.unnamed(original, merged))
 
-    def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]]) -> RoundOutcome:
-        """One full round; raises SessionError when fewer than ``min_sites`` sites succeed."""
+    def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
+                  min_sites: Optional[int] = None) -> RoundOutcome:
+        """One full round; raises SessionError when fewer than ``min_sites`` sites succeed.
+
+        ``min_sites`` overrides the router's for this round (a round that samples clients
+        calls only the sites that hold one).
+        """
         t0 = time.monotonic()
+        needed = self._min_sites if min_sites is None else min_sites
         sites = self.partials(state, refs_by_site)
         ok = [s for s in sites if s.status == "ok"]
-        if len(ok) < self._min_sites:
+        if len(ok) < needed or not ok:
             detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")
-            raise SessionError(f"round needs {self._min_sites} site(s), {len(ok)} succeeded: {detail}")
+            raise SessionError(f"round needs {max(needed, 1)} site(s), {len(ok)} succeeded: {detail}")
         output = self.finish(state, self.merge([s.partial for s in ok]))
         return RoundOutcome(output=output, sites=sites, duration_s=time.monotonic() - t0)

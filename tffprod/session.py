@@ -17,6 +17,7 @@ from tffprod.backends.base import Backend, SiteTarget
 from tffprod.budgets import BudgetPlan, plan_budgets
 from tffprod.datafiles import content_hash
 from tffprod.errors import DatasetError, SessionError, SpecError, TffprodError
+from tffprod.sampling import ClientSampler, Population, check_population
 from tffprod.schema import Schema
 from tffprod.spec import SessionSpec
 from tffprod.task import Task, load_task
@@ -41,6 +42,22 @@ class SessionPlan:
         return [SiteTarget(name, tuple(rows)) for name, rows in by_site.items()]
 
     @property
+    def population(self) -> Population:
+        """The clients the session trains on and how each round samples them."""
+        return Population(self.datasets, self.spec.sampling)
+
+    @property
+    def sampling_rate(self) -> float:
+        """A client's chance to train in a round: q (Poisson), k / N (fixed; accounted as k of N
+        without replacement, see ``population.accounting()``), or 1."""
+        return self.population.sampling_rate
+
+    @property
+    def privacy_unit(self) -> str:
+        """``client (column customer_id)`` or ``site dataset (site-level)``."""
+        return self.population.unit
+
+    @property
     def training_sites(self) -> list[str]:
         return list(dict.fromkeys(row["site"] for row in self.datasets))
 
@@ -55,6 +72,8 @@ class RoundReport:
     sites: list
     duration_s: float
     epsilon: Optional[float]
+    clients: Optional[int] = None
+    epsilon_pld: Optional[float] = None
 
 
 def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files: bool = True) -> list[Mapping[str, Any]]:
@@ -90,6 +109,12 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True)
     sites = {row["site"] for row in datasets}
     if spec.min_sites > len(sites):
         raise SpecError(f"min_sites is {spec.min_sites} but the datasets span only {len(sites)} site(s)")
+    population = Population(tuple(datasets), spec.sampling)
+    check_population(population)
+    z, expected = spec.dp.noise_multiplier, population.expected_clients_per_round
+    if population.client_level and spec.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * expected:
+        raise SpecError(f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {expected:g} expected "
+                        f"clients per round: TFF needs noise_multiplier < 0.1 * clients per round")
     budget = plan_budgets(spec, datasets, registry=registry)
     return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0], budget)
 
@@ -103,33 +128,56 @@ def initial_weights(task: Task, seed: int) -> Any:
     return tff.learning.models.ModelWeights.from_model(task.model_fn())
 
 
-class _Trainer:
-    """Holds the compiled process and the server state between rounds."""
+def training_process(plan: SessionPlan) -> Any:
+    """The session's TFF learning process over dataset references (imports TFF)."""
+    from tffprod.process import build_training_process
 
-    def __init__(self, plan: SessionPlan, backend: Backend) -> None:
+    spec = plan.spec
+    return build_training_process(
+        plan.task, spec.dp, fmt=plan.fmt, seed=spec.seed,
+        clients_per_round=plan.population.expected_clients_per_round,
+    )
+
+
+class _Trainer:
+    """Holds the compiled process and the server state between rounds.
+
+    With ``frozen`` (a plan's computations), sites run the plan's frozen training
+    computation instead of a fresh compile; its type must match the process's.
+    """
+
+    def __init__(self, plan: SessionPlan, backend: Backend, frozen: Any = None) -> None:
         import tensorflow_federated as tff
 
-        from tffprod.process import build_training_process
         from tffprod.router import RoundRouter
 
         spec = plan.spec
         self._Struct = tff.structure.Struct
-        self.process = build_training_process(
-            plan.task, spec.dp, fmt=plan.fmt, seed=spec.seed, clients_per_round=len(plan.datasets)
-        )
+        self.process = training_process(plan)
         self.ctx = backend.coordinator_context()
         form = tff.backends.native.compile_to_mergeable_comp_form(self.process.next)
-        self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites)
+        site_computation = None
+        if frozen is not None:
+            from tffprod.plan import check_signature
+
+            check_signature("train", frozen.train, form.up_to_merge, frozen.plan_id)
+            site_computation = frozen.train
+        self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites,
+                                  site_computation=site_computation)
         state = self.ctx.invoke(self.process.initialize, None)
         self.state = self.ctx.invoke(
             self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
         )
+        self.min_sites = spec.min_sites
         self.refs_by_site: dict[str, list[str]] = {}
-        for row in plan.datasets:
-            self.refs_by_site.setdefault(row["site"], []).append(backend.reference(row))
+        if not plan.population.client_level:
+            for row in plan.datasets:
+                self.refs_by_site.setdefault(row["site"], []).append(backend.reference(row))
 
-    def run_round(self):
-        outcome = self.router.run_round(self.state, self.refs_by_site)
+    def run_round(self, refs_by_site: Optional[Mapping[str, list[str]]] = None):
+        """One round over ``refs_by_site`` (default: every dataset, one client each)."""
+        refs = self.refs_by_site if refs_by_site is None else refs_by_site
+        outcome = self.router.run_round(self.state, refs, min_sites=min(self.min_sites, len(refs)))
         self.state = outcome.output.state
         return outcome
 
@@ -158,15 +206,25 @@ class _Trainer:
 
 
 def _participants(outcome: Any, plan: SessionPlan) -> list[dict]:
+    """One record per called site; ``examples`` is None for sampled clients (their sizes stay at the site)."""
     examples = {}
     for row in plan.datasets:
         examples[row["site"]] = examples.get(row["site"], 0) + int(row["num_examples"])
+    client_level = plan.population.client_level
     out = []
-    for site in outcome.sites:
+    for site in outcome.sites if outcome else []:
         record = site.to_dict()
-        record["examples"] = examples.get(site.site, 0) if site.status == "ok" else 0
+        record["examples"] = 0 if site.status != "ok" else None if client_level else examples.get(site.site, 0)
         out.append(record)
     return out
+
+
+def _refs_by_site(sampler: ClientSampler, backend: Backend) -> dict[str, list[str]]:
+    """This round's sampled clients as references, grouped by site (sites without any are left out)."""
+    refs: dict[str, list[str]] = {}
+    for client in sampler.draw():
+        refs.setdefault(client.dataset["site"], []).append(backend.reference(client.reference_row()))
+    return refs
 
 
 def run_session(
@@ -176,11 +234,14 @@ def run_session(
     backend: Backend,
     artifacts_dir: Path,
     progress: Optional[Callable[[RoundReport], None]] = None,
+    frozen: Any = None,
 ) -> dict:
     """Record and run a planned session; returns the finished session's registry row.
 
     The backend must not be open yet; this opens it for the session's sites and
-    closes it at the end, ending every process it started.
+    closes it at the end, ending every process it started. ``frozen``
+    (:class:`tffprod.plan.FrozenComputations`) runs an approved plan's computations
+    at the sites, exactly as approved.
 
     Raises:
         SessionError: training failed; the session is recorded as failed with the reason.
@@ -190,44 +251,60 @@ def run_session(
     spec = plan.spec
     session = registry.create_session(
         name=spec.name,
-        spec=spec.to_dict(),
+        spec=dict(spec.to_dict(), plan_id=frozen.plan_id) if frozen is not None else spec.to_dict(),
         task=plan.task.summary(),
         backend=backend.name,
         rounds_planned=spec.rounds,
         datasets=[row["ref"] for row in plan.datasets],
+        privacy=plan.population.describe(),
     )
     session_id = session["id"]
     registry.start_session(session_id)
     ledger = _ledger(spec)
     trainer = None
     try:
+        backend.frozen = frozen is not None
         backend.open(plan.sites)
-        trainer = _Trainer(plan, backend)
+        trainer = _Trainer(plan, backend, frozen)
         train_metrics: dict = {}
         rounds = min(spec.rounds, plan.budget.max_rounds) if plan.budget.limited else spec.rounds
+        population = plan.population
+        sampler = ClientSampler(population, seed=spec.seed) if population.client_level else None
+        event = None  # TFF's DP event of the last round that ran
         for round_num in range(1, rounds + 1):
-            outcome = trainer.run_round()
-            epsilon = ledger.record_round(sampling_rate=1.0, event=trainer.dp_event()) if ledger else None
-            metrics = plain_metrics(outcome.output.metrics)
-            train_metrics = metrics.get("client_work", {}).get("train", metrics)
+            refs = _refs_by_site(sampler, backend) if sampler else None
+            # A round in which nobody was sampled leaves the state as it was, and still counts for privacy.
+            outcome = trainer.run_round(refs) if refs is None or refs else None
+            event = trainer.dp_event() if ledger and outcome else event
+            epsilon = ledger.record_round(event=event, **population.accounting()) if ledger else None
+            epsilon_pld = ledger.epsilon("pld") if ledger and population.client_level and \
+                ledger.supports("pld") else None
+            metrics = plain_metrics(outcome.output.metrics) if outcome else {}
+            train_metrics = metrics.get("client_work", {}).get("train", metrics) if outcome else train_metrics
             participants = _participants(outcome, plan)
+            clients = sum(p["clients"] for p in participants if p["status"] == "ok")
+            duration_s = outcome.duration_s if outcome else 0.0
             registry.record_round(
                 session_id,
                 round_num=round_num,
                 metrics=metrics,
                 participants=participants,
-                duration_s=outcome.duration_s,
+                duration_s=duration_s,
                 epsilon=epsilon,
                 spend=_spend(plan, epsilon, round_num) if ledger else None,
+                sampling_rate=population.sampling_rate,
+                clients=clients,
+                epsilon_pld=epsilon_pld,
             )
             if progress:
-                progress(RoundReport(round_num, spec.rounds, train_metrics, participants, outcome.duration_s, epsilon))
+                progress(RoundReport(round_num, spec.rounds, train_metrics, participants, duration_s, epsilon,
+                                     clients, epsilon_pld))
         stopped = None if rounds == spec.rounds else (
             f"stopped after round {rounds} of {spec.rounds}: one more would exceed the remaining privacy "
             f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.get)}")
         weights = trainer.weights()
         version = _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
-                                  stopped)
+                                  stopped, frozen)
         registry.finish_session(session_id, status="finished")
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
@@ -260,8 +337,23 @@ def _ledger(spec: SessionSpec):
     return PrivacyLedger(noise_multiplier=spec.dp.noise_multiplier, delta=spec.dp.delta)
 
 
+def _model_dp(plan: SessionPlan, ledger: Any) -> dict:
+    """The spec's [dp] table, plus (with DP) the unit of privacy, the sampling and every accountant's epsilon."""
+    dp = plan.spec.dp.to_dict()
+    if ledger is None:
+        return dp
+    population = plan.population
+    privacy = population.describe()
+    # Site-level sessions report RDP only, as before; PLD cannot account fixed-size samples.
+    epsilons = {name: ledger.epsilon(name) if name in privacy["accountants"] else None for name in ("rdp", "pld")}
+    note = "dp_accounting's PLD accountant does not support fixed-size sampling; RDP only" \
+        if population.client_level and epsilons["pld"] is None else None
+    privacy.update(rounds=ledger.rounds, epsilon=epsilons, note=note)
+    return {**dp, "privacy": privacy}
+
+
 def _register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
-                    stopped) -> dict:
+                    stopped, frozen=None) -> dict:
     from tffprod.evaluation import evaluate
     from tffprod.export import save_artifacts
 
@@ -269,7 +361,8 @@ def _register_model(plan, registry, backend, session_id, weights, train_metrics,
     evaluation = None
     if plan.eval_datasets:
         evaluation = evaluate(plan.task, weights, plan.eval_datasets, backend=backend, fmt=plan.fmt,
-                              timeout_s=spec.round_timeout_s)
+                              timeout_s=spec.round_timeout_s,
+                              site_computation=frozen.eval if frozen is not None else None)
     artifact = save_artifacts(plan.task, weights, Path(artifacts_dir) / spec.name / session_id)
     metrics = {"train": train_metrics}
     if stopped:
@@ -283,7 +376,7 @@ def _register_model(plan, registry, backend, session_id, weights, train_metrics,
         session_id=session_id,
         artifact_path=str(artifact.resolve()),
         metrics=metrics,
-        dp=spec.dp.to_dict(),
+        dp=_model_dp(plan, ledger),
         epsilon=ledger.epsilon() if ledger else None,
         delta=spec.dp.delta if ledger else None,
         datasets=[row["ref"] for row in plan.datasets],

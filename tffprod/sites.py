@@ -88,16 +88,24 @@ def check_site(registry: Any, name: str) -> dict:
     """Prove the TLS handshake, the token, version compatibility and the catalog.
 
     Returns:
-        ``{"site", "address", "ok", "versions", "problems", "catalog", "health"}``.
+        ``{"site", "address", "ok", "computations", "warnings", "versions", "problems", "catalog", "health"}``;
+        ``computations`` is the site's policy, ``"approved"`` or ``"any"`` (development only, warned about).
     """
     info = fetch_info(registry, name)
     problems = _versions_compatible(local_versions(), info.get("versions", {}))
     if info.get("health", {}).get("worker") != "up":
         problems.append("the site's executor worker is not running")
+    computations = info.get("computations", "unknown")
+    warnings = []
+    if computations != "approved":
+        warnings.append(f"site {name} runs ANY computation (computations = \"{computations}\"): a coordinator "
+                        "can read any file its worker can read; development only")
     return {
         "site": name,
         "address": registry.get_site(name)["address"],
         "ok": not problems,
+        "computations": computations,
+        "warnings": warnings,
         "versions": info.get("versions", {}),
         "problems": problems,
         "catalog": [entry["name"] for entry in info.get("catalog", [])],
@@ -123,7 +131,9 @@ def sync_site(registry: Any, name: str) -> list[dict]:
 
     A dataset whose content and schema are unchanged keeps its version; a changed
     one becomes a new version whose path names the site (``site://SITE/NAME``):
-    the coordinator never learns the site's file paths.
+    the coordinator never learns the site's file paths. A dataset with a client-id
+    column is mirrored with the column's name and how many clients it holds (never
+    their ids).
 
     A dataset's privacy budget in the site's config is mirrored into the
     registry with ``source="site"`` on every sync, replacing whatever budget
@@ -145,13 +155,15 @@ def sync_site(registry: Any, name: str) -> list[dict]:
             latest = registry.get_dataset(ref)
         except TffprodError:
             latest = None
-        if latest and latest["content_hash"] == entry["content_hash"] and latest["schema"] == entry["schema"]:
+        client_id, num_clients = entry.get("client_id"), int(entry.get("num_clients") or 1)
+        if (latest and latest["content_hash"] == entry["content_hash"] and latest["schema"] == entry["schema"]
+                and latest.get("client_id") == client_id and latest["num_clients"] == num_clients):
             rows.append(latest)
             continue
         rows.append(registry.add_dataset(
             site=name, name=entry["name"], path=f"{SITE_PATH_PREFIX}{name}/{entry['name']}",
             format=entry["format"], schema=entry["schema"], num_examples=entry["num_examples"],
-            content_hash=entry["content_hash"],
+            content_hash=entry["content_hash"], client_id=client_id, num_clients=num_clients,
         ))
     for dataset, budget in budgets.items():
         if budget is not None:

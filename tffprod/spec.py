@@ -17,6 +17,10 @@ Example::
     noise_multiplier = 0.5
     clip = 1.0
     delta = 1e-5
+
+    [sampling]                  # only for datasets with a client-id column
+    client_rate = 0.05          # Poisson: each client takes part with this chance;
+    # clients_per_round = 20    # or exactly this many, drawn without replacement
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 
 _TOP_REQUIRED = ("name", "task", "datasets", "rounds")
-_TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "dp")
+_TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "dp", "sampling")
+_SAMPLING_KEYS = ("client_rate", "clients_per_round")
 _DP_KEYS = {
     "none": ("mechanism",),
     "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta", "on_budget"),
@@ -224,6 +229,62 @@ def _not_applicable(key: str, mechanism: str) -> str:
     )
 
 
+# ---------------------------------------------------------------- SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Which clients train each round (the spec's ``[sampling]`` table); exactly one key.
+
+    Sampling draws from every client of every training dataset across sites, so it needs
+    datasets with a client-id column; draws come from a numpy Generator seeded with the
+    spec's ``seed``, so a session is reproducible.
+
+    Attributes:
+        client_rate: Poisson sampling: each client takes part in a round with this
+            probability q, in (0, 1]; DP accounting uses q.
+        clients_per_round: exactly this many clients a round, drawn without replacement;
+            DP accounting uses k of N (replace-one neighbours).
+    """
+
+    client_rate: Optional[float] = None
+    clients_per_round: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if (self.client_rate is None) == (self.clients_per_round is None):
+            raise SpecError("'[sampling]' needs exactly one of 'sampling.client_rate' (Poisson) "
+                            "or 'sampling.clients_per_round' (a fixed number)")
+        if self.client_rate is not None:
+            object.__setattr__(self, "client_rate", _number("sampling.client_rate", self.client_rate,
+                                                            lambda v: 0 < v <= 1, "a number with 0 < q <= 1"))
+        else:
+            _integer("sampling.clients_per_round", self.clients_per_round, minimum=1)
+
+    @property
+    def mode(self) -> str:
+        """``"poisson"`` or ``"fixed"``."""
+        return "poisson" if self.client_rate is not None else "fixed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[sampling]`` table: its one key."""
+        return {"client_rate": self.client_rate} if self.mode == "poisson" else \
+            {"clients_per_round": self.clients_per_round}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SamplingConfig":
+        """Builds a config from a ``[sampling]`` table.
+
+        Raises:
+            SpecError: an unknown key, both or neither key, or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"'sampling' must be a table, got {type_name(data)} {data!r}")
+        for key in data:
+            if key not in _SAMPLING_KEYS:
+                raise SpecError(f"unknown key 'sampling.{key}'{did_you_mean(key, _SAMPLING_KEYS)}")
+        return cls(**data)
+
+
 # ---------------------------------------------------------------- SessionSpec
 
 
@@ -243,6 +304,7 @@ class SessionSpec:
         min_sites: fewest sites whose results a round needs to count.
         round_timeout_s: deadline of one round, in seconds.
         dp: the differential privacy settings.
+        sampling: client sampling (``[sampling]``), or None: every client every round.
         source: the spec file this was read from, if any (not compared).
     """
 
@@ -256,6 +318,7 @@ class SessionSpec:
     min_sites: int = 1
     round_timeout_s: float = 600.0
     dp: DPConfig = DPConfig()
+    sampling: Optional[SamplingConfig] = None
     source: Optional[str] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -286,8 +349,11 @@ class SessionSpec:
         set_("round_timeout_s", _number("round_timeout_s", self.round_timeout_s, lambda v: v > 0, "a number > 0"))
         if not isinstance(self.dp, DPConfig):
             raise SpecError(f"'dp' must be a DPConfig, got {type(self.dp).__name__}")
+        if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
+            raise SpecError(f"'sampling' must be a SamplingConfig, got {type(self.sampling).__name__}")
         z, n = self.dp.noise_multiplier, self.clients_per_round
-        if self.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * n:
+        # With sampling, clients per round are known only with the datasets (checked when planning).
+        if self.sampling is None and self.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * n:
             raise SpecError(
                 f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {n} dataset(s) per round: "
                 f"TFF's adaptive clipping also noises the clipped-count estimate (stddev 0.05 * clients per "
@@ -318,6 +384,7 @@ class SessionSpec:
             "min_sites": self.min_sites,
             "round_timeout_s": self.round_timeout_s,
             "dp": self.dp.to_dict(),
+            **({"sampling": self.sampling.to_dict()} if self.sampling is not None else {}),
         }
 
     @classmethod
@@ -338,13 +405,16 @@ class SessionSpec:
             for key in data:
                 if key not in _TOP_KEYS:
                     in_dp = key in _ALL_DP_KEYS
-                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else did_you_mean(key, _TOP_KEYS)
+                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else \
+                        f" (did you mean '[sampling] {key}'?)" if key in _SAMPLING_KEYS else did_you_mean(key, _TOP_KEYS)
                     raise SpecError(f"unknown key {key!r}{hint}")
             for key in _TOP_REQUIRED:
                 if key not in data:
                     raise SpecError(f"missing required key {key!r}")
             fields = dict(data)
             fields["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
+            if "sampling" in data:
+                fields["sampling"] = SamplingConfig.from_dict(data["sampling"])
             fields["task"] = resolve_task(task_path("task", data["task"]), source)
         except SpecError as e:
             raise SpecError(f"{source}: {e}" if source else str(e)) from None
@@ -392,11 +462,14 @@ def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
     """
     data = spec.to_dict()
     dp = data.pop("dp")
+    sampling = data.pop("sampling", None)
     # A relative file.py task path of a spec built in code means "from the current folder";
     # written as is, it would be read back relative to the new file's folder.
     data["task"] = resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
     lines = [f"{key} = {toml_value(value)}" for key, value in data.items()]
     lines += ["", "[dp]"] + [f"{key} = {toml_value(value)}" for key, value in dp.items()]
+    if sampling:
+        lines += ["", "[sampling]"] + [f"{key} = {toml_value(value)}" for key, value in sampling.items()]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -42,15 +42,18 @@ def write_spec(path, **fields) -> str:
 
 
 @contextlib.contextmanager
-def running_federation(root: Path, datasets: dict):
+def running_federation(root: Path, datasets: dict, *, computations: str = "any"):
     """Real site processes (gateway + worker, mTLS) for ``datasets`` and a registry that knows them.
+
+    Sites run any computation unless ``computations="approved"`` (then only approved plans).
 
     Yields ``(federation, registry)``; afterwards every site process and its worker are gone.
     """
     from tffprod.federation import LocalFederation
     from tffprod.registry import Registry
 
-    fed = LocalFederation(root / "fed", datasets)
+    workers_before = {p.pid for p in worker_children()}
+    fed = LocalFederation(root / "fed", datasets, computations=computations)
     fed.prepare()
     fed.start()
     site_pids = list(fed.pids().values())
@@ -63,4 +66,4 @@ def running_federation(root: Path, datasets: dict):
         fed.stop()
     for pid in site_pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert worker_children() == []
+    assert [p for p in worker_children() if p.pid not in workers_before] == []

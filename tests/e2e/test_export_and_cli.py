@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -152,8 +153,13 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
     # Each site audited the coordinator's calls.
     for site in digits.SITES:
         audit = (work / "sites" / site / "state" / "audit.jsonl").read_text().splitlines()
-        assert audit and all(json.loads(line)["identity"] == "coordinator" for line in audit)
-    assert summary["repeat_command"].startswith("tffprod session run --spec ")
+        lines = [json.loads(line) for line in audit]
+        assert lines and all(line["identity"] == "coordinator" for line in lines if line["method"] != "approve")
+        assert any(line["method"] == "approve" and line["plan"] for line in lines)  # the operator's approval
+        assert any(line.get("release", {}).get("round") == 3 for line in lines)  # the third round's release
+    plan_cmd, *approve_cmds, run_cmd = summary["repeat_commands"]
+    assert plan_cmd.startswith("tffprod session plan --spec ") and run_cmd.startswith("tffprod session run ")
+    assert len(approve_cmds) == len(digits.SITES)
     # By hand: start the same sites from the configs the demo left, then repeat the training.
     sites = [subprocess.Popen([TFFPROD, "site", "serve", "--config", config, "--json"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
@@ -161,8 +167,13 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
     try:
         for site in sites:
             assert _ready_info(site)["tls"] is True
-        rerun = tffprod("session", "run", "--spec", summary["spec"], "--registry", summary["registry"], "--json",
-                        cwd=tmp_path)
+        # The demo's plan has served its 3 approved rounds: replaying it is refused by the sites.
+        replay = tffprod("session", "run", "--plan", summary["plan"], "--registry", summary["registry"],
+                         cwd=tmp_path, check=False)
+        assert replay.returncode == 6 and "approved round" in replay.stderr
+        for command in summary["repeat_commands"][:-1]:
+            tffprod(*shlex.split(command)[1:], cwd=tmp_path)
+        rerun = tffprod(*shlex.split(summary["repeat_commands"][-1])[1:], "--json", cwd=tmp_path)
         assert json.loads(rerun.stdout)["model_version"]["version"] == 2
     finally:
         for site in sites:

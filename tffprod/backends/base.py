@@ -34,6 +34,14 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self._contexts: dict[str, Any] = {}
         self._coordinator: Any = None
+        # Set before ``open``: sites then run computations as given (an approved plan's
+        # frozen bytes), without TFF's compiler; the coordinator context always compiles.
+        self.frozen = False
+
+    @property
+    def site_compiler(self) -> Any:
+        """The ``compiler_fn`` of site contexts: None for frozen computations."""
+        return None if self.frozen else "default"
 
     @abc.abstractmethod
     def open(self, sites: list[SiteTarget]) -> None:

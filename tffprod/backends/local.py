@@ -26,9 +26,9 @@ class LocalBackend(Backend):
         super().__init__()
         self._log_dir = Path(log_dir) if log_dir else None
         self._workers: dict[str, WorkerProcess] = {}
+        self._shards: dict[tuple, list[Path]] = {}
 
     def open(self, sites: list[SiteTarget]) -> None:
-        super().__init__()
         from tffprod.contexts import channel_context, insecure_channel
 
         try:
@@ -38,11 +38,11 @@ class LocalBackend(Backend):
             # Start every worker before opening any channel: fewer gRPC threads alive while forking.
             started = {name: self._start_worker(name) for name in names}
             for name, worker in started.items():
-                context = channel_context(insecure_channel(worker.address))
                 if name == "coordinator":
-                    self._coordinator = context
+                    self._coordinator = channel_context(insecure_channel(worker.address))
                 else:
-                    self._contexts[name.removeprefix("site-")] = context
+                    self._contexts[name.removeprefix("site-")] = channel_context(
+                        insecure_channel(worker.address), compiler_fn=self.site_compiler)
         except BaseException:
             self.close()
             raise
@@ -67,7 +67,28 @@ class LocalBackend(Backend):
         return [w.pid for w in self._workers.values() if w.alive()]
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
+        """The file's path; for one client (``client_index``) of a dataset with a client-id
+        column, the path of that client's shard (split once per backend, as a site does)."""
         if dataset["path"].startswith("site://"):
             raise DatasetError(f"dataset {dataset['ref']} lives only at site {dataset['site']}; "
                                "use --backend remote")
-        return str(Path(dataset["path"]).resolve())
+        path = Path(dataset["path"]).resolve()
+        if dataset.get("client_index") is None:
+            return str(path)
+        return str(self._client_shards(dataset)[int(dataset["client_index"])])
+
+    def _client_shards(self, dataset: Mapping[str, Any]) -> list[Path]:
+        from tffprod.datafiles import split_by_client
+
+        key = (dataset["site"], dataset["name"], dataset["content_hash"])
+        if key not in self._shards:
+            if self._log_dir is None:
+                self._log_dir = Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
+            digest = dataset["content_hash"].removeprefix("sha256:")[:16]
+            out = self._log_dir / "clients" / f"{dataset['site']}-{dataset['name']}-{digest}"
+            shards = split_by_client(dataset["path"], dataset["format"], dataset["client_id"], out)
+            if len(shards) != dataset["num_clients"]:
+                raise DatasetError(f"dataset {dataset['ref']}: holds {len(shards)} clients, "
+                                   f"{dataset['num_clients']} when registered; register it again")
+            self._shards[key] = shards
+        return self._shards[key]

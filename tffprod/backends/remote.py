@@ -50,7 +50,7 @@ class RemoteBackend(Backend):
                 self._channels[site.name] = channel
                 if self._verify:
                     self._check_catalog(site, channel, connection)
-                self._contexts[site.name] = channel_context(channel)
+                self._contexts[site.name] = channel_context(channel, compiler_fn=self.site_compiler)
         except BaseException:
             self.close()
             raise
@@ -65,7 +65,8 @@ class RemoteBackend(Backend):
             entry = catalog.get(row["name"])
             if entry is None:
                 raise DatasetError(f"dataset {row['ref']}: site {site.name} no longer serves '{row['name']}'")
-            if entry["content_hash"] != row["content_hash"]:
+            if entry["content_hash"] != row["content_hash"] or \
+                    (entry.get("client_id"), entry.get("num_clients") or 1) != (row.get("client_id"), row["num_clients"]):
                 raise DatasetError(f"dataset {row['ref']}: changed at site {site.name} since it was registered; "
                                    f"run 'tffprod site sync {site.name}'")
 
@@ -80,4 +81,6 @@ class RemoteBackend(Backend):
         self._coordinator = None
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
-        return dataset["name"]
+        """The catalog name, or ``NAME#INDEX`` for one client of a dataset with a client-id column."""
+        index = dataset.get("client_index")
+        return dataset["name"] if index is None else f"{dataset['name']}#{int(index)}"

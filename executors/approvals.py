@@ -1,0 +1,297 @@
+"""Computation approval: a site runs only the computations its operator approved.
+
+A coordinator freezes a session into a *plan* (``tffprod session plan``): a JSON
+file with the session's settings, datasets, DP parameters and the compiled
+computations that will run at sites, each as base64 ``Computation`` bytes with
+its SHA-256. The plan's id is the SHA-256 of its canonical JSON (everything but
+the id). Frozen computations go over the wire byte for byte as reviewed
+(shared/design/tff-0.87-facts.md section 6), so the gateway can allow-list them
+by hash.
+
+A site operator reads the plan (``tffprod site plan show``) and approves it
+(``tffprod site approve``). Approval re-derives every hash from the bytes (an
+edited or forged plan does not match), checks the plan names this site and
+only datasets of its catalog with their current content, and that no site
+computation returns a CLIENTS-placed value (only aggregates may leave). The
+approval is a small JSON record in ``STATE_DIR/approvals/`` that the running
+gateway picks up without a restart.
+
+TF-free: only ``json``, ``hashlib`` and TFF's generated protobuf modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tffprod.errors import TffprodError
+
+__all__ = ["PLAN_FORMAT", "Approval", "ApprovalStore", "Plan", "PlanError", "approve", "approve_at_site",
+           "canonical_id", "computation_sha256", "load_plan"]
+
+PLAN_FORMAT = "tffprod-plan/1"
+APPROVALS_DIR = "approvals"
+ROLES = ("train", "eval")
+
+
+class PlanError(TffprodError):
+    """A plan cannot be read, does not verify, or cannot be approved at this site."""
+
+    exit_code = 10
+
+
+def canonical_id(body: Mapping[str, Any]) -> str:
+    """SHA-256 hex of ``body`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def computation_sha256(computation: Any) -> str:
+    """SHA-256 hex of a ``computation_pb2.Computation`` serialized deterministically."""
+    return hashlib.sha256(computation.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _clients_placed(type_proto: Any) -> bool:
+    """True if the ``Type`` proto contains a CLIENTS-placed value that is not all-equal."""
+    kind = type_proto.WhichOneof("type")
+    if kind == "federated":
+        fed = type_proto.federated
+        if fed.placement.value.uri == "clients" and not fed.all_equal:
+            return True
+        return _clients_placed(fed.member)
+    if kind == "struct":
+        return any(_clients_placed(e.value) for e in type_proto.struct.element)
+    if kind == "function":  # a function value returned to the caller would carry code, not data
+        return True
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A verified plan. ``document`` is the whole JSON; computations keep their bytes there."""
+
+    plan_id: str
+    document: dict
+
+    @property
+    def session(self) -> dict:
+        return self.document["session"]
+
+    @property
+    def privacy(self) -> dict:
+        return self.document["privacy"]
+
+    @property
+    def datasets(self) -> list[dict]:
+        return self.document["datasets"]
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted({d["site"] for d in self.datasets})
+
+    @property
+    def computations(self) -> list[dict]:
+        return self.document["computations"]
+
+    def computation_bytes(self, role: str) -> Optional[bytes]:
+        for entry in self.computations:
+            if entry["role"] == role:
+                return base64.b64decode(entry["proto"])
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What an operator reviews: everything but the computations' bytes."""
+        document = {k: v for k, v in self.document.items() if k != "computations"}
+        document["computations"] = [{k: v for k, v in c.items() if k != "proto"} for c in self.computations]
+        return {"plan_id": self.plan_id, **document}
+
+
+def _require(document: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(document, dict) or not isinstance(document.get(key), kind):
+        raise PlanError(f"{where}: '{key}' is missing or not a {kind.__name__}")
+    return document[key]
+
+
+def load_plan(path: os.PathLike | str) -> Plan:
+    """Read and verify a plan: its format, its id and every computation's hash and type.
+
+    Raises:
+        PlanError: unreadable, malformed, edited (an id or hash does not match its content),
+            or a computation that would release CLIENTS-placed values.
+    """
+    from tffprod.executors.protos import computation_pb2
+
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PlanError(f"plan {path}: not a readable JSON plan ({type(e).__name__})") from None
+    where = f"plan {path}"
+    if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
+        raise PlanError(f"{where}: not a {PLAN_FORMAT} plan")
+    stated = _require(document, "plan_id", str, where)
+    for key, kind in (("session", dict), ("privacy", dict), ("datasets", list), ("computations", list)):
+        _require(document, key, kind, where)
+    body = {k: v for k, v in document.items() if k != "plan_id"}
+    if canonical_id(body) != stated:
+        raise PlanError(f"{where}: content does not match its plan id {stated[:16]}... (edited or forged)")
+    for i, d in enumerate(document["datasets"]):
+        for key in ("site", "name", "content_hash", "role"):
+            _require(d, key, str, f"{where}: datasets[{i}]")
+    roles = set()
+    for i, entry in enumerate(document["computations"]):
+        role = _require(entry, "role", str, f"{where}: computations[{i}]")
+        digest = _require(entry, "sha256", str, f"{where}: computations[{i}]")
+        if role not in ROLES or role in roles:
+            raise PlanError(f"{where}: computations[{i}]: role {role!r} is unknown or repeated")
+        roles.add(role)
+        try:
+            raw = base64.b64decode(_require(entry, "proto", str, f"{where}: computations[{i}]"), validate=True)
+            computation = computation_pb2.Computation.FromString(raw)
+        except (binascii.Error, ValueError, Exception):
+            raise PlanError(f"{where}: computation '{role}' does not decode") from None
+        if computation_sha256(computation) != digest:
+            raise PlanError(f"{where}: computation '{role}' does not match its sha256 {digest[:16]}... "
+                            "(edited or forged)")
+        if computation.type.WhichOneof("type") != "function":
+            raise PlanError(f"{where}: computation '{role}' is not a function")
+        if _clients_placed(computation.type.function.result):
+            raise PlanError(f"{where}: computation '{role}' returns CLIENTS-placed values; a site releases "
+                            "only aggregates")
+    if "train" not in roles:
+        raise PlanError(f"{where}: has no 'train' computation")
+    return Plan(stated, document)
+
+
+@dataclasses.dataclass(frozen=True)
+class Approval:
+    """What a site approved: one plan's computations, its datasets at this site, rounds and DP terms."""
+
+    plan_id: str
+    site: str
+    session: str
+    approved_at: str
+    rounds: int
+    datasets: tuple[str, ...]  # catalog names at this site
+    computations: Mapping[str, str]  # sha256 -> role
+    privacy: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["datasets"] = list(self.datasets)
+        data["computations"] = dict(self.computations)
+        data["privacy"] = dict(self.privacy)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Approval":
+        return cls(plan_id=data["plan_id"], site=data["site"], session=data["session"],
+                   approved_at=data["approved_at"], rounds=int(data["rounds"]),
+                   datasets=tuple(data["datasets"]), computations=dict(data["computations"]),
+                   privacy=dict(data["privacy"]))
+
+
+def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str) -> Approval:
+    """Approve ``plan`` at ``site`` (its ``catalog``: name -> ``CatalogEntry``) and record it.
+
+    Raises:
+        PlanError: the plan is for other sites, names a dataset the site does not serve, or
+            a dataset whose content changed since the plan was made.
+    """
+    mine = [d for d in plan.datasets if d["site"] == site]
+    if not mine:
+        raise PlanError(f"plan {plan.plan_id[:16]} is for site(s) {', '.join(plan.sites)}, not {site}")
+    for d in mine:
+        entry = catalog.get(d["name"])
+        if entry is None:
+            raise PlanError(f"plan {plan.plan_id[:16]} names dataset '{d['name']}', which site {site} does not serve")
+        if entry.content_hash != d["content_hash"]:
+            raise PlanError(f"plan {plan.plan_id[:16]}: dataset '{d['name']}' changed at site {site} since the "
+                            "plan was made; make a new plan")
+    approval = Approval(
+        plan_id=plan.plan_id,
+        site=site,
+        session=str(plan.session.get("name", "")),
+        approved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        rounds=int(plan.session.get("rounds", 0)),
+        datasets=tuple(sorted({d["name"] for d in mine})),
+        computations={c["sha256"]: c["role"] for c in plan.computations},
+        privacy=dict(plan.privacy),
+    )
+    folder = Path(state_dir) / APPROVALS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{plan.plan_id}.json"
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(approval.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    return approval
+
+
+class ApprovalStore:
+    """The approvals in ``STATE_DIR/approvals``, re-read when the folder changes."""
+
+    def __init__(self, state_dir: os.PathLike | str) -> None:
+        self.folder = Path(state_dir) / APPROVALS_DIR
+        self._lock = threading.Lock()
+        self._stamp: Optional[tuple] = None
+        self._approvals: list[Approval] = []
+
+    def _refresh(self) -> None:
+        try:
+            entries = sorted(self.folder.glob("*.json"))
+            stamp = tuple((p.name, p.stat().st_mtime_ns) for p in entries)
+        except OSError:
+            entries, stamp = [], ()
+        if stamp == self._stamp:
+            return
+        approvals = []
+        for path in entries:
+            try:
+                approvals.append(Approval.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged record approves nothing
+        self._approvals = sorted(approvals, key=lambda a: (a.approved_at, a.plan_id))
+        self._stamp = stamp
+
+    def all(self) -> list[Approval]:
+        """Every approval, oldest first."""
+        with self._lock:
+            self._refresh()
+            return list(self._approvals)
+
+    def for_computation(self, sha256: str) -> list[Approval]:
+        """The approvals that include the computation with this hash, oldest first."""
+        return [a for a in self.all() if sha256 in a.computations]
+
+    def datasets(self) -> frozenset[str]:
+        """Catalog names that some approved plan may read."""
+        return frozenset(name for a in self.all() for name in a.datasets)
+
+
+def approve_at_site(plan_path: os.PathLike | str, config: Any) -> Approval:
+    """``tffprod site approve``: verify the plan file, approve it for the site ``config``
+    (a :class:`tffprod.executors.config.SiteConfig`) and record the approval in its audit log.
+
+    Raises:
+        PlanError: the plan does not verify or is not for this site and its data.
+        DatasetError: a catalog file is missing or corrupt.
+    """
+    from tffprod.executors.audit import AuditLog
+    from tffprod.executors.serve import AUDIT_FILE
+
+    plan = load_plan(plan_path)
+    approval = approve(plan, site=config.name, catalog=config.build_catalog(), state_dir=config.state_dir)
+    with AuditLog(Path(config.state_dir) / AUDIT_FILE) as audit:
+        audit.record(identity="operator", method="approve", bytes_in=0, bytes_out=0, status="OK", duration_s=0.0,
+                     plan=approval.plan_id, computations=dict(approval.computations), datasets=list(approval.datasets))
+    return approval

@@ -1,0 +1,183 @@
+"""Computation approval and the site's own privacy ledger, with real site processes over mTLS.
+
+Sites here require approval (``computations = "approved"``) except where a test
+shows the development policy. The coordinator makes a plan, each site approves it
+through the CLI, and the session runs the plan's frozen computations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+from click.testing import CliRunner
+
+from tffprod.accounting import epsilon_for
+from tffprod.backends import create_backend
+from tffprod.cli.main import cli
+from tffprod.connections import SiteConnection
+from tffprod.contexts import channel_context
+from tffprod.errors import SessionError
+from tffprod.examples import digits
+from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.audit import read_audit_log
+from tffprod.executors.config import load_site_config
+from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
+from tffprod.export import export_artifact
+from tffprod.plan import make_plan, train_from_plan, write_plan
+from tffprod.session import plan_session
+from tffprod.spec import SessionSpec
+
+from .conftest import running_federation
+
+pytestmark = pytest.mark.e2e
+
+TASK = "tffprod.examples.digits:task"
+SITES = digits.SITES[:2]
+Z, DELTA = 1.0, 1e-5
+BUDGET_ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("approval")
+    return root, digits.prepare(root / "data")
+
+
+@pytest.fixture(scope="module")
+def budget_epsilon():
+    # Just above what 3 rounds cost: the 4th never fits.
+    return epsilon_for(noise_multiplier=Z, rounds=BUDGET_ROUNDS, delta=DELTA) * (1 + 1e-6)
+
+
+@pytest.fixture(scope="module")
+def approved(data, budget_epsilon):
+    root, paths = data
+    datasets = {site: {"train": {"path": paths[site]["train"], "task": TASK,
+                                 "budget": {"epsilon": budget_epsilon, "delta": DELTA}},
+                       "test": {"path": paths[site]["test"], "task": TASK}} for site in SITES}
+    with running_federation(root, datasets, computations="approved") as (fed, registry):
+        yield fed, registry
+
+
+def _steal_file():
+    """The facts note's attack: read whatever file each CLIENTS string names and return the bytes."""
+
+    @tff.tensorflow.computation(np.str_)
+    def read(path):
+        return tf.io.read_file(path)
+
+    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
+    def steal(paths):
+        return tff.federated_map(read, paths)
+
+    return steal
+
+
+def _site_context(registry, site):
+    return channel_context(SiteConnection.from_registry(registry.get_site(site)).channel())
+
+
+def _plan(registry, path, *, rounds, on_budget="stop", min_sites=len(SITES)):
+    spec = SessionSpec.from_dict({
+        "name": "digits-approved", "task": TASK, "datasets": [f"{s}/train" for s in SITES],
+        "eval_datasets": [f"{s}/test" for s in SITES], "rounds": rounds, "seed": 0, "min_sites": min_sites,
+        "round_timeout_s": 120.0, "backend": "remote",
+        "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+               "on_budget": on_budget}})
+    write_plan(make_plan(plan_session(spec, registry=registry)), path)
+    return path
+
+
+def _approve_everywhere(fed, plan_path):
+    for site in SITES:
+        result = CliRunner().invoke(cli, ["site", "approve", str(plan_path), "--config",
+                                          str(fed.site_config_path(site)), "--json"])
+        assert result.exit_code == 0, result.output
+
+
+def _site_state(fed, site):
+    config = load_site_config(fed.site_config_path(site))
+    return config, config.state_dir
+
+
+def _site_spent(fed, site):
+    config, state_dir = _site_state(fed, site)
+    ledger = SiteLedger(state_dir / LEDGER_FILE, site=site,
+                        budgets={name: decl.budget for name, decl in config.datasets.items()})
+    try:
+        return ledger.spent("train", ApprovalStore(state_dir).all())
+    finally:
+        ledger.close()
+
+
+@pytest.fixture(scope="module")
+def approved_plan(approved, tmp_path_factory):
+    """A 10-round DP plan over both sites' train data, approved at both sites."""
+    fed, registry = approved
+    plan_path = _plan(registry, tmp_path_factory.mktemp("plans") / "plan.json", rounds=10)
+    _approve_everywhere(fed, plan_path)
+    return plan_path
+
+
+def test_raw_file_read_is_refused_under_approval(approved, approved_plan):
+    fed, registry = approved
+    site = SITES[0]
+    # 'train' is in the approved plan, so the dataset name passes; the computation does not.
+    with pytest.raises(Exception, match="computation sha256 [0-9a-f]{64} is not approved") as refused:
+        _site_context(registry, site).invoke(_steal_file(), ["train"])
+    assert "PERMISSION_DENIED" in str(refused.value) or "permission" in str(refused.value).lower()
+    _, state_dir = _site_state(fed, site)
+    denied = [line for line in read_audit_log(state_dir / "audit.jsonl") if line["status"] == "PERMISSION_DENIED"]
+    assert denied and "computation sha256" in denied[-1]["detail"]
+
+
+def test_raw_file_read_works_only_under_the_explicit_development_policy(data, tmp_path):
+    root, paths = data
+    site = SITES[0]
+    datasets = {site: {"train": {"path": paths[site]["train"], "task": TASK}}}
+    with running_federation(tmp_path, datasets, computations="any") as (fed, registry):
+        check = CliRunner().invoke(cli, ["site", "check", site, "--registry", str(tmp_path / "remote.db")])
+        assert "WARNING" in check.output and "ANY computation" in check.output
+        (stolen,) = _site_context(registry, site).invoke(_steal_file(), ["train"])
+    assert stolen == paths[site]["train"].read_bytes()
+
+
+def test_budget_for_3_rounds_stops_a_10_round_plan_and_both_ledgers_agree(approved, approved_plan, tmp_path):
+    fed, registry = approved
+    plan_path = approved_plan
+    result = train_from_plan(plan_path, registry=registry, backend=create_backend("remote", registry=registry))
+    assert result["status"] == "finished" and result["rounds_completed"] == BUDGET_ROUNDS
+    version = result["model_version"]
+    assert "stopped after round 3 of 10" in version["metrics"]["stopped"]
+    assert version["epsilon"] == pytest.approx(epsilon_for(noise_multiplier=Z, rounds=BUDGET_ROUNDS, delta=DELTA))
+    assert "sparse_categorical_accuracy" in version["metrics"]["eval"]  # the approved eval computation ran
+    saved = export_artifact(version["artifact_path"], tmp_path / "model")  # a usable, exported model
+    predictions = tf.saved_model.load(str(saved)).signatures["serving_default"](
+        pixels=tf.zeros([2, 64]))["predictions"].numpy()
+    assert predictions.shape == (2, 10) and np.allclose(predictions.sum(axis=1), 1.0, atol=1e-5)
+    plan_id = load_plan(plan_path).plan_id
+    for site in SITES:
+        (report,) = registry.privacy_report(site=site, name="train")
+        site_epsilon, site_delta = _site_spent(fed, site)
+        assert site_epsilon == pytest.approx(report["spent"]["epsilon"], rel=1e-6)
+        assert site_delta == pytest.approx(report["spent"]["delta"])
+        _, state_dir = _site_state(fed, site)
+        releases = [line["release"] for line in read_audit_log(state_dir / "audit.jsonl") if "release" in line]
+        assert [r["round"] for r in releases if r["role"] == "train" and r["plan"] == plan_id] == [1, 2, 3]
+        assert any(r["role"] == "eval" and r["plan"] == plan_id for r in releases)
+
+
+def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, tmp_path, budget_epsilon):
+    fed, registry = approved
+    before = {site: _site_spent(fed, site) for site in SITES}
+    assert all(eps > 0 for eps, _ in before.values()), "runs after the budget test"
+    for site in SITES:  # the coordinator "forgets" what it spent: a fresh, huge budget
+        registry.set_budget(site, "train", epsilon=1e6, delta=0.5, source="coordinator")
+    plan_path = _plan(registry, tmp_path / "cheat.json", rounds=2, on_budget="refuse")
+    _approve_everywhere(fed, plan_path)
+    with pytest.raises(SessionError, match="privacy budget of dataset 'train' exhausted"):
+        train_from_plan(plan_path, registry=registry, backend=create_backend("remote", registry=registry))
+    for site in SITES:
+        assert _site_spent(fed, site) == before[site]  # nothing more released

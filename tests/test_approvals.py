@@ -1,0 +1,226 @@
+"""Plans, approvals and the site's privacy ledger, without TensorFlow.
+
+Plans here are built by hand from TFF's computation protos: what matters to a site is
+that hashes, ids, sites, datasets and result types are checked, not what the
+computation computes (the e2e tests run real ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from tffprod.accounting import epsilon_for
+from tffprod.cli.main import cli
+from tffprod.executors.approvals import (PLAN_FORMAT, ApprovalStore, PlanError, approve, canonical_id,
+                                         computation_sha256, load_plan)
+from tffprod.executors.datarefs import CatalogEntry, RequestRefused
+from tffprod.executors.ledger import SiteLedger, plan_epsilon
+from tffprod.executors.protos import computation_pb2
+
+SITE = "bank-a"
+Z, DELTA = 1.1, 1e-5
+
+
+def computation(result_placement: str = "server", all_equal: bool = True, name: str = "x") -> computation_pb2.Computation:
+    c = computation_pb2.Computation()
+    result = c.type.function.result.federated
+    result.placement.value.uri = result_placement
+    result.all_equal = all_equal
+    result.member.tensor.dtype = 1  # DT_FLOAT
+    c.reference.name = name
+    return c
+
+
+def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=None) -> dict:
+    comp = comp or computation()
+    data = comp.SerializeToString(deterministic=True)
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": "2026-11-25T00:00:00+00:00",
+        "session": {"name": "fraud", "rounds": rounds, "seed": 0, "min_sites": 1},
+        "spec": {"task": "tffprod.examples.fraud:task"},
+        "task": {"task": "tffprod.examples.fraud:task"},
+        "privacy": privacy or {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+                               "sampling_rate": 1.0, "accountant": "rdp", "unit": "site dataset (site-level)",
+                               "planned_epsilon": 1.0},
+        "datasets": [{"role": "train", "ref": f"{s}/train:1", "site": s, "name": "train",
+                      "content_hash": "sha256:abc", "num_examples": 10} for s in sites],
+        "computations": [{"role": "train", "sha256": hashes or computation_sha256(comp), "size_bytes": len(data),
+                          "type_signature": "(x -> y@SERVER)", "proto": base64.b64encode(data).decode()}],
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
+def write(tmp_path: Path, document: dict, name: str = "plan.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+def catalog(content_hash: str = "sha256:abc", budget=None) -> dict[str, CatalogEntry]:
+    return {"train": CatalogEntry("train", "/data/train.csv", "csv", {}, 10, content_hash, budget)}
+
+
+# ---------------------------------------------------------------- plans
+
+
+def test_a_plan_verifies_and_its_summary_has_no_computation_bytes(tmp_path):
+    document = plan_document()
+    plan = load_plan(write(tmp_path, document))
+    assert plan.plan_id == document["plan_id"] and plan.sites == [SITE]
+    summary = plan.summary()
+    assert "proto" not in json.dumps(summary) and summary["computations"][0]["sha256"] == computation_sha256(computation())
+
+
+def test_an_edited_plan_is_refused(tmp_path):
+    document = plan_document()
+    document["session"]["rounds"] = 1000
+    with pytest.raises(PlanError, match="does not match its plan id .*edited or forged"):
+        load_plan(write(tmp_path, document))
+
+
+def test_a_forged_computation_under_an_approved_hash_is_refused(tmp_path):
+    approved_hash = computation_sha256(computation(name="honest"))
+    document = plan_document(comp=computation(name="evil"), hashes=approved_hash)
+    with pytest.raises(PlanError, match="computation 'train' does not match its sha256"):
+        load_plan(write(tmp_path, document))
+
+
+def test_a_computation_returning_client_values_is_refused(tmp_path):
+    document = plan_document(comp=computation("clients", all_equal=False))
+    with pytest.raises(PlanError, match="CLIENTS-placed values"):
+        load_plan(write(tmp_path, document))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a readable JSON plan"),
+    ('{"format": "other"}', "not a tffprod-plan/1 plan"),
+    (json.dumps({"format": PLAN_FORMAT}), "'plan_id' is missing"),
+])
+def test_malformed_plans_get_one_line(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(PlanError, match=message) as info:
+        load_plan(path)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- approval
+
+
+def test_approval_is_recorded_and_found_by_hash(tmp_path):
+    plan = load_plan(write(tmp_path, plan_document()))
+    approval = approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state")
+    store = ApprovalStore(tmp_path / "state")
+    assert [a.plan_id for a in store.for_computation(computation_sha256(computation()))] == [plan.plan_id]
+    assert store.for_computation("0" * 64) == []
+    assert store.datasets() == {"train"} and approval.rounds == 3
+
+
+def test_a_plan_for_other_sites_is_refused(tmp_path):
+    plan = load_plan(write(tmp_path, plan_document(sites=("bank-b", "bank-c"))))
+    with pytest.raises(PlanError, match="is for site\\(s\\) bank-b, bank-c, not bank-a"):
+        approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state")
+    assert not (tmp_path / "state" / "approvals").exists()
+
+
+def test_a_plan_over_changed_or_unknown_data_is_refused(tmp_path):
+    plan = load_plan(write(tmp_path, plan_document()))
+    with pytest.raises(PlanError, match="changed at site bank-a"):
+        approve(plan, site=SITE, catalog=catalog("sha256:other"), state_dir=tmp_path / "state")
+    with pytest.raises(PlanError, match="names dataset 'train', which site bank-a does not serve"):
+        approve(plan, site=SITE, catalog={}, state_dir=tmp_path / "state")
+
+
+def test_a_damaged_approval_record_approves_nothing(tmp_path):
+    folder = tmp_path / "state" / "approvals"
+    folder.mkdir(parents=True)
+    (folder / "junk.json").write_text("{")
+    assert ApprovalStore(tmp_path / "state").all() == []
+
+
+# ---------------------------------------------------------------- the site's ledger
+
+
+def _ledger_and_approval(tmp_path, *, budget_rounds: float, rounds: int = 10):
+    plan = load_plan(write(tmp_path, plan_document(rounds=rounds)))
+    budget = {"epsilon": epsilon_for(noise_multiplier=Z, rounds=1, delta=DELTA) if budget_rounds == 1 else
+              epsilon_for(noise_multiplier=Z, rounds=int(budget_rounds), delta=DELTA) * (1 + 1e-9), "delta": DELTA}
+    approval = approve(plan, site=SITE, catalog=catalog(budget=budget), state_dir=tmp_path / "state")
+    ledger = SiteLedger(tmp_path / "state" / "ledger.sqlite", site=SITE, budgets={"train": budget})
+    return ledger, approval
+
+
+def test_the_ledger_admits_rounds_until_the_budget_and_remembers_them(tmp_path):
+    ledger, approval = _ledger_and_approval(tmp_path, budget_rounds=3)
+    for expected in (1, 2, 3):
+        assert ledger.admit([approval], [approval]) == approval
+        assert ledger.record(approval, "coordinator") == expected
+    with pytest.raises(RequestRefused, match="privacy budget of dataset 'train' exhausted: round 4") as info:
+        ledger.admit([approval], [approval])
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED
+    epsilon, delta = ledger.spent("train", [approval])
+    assert epsilon == pytest.approx(epsilon_for(noise_multiplier=Z, rounds=3, delta=DELTA)) and delta == DELTA
+    ledger.close()
+    reopened = SiteLedger(tmp_path / "state" / "ledger.sqlite", site=SITE, budgets={})
+    assert reopened.served(approval.plan_id) == 3  # a site restart forgets nothing
+    reopened.close()
+
+
+def test_a_plan_gets_no_more_rounds_than_approved(tmp_path):
+    ledger, approval = _ledger_and_approval(tmp_path, budget_rounds=100, rounds=2)
+    for _ in range(2):
+        ledger.record(ledger.admit([approval], [approval]), "coordinator")
+    with pytest.raises(RequestRefused, match="has used all 2 approved round"):
+        ledger.admit([approval], [approval])
+    ledger.close()
+
+
+def test_plans_without_dp_cannot_touch_budgeted_data(tmp_path):
+    plan = load_plan(write(tmp_path, plan_document(privacy={"mechanism": "none", "unit": "none"})))
+    approval = approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state")
+    ledger = SiteLedger(tmp_path / "l.sqlite", site=SITE, budgets={"train": {"epsilon": 1.0, "delta": 1e-5}})
+    with pytest.raises(RequestRefused, match="has a privacy budget; plan .* uses no DP"):
+        ledger.admit([approval], [approval])
+    ledger.close()
+    assert plan_epsilon({"mechanism": "none"}, 0) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_site_plan_show_and_a_refused_approval_through_the_cli(tmp_path):
+    path = write(tmp_path, plan_document(sites=("bank-b",)))
+    shown = CliRunner().invoke(cli, ["site", "plan", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert computation_sha256(computation()) in shown.output and "bank-b/train" in shown.output
+    data = tmp_path / "train.csv"
+    data.write_text("amount,is_fraud\n1.0,0\n2.0,1\n")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": [{"name": "amount", "dtype": "float32"}],
+                                  "label": {"name": "is_fraud", "dtype": "int64"}}))
+    config = tmp_path / "site.toml"
+    config.write_text(f'name = "{SITE}"\nlisten = "127.0.0.1:0"\ninsecure_dev = true\n'
+                      '[[coordinators]]\nidentity = "c"\ntoken_sha256 = "' + "0" * 64 + '"\n'
+                      f'[datasets.train]\npath = "{data}"\nschema_file = "{schema}"\n')
+    refused = CliRunner().invoke(cli, ["site", "approve", str(path), "--config", str(config)])
+    assert refused.exit_code == 10 and "not bank-a" in refused.output
+    assert not (tmp_path / "state" / "approvals").exists()
+
+
+def test_plan_commands_import_no_tensorflow(tmp_path):
+    path = write(tmp_path, plan_document())
+    code = ("import sys; from click.testing import CliRunner; from tffprod.cli.main import cli; "
+            f"r = CliRunner().invoke(cli, ['site', 'plan', 'show', {str(path)!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; print('tensorflow' in sys.modules)")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

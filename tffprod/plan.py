@@ -1,0 +1,173 @@
+"""Session plans: the coordinator's side of computation approval.
+
+``make_plan`` compiles a validated session once and freezes what will run at
+sites (the per-site part of a training round and of evaluation) as
+deterministically serialized ``Computation`` protos with their SHA-256, beside
+the spec, the task and model summary, the DP terms and the datasets. A site
+operator reviews and approves the plan (``tffprod site plan show``, ``tffprod
+site approve``; :mod:`tffprod.executors.approvals` verifies it). ``session run
+--plan`` then ships exactly those bytes: the frozen computations run on site
+contexts without a compiler (``compiler_fn=None``), so the hash a site computes
+on the wire is the hash it approved (shared/design/tff-0.87-facts.md section 6).
+
+Compiling imports TensorFlow and TFF; reading a plan does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from tffprod.errors import SessionError
+from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
+
+if TYPE_CHECKING:
+    from tffprod.session import SessionPlan
+
+__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_plan", "privacy_terms",
+           "thaw", "train_from_plan", "write_plan"]
+
+
+def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
+    """The DP terms a site's ledger needs: mechanism, noise multiplier, delta, sampling rate, unit."""
+    dp = plan.spec.dp
+    if not dp.enabled:
+        return {"mechanism": "none", "unit": "none (no differential privacy)"}
+    from tffprod.accounting import epsilon_for
+
+    sampling_rate = float(getattr(plan, "sampling_rate", 1.0))
+    return {
+        "mechanism": dp.mechanism,
+        "noise_multiplier": float(dp.noise_multiplier),
+        "clip": float(dp.clip),
+        "delta": float(dp.delta),
+        "sampling_rate": sampling_rate,
+        "accountant": "rdp",
+        "unit": str(getattr(plan, "privacy_unit", "site dataset (site-level)")),
+        "planned_epsilon": epsilon_for(noise_multiplier=float(dp.noise_multiplier), rounds=plan.spec.rounds,
+                                       delta=float(dp.delta), sampling_rate=sampling_rate),
+    }
+
+
+def _freeze(role: str, computation: Any) -> dict[str, Any]:
+    import tensorflow_federated as tff
+
+    compiled = tff.backends.native.desugar_and_transform_to_native(computation)
+    data = tff.framework.serialize_computation(compiled).SerializeToString(deterministic=True)
+    return {"role": role, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+            "type_signature": str(compiled.type_signature), "proto": base64.b64encode(data).decode("ascii")}
+
+
+def make_plan(plan: "SessionPlan") -> dict[str, Any]:
+    """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``)."""
+    import tensorflow_federated as tff
+
+    from tffprod.process import build_evaluation_process
+    from tffprod.session import training_process
+    from tffprod.sites import local_versions
+
+    spec = plan.spec
+    form = tff.backends.native.compile_to_mergeable_comp_form(training_process(plan).next)
+    computations = [_freeze("train", form.up_to_merge)]
+    if plan.eval_datasets:
+        evaluation = build_evaluation_process(plan.task, fmt=plan.fmt)
+        computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
+            evaluation.next).up_to_merge))
+    datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
+                 "content_hash": row["content_hash"], "num_examples": int(row["num_examples"])}
+                for role, rows in (("train", plan.datasets), ("eval", plan.eval_datasets)) for row in rows]
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": local_versions(),
+        "session": {"name": spec.name, "rounds": spec.rounds, "seed": spec.seed, "min_sites": spec.min_sites},
+        "spec": spec.to_dict(),
+        "task": plan.task.summary(),
+        "privacy": privacy_terms(plan),
+        "datasets": datasets,
+        "computations": computations,
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
+def write_plan(document: Mapping[str, Any], out: os.PathLike | str) -> Path:
+    """Write a plan document atomically; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenComputations:
+    """A plan's site computations, ready to invoke on contexts without a compiler."""
+
+    plan_id: str
+    train: Any
+    eval: Any = None
+
+
+def thaw(plan: Plan) -> FrozenComputations:
+    """Deserialize a verified plan's computations (imports TFF)."""
+    import tensorflow_federated as tff
+
+    from tffprod.executors.protos import computation_pb2
+
+    def load(role: str) -> Any:
+        data = plan.computation_bytes(role)
+        if data is None:
+            return None
+        return tff.framework.deserialize_computation(computation_pb2.Computation.FromString(data))
+
+    return FrozenComputations(plan.plan_id, load("train"), load("eval"))
+
+
+def check_datasets(plan: Plan, session: "SessionPlan") -> None:
+    """Refuse to run a plan whose datasets are not exactly the session's, with the same content.
+
+    Raises:
+        SessionError: naming the first dataset that differs.
+    """
+    ours = {(role, row["site"], row["name"]): row["content_hash"]
+            for role, rows in (("train", session.datasets), ("eval", session.eval_datasets)) for row in rows}
+    theirs = {(d["role"], d["site"], d["name"]): d["content_hash"] for d in plan.datasets}
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            role, site, name = key
+            raise SessionError(f"plan {plan.plan_id[:16]} does not match {role} dataset {site}/{name} as registered "
+                               "now; make a new plan with 'tffprod session plan'")
+
+
+def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
+    """Refuse a frozen computation whose type differs from what this task compiles to now."""
+    if str(frozen.type_signature) != str(expected.type_signature):
+        raise SessionError(f"plan {plan_id[:16]}: its {role} computation does not match the task as it is now; "
+                           "make a new plan with 'tffprod session plan'")
+
+
+
+def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, artifacts_dir: Any = None,
+                    progress: Any = None) -> dict:
+    """``tffprod session run --plan``: run a plan's session with its frozen computations.
+
+    Raises:
+        PlanError: the plan does not verify.
+        SessionError: the registry's datasets or the task no longer match the plan; training failed.
+    """
+    from tffprod.session import artifacts_dir_for, plan_session, run_session
+    from tffprod.spec import SessionSpec
+
+    plan = load_plan(path)
+    session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
+    check_datasets(plan, session)
+    return run_session(session, registry=registry, backend=backend,
+                       artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
+                       frozen=thaw(plan))
