@@ -98,11 +98,12 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
 
     with user_errors():
         spec = load_spec(spec_path)
-        from tffprod.plan import make_plan, write_plan
+        from tffprod.plan import coordinator_identities, make_plan, write_plan
         from tffprod.session import plan_session
 
         with open_registry(registry_path) as registry:
-            document = make_plan(plan_session(spec, registry=registry))
+            session_plan = plan_session(spec, registry=registry)
+            document = make_plan(session_plan, coordinators=coordinator_identities(registry, session_plan.training_sites))
         write_plan(document, out_path)
     summary = {"plan_id": document["plan_id"], "path": out_path, "sites": sorted({d["site"] for d in document["datasets"]}),
                "computations": {c["role"]: c["sha256"] for c in document["computations"]}}

@@ -185,6 +185,11 @@ class Approval:
     datasets: tuple[str, ...]  # catalog names at this site
     computations: Mapping[str, str]  # sha256 -> role
     privacy: Mapping[str, Any]
+    coordinator: Optional[str] = None  # the only caller identity the plan runs for; None = any configured one
+
+    def allows(self, identity: Optional[str]) -> bool:
+        """Whether ``identity`` may run this plan's computations."""
+        return self.coordinator is None or identity == self.coordinator
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -198,19 +203,26 @@ class Approval:
         return cls(plan_id=data["plan_id"], site=data["site"], session=data["session"],
                    approved_at=data["approved_at"], rounds=int(data["rounds"]),
                    datasets=tuple(data["datasets"]), computations=dict(data["computations"]),
-                   privacy=dict(data["privacy"]))
+                   privacy=dict(data["privacy"]), coordinator=data.get("coordinator"))
 
 
-def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str) -> Approval:
+def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str,
+            coordinators: Optional[Any] = None) -> Approval:
     """Approve ``plan`` at ``site`` (its ``catalog``: name -> ``CatalogEntry``) and record it.
 
+    ``coordinators`` are the identities the site serves; a plan bound to another one is refused.
+
     Raises:
-        PlanError: the plan is for other sites, names a dataset the site does not serve, or
-            a dataset whose content changed since the plan was made.
+        PlanError: the plan is for other sites or another coordinator, names a dataset the
+            site does not serve, or a dataset whose content changed since the plan was made.
     """
     mine = [d for d in plan.datasets if d["site"] == site]
     if not mine:
         raise PlanError(f"plan {plan.plan_id[:16]} is for site(s) {', '.join(plan.sites)}, not {site}")
+    coordinator = (plan.document.get("coordinators") or {}).get(site)
+    if coordinator is not None and coordinators is not None and coordinator not in coordinators:
+        raise PlanError(f"plan {plan.plan_id[:16]} is for coordinator '{coordinator}', which site {site} does not "
+                        "serve")
     for d in mine:
         entry = catalog.get(d["name"])
         if entry is None:
@@ -227,6 +239,7 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
         datasets=tuple(sorted({d["name"] for d in mine})),
         computations={c["sha256"]: c["role"] for c in plan.computations},
         privacy=dict(plan.privacy),
+        coordinator=coordinator,
     )
     folder = Path(state_dir) / APPROVALS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -269,9 +282,10 @@ class ApprovalStore:
             self._refresh()
             return list(self._approvals)
 
-    def for_computation(self, sha256: str) -> list[Approval]:
-        """The approvals that include the computation with this hash, oldest first."""
-        return [a for a in self.all() if sha256 in a.computations]
+    def for_computation(self, sha256: str, identity: Optional[str] = None) -> list[Approval]:
+        """The approvals that include the computation with this hash (and let ``identity``
+        run it, when given), oldest first."""
+        return [a for a in self.all() if sha256 in a.computations and (identity is None or a.allows(identity))]
 
     def datasets(self) -> frozenset[str]:
         """Catalog names that some approved plan may read."""
@@ -289,9 +303,16 @@ def approve_at_site(plan_path: os.PathLike | str, config: Any) -> Approval:
     from tffprod.executors.audit import AuditLog
     from tffprod.executors.serve import AUDIT_FILE
 
-    plan = load_plan(plan_path)
-    approval = approve(plan, site=config.name, catalog=config.build_catalog(), state_dir=config.state_dir)
     with AuditLog(Path(config.state_dir) / AUDIT_FILE) as audit:
+        try:
+            plan = load_plan(plan_path)
+            approval = approve(plan, site=config.name, catalog=config.build_catalog(), state_dir=config.state_dir,
+                               coordinators=set(config.coordinators))
+        except TffprodError as refused:  # a refused approval is audited too
+            audit.record(identity="operator", method="approve", bytes_in=0, bytes_out=0, status="REFUSED",
+                         duration_s=0.0, detail=str(refused), plan_file=str(plan_path))
+            raise
         audit.record(identity="operator", method="approve", bytes_in=0, bytes_out=0, status="OK", duration_s=0.0,
-                     plan=approval.plan_id, computations=dict(approval.computations), datasets=list(approval.datasets))
+                     plan=approval.plan_id, computations=dict(approval.computations), datasets=list(approval.datasets),
+                     coordinator=approval.coordinator)
     return approval

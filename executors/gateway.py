@@ -223,7 +223,7 @@ class Gateway:
 
     def _guarded_CreateValue(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
         message = executor_pb2.CreateValueRequest.FromString(request)
-        digest = self._guard.check_value(message)
+        digest = self._guard.check_value(message, self._claimed_identity(context))
         if digest is None:
             request = self._refs.names_to_paths(request, allowed=self._guard.store.datasets())
         response = call(request)
@@ -231,7 +231,7 @@ class Gateway:
         return response
 
     def _guarded_CreateCall(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        message, pending = self._guard.check_call(request)
+        message, pending = self._guard.check_call(request, self._claimed_identity(context))
         response = call(request)
         self._guard.call_created(message, response, pending)
         return response

@@ -38,7 +38,7 @@ def computation(result_placement: str = "server", all_equal: bool = True, name: 
     return c
 
 
-def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=None) -> dict:
+def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=None, coordinator=None) -> dict:
     comp = comp or computation()
     data = comp.SerializeToString(deterministic=True)
     body = {
@@ -52,6 +52,7 @@ def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=No
                                "planned_epsilon": 1.0},
         "datasets": [{"role": "train", "ref": f"{s}/train:1", "site": s, "name": "train",
                       "content_hash": "sha256:abc", "num_examples": 10} for s in sites],
+        "coordinators": {s: coordinator for s in sites} if coordinator else {},
         "computations": [{"role": "train", "sha256": hashes or computation_sha256(comp), "size_bytes": len(data),
                           "type_signature": "(x -> y@SERVER)", "proto": base64.b64encode(data).decode()}],
     }
@@ -129,6 +130,16 @@ def test_a_plan_for_other_sites_is_refused(tmp_path):
     with pytest.raises(PlanError, match="is for site\\(s\\) bank-b, bank-c, not bank-a"):
         approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state")
     assert not (tmp_path / "state" / "approvals").exists()
+
+
+def test_a_plan_bound_to_another_coordinator_is_refused_or_runs_only_for_it(tmp_path):
+    plan = load_plan(write(tmp_path, plan_document(coordinator="rival")))
+    with pytest.raises(PlanError, match="is for coordinator 'rival', which site bank-a does not serve"):
+        approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state", coordinators={"coordinator"})
+    approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state", coordinators={"coordinator", "rival"})
+    store = ApprovalStore(tmp_path / "state")
+    digest = computation_sha256(computation())
+    assert store.for_computation(digest, "rival") and not store.for_computation(digest, "coordinator")
 
 
 def test_a_plan_over_changed_or_unknown_data_is_refused(tmp_path):
@@ -213,6 +224,8 @@ def test_site_plan_show_and_a_refused_approval_through_the_cli(tmp_path):
     refused = CliRunner().invoke(cli, ["site", "approve", str(path), "--config", str(config)])
     assert refused.exit_code == 10 and "not bank-a" in refused.output
     assert not (tmp_path / "state" / "approvals").exists()
+    (line,) = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert line["method"] == "approve" and line["status"] == "REFUSED" and "not bank-a" in line["detail"]
 
 
 def test_plan_commands_import_no_tensorflow(tmp_path):

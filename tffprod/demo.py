@@ -120,10 +120,12 @@ def _plan_and_approve(spec, registry, federation, workdir, say) -> Path:
     """Compile the session into a plan and approve it at every site, as their operators would."""
     from tffprod.executors.approvals import approve_at_site
     from tffprod.executors.config import load_site_config
-    from tffprod.plan import make_plan, write_plan
+    from tffprod.plan import coordinator_identities, make_plan, write_plan
     from tffprod.session import plan_session
 
-    plan_path = write_plan(make_plan(plan_session(spec, registry=registry)), workdir / PLAN_FILE)
+    session_plan = plan_session(spec, registry=registry)
+    document = make_plan(session_plan, coordinators=coordinator_identities(registry, session_plan.training_sites))
+    plan_path = write_plan(document, workdir / PLAN_FILE)
     for site in federation.datasets:
         approval = approve_at_site(plan_path, load_site_config(federation.site_config_path(site)))
         say(f"site {site} approved plan {approval.plan_id[:16]} ('tffprod site plan show {plan_path}')")

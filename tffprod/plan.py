@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tffprod.session import SessionPlan
 
 __all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_plan", "privacy_terms",
-           "thaw", "train_from_plan", "write_plan"]
+           "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
 
 
 def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
@@ -64,8 +64,12 @@ def _freeze(role: str, computation: Any) -> dict[str, Any]:
             "type_signature": str(compiled.type_signature), "proto": base64.b64encode(data).decode("ascii")}
 
 
-def make_plan(plan: "SessionPlan") -> dict[str, Any]:
-    """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``)."""
+def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``).
+
+    ``coordinators`` (site -> certificate CN) binds the plan to this coordinator: a site refuses
+    the plan's computations from any other caller (see :func:`coordinator_identities`).
+    """
     import tensorflow_federated as tff
 
     from tffprod.process import build_evaluation_process
@@ -91,9 +95,27 @@ def make_plan(plan: "SessionPlan") -> dict[str, Any]:
         "task": plan.task.summary(),
         "privacy": privacy_terms(plan),
         "datasets": datasets,
+        "coordinators": coordinators or {},
         "computations": computations,
     }
     return {**body, "plan_id": canonical_id(body)}
+
+
+def coordinator_identities(registry: Any, sites: list[str]) -> dict[str, str]:
+    """Site -> the identity (certificate CN) this coordinator uses there, for sites it connects to."""
+    from pathlib import Path as _Path
+
+    from tffprod.certs import identity_of
+
+    identities = {}
+    for site in sites:
+        try:
+            cert = (registry.get_site(site).get("info") or {}).get("cert")
+        except Exception:  # a site known only by its datasets (local backend)
+            cert = None
+        if cert and _Path(cert).is_file():
+            identities[site] = identity_of(_Path(cert).read_bytes())
+    return identities
 
 
 def write_plan(document: Mapping[str, Any], out: os.PathLike | str) -> Path:

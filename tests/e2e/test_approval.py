@@ -25,7 +25,7 @@ from tffprod.executors.audit import read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.export import export_artifact
-from tffprod.plan import make_plan, train_from_plan, write_plan
+from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
 from tffprod.session import plan_session
 from tffprod.spec import SessionSpec
 
@@ -86,7 +86,9 @@ def _plan(registry, path, *, rounds, on_budget="stop", min_sites=len(SITES)):
         "round_timeout_s": 120.0, "backend": "remote",
         "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
                "on_budget": on_budget}})
-    write_plan(make_plan(plan_session(spec, registry=registry)), path)
+    document = make_plan(plan_session(spec, registry=registry), coordinators=coordinator_identities(registry, SITES))
+    assert set(document["coordinators"].values()) == {"coordinator"}  # bound to this coordinator's certificate
+    write_plan(document, path)
     return path
 
 
