@@ -261,3 +261,45 @@ def approve(plan_path: str, config_path: str, as_json: bool) -> None:
     if config.computations != "approved":
         click.echo(f"WARNING: {config_path} sets computations = \"any\": this site runs ANY computation; "
                    "approval has no effect until it is \"approved\"", err=True)
+
+
+@site.command("ledger")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Site config (TOML).")
+@output_options
+def ledger(config_path: str, as_json: bool) -> None:
+    """Show this site's own privacy ledger: approved plans, rounds served, budget spent and left.
+
+    \b
+    Example:
+        tffprod site ledger --config site.toml --json
+    """
+    from tffprod.executors.approvals import ApprovalStore
+    from tffprod.executors.config import load_site_config
+    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger, plan_epsilon
+
+    with user_errors():
+        config = load_site_config(config_path)
+        approvals = ApprovalStore(config.state_dir).all()
+        site_ledger = SiteLedger(config.state_dir / LEDGER_FILE, site=config.name,
+                                 budgets={name: decl.budget for name, decl in config.datasets.items()})
+        try:
+            plans = []
+            for a in approvals:
+                served = site_ledger.served(a.plan_id)
+                epsilon, delta = plan_epsilon(a.privacy, served)
+                plans.append({"plan_id": a.plan_id, "session": a.session, "approved_at": a.approved_at,
+                              "rounds_approved": a.rounds, "rounds_served": served, "datasets": list(a.datasets),
+                              "epsilon": epsilon, "delta": delta, "coordinator": a.coordinator})
+            budgets = site_ledger.report(approvals)
+        finally:
+            site_ledger.close()
+    if as_json:
+        emit_json({"site": config.name, "plans": plans, "budgets": budgets})
+        return
+    click.echo(f"site {config.name}: {len(plans)} approved plan(s)")
+    for p in plans:
+        click.echo(f"  {p['plan_id'][:16]} {p['session']}: {p['rounds_served']}/{p['rounds_approved']} rounds served, "
+                   f"epsilon {p['epsilon']:.4g} on {', '.join(p['datasets'])}")
+    for b in budgets:
+        click.echo(f"  budget {b['dataset']}: spent epsilon {b['spent']['epsilon']:.4g} of {b['budget']['epsilon']:g}, "
+                   f"remaining {b['remaining']['epsilon']:.4g}")

@@ -7,6 +7,7 @@ through the CLI, and the session runs the plan's frozen computations.
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -169,6 +170,12 @@ def test_budget_for_3_rounds_stops_a_10_round_plan_and_both_ledgers_agree(approv
         releases = [line["release"] for line in read_audit_log(state_dir / "audit.jsonl") if "release" in line]
         assert [r["round"] for r in releases if r["role"] == "train" and r["plan"] == plan_id] == [1, 2, 3]
         assert any(r["role"] == "eval" and r["plan"] == plan_id for r in releases)
+        shown = CliRunner().invoke(cli, ["site", "ledger", "--config", str(fed.site_config_path(site)), "--json"])
+        assert shown.exit_code == 0, shown.output
+        ledger = json.loads(shown.output)
+        (served,) = [p["rounds_served"] for p in ledger["plans"] if p["plan_id"] == plan_id]
+        (train_budget,) = [b for b in ledger["budgets"] if b["dataset"] == "train"]
+        assert served == BUDGET_ROUNDS and train_budget["spent"]["epsilon"] == pytest.approx(site_epsilon)
 
 
 def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, tmp_path, budget_epsilon):
