@@ -155,7 +155,17 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
     for key in ("id", "name", "status", "backend", "rounds_completed", "rounds_planned", "created_at",
                 "finished_at", "error"):
         click.echo(f"{key:17} {row.get(key) if row.get(key) is not None else '-'}")
+    if row["spec"].get("plan_id"):
+        click.echo(f"{'plan':17} {row['spec']['plan_id']}")
+    privacy = row.get("privacy") or {}
+    if privacy.get("unit"):
+        click.echo(f"{'unit of privacy':17} {privacy['unit']} ({privacy.get('clients', '?')} clients; sampling "
+                   f"{privacy.get('sampling', {}).get('mode', '-')})")
     for r in row["rounds"]:
         ok = sum(1 for p in r["participants"] if p["status"] == "ok")
         eps = f"  eps {r['epsilon']:.3g}" if r.get("epsilon") is not None else ""
-        click.echo(f"  round {r['round_num']:>3}  sites {ok}/{len(r['participants'])}  {r['duration_s']:.2f}s{eps}")
+        if r.get("epsilon_pld") is not None:
+            eps += f" (pld {r['epsilon_pld']:.3g})"
+        clients = f"  clients {r['clients']}" if r.get("clients") is not None else ""
+        click.echo(f"  round {r['round_num']:>3}  sites {ok}/{len(r['participants'])}{clients}  "
+                   f"{r['duration_s']:.2f}s{eps}")

@@ -35,21 +35,29 @@ _SLACK = 1e-9  # float noise when a budget is exactly a whole number of rounds
 
 
 @functools.lru_cache(maxsize=1024)
-def _epsilon(noise_multiplier: float, rounds: int, delta: float, sampling_rate: float) -> float:
+def _epsilon(noise_multiplier: float, rounds: int, delta: float, sampling_rate: float,
+             fixed_sample: Optional[tuple[int, int]]) -> float:
     from tffprod.accounting import epsilon_for
 
+    if fixed_sample is not None:
+        return epsilon_for(noise_multiplier=noise_multiplier, rounds=rounds, delta=delta, fixed_sample=fixed_sample)
     return epsilon_for(noise_multiplier=noise_multiplier, rounds=rounds, delta=delta, sampling_rate=sampling_rate)
 
 
 def plan_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]:
-    """``(epsilon, delta)`` a plan has spent after ``rounds`` rounds; ``(inf, 0)`` without DP."""
+    """``(epsilon, delta)`` a plan has spent after ``rounds`` rounds; ``(inf, 0)`` without DP.
+
+    The round's sampling is the plan's: Poisson at ``sampling_rate``, or ``fixed_sample``
+    ``[N, k]`` (k of N clients without replacement), as the coordinator accounts it.
+    """
     if rounds <= 0:
         return 0.0, 0.0
     if privacy.get("mechanism", "none") == "none":
         return math.inf, 0.0
     delta = float(privacy["delta"])
-    return _epsilon(float(privacy["noise_multiplier"]), rounds, delta,
-                    float(privacy.get("sampling_rate", 1.0))), delta
+    fixed = privacy.get("fixed_sample")
+    return _epsilon(float(privacy["noise_multiplier"]), rounds, delta, float(privacy.get("sampling_rate", 1.0)),
+                    tuple(int(v) for v in fixed) if fixed else None), delta
 
 
 class SiteLedger:

@@ -375,6 +375,10 @@ def test_budgets_plan_with_the_sessions_sampling(tmp_path) -> None:
         assert fits > rounds_that_fit(noise_multiplier=1.0, delta=1e-5, epsilon=2.0, rounds=200)
         (report,) = registry.privacy_report(site="bank-a", name="train")
         assert report["unit"] == "client (column cid)"
+    from tffprod.cli.main import cli
+
+    shown = CliRunner().invoke(cli, ["privacy", "report", "--registry", str(tmp_path / "r.db")])
+    assert shown.exit_code == 0 and "unit: client (column cid)" in shown.output
 
 
 # ---------------------------------------------------------------- the round loop (TF-free, with a fake trainer)

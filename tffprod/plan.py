@@ -35,24 +35,28 @@ __all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan
 
 
 def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
-    """The DP terms a site's ledger needs: mechanism, noise multiplier, delta, sampling rate, unit."""
+    """The DP terms a site's ledger needs: mechanism, noise multiplier, delta, the round's
+    sampling (``sampling_rate`` q, or ``fixed_sample`` [N, k]) and the unit of privacy."""
     dp = plan.spec.dp
     if not dp.enabled:
         return {"mechanism": "none", "unit": "none (no differential privacy)"}
     from tffprod.accounting import epsilon_for
 
-    sampling_rate = float(getattr(plan, "sampling_rate", 1.0))
-    return {
+    accounting = plan.population.accounting()
+    terms = {
         "mechanism": dp.mechanism,
         "noise_multiplier": float(dp.noise_multiplier),
         "clip": float(dp.clip),
         "delta": float(dp.delta),
-        "sampling_rate": sampling_rate,
+        "sampling_rate": float(plan.sampling_rate),
         "accountant": "rdp",
-        "unit": str(getattr(plan, "privacy_unit", "site dataset (site-level)")),
+        "unit": plan.privacy_unit,
         "planned_epsilon": epsilon_for(noise_multiplier=float(dp.noise_multiplier), rounds=plan.spec.rounds,
-                                       delta=float(dp.delta), sampling_rate=sampling_rate),
+                                       delta=float(dp.delta), **accounting),
     }
+    if "fixed_sample" in accounting:
+        terms["fixed_sample"] = list(accounting["fixed_sample"])
+    return terms
 
 
 def _freeze(role: str, computation: Any) -> dict[str, Any]:

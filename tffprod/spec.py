@@ -368,7 +368,8 @@ class SessionSpec:
 
     @property
     def clients_per_round(self) -> int:
-        """Clients that train each round: one per training dataset."""
+        """Clients that train each round without client-id columns: one per training dataset
+        (with them, the session's ``Population`` knows the expected number)."""
         return len(self.datasets)
 
     def to_dict(self) -> dict[str, Any]:
@@ -404,9 +405,8 @@ class SessionSpec:
                 raise SpecError(f"a spec must be a table, got {type_name(data)}")
             for key in data:
                 if key not in _TOP_KEYS:
-                    in_dp = key in _ALL_DP_KEYS
-                    hint = f" (did you mean '[dp] {key}'?)" if in_dp else \
-                        f" (did you mean '[sampling] {key}'?)" if key in _SAMPLING_KEYS else did_you_mean(key, _TOP_KEYS)
+                    table = "dp" if key in _ALL_DP_KEYS else "sampling" if key in _SAMPLING_KEYS else None
+                    hint = f" (did you mean '[{table}] {key}'?)" if table else did_you_mean(key, _TOP_KEYS)
                     raise SpecError(f"unknown key {key!r}{hint}")
             for key in _TOP_REQUIRED:
                 if key not in data:

@@ -65,8 +65,8 @@ class RemoteBackend(Backend):
             entry = catalog.get(row["name"])
             if entry is None:
                 raise DatasetError(f"dataset {row['ref']}: site {site.name} no longer serves '{row['name']}'")
-            if entry["content_hash"] != row["content_hash"] or \
-                    (entry.get("client_id"), entry.get("num_clients") or 1) != (row.get("client_id"), row["num_clients"]):
+            clients = (entry.get("client_id"), entry.get("num_clients") or 1)
+            if entry["content_hash"] != row["content_hash"] or clients != (row.get("client_id"), row["num_clients"]):
                 raise DatasetError(f"dataset {row['ref']}: changed at site {site.name} since it was registered; "
                                    f"run 'tffprod site sync {site.name}'")
 
