@@ -28,6 +28,7 @@ from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.export import export_artifact
 from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
 from tffprod.session import plan_session
+from tffprod.sites import check_site
 from tffprod.spec import SessionSpec
 
 from .conftest import running_federation
@@ -190,3 +191,7 @@ def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, 
         train_from_plan(plan_path, registry=registry, backend=create_backend("remote", registry=registry))
     for site in SITES:
         assert _site_spent(fed, site) == before[site]  # nothing more released
+        _, state_dir = _site_state(fed, site)
+        refusal = [line for line in read_audit_log(state_dir / "audit.jsonl") if line["status"] == "PERMISSION_DENIED"][-1]
+        assert "privacy budget of dataset 'train' exhausted" in refusal["detail"]  # audited
+        assert check_site(registry, site)["ok"]  # and the site keeps serving

@@ -70,11 +70,20 @@ def test_user_level_dp_on_fraud_reports_the_independent_epsilon(tmp_path):
 
 
 def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
-    """Real site processes declare ``client_id``; the coordinator sends ``NAME#INDEX`` for k of N customers."""
+    """Real site processes declare ``client_id``; the coordinator sends ``NAME#INDEX`` for k of N customers.
+
+    The sites require approval: the session runs an approved plan, and each site's own ledger
+    accounts the rounds it served with the plan's fixed-size sampling.
+    """
     import dp_accounting
     from dp_accounting import rdp
 
     from tffprod.backends import create_backend
+    from tffprod.executors.approvals import ApprovalStore, approve_at_site
+    from tffprod.executors.config import load_site_config
+    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger, plan_epsilon
+    from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.session import plan_session
 
     from .conftest import running_federation
 
@@ -83,7 +92,7 @@ def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
                                  "client_id": fraud.CUSTOMER_ID},
                        "test": {"path": paths[bank]["test"], "task": "tffprod.examples.fraud:task"}}
                 for bank in BANKS[:2]}
-    with running_federation(tmp_path, datasets) as (fed, registry):
+    with running_federation(tmp_path, datasets, computations="approved") as (fed, registry):
         rows = {row["ref"]: row for row in registry.list_datasets()}
         assert rows["bank-a/train:1"]["client_id"] == fraud.CUSTOMER_ID
         assert rows["bank-a/train:1"]["num_clients"] == 40 and rows["bank-a/test:1"]["num_clients"] == 1
@@ -94,8 +103,24 @@ def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
             "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA},
             "sampling": {"clients_per_round": 8},
         })
-        result = train(spec, registry=registry, backend=create_backend("remote", registry=registry))
+        session = plan_session(spec, registry=registry)
+        plan_path = write_plan(make_plan(session, coordinators=coordinator_identities(registry, session.training_sites)),
+                               tmp_path / "plan.json")
+        for bank in BANKS[:2]:
+            approve_at_site(plan_path, load_site_config(fed.site_config_path(bank)))
+        result = train_from_plan(plan_path, registry=registry, backend=create_backend("remote", registry=registry))
         rounds = registry.list_rounds(result["id"])
+        for bank in BANKS[:2]:
+            config = load_site_config(fed.site_config_path(bank))
+            approvals = ApprovalStore(config.state_dir).all()
+            ledger = SiteLedger(config.state_dir / LEDGER_FILE, site=bank, budgets={})
+            served = ledger.served(approvals[0].plan_id)
+            ledger.close()
+            called = sum(1 for r in rounds for p in r["participants"] if p["site"] == bank and p["status"] == "ok")
+            assert served == called == 2  # with seed 0 both banks have sampled customers in both rounds
+            assert approvals[0].privacy["fixed_sample"] == [80, 8]
+            site_epsilon, _ = plan_epsilon(approvals[0].privacy, served)
+            assert site_epsilon == pytest.approx(rounds[-1]["epsilon"], rel=1e-9)  # the two ledgers agree
 
     assert result["status"] == "finished" and [r["clients"] for r in rounds] == [8, 8]
     assert result["privacy"]["neighbouring"] == "replace one client"
