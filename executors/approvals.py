@@ -186,6 +186,11 @@ class Approval:
     computations: Mapping[str, str]  # sha256 -> role
     privacy: Mapping[str, Any]
     coordinator: Optional[str] = None  # the only caller identity the plan runs for; None = any configured one
+    per_client: tuple[str, ...] = ()  # datasets approved only client by client (user-level training)
+
+    def dataset_refs(self) -> set[str]:
+        """What the plan may name at this site: ``NAME`` (whole or per client) or ``NAME#`` (per client only)."""
+        return {f"{name}#" if name in self.per_client else name for name in self.datasets}
 
     def allows(self, identity: Optional[str]) -> bool:
         """Whether ``identity`` may run this plan's computations."""
@@ -196,6 +201,7 @@ class Approval:
         data["datasets"] = list(self.datasets)
         data["computations"] = dict(self.computations)
         data["privacy"] = dict(self.privacy)
+        data["per_client"] = list(self.per_client)
         return data
 
     @classmethod
@@ -203,7 +209,8 @@ class Approval:
         return cls(plan_id=data["plan_id"], site=data["site"], session=data["session"],
                    approved_at=data["approved_at"], rounds=int(data["rounds"]),
                    datasets=tuple(data["datasets"]), computations=dict(data["computations"]),
-                   privacy=dict(data["privacy"]), coordinator=data.get("coordinator"))
+                   privacy=dict(data["privacy"]), coordinator=data.get("coordinator"),
+                   per_client=tuple(data.get("per_client", ())))
 
 
 def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str,
@@ -240,6 +247,7 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
         computations={c["sha256"]: c["role"] for c in plan.computations},
         privacy=dict(plan.privacy),
         coordinator=coordinator,
+        per_client=_per_client(mine),
     )
     folder = Path(state_dir) / APPROVALS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,6 +256,12 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
     temporary.write_text(json.dumps(approval.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, target)
     return approval
+
+
+def _per_client(datasets: list[dict]) -> tuple[str, ...]:
+    """Names trained client by client (a client-id column) and never read whole (e.g. for evaluation)."""
+    whole = {d["name"] for d in datasets if d["role"] != "train" or not d.get("client_id")}
+    return tuple(sorted({d["name"] for d in datasets if d["role"] == "train" and d.get("client_id")} - whole))
 
 
 class ApprovalStore:
@@ -288,8 +302,9 @@ class ApprovalStore:
         return [a for a in self.all() if sha256 in a.computations and (identity is None or a.allows(identity))]
 
     def datasets(self) -> frozenset[str]:
-        """Catalog names that some approved plan may read."""
-        return frozenset(name for a in self.all() for name in a.datasets)
+        """What approved plans may name: ``NAME``, or ``NAME#`` for per-client only (``DataRefs`` ``allowed``)."""
+        refs = set().union(*(a.dataset_refs() for a in self.all()))
+        return frozenset(r for r in refs if not (r.endswith("#") and r[:-1] in refs))
 
 
 def approve_at_site(plan_path: os.PathLike | str, config: Any) -> Approval:

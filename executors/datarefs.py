@@ -173,8 +173,13 @@ class DataRefs:
                                  f"dataset '{_shown(name)}' is not in site {self.site}'s catalog "
                                  f"(known: {self._known})")
         if allowed is not None and name not in allowed:
-            raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
-                                 f"dataset '{_shown(name)}' is not in the approved plan")
+            if name + b"#" not in allowed:
+                raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                     f"dataset '{_shown(name)}' is not in the approved plan")
+            if not sep:
+                raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                     f"dataset '{_shown(name)}' is approved only client by client "
+                                     f"('{_shown(name)}#INDEX'), not as a whole")
         if not sep:
             return self._paths[name]
         clients = self._clients.get(name)
@@ -196,7 +201,8 @@ class DataRefs:
 
         Args:
             request: the serialized request.
-            allowed: if given, the only dataset names (the part before ``#``) that may be used.
+            allowed: if given, the only datasets that may be used: ``NAME`` allows the
+                dataset whole and client by client, ``NAME#`` only client by client.
 
         Raises:
             RequestRefused: INVALID_ARGUMENT (unparseable, raw string content, a malformed client

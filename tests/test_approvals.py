@@ -237,3 +237,34 @@ def test_plan_commands_import_no_tensorflow(tmp_path):
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_dataset_trained_client_by_client_cannot_be_read_whole(tmp_path):
+    from tffprod.executors.datarefs import DataRefs
+    from tffprod.executors.protos import array_pb2, data_type_pb2, executor_pb2
+
+    document = plan_document()
+    body = {k: v for k, v in document.items() if k != "plan_id"}
+    body["datasets"][0]["client_id"] = "customer_id"
+    plan = load_plan(write(tmp_path, {**body, "plan_id": canonical_id(body)}))
+    approve(plan, site=SITE, catalog=catalog(), state_dir=tmp_path / "state")
+    allowed = ApprovalStore(tmp_path / "state").datasets()
+    assert allowed == {"train#"}
+
+    entry = CatalogEntry("train", "/data/train.csv", "csv", {}, 4, "sha256:abc", None, "customer_id", 2,
+                         ("/state/clients/0.csv", "/state/clients/1.csv"))
+    refs = DataRefs(SITE, {"train": entry})
+
+    def request(ref: bytes) -> bytes:
+        clients = computation_pb2.FederatedType(
+            placement=computation_pb2.PlacementSpec(value=computation_pb2.Placement(uri="clients")), all_equal=False,
+            member=computation_pb2.Type(tensor=computation_pb2.TensorType(dtype=data_type_pb2.DT_STRING)))
+        member = executor_pb2.Value(array=array_pb2.Array(dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(),
+                                                          string_list=array_pb2.Array.BytesList(value=[ref])))
+        value = executor_pb2.Value(federated=executor_pb2.Value.Federated(type=clients, value=[member]))
+        return executor_pb2.CreateValueRequest(value=value).SerializeToString()
+
+    assert b"/state/clients/1.csv" in refs.names_to_paths(request(b"train#1"), allowed=allowed)
+    with pytest.raises(RequestRefused, match="approved only client by client") as info:
+        refs.names_to_paths(request(b"train"), allowed=allowed)
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED

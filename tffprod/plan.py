@@ -88,7 +88,8 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
         computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
             evaluation.next).up_to_merge))
     datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
-                 "content_hash": row["content_hash"], "num_examples": int(row["num_examples"])}
+                 "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
+                 "client_id": row.get("client_id")}
                 for role, rows in (("train", plan.datasets), ("eval", plan.eval_datasets)) for row in rows]
     body = {
         "format": PLAN_FORMAT,
