@@ -57,7 +57,8 @@ from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_fil
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
-from tffprod.spec import did_you_mean, read_toml, resolve_task, task_path, toml_string, toml_value, type_name
+from tffprod.spec import did_you_mean, resolve_task, task_path, type_name
+from tffprod.tomlfile import read_toml, write_toml
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
     from tffprod.executors.gateway import CatalogEntry
@@ -177,7 +178,7 @@ class SiteConfig:
         Raises:
             DatasetError: one line naming the config, the dataset and what is wrong with its file.
         """
-        from tffprod.datafiles import split_by_client
+        from tffprod.clientdata import split_by_client
         from tffprod.executors.gateway import CatalogEntry  # imports grpc: only when serving
 
         catalog = {}
@@ -495,52 +496,4 @@ def write_site_config(path: PathLike, config: Mapping[str, Any]) -> Path:
     Raises:
         SpecError: a value has no TOML form (e.g. None).
     """
-    path = Path(path)
-    text = _toml_document(config)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _toml_document(data: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    _toml_table(lines, (), data)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_table(lines: list[str], prefix: tuple[str, ...], table: Mapping[str, Any]) -> None:
-    """Scalars and arrays first, then sub-tables and arrays of tables (as TOML requires)."""
-
-    def is_table_array(value: Any) -> bool:
-        return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Mapping) for v in value)
-
-    nested = {k: v for k, v in table.items() if isinstance(v, Mapping) or is_table_array(v)}
-    for key, value in table.items():
-        if key not in nested:
-            lines.append(f"{_toml_key(key)} = {_toml_scalar('.'.join(prefix + (key,)), value)}")
-    for key, value in nested.items():
-        header = ".".join(_toml_key(k) for k in prefix + (key,))
-        if isinstance(value, Mapping):
-            # A table holding only sub-tables needs no header of its own ([datasets] before [datasets.a]).
-            if not value or any(not (isinstance(v, Mapping) or is_table_array(v)) for v in value.values()):
-                lines += ["", f"[{header}]"]
-            _toml_table(lines, prefix + (key,), value)
-        else:
-            for item in value:
-                lines += ["", f"[[{header}]]"]
-                _toml_table(lines, prefix + (key,), item)
-
-
-def _toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else toml_string(key)
-
-
-def _toml_scalar(key: str, value: Any) -> str:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    try:
-        return toml_value(value)
-    except TypeError:
-        raise SpecError(f"{key!r}: cannot write {type(value).__name__} {value!r} as TOML") from None
+    return write_toml(path, config)

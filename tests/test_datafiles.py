@@ -300,7 +300,7 @@ def test_unknown_format(tfrecord: Path) -> None:
 
 
 def test_import_does_not_load_tensorflow() -> None:
-    code = "import sys, tffprod.datafiles; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+    code = "import sys, tffprod.datafiles, tffprod.clientdata; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from tffprod.accounting import PrivacyLedger, epsilon_for
 from tffprod.budgets import plan_budgets, rounds_that_fit
-from tffprod.datafiles import client_ids, iter_examples, split_by_client, validate_file, write_csv, write_tfrecord
+from tffprod.clientdata import client_ids, split_by_client
+from tffprod.datafiles import iter_examples, validate_file, write_csv, write_tfrecord
 from tffprod.datasets import register_dataset
 from tffprod.errors import DatasetError, SpecError
 from tffprod.executors.config import load_site_config, write_site_config

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from tffprod.datafiles import client_ids, content_hash, detect_format, validate_file
+from tffprod.clientdata import client_ids
+from tffprod.datafiles import content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.registry.privacy import check_budget
 from tffprod.schema import Schema

@@ -30,11 +30,11 @@ import difflib
 import math
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from tffprod.errors import SpecError
+from tffprod.tomlfile import read_toml, toml_document
 
 MECHANISMS = ("none", "gaussian_fixed", "gaussian_adaptive")
 BACKENDS = ("local", "remote")
@@ -434,26 +434,6 @@ def load_spec(path: Union[str, os.PathLike]) -> SessionSpec:
     return SessionSpec.from_dict(read_toml(path, what="spec"), source=where)
 
 
-def read_toml(path: Any, *, what: str) -> dict[str, Any]:
-    """The TOML table in ``path``; a SpecError names the file when it cannot be read or parsed.
-
-    Args:
-        path: the file.
-        what: how messages call the file (``"spec"``, ``"site config"``).
-    """
-    where = os.fspath(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SpecError(f"{where}: cannot read {what}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{where}: invalid TOML: {' '.join(str(e).split())}") from None
-
-
 def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
     """Writes ``spec`` as a TOML file that :func:`load_spec` reads back to an equal spec.
 
@@ -461,45 +441,7 @@ def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
     absolute, against the current folder, so that it keeps naming the same file.
     """
     data = spec.to_dict()
-    dp = data.pop("dp")
-    sampling = data.pop("sampling", None)
     # A relative file.py task path of a spec built in code means "from the current folder";
     # written as is, it would be read back relative to the new file's folder.
     data["task"] = resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
-    lines = [f"{key} = {toml_value(value)}" for key, value in data.items()]
-    lines += ["", "[dp]"] + [f"{key} = {toml_value(value)}" for key, value in dp.items()]
-    if sampling:
-        lines += ["", "[sampling]"] + [f"{key} = {toml_value(value)}" for key, value in sampling.items()]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def toml_value(value: Any) -> str:
-    """TOML for the few value types a spec holds."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def toml_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    Path(path).write_text(toml_document(data), encoding="utf-8")  # the [dp] and [sampling] tables last

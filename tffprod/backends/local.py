@@ -78,7 +78,7 @@ class LocalBackend(Backend):
         return str(self._client_shards(dataset)[int(dataset["client_index"])])
 
     def _client_shards(self, dataset: Mapping[str, Any]) -> list[Path]:
-        from tffprod.datafiles import split_by_client
+        from tffprod.clientdata import split_by_client
 
         key = (dataset["site"], dataset["name"], dataset["content_hash"])
         if key not in self._shards:
