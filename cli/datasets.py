@@ -66,6 +66,12 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
         schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
         with open_registry(registry_path) as registry:
             row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget, client_id=client_id)
+            registry.record_action("dataset.register", row["ref"], {
+                "path": row["path"], "content_hash": row["content_hash"], "num_examples": row["num_examples"],
+                "client_id": row.get("client_id")})
+            if "budget" in row:
+                registry.record_action("privacy.budget", f"{row['site']}/{row['name']}", {
+                    key: row["budget"][key] for key in ("epsilon", "delta", "source")})
     if as_json:
         emit_json(row)
         return
@@ -108,6 +114,8 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
     """
     with user_errors(), open_registry(registry_path) as registry:
         row = registry.get_dataset(ref)
+        row["versions"] = [{k: v[k] for k in ("ref", "version", "content_hash", "num_examples", "registered_at",
+                                              "sessions")} for v in registry.dataset_versions(ref)]
     if as_json:
         emit_json(row)
         return
@@ -121,3 +129,8 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
         click.echo(f"  feature   {f['name']}: {f['dtype']}{f['shape']}")
     label = row["schema"]["label"]
     click.echo(f"  label     {label['name']}: {label['dtype']}{label['shape']}")
+    click.echo("versions")
+    for v in row["versions"]:
+        used = ", ".join(f"{u['id']} ({u['status']})" for u in v["sessions"]) or "no session yet"
+        click.echo(f"  {v['version']:>3}  {v['content_hash'][:23]}  {v['num_examples']} examples  "
+                   f"{v['registered_at'][:19]}  sessions: {used}")

@@ -11,9 +11,11 @@ import signal
 import click
 
 from tffprod import __version__
+from tffprod.cli.audit import audit
 from tffprod.cli.certs import certs
 from tffprod.cli.datasets import dataset
 from tffprod.cli.demo import demo
+from tffprod.cli.federations import federation
 from tffprod.cli.models import eval_command, model
 from tffprod.cli.options import emit_json, open_registry, output_options, registry_option
 from tffprod.cli.errors import user_errors
@@ -65,6 +67,8 @@ cli.add_command(eval_command)
 cli.add_command(demo)
 cli.add_command(site)
 cli.add_command(certs)
+cli.add_command(audit)
+cli.add_command(federation)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,12 +12,13 @@ from tffprod.cli.options import emit_json, open_registry, output_options, regist
 
 @click.group()
 def model() -> None:
-    """List, inspect and export trained model versions.
+    """List, inspect, alias, share and export trained model versions.
 
     \b
     Example:
         tffprod model list
-        tffprod model export digits-dp:1 --out ./digits-savedmodel
+        tffprod model alias digits-dp:1 production
+        tffprod model export digits-dp@production --out ./digits-savedmodel --for hospital-a
     """
 
 
@@ -37,7 +38,9 @@ def list_(name: Optional[str], registry_path: str, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
     else:
-        table(rows, ["name", "version", "session_id", "epsilon", "delta", "created_at"])
+        for row in rows:
+            row["aliases"] = ",".join(row["aliases"]) or "-"
+        table(rows, ["name", "version", "aliases", "session_id", "epsilon", "delta", "created_at"])
 
 
 @model.command("show")
@@ -45,11 +48,11 @@ def list_(name: Optional[str], registry_path: str, as_json: bool) -> None:
 @registry_option
 @output_options
 def show(ref: str, registry_path: str, as_json: bool) -> None:
-    """Show a model version (REF is NAME or NAME:VERSION) with its lineage and evaluations.
+    """Show a model version (REF is NAME, NAME:VERSION or NAME@ALIAS) with its lineage, access and evaluations.
 
     \b
     Example:
-        tffprod model show digits-dp:1
+        tffprod model show digits-dp@production
     """
     with user_errors(), open_registry(registry_path) as registry:
         row = registry.get_model_version(ref)
@@ -59,35 +62,107 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
         return
     for key in ("name", "version", "session_id", "epsilon", "delta", "artifact_path", "created_at"):
         click.echo(f"{key:13} {row.get(key) if row.get(key) is not None else '-'}")
+    click.echo(f"{'aliases':13} {', '.join(row['aliases']) or '-'}")
+    click.echo(f"{'access':13} {', '.join(row['access']) or '- (nobody)'}")
     click.echo(f"{'datasets':13} {', '.join(row['datasets'])}")
     click.echo(f"{'dp':13} {row['dp']}")
     click.echo(f"{'metrics':13} {row['metrics']}")
+    lineage = row["lineage"]
+    if lineage:
+        session, task = lineage["session"], lineage["task"]
+        click.echo("lineage")
+        click.echo(f"  session      {session['id']} ({session['rounds_completed']} of {session['rounds_planned']} rounds,"
+                   f" backend {session['backend']})")
+        click.echo(f"  sites        {', '.join(lineage['sites'])}")
+        for ds in lineage["datasets"]:
+            click.echo(f"  {ds['role']:12} {ds['ref']} ({ds['num_examples']} examples, {ds['content_hash']})")
+        click.echo(f"  privacy      unit {lineage['privacy_unit'] or '-'}, epsilon {lineage['epsilon']},"
+                   f" delta {lineage['delta']}")
+        click.echo(f"  task         {task['path']} sha256 {task['sha256'] or '- (source not found)'}")
+        click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in lineage["versions"].items()))
+    else:
+        click.echo("lineage       - (registered before lineage was recorded)")
     for ev in row["evaluations"]:
-        click.echo(f"  eval {ev['dataset']}: {ev['metrics']}")
+        click.echo(f"  eval {ev['dataset'] if ev.get('kind') != 'overall' else 'overall (' + ev['dataset'] + ')'}:"
+                   f" {ev['metrics']}")
 
 
 @model.command("export")
 @click.argument("ref")
 @click.option("--out", "out", required=True, type=click.Path(), help="Directory (or .keras file) to write.")
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "keras"]), default="savedmodel", show_default=True)
+@click.option("--for", "for_site", metavar="SITE",
+              help="The site that receives the model: refused unless it is on the version's access list.")
 @registry_option
 @output_options
-def export(ref: str, out: str, fmt: str, registry_path: str, as_json: bool) -> None:
-    """Export a model version as a SavedModel (serving_default takes raw features by name) or a .keras file.
+def export(ref: str, out: str, fmt: str, for_site: Optional[str], registry_path: str, as_json: bool) -> None:
+    """Export a model version as a SavedModel (serving_default takes raw features by name) or a .keras file,
+    with a model card (model_card.json and model_card.md) beside it.
 
     \b
     Example:
-        tffprod model export digits-dp:1 --out ./digits-savedmodel
+        tffprod model export digits-dp@production --out ./digits-savedmodel --for hospital-a
     """
-    from tffprod.export import export_artifact
+    from tffprod.export import export_version
 
     with user_errors(), open_registry(registry_path) as registry:
-        row = registry.get_model_version(ref)
-        path = export_artifact(row["artifact_path"], out, fmt=fmt)
+        result = export_version(registry, ref, out, fmt=fmt, for_site=for_site)
     if as_json:
-        emit_json({"name": row["name"], "version": row["version"], "format": fmt, "path": str(path)})
+        emit_json(result)
     else:
-        click.echo(f"exported {row['name']}:{row['version']} ({fmt}) to {path}")
+        target = f" for {for_site}" if for_site else ""
+        click.echo(f"exported {result['name']}:{result['version']} ({fmt}){target} to {result['path']}")
+
+
+@model.command("alias")
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--remove", is_flag=True, help="Remove ALIAS from model NAME (REF is then just NAME).")
+@registry_option
+@output_options
+def alias(ref: str, alias: str, remove: bool, registry_path: str, as_json: bool) -> None:
+    """Point ALIAS at the version REF names (moving it from another version), or --remove it.
+
+    \b
+    Example:
+        tffprod model alias digits-dp:3 production
+        tffprod model alias digits-dp production --remove
+    """
+    from tffprod.model_registry import remove_alias, set_alias
+
+    with user_errors(), open_registry(registry_path) as registry:
+        row = remove_alias(registry, ref.split(":")[0].split("@")[0], alias) if remove \
+            else set_alias(registry, ref, alias)
+    if as_json:
+        emit_json(row)
+    elif remove:
+        click.echo(f"removed alias {alias} (was {row['name']}:{row['version']})")
+    else:
+        click.echo(f"{row['name']}@{alias} -> {row['name']}:{row['version']}")
+
+
+@model.command("access")
+@click.argument("ref")
+@click.option("--allow", multiple=True, metavar="PRINCIPAL", help="site:NAME or federation:NAME; repeat for more.")
+@click.option("--revoke", multiple=True, metavar="PRINCIPAL", help="site:NAME or federation:NAME; repeat for more.")
+@registry_option
+@output_options
+def access(ref: str, allow: tuple[str, ...], revoke: tuple[str, ...], registry_path: str, as_json: bool) -> None:
+    """Show or edit who may receive a model version (export --for, eval): sites and federations.
+
+    \b
+    Example:
+        tffprod model access digits-dp:1 --allow site:hospital-d --revoke site:hospital-c
+    """
+    from tffprod.model_registry import set_access
+
+    with user_errors(), open_registry(registry_path) as registry:
+        row = set_access(registry, ref, allow=allow, revoke=revoke) if allow or revoke \
+            else registry.get_model_version(ref)
+    if as_json:
+        emit_json({"name": row["name"], "version": row["version"], "access": row["access"]})
+    else:
+        click.echo(f"{row['name']}:{row['version']} may be received by: {', '.join(row['access']) or 'nobody'}")
 
 
 @click.command("eval")
@@ -97,11 +172,12 @@ def export(ref: str, out: str, fmt: str, registry_path: str, as_json: bool) -> N
 @registry_option
 @output_options
 def eval_command(ref: str, datasets: tuple[str, ...], backend: str, registry_path: str, as_json: bool) -> None:
-    """Evaluate model version REF on datasets, each at its own site, and record the results.
+    """Evaluate model version REF (NAME, NAME:VERSION or NAME@ALIAS) on datasets, each at its own site,
+    and record the results per dataset and overall. Each dataset's site must be on the version's access list.
 
     \b
     Example:
-        tffprod eval digits-dp:1 --dataset hospital-a/test --dataset hospital-b/test
+        tffprod eval digits-dp@production --dataset hospital-a/test --dataset hospital-b/test
     """
     from tffprod.backends import create_backend
     from tffprod.evaluation import evaluate_version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import click
@@ -104,9 +105,12 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
             document = make_plan(session_plan, coordinators=coordinator_identities(registry, session_plan.training_sites))
-        write_plan(document, out_path)
-    summary = {"plan_id": document["plan_id"], "path": out_path, "sites": sorted({d["site"] for d in document["datasets"]}),
-               "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
+            write_plan(document, out_path)
+            summary = {"plan_id": document["plan_id"], "path": out_path,
+                       "sites": sorted({d["site"] for d in document["datasets"]}),
+                       "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
+            registry.record_action("session.plan", document["plan_id"], {
+                **summary, "path": os.path.abspath(out_path), "name": spec.name})
     if as_json:
         emit_json(summary)
         return

@@ -187,14 +187,15 @@ class Approval:
     privacy: Mapping[str, Any]
     coordinator: Optional[str] = None  # the only caller identity the plan runs for; None = any configured one
     per_client: tuple[str, ...] = ()  # datasets approved only client by client (user-level training)
+    federation: Optional[str] = None  # the plan's federation: its calls must name it
 
     def dataset_refs(self) -> set[str]:
         """What the plan may name at this site: ``NAME`` (whole or per client) or ``NAME#`` (per client only)."""
         return {f"{name}#" if name in self.per_client else name for name in self.datasets}
 
-    def allows(self, identity: Optional[str]) -> bool:
-        """Whether ``identity`` may run this plan's computations."""
-        return self.coordinator is None or identity == self.coordinator
+    def allows(self, identity: Optional[str], federation: Optional[str] = None) -> bool:
+        """Whether ``identity``, calling for ``federation``, may run this plan's computations."""
+        return (self.coordinator is None or identity == self.coordinator) and federation == self.federation
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -210,14 +211,15 @@ class Approval:
                    approved_at=data["approved_at"], rounds=int(data["rounds"]),
                    datasets=tuple(data["datasets"]), computations=dict(data["computations"]),
                    privacy=dict(data["privacy"]), coordinator=data.get("coordinator"),
-                   per_client=tuple(data.get("per_client", ())))
+                   per_client=tuple(data.get("per_client", ())), federation=data.get("federation"))
 
 
 def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str,
-            coordinators: Optional[Any] = None) -> Approval:
+            coordinators: Optional[Any] = None, federations: Optional[Any] = None) -> Approval:
     """Approve ``plan`` at ``site`` (its ``catalog``: name -> ``CatalogEntry``) and record it.
 
     ``coordinators`` are the identities the site serves; a plan bound to another one is refused.
+    ``federations`` (None: any) are the federations it serves; a plan of another one is refused.
 
     Raises:
         PlanError: the plan is for other sites or another coordinator, names a dataset the
@@ -230,6 +232,10 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
     if coordinator is not None and coordinators is not None and coordinator not in coordinators:
         raise PlanError(f"plan {plan.plan_id[:16]} is for coordinator '{coordinator}', which site {site} does not "
                         "serve")
+    federation = plan.session.get("federation")
+    if federations is not None and federation not in federations:
+        raise PlanError(f"plan {plan.plan_id[:16]} is for federation '{federation or '-'}'; site {site} serves only "
+                        f"{', '.join(sorted(federations))}")
     for d in mine:
         entry = catalog.get(d["name"])
         if entry is None:
@@ -248,6 +254,7 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
         privacy=dict(plan.privacy),
         coordinator=coordinator,
         per_client=_per_client(mine),
+        federation=federation,
     )
     folder = Path(state_dir) / APPROVALS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -296,10 +303,12 @@ class ApprovalStore:
             self._refresh()
             return list(self._approvals)
 
-    def for_computation(self, sha256: str, identity: Optional[str] = None) -> list[Approval]:
-        """The approvals that include the computation with this hash (and let ``identity``
-        run it, when given), oldest first."""
-        return [a for a in self.all() if sha256 in a.computations and (identity is None or a.allows(identity))]
+    def for_computation(self, sha256: str, identity: Optional[str] = None,
+                        federation: Optional[str] = None) -> list[Approval]:
+        """The approvals that include the computation with this hash (and let ``identity``,
+        calling for ``federation``, run it, when ``identity`` is given), oldest first."""
+        return [a for a in self.all() if sha256 in a.computations
+                and (identity is None or a.allows(identity, federation))]
 
     def datasets(self) -> frozenset[str]:
         """What approved plans may name: ``NAME``, or ``NAME#`` for per-client only (``DataRefs`` ``allowed``)."""
@@ -322,7 +331,7 @@ def approve_at_site(plan_path: os.PathLike | str, config: Any) -> Approval:
         try:
             plan = load_plan(plan_path)
             approval = approve(plan, site=config.name, catalog=config.build_catalog(), state_dir=config.state_dir,
-                               coordinators=set(config.coordinators))
+                               coordinators=set(config.coordinators), federations=config.federations)
         except TffprodError as refused:  # a refused approval is audited too
             audit.record(identity="operator", method="approve", bytes_in=0, bytes_out=0, status="REFUSED",
                          duration_s=0.0, detail=str(refused), plan_file=str(plan_path))

@@ -14,6 +14,7 @@ Example::
     state_dir = "state"                 # audit log, worker log, site.json (created)
     insecure_dev = false                # plaintext, loopback only: development only
     computations = "approved"           # run only approved plans (the default); "any" runs any
+    federations = ["hospitals"]         # optional: serve only sessions of these federations
                                         # computation: development only, reported loudly
 
     [tls]                               # required unless insecure_dev
@@ -57,7 +58,7 @@ from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_fil
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
-from tffprod.spec import did_you_mean, resolve_task, task_path, type_name
+from tffprod.spec import did_you_mean, federation_name, resolve_task, task_path, type_name
 from tffprod.tomlfile import read_toml, write_toml
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
@@ -71,7 +72,7 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_MESSAGE_MB = 2047  # gRPC's message limit is a signed 32-bit byte count
 
 _TOP_REQUIRED = ("name", "listen", "coordinators", "datasets")
-_TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "computations", "tls", "worker")
+_TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "computations", "federations", "tls", "worker")
 COMPUTATION_POLICIES = ("approved", "any")
 _TLS_KEYS = ("cert", "key", "ca")
 _COORDINATOR_KEYS = ("identity", "token_sha256")
@@ -140,6 +141,7 @@ class SiteConfig:
         state_dir: where the audit log, the worker log and ``site.json`` go (absolute).
         insecure_dev: plaintext gRPC, no certificates; only on a loopback address.
         tls: the gateway's certificate files; None only with ``insecure_dev``.
+        federations: the federations whose sessions this site serves, or None (any session).
         computations: ``"approved"`` (only computations of plans approved with
             ``tffprod site approve``) or ``"any"`` (any computation: development only).
         coordinators: certificate identity (CN) -> SHA-256 hex of its bearer token.
@@ -157,6 +159,7 @@ class SiteConfig:
     worker: WorkerSettings
     datasets: Mapping[str, DatasetDecl]
     computations: str = "approved"
+    federations: Optional[tuple[str, ...]] = None
     source: Optional[Path] = dataclasses.field(default=None, compare=False)
 
     @property
@@ -260,6 +263,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
     computations = _string("computations", data.get("computations", "approved"))
     if computations not in COMPUTATION_POLICIES:
         raise SpecError(f"'computations' must be \"approved\" or \"any\" (development only), got {computations!r}")
+    federations = _federations(data["federations"]) if "federations" in data else None
 
     tls = None
     if insecure_dev:
@@ -291,8 +295,15 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
         worker=worker,
         datasets=datasets,
         computations=computations,
+        federations=federations,
         source=source,
     )
+
+
+def _federations(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"'federations' must be a non-empty list of federation names, got {type_name(value)} {value!r}")
+    return tuple(federation_name(v) for v in value)
 
 
 def _tls(folder: Path, table: Mapping[str, Any]) -> TLSFiles:

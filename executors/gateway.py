@@ -38,7 +38,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Collection, Mapping, Optional
 
 import grpc
 
@@ -48,7 +48,7 @@ from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
 from tffprod.executors.guard import ComputationGuard
 from tffprod.executors.protos import executor_pb2
-from tffprod.executors.siteinfo import IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
+from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
 
 __all__ = ["EXECUTOR_METHODS", "EXECUTOR_SERVICE", "CatalogEntry", "Gateway", "GatewayError", "is_loopback"]
 
@@ -64,6 +64,12 @@ _NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remai
 
 # A handler returns the response, or the response and extra audit fields.
 Handler = Callable[[bytes, grpc.ServicerContext], Any]
+
+
+def claimed_federation(context: grpc.ServicerContext) -> Optional[str]:
+    """The federation a call names in ``x-tffprod-federation`` (None: none, or more than one)."""
+    values = {v for k, v in context.invocation_metadata() if k == FEDERATION_HEADER}
+    return values.pop() if len(values) == 1 else None
 
 
 class GatewayError(TffprodError):
@@ -95,6 +101,8 @@ class Gateway:
         guard: run only approved computations and release only their results
             (``tffprod.executors.guard``); None runs any computation (the explicit
             development policy ``computations = "any"``).
+        federations: the federations this site serves; executor calls must then name one of
+            them in ``x-tffprod-federation``. None: any (a named federation is still recorded).
 
     Raises:
         ValueError: plaintext without ``insecure_dev`` or off loopback, TLS and
@@ -105,7 +113,8 @@ class Gateway:
     def __init__(self, *, site: str, listen: str, worker_address: str, catalog: Mapping[str, CatalogEntry],
                  tokens: Mapping[str, str], tls: Optional[tuple[bytes, bytes, bytes]], audit: AuditLog,
                  insecure_dev: bool = False, worker_health: Callable[[], bool] = lambda: True,
-                 max_workers: int = 16, guard: Optional[ComputationGuard] = None) -> None:
+                 max_workers: int = 16, guard: Optional[ComputationGuard] = None,
+                 federations: Optional[Collection[str]] = None) -> None:
         host = _listen_host(listen)
         if insecure_dev:
             if tls is not None:
@@ -130,6 +139,7 @@ class Gateway:
         self._audit = audit
         self._worker_health = worker_health
         self._guard = guard
+        self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
         self._server: Optional[grpc.Server] = None
         self._channel: Optional[grpc.Channel] = None
@@ -223,7 +233,7 @@ class Gateway:
 
     def _guarded_CreateValue(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
         message = executor_pb2.CreateValueRequest.FromString(request)
-        digest = self._guard.check_value(message, self._claimed_identity(context))
+        digest = self._guard.check_value(message, self._claimed_identity(context), claimed_federation(context))
         if digest is None:
             request = self._refs.names_to_paths(request, allowed=self._guard.store.datasets())
         response = call(request)
@@ -231,7 +241,8 @@ class Gateway:
         return response
 
     def _guarded_CreateCall(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        message, pending = self._guard.check_call(request, self._claimed_identity(context))
+        message, pending = self._guard.check_call(request, self._claimed_identity(context),
+                                                  claimed_federation(context))
         response = call(request)
         self._guard.call_created(message, response, pending)
         return response
@@ -257,6 +268,7 @@ class Gateway:
             document = site_info(self.site, self._catalog.values(), worker_up=bool(self._worker_health()),
                                  uptime_s=uptime)
             document["computations"] = "approved" if self._guard is not None else "any"
+            document["federations"] = None if self._federations is None else sorted(self._federations)
             return json.dumps(document).encode()
 
         return grpc.unary_unary_rpc_method_handler(
@@ -272,6 +284,7 @@ class Gateway:
         try:
             identity = self._claimed_identity(context)
             self._authenticate(identity, context)
+            self._check_federation(method, context)
             response = handler(request, context)
             if isinstance(response, tuple):
                 response, extra = response
@@ -316,6 +329,21 @@ class Gateway:
         actual = hashlib.sha256(token.encode()).hexdigest()
         if not token or not hmac.compare_digest(actual, expected):
             raise RequestRefused(grpc.StatusCode.UNAUTHENTICATED, f"bad token for '{identity}'")
+
+    def _check_federation(self, method: str, context: grpc.ServicerContext) -> None:
+        """Refuse a call for a federation this site does not serve (and, if it serves only some,
+        an executor call that names none)."""
+        if self._federations is None:
+            return
+        named = claimed_federation(context)
+        served = ", ".join(sorted(self._federations))
+        if named is None:
+            if method.startswith(f"/{EXECUTOR_SERVICE}/"):
+                raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                     f"site {self.site} serves only federation(s) {served}; the call names none")
+        elif named not in self._federations:
+            raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
+                                 f"site {self.site} does not serve federation '{named}' (it serves: {served})")
 
     # -- the worker ----------------------------------------------------------------------------
 

@@ -72,7 +72,8 @@ class ComputationGuard:
 
     # -- CreateValue ---------------------------------------------------------------------------
 
-    def check_value(self, message: executor_pb2.CreateValueRequest, identity: Optional[str]) -> Optional[str]:
+    def check_value(self, message: executor_pb2.CreateValueRequest, identity: Optional[str],
+                    federation: Optional[str] = None) -> Optional[str]:
         """The approved computation's hash, None for data; raises for anything else."""
         value = message.value
         if value.WhichOneof("value") == "computation":
@@ -80,9 +81,9 @@ class ComputationGuard:
             if not self.store.for_computation(digest):
                 raise self._denied(f"computation sha256 {digest} is not approved "
                                    "(the site operator approves plans with 'tffprod site approve')")
-            if not self.store.for_computation(digest, identity):
-                raise self._denied(f"computation sha256 {digest} is approved for another coordinator, "
-                                   f"not '{identity}'")
+            if not self.store.for_computation(digest, identity, federation):
+                raise self._denied(f"computation sha256 {digest} is approved for another coordinator or "
+                                   f"federation, not '{identity}' in federation '{federation or '-'}'")
             return digest
         if _has_sequence(value):
             raise self._denied("serialized datasets are not accepted; name a catalog dataset")
@@ -97,13 +98,14 @@ class ComputationGuard:
 
     # -- CreateCall ----------------------------------------------------------------------------
 
-    def check_call(self, request: bytes, identity: Optional[str]) -> tuple[executor_pb2.CreateCallRequest, PendingCall]:
+    def check_call(self, request: bytes, identity: Optional[str],
+                   federation: Optional[str] = None) -> tuple[executor_pb2.CreateCallRequest, PendingCall]:
         message = executor_pb2.CreateCallRequest.FromString(request)
         with self._lock:
             digest = self._functions.get((message.executor.id, message.function_ref.id))
         if digest is None:
             raise self._denied("runs only approved computations; the called function is not one")
-        approvals = self.store.for_computation(digest, identity)
+        approvals = self.store.for_computation(digest, identity, federation)
         if not approvals:
             raise self._denied(f"computation sha256 {digest} is no longer approved")
         role = approvals[0].computations[digest]

@@ -114,6 +114,7 @@ def serve_site(
                 insecure_dev=config.insecure_dev,
                 worker_health=supervisor.healthy,
                 guard=guard,
+                federations=config.federations,
             )
             port = gateway.start()
             info = {
@@ -122,6 +123,7 @@ def serve_site(
                 "pid": os.getpid(),
                 "tls": tls is not None,
                 "computations": config.computations,
+                "federations": None if config.federations is None else list(config.federations),
                 "datasets": sorted(catalog),
             }
             _write_json(site_file, info)

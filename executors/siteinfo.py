@@ -23,6 +23,7 @@ __all__ = ["SITE_INFO_METHOD", "SITE_INFO_SERVICE", "fetch_site_info", "installe
 SITE_INFO_SERVICE = "tffprod.v1.SiteInfo"
 SITE_INFO_METHOD = f"/{SITE_INFO_SERVICE}/Get"
 IDENTITY_HEADER = "x-tffprod-identity"  # plaintext dev mode only: who the caller says it is
+FEDERATION_HEADER = "x-tffprod-federation"  # the federation a coordinator calls for
 
 _DISTRIBUTIONS = (("tffprod", "tffprod"), ("tensorflow_federated", "tensorflow-federated"),
                   ("tensorflow", "tensorflow"))

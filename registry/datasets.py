@@ -133,3 +133,20 @@ def list_datasets(db: Database, site: str | None) -> list[dict[str, Any]]:
         sql += " AND d.site = ?"
         params.append(site)
     return sorted((_dataset(row) for row in db.query(sql, params)), key=lambda d: d["ref"])
+
+
+def list_versions(db: Database, ref: str) -> list[dict[str, Any]]:
+    """Every version of the dataset ``ref`` names (any ``:N`` is ignored), oldest first, each with
+    ``sessions``: ``{"id", "status"}`` of each session that used exactly that version for training."""
+    site, name, _ = parse_dataset_ref(ref)
+    rows = [_dataset(r) for r in db.query(
+        "SELECT * FROM datasets WHERE site = ? AND name = ? ORDER BY version", [site, name])]
+    if not rows:
+        raise NotFoundError(f"unknown dataset {ref!r}")
+    used: dict[str, list[dict[str, str]]] = {row["ref"]: [] for row in rows}
+    for session in db.query("SELECT id, status, datasets FROM sessions ORDER BY created_at"):
+        for ref_used in set(from_json(session["datasets"])) & set(used):
+            used[ref_used].append({"id": session["id"], "status": session["status"]})
+    for row in rows:
+        row["sessions"] = used[row["ref"]]
+    return rows

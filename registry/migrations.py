@@ -178,6 +178,82 @@ def m003_clients(db: Database) -> None:
         db.execute(statement)
 
 
+_AUDIT_SCHEMA = [
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,                  -- 1, 2, ...: the chain's order
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,                      -- the OS user, unless the caller named one
+        action TEXT NOT NULL,                     -- e.g. 'dataset.register', 'session.run'
+        subject TEXT NOT NULL,                    -- what it acted on
+        details TEXT NOT NULL,                    -- JSON object
+        prev_hash TEXT NOT NULL,                  -- the previous entry's hash (64 zeros for the first)
+        hash TEXT NOT NULL                        -- see tffprod.registry.audit.entry_hash
+    )
+    """,
+    """
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),    -- one row: the last entry, so truncation shows
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )
+    """,
+]
+
+
+@migration
+def m004_audit_chain(db: Database) -> None:
+    """Adds the coordinator's hash-chained audit log of operator actions and its head."""
+    for statement in _AUDIT_SCHEMA:
+        db.execute(statement)
+
+
+_MODEL_REGISTRY_SCHEMA = [
+    "ALTER TABLE model_versions ADD COLUMN lineage TEXT",  # JSON object; NULL for versions made before m005
+    "ALTER TABLE model_versions ADD COLUMN access TEXT NOT NULL DEFAULT '[]'",  # JSON list of principals
+    """
+    CREATE TABLE model_aliases (
+        name TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (name, alias),                -- one version per alias per model
+        FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
+    )
+    """,
+    # 'dataset': metrics on one dataset; 'overall': merged over the datasets listed in `dataset`.
+    "ALTER TABLE evaluations ADD COLUMN kind TEXT NOT NULL DEFAULT 'dataset'"
+    " CHECK (kind IN ('dataset', 'overall'))",
+]
+
+
+@migration
+def m005_model_registry(db: Database) -> None:
+    """Adds model aliases, a version's lineage and access list, and overall evaluations.
+
+    Existing versions may be received by the sites whose datasets trained them.
+    """
+    import json
+
+    for statement in _MODEL_REGISTRY_SCHEMA:
+        db.execute(statement)
+    for name, version, datasets in db.execute("SELECT name, version, datasets FROM model_versions").fetchall():
+        sites = sorted({ref.split("/", 1)[0] for ref in json.loads(datasets)})
+        db.execute("UPDATE model_versions SET access = ? WHERE name = ? AND version = ?",
+                   [json.dumps([f"site:{site}" for site in sites]), name, version])
+
+
+
+@migration
+def m006_federations(db: Database) -> None:
+    """Federations: named groups of sites (``tffprod.registry.federations``)."""
+    from tffprod.registry.federations import MIGRATION_SQL
+
+    for statement in MIGRATION_SQL:
+        db.execute(statement)
+
+
 def unknown_migrations(db: Database) -> list[str]:
     """Names of applied migrations that this version of tffprod does not know.
 

@@ -1,15 +1,20 @@
-"""Model versions (trained artifacts with lineage) and their evaluations.
+"""Model versions (trained artifacts with lineage), their aliases, access lists and evaluations.
 
 Versions count from 1 per model name. A version records the session that
-trained it, the datasets, task and DP settings it came from, and its privacy
-cost; evaluations attach metrics on a dataset to one version.
+trained it, the datasets, task and DP settings it came from, its privacy cost
+and its full lineage (``tffprod.lineage``); evaluations attach metrics on a
+dataset (or overall, over several) to one version.
+
+A model ref is ``NAME`` (the latest version), ``NAME:VERSION`` or ``NAME@ALIAS``;
+an alias names one version of its model at a time. A version's access list holds
+the principals allowed to receive it: ``site:NAME`` and ``federation:NAME``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tffprod.errors import NotFoundError
+from tffprod.errors import NotFoundError, SpecError
 from tffprod.registry.codec import check_name, from_json, parse_model_ref, to_json, utc_now
 from tffprod.registry.connection import first_row, write_transaction
 from tffprod.registry.sessions import require_session
@@ -17,11 +22,37 @@ from tffprod.registry.sessions import require_session
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-_JSON_COLUMNS = ("metrics", "dp", "datasets", "task")
+_JSON_COLUMNS = ("metrics", "dp", "datasets", "task", "access")
+PRINCIPAL_KINDS = ("site", "federation")
 
 
-def _model_version(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, **{key: from_json(row[key]) for key in _JSON_COLUMNS}}
+def _model_version(db: Database, row: dict[str, Any]) -> dict[str, Any]:
+    out = {**row, **{key: from_json(row[key]) for key in _JSON_COLUMNS}}
+    out["lineage"] = from_json(row["lineage"]) if row.get("lineage") else {}
+    out["aliases"] = [r["alias"] for r in db.query(
+        "SELECT alias FROM model_aliases WHERE name = ? AND version = ? ORDER BY alias", [row["name"], row["version"]])]
+    return out
+
+
+def check_principal(principal: str) -> str:
+    """Checks ``site:NAME`` or ``federation:NAME`` and returns it.
+
+    Raises:
+        SpecError: if it is of neither form.
+    """
+    kind, sep, name = principal.partition(":") if isinstance(principal, str) else ("", "", "")
+    if not sep or kind not in PRINCIPAL_KINDS:
+        raise SpecError(f"access principal {principal!r} must be 'site:NAME' or 'federation:NAME'")
+    check_name(kind, name)
+    return principal
+
+
+def _default_access(db: Database, session_id: str, datasets: list[str]) -> list[str]:
+    """The sites whose datasets trained the version, and the session's federation if it has one."""
+    principals = [f"site:{site}" for site in sorted({ref.split("/", 1)[0] for ref in datasets})]
+    session = first_row(db, "SELECT spec FROM sessions WHERE id = ?", [session_id])
+    federation = from_json(session["spec"]).get("federation") if session else None
+    return principals + ([f"federation:{federation}"] if federation else [])
 
 
 def _evaluation(row: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +66,12 @@ def add_model_version(db: Database, **fields: Any) -> dict[str, Any]:
         require_session(db, fields["session_id"])
         latest = first_row(db, "SELECT max(version) AS v FROM model_versions WHERE name = ?", [name])
         version = (latest["v"] if latest and latest["v"] else 0) + 1
+        access = fields.get("access")
+        access = _default_access(db, fields["session_id"], list(fields["datasets"])) if access is None \
+            else sorted(dict.fromkeys(check_principal(p) for p in access))
         db.execute(
             "INSERT INTO model_versions (name, version, session_id, artifact_path, metrics, dp, epsilon,"
-            " delta, datasets, task, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " delta, datasets, task, created_at, lineage, access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 name,
                 version,
@@ -50,14 +84,32 @@ def add_model_version(db: Database, **fields: Any) -> dict[str, Any]:
                 to_json(list(fields["datasets"])),
                 to_json(fields["task"]),
                 utc_now(),
+                to_json(fields["lineage"]) if fields.get("lineage") is not None else None,
+                to_json(access),
             ],
         )
     return get_model_version(db, f"{name}:{version}")
 
 
+def resolve_model_ref(db: Database, ref: str) -> tuple[str, int | None]:
+    """Splits ``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS`` into ``(name, version)``; None = latest.
+
+    Raises:
+        NotFoundError: if the ref is malformed or the alias is not set.
+    """
+    if isinstance(ref, str) and "@" in ref:
+        name, _, alias = ref.partition("@")
+        parse_model_ref(name)
+        row = first_row(db, "SELECT version FROM model_aliases WHERE name = ? AND alias = ?", [name, alias])
+        if row is None:
+            raise NotFoundError(f"model {name!r} has no alias {alias!r} (set one with 'tffprod model alias')")
+        return name, row["version"]
+    return parse_model_ref(ref)
+
+
 def get_model_version(db: Database, ref: str) -> dict[str, Any]:
-    """Returns the version ``NAME:VERSION`` names, or the latest for ``NAME``."""
-    name, version = parse_model_ref(ref)
+    """Returns the version ``NAME:VERSION`` or ``NAME@ALIAS`` names, or the latest for ``NAME``."""
+    name, version = resolve_model_ref(db, ref)
     if version is None:
         sql, params = "SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
     else:
@@ -65,14 +117,14 @@ def get_model_version(db: Database, ref: str) -> dict[str, Any]:
     row = first_row(db, sql, params)
     if row is None:
         raise NotFoundError(f"unknown model version {ref!r}")
-    return _model_version(row)
+    return _model_version(db, row)
 
 
 def list_model_versions(db: Database, name: str | None) -> list[dict[str, Any]]:
     """Returns every version (of one model if given), sorted by name then version."""
     where, params = ("WHERE name = ?", [name]) if name is not None else ("", [])
     sql = f"SELECT * FROM model_versions {where} ORDER BY name, version"
-    return [_model_version(row) for row in db.query(sql, params)]
+    return [_model_version(db, row) for row in db.query(sql, params)]
 
 
 def add_evaluation(db: Database, **fields: Any) -> dict[str, Any]:
@@ -82,10 +134,13 @@ def add_evaluation(db: Database, **fields: Any) -> dict[str, Any]:
         get_model_version(db, f"{model}:{version}")
         if fields["session_id"] is not None:
             require_session(db, fields["session_id"])
+        kind = fields.get("kind", "dataset")
+        if kind not in ("dataset", "overall"):
+            raise ValueError(f"evaluation kind must be 'dataset' or 'overall', got {kind!r}")
         cursor = db.execute(
-            "INSERT INTO evaluations (model, version, dataset, metrics, session_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [model, version, fields["dataset"], to_json(fields["metrics"]), fields["session_id"], utc_now()],
+            "INSERT INTO evaluations (model, version, dataset, metrics, session_id, created_at, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [model, version, fields["dataset"], to_json(fields["metrics"]), fields["session_id"], utc_now(), kind],
         )
         row = first_row(db, "SELECT * FROM evaluations WHERE id = ?", [cursor.lastrowid])
     assert row is not None  # inserted just above, in the same transaction
@@ -105,3 +160,75 @@ def list_evaluations(db: Database, model: str, version: int | None) -> list[dict
         sql += " AND version = ?"
         params.append(int(version))
     return [_evaluation(row) for row in db.query(sql + " ORDER BY created_at, id", params)]
+
+
+def set_alias(db: Database, ref: str, alias: str) -> dict[str, Any]:
+    """Points ``alias`` of the model ``ref`` names at that version (moving it if set elsewhere).
+
+    Raises:
+        NotFoundError: if the version is unknown.
+        SpecError: if ``alias`` is not a valid name or is all digits (it would read as a version).
+    """
+    check_name("alias", alias)
+    if alias.isdigit():
+        raise SpecError(f"alias {alias!r} must not be a number (NAME:{alias} already means version {alias})")
+    with write_transaction(db):
+        version = get_model_version(db, ref)
+        db.execute(
+            "INSERT INTO model_aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+            [version["name"], alias, version["version"], utc_now()],
+        )
+    return get_model_version(db, f"{version['name']}:{version['version']}")
+
+
+def remove_alias(db: Database, name: str, alias: str) -> dict[str, Any]:
+    """Removes ``alias`` of model ``name``; returns the version it named.
+
+    Raises:
+        NotFoundError: if the model has no such alias.
+    """
+    with write_transaction(db):
+        version = get_model_version(db, f"{name}@{alias}")
+        db.execute("DELETE FROM model_aliases WHERE name = ? AND alias = ?", [name, alias])
+    return get_model_version(db, f"{version['name']}:{version['version']}")
+
+
+def list_aliases(db: Database, name: str | None = None) -> dict[str, dict[str, int]]:
+    """``{model: {alias: version}}`` (of one model if given)."""
+    where, params = ("WHERE name = ?", [name]) if name is not None else ("", [])
+    out: dict[str, dict[str, int]] = {}
+    for row in db.query(f"SELECT name, alias, version FROM model_aliases {where} ORDER BY name, alias", params):
+        out.setdefault(row["name"], {})[row["alias"]] = row["version"]
+    return out
+
+
+def set_access(db: Database, ref: str, allow: list[str], revoke: list[str]) -> dict[str, Any]:
+    """Adds the ``allow`` principals to a version's access list and removes the ``revoke`` ones.
+
+    Raises:
+        NotFoundError: if the version is unknown.
+        SpecError: if a principal is malformed.
+    """
+    allow = [check_principal(p) for p in allow]
+    revoke = [check_principal(p) for p in revoke]
+    with write_transaction(db):
+        version = get_model_version(db, ref)
+        access = sorted((set(version["access"]) | set(allow)) - set(revoke))
+        db.execute("UPDATE model_versions SET access = ? WHERE name = ? AND version = ?",
+                   [to_json(access), version["name"], version["version"]])
+    return get_model_version(db, f"{version['name']}:{version['version']}")
+
+
+def site_allowed(db: Database, access: list[str], site: str) -> bool:
+    """Whether ``site`` may receive a version with this access list: it is listed as
+    ``site:SITE``, or belongs to a listed ``federation:NAME`` (once federations exist)."""
+    if f"site:{site}" in access:
+        return True
+    federations = [p.partition(":")[2] for p in access if p.startswith("federation:")]
+    if not federations or first_row(
+            db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'federation_sites'", []) is None:
+        return False
+    marks = ", ".join("?" for _ in federations)
+    return first_row(db, f"SELECT site FROM federation_sites WHERE site = ? AND federation IN ({marks})",
+                     [site, *federations]) is not None

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tffprod.registry import datasets, models, privacy, sessions
+from tffprod.registry import audit, datasets, federations, models, privacy, sessions
 from tffprod.registry.connection import connect, translate_errors
 
 if TYPE_CHECKING:
@@ -106,6 +106,33 @@ class Registry:
         """Returns every site, sorted by name."""
         return datasets.list_sites(self._db)
 
+    # -- federations -------------------------------------------------------------------------
+
+    @_translated
+    def create_federation(self, name: str) -> dict:
+        """Creates federation ``name`` (an existing one is returned): ``{"name", "created_at", "sites"}``."""
+        return federations.create(self._db, name)
+
+    @_translated
+    def get_federation(self, name: str) -> dict:
+        """Returns federation ``name`` with its sites; NotFoundError if unknown."""
+        return federations.get(self._db, name)
+
+    @_translated
+    def list_federations(self) -> list[dict]:
+        """Returns every federation with its sites, by name."""
+        return federations.list_all(self._db)
+
+    @_translated
+    def add_federation_site(self, name: str, site: str) -> dict:
+        """Adds registered ``site`` to federation ``name``; NotFoundError if either is unknown."""
+        return federations.add_site(self._db, name, site)
+
+    @_translated
+    def remove_federation_site(self, name: str, site: str) -> dict:
+        """Removes ``site`` from federation ``name``; NotFoundError if it is not a member."""
+        return federations.remove_site(self._db, name, site)
+
     @_translated
     def add_dataset(
         self,
@@ -148,6 +175,16 @@ class Registry:
             client_id=client_id,
             num_clients=num_clients,
         )
+
+    @_translated
+    def dataset_versions(self, ref: str) -> list[dict]:
+        """Every version of ``"SITE/NAME"`` (oldest first), each with the sessions (``{"id", "status"}``)
+        that trained on it. A changed content hash is a new version.
+
+        Raises:
+            NotFoundError: if the dataset is unknown.
+        """
+        return datasets.list_versions(self._db, ref)
 
     @_translated
     def get_dataset(self, ref: str) -> dict:
@@ -373,12 +410,19 @@ class Registry:
         delta: float | None,
         datasets: list[str],
         task: dict,
+        lineage: dict | None = None,
+        access: list[str] | None = None,
     ) -> dict:
         """Adds the next version (from 1) of model ``name``, with its lineage.
 
+        Args:
+            lineage: The full lineage (``tffprod.lineage.build_lineage``); sessions always give one.
+            access: Principals (``site:NAME``, ``federation:NAME``) allowed to receive the
+                version; default: the sites of ``datasets`` and the session's federation, if any.
+
         Returns:
             name, version, session_id, artifact_path, metrics, dp, epsilon,
-            delta, datasets, task, created_at.
+            delta, datasets, task, created_at, lineage, access, aliases.
 
         Raises:
             NotFoundError: if the session is unknown.
@@ -395,14 +439,16 @@ class Registry:
             delta=delta,
             datasets=datasets,
             task=task,
+            lineage=lineage,
+            access=access,
         )
 
     @_translated
     def get_model_version(self, ref: str) -> dict:
-        """Returns ``"NAME:VERSION"``, or the latest version for ``"NAME"``.
+        """Returns ``"NAME:VERSION"`` or ``"NAME@ALIAS"``, or the latest version for ``"NAME"``.
 
         Raises:
-            NotFoundError: if no such version exists, or ``ref`` is malformed.
+            NotFoundError: if no such version or alias exists, or ``ref`` is malformed.
         """
         return models.get_model_version(self._db, ref)
 
@@ -420,17 +466,22 @@ class Registry:
         dataset: str,
         metrics: dict,
         session_id: str | None = None,
+        kind: str = "dataset",
     ) -> dict:
         """Records the metrics of model version ``model:version`` on ``dataset``.
 
+        ``kind="overall"`` records metrics merged over several datasets; ``dataset``
+        then lists their refs, comma-separated.
+
         Returns:
-            id, model, version, dataset, metrics, session_id, created_at.
+            id, model, version, dataset, metrics, session_id, created_at, kind.
 
         Raises:
             NotFoundError: if the model version or the session is unknown.
         """
         return models.add_evaluation(
-            self._db, model=model, version=version, dataset=dataset, metrics=metrics, session_id=session_id
+            self._db, model=model, version=version, dataset=dataset, metrics=metrics, session_id=session_id,
+            kind=kind,
         )
 
     @_translated
@@ -441,3 +492,95 @@ class Registry:
             NotFoundError: if the model (or that version) is unknown.
         """
         return models.list_evaluations(self._db, model, version)
+
+    @_translated
+    def set_model_alias(self, ref: str, alias: str) -> dict:
+        """Points ``alias`` at the version ``ref`` names (moving it from another version of the model).
+
+        Returns:
+            The version, as :meth:`get_model_version` returns it.
+
+        Raises:
+            NotFoundError: if the version is unknown.
+            SpecError: if ``alias`` is not a valid name, or is all digits.
+        """
+        return models.set_alias(self._db, ref, alias)
+
+    @_translated
+    def remove_model_alias(self, name: str, alias: str) -> dict:
+        """Removes ``alias`` of model ``name``; returns the version it named.
+
+        Raises:
+            NotFoundError: if the model has no such alias.
+        """
+        return models.remove_alias(self._db, name, alias)
+
+    @_translated
+    def list_model_aliases(self, name: str | None = None) -> dict:
+        """Returns ``{model: {alias: version}}`` (of model ``name`` if given)."""
+        return models.list_aliases(self._db, name)
+
+    @_translated
+    def set_model_access(self, ref: str, *, allow: list[str] = (), revoke: list[str] = ()) -> dict:
+        """Adds ``allow`` to and removes ``revoke`` from the principals that may receive a version.
+
+        Principals are ``site:NAME`` or ``federation:NAME``.
+
+        Raises:
+            NotFoundError: if the version is unknown.
+            SpecError: if a principal is malformed.
+        """
+        return models.set_access(self._db, ref, list(allow), list(revoke))
+
+    @_translated
+    def site_may_receive(self, version: dict, site: str) -> bool:
+        """Whether ``site`` is on ``version``'s access list, itself or through a listed federation."""
+        return models.site_allowed(self._db, version["access"], site)
+
+    # The audit log of operator actions.
+
+    @_translated
+    def record_action(self, action: str, subject: str, details: dict | None = None, *,
+                      actor: str | None = None) -> dict:
+        """Appends an operator action to the hash-chained audit log (and moves its head), atomically.
+
+        Args:
+            action: What was done, as ``"area.verb"``: ``"dataset.register"``,
+                ``"session.run"``, ``"model.alias"``, ``"model.access"``, ...
+            subject: What it was done to: a dataset ref, session id, ``"NAME:VERSION"``, ...
+            details: Optional; a JSON-able dict of the parameters that matter.
+                Never put secrets in it: the log is for reading.
+            actor: Who did it; default the OS user running this process.
+
+        Returns:
+            The entry: seq, at, actor, action, subject, details, prev_hash, hash.
+
+        Raises:
+            ValueError: if ``action`` is empty, ``subject`` not a string or ``details`` not a dict.
+            TypeError: if ``details`` holds something JSON cannot represent.
+        """
+        return audit.append(self._db, action, subject, details, actor=actor)
+
+    @_translated
+    def list_audit(self, *, limit: int | None = None, action: str | None = None) -> list[dict]:
+        """Returns audit entries newest first (only ``action`` if given, at most ``limit``), as
+        :meth:`record_action` returns them."""
+        return audit.list_entries(self._db, limit, action)
+
+    @_translated
+    def verify_audit(self, *, expect_head: str | None = None) -> dict:
+        """Walks the audit chain from its first entry and checks every hash, link and the head.
+
+        Args:
+            expect_head: Optional; a head hash noted earlier (elsewhere): it must
+                still be an entry of the chain.
+
+        Returns:
+            ``{"ok": True, "entries": N, "head": {"seq", "hash"} | None, "problem": None}``.
+
+        Raises:
+            AuditError: at the first problem, naming the entry (``report["problem"]``
+                has ``kind``: ``"edited"``, ``"deleted"``, ``"inserted"``,
+                ``"unlinked"``, ``"head"`` or ``"expected-head"``, ``seq`` and ``message``).
+        """
+        return audit.verify(self._db, expect_head)

@@ -207,20 +207,26 @@ def test_plans_without_dp_cannot_touch_budgeted_data(tmp_path):
 # ---------------------------------------------------------------- CLI
 
 
-def test_site_plan_show_and_a_refused_approval_through_the_cli(tmp_path):
-    path = write(tmp_path, plan_document(sites=("bank-b",)))
-    shown = CliRunner().invoke(cli, ["site", "plan", "show", str(path)])
-    assert shown.exit_code == 0, shown.output
-    assert computation_sha256(computation()) in shown.output and "bank-b/train" in shown.output
+def site_toml(tmp_path: Path, extra: str = "") -> Path:
+    """A plaintext dev site config for SITE with one small CSV dataset 'train'; ``extra`` top-level lines."""
     data = tmp_path / "train.csv"
     data.write_text("amount,is_fraud\n1.0,0\n2.0,1\n")
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"features": [{"name": "amount", "dtype": "float32"}],
                                   "label": {"name": "is_fraud", "dtype": "int64"}}))
     config = tmp_path / "site.toml"
-    config.write_text(f'name = "{SITE}"\nlisten = "127.0.0.1:0"\ninsecure_dev = true\n'
+    config.write_text(f'name = "{SITE}"\nlisten = "127.0.0.1:0"\ninsecure_dev = true\n{extra}'
                       '[[coordinators]]\nidentity = "c"\ntoken_sha256 = "' + "0" * 64 + '"\n'
                       f'[datasets.train]\npath = "{data}"\nschema_file = "{schema}"\n')
+    return config
+
+
+def test_site_plan_show_and_a_refused_approval_through_the_cli(tmp_path):
+    path = write(tmp_path, plan_document(sites=("bank-b",)))
+    shown = CliRunner().invoke(cli, ["site", "plan", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert computation_sha256(computation()) in shown.output and "bank-b/train" in shown.output
+    config = site_toml(tmp_path)
     refused = CliRunner().invoke(cli, ["site", "approve", str(path), "--config", str(config)])
     assert refused.exit_code == 10 and "not bank-a" in refused.output
     assert not (tmp_path / "state" / "approvals").exists()

@@ -343,6 +343,8 @@ commands = [
     ["dataset", "show", "hospital-a/train", "--registry", registry],
     ["session", "list", "--registry", registry, "--json"],
     ["model", "list", "--registry", registry, "--json"],
+    ["audit", "list", "--registry", registry, "--json"],
+    ["audit", "verify", "--registry", registry],
     ["--help"],
 ]
 for args in commands:

@@ -121,7 +121,7 @@ class Site:
     """A real worker and a real gateway on loopback, stopped by ``close``."""
 
     def __init__(self, tmp: Path, site_dir: Path, pki: dict[str, bytes], *, insecure_dev: bool = False,
-                 guard=None) -> None:
+                 guard=None, federations=None) -> None:
         self.catalog = _catalog(site_dir)
         self.audit_path = tmp / f"audit-{time.monotonic_ns()}.jsonl"
         self.worker = WorkerProcess(name="gw-test", cwd=site_dir, log_path=tmp / "worker.log").start()
@@ -131,7 +131,8 @@ class Site:
             tokens={"coordinator": hashlib.sha256(TOKEN.encode()).hexdigest(),
                     "stranger-without-token": "0" * 64},
             tls=None if insecure_dev else (pki["server_key"], pki["server_cert"], pki["ca"]),
-            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, guard=guard)
+            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, guard=guard,
+            federations=federations)
         try:
             self.port = self.gateway.start()
         except BaseException:
@@ -656,3 +657,21 @@ def test_under_approval_data_outside_a_plan_sequences_and_raw_results_are_refuse
         assert info["computations"] == "approved"
     finally:
         channel.close()
+
+
+def test_a_site_of_some_federations_refuses_calls_for_others(tmp_path, site_dir, pki):
+    site = Site(tmp_path, site_dir, pki, federations=["hospitals"])
+    channel = tls_channel(site, pki)
+    try:
+        none = status_of(get_executor, channel)
+        assert (none.code(), none.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED, f"site {SITE} serves only federation(s) hospitals; the call names none")
+        rivals = status_of(get_executor, channel, metadata=[("x-tffprod-federation", "rivals")])
+        assert rivals.details() == f"site {SITE} does not serve federation 'rivals' (it serves: hospitals)"
+        ours = [("x-tffprod-federation", "hospitals")]
+        dispose_executor(channel, get_executor(channel, metadata=ours), metadata=ours)
+        assert fetch_site_info(channel, TOKEN)["federations"] == ["hospitals"]  # site info needs no federation
+    finally:
+        channel.close()
+        site.close()
+    assert [r["status"] for r in site.records()][:2] == ["PERMISSION_DENIED", "PERMISSION_DENIED"]

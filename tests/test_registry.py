@@ -100,8 +100,10 @@ def test_open_creates_schema_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert TABLES <= tables
-    assert applied == [("tffprod.registry", "m001_initial"), ("tffprod.registry", "m002_privacy_budgets"),
-                       ("tffprod.registry", "m003_clients")]
+    from tffprod.registry.migrations import _KNOWN
+
+    assert applied == [("tffprod.registry", name) for name in _KNOWN]  # every migration, in order
+    assert _KNOWN[:3] == ["m001_initial", "m002_privacy_budgets", "m003_clients"]
     assert journal_mode == "wal"
     with Registry.open(path) as registry:
         assert registry._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1

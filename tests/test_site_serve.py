@@ -187,7 +187,7 @@ def test_site_serve_restarts_a_killed_worker_and_stops_cleanly(tmp_path: Path, s
 
     info = json.loads((state / "site.json").read_text())
     assert info == {"site": "dev-site", "address": f"127.0.0.1:{port}", "pid": site.proc.pid, "tls": False,
-                    "computations": "approved", "datasets": ["train"]}
+                    "computations": "approved", "federations": None, "datasets": ["train"]}
     assert (state / "privacy-ledger.sqlite").is_file()  # approval is the default: the site keeps its ledger
 
     # One worker, a child of the site process, listening on a loopback port of its own.

@@ -5,11 +5,13 @@ Secrets stay in files; the registry keeps only their paths. TF-free.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from tffprod.errors import NotFoundError, SpecError
+from tffprod.executors.siteinfo import FEDERATION_HEADER
 
 # Large models travel as single messages; gRPC's Python side caps at 2 GB.
 GRPC_OPTIONS = (
@@ -61,8 +63,13 @@ class SiteConnection:
             raise SpecError(f"site {self.site}: token file {self.token_file} is empty")
         return token
 
-    def channel(self) -> Any:
-        """A secure gRPC channel: mTLS with this coordinator's certificate plus the bearer token."""
+    def channel(self, *, federation: Optional[str] = None) -> Any:
+        """A secure gRPC channel: mTLS with this coordinator's certificate; every call carries the
+        bearer token and, for a session of a federation, ``x-tffprod-federation``.
+
+        The headers are added by a client interceptor, not call credentials (those run a Python
+        thread per call).
+        """
         import grpc
 
         tls = grpc.ssl_channel_credentials(
@@ -70,5 +77,26 @@ class SiteConnection:
             private_key=self._read(self.key, "key"),
             certificate_chain=self._read(self.cert, "certificate"),
         )
-        creds = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(self.token()))
-        return grpc.secure_channel(self.address, creds, options=GRPC_OPTIONS)
+        headers = [("authorization", f"Bearer {self.token()}")]
+        if federation is not None:
+            headers.append((FEDERATION_HEADER, federation))
+        channel = grpc.secure_channel(self.address, tls, options=GRPC_OPTIONS)
+        return grpc.intercept_channel(channel, _headers_interceptor(headers))
+
+
+def _headers_interceptor(headers: list[tuple[str, str]]) -> Any:
+    """A unary-unary client interceptor that adds ``headers`` to every call's metadata."""
+    import grpc
+
+    class Details(collections.namedtuple("Details", ("method", "timeout", "metadata", "credentials",
+                                                     "wait_for_ready", "compression")),
+                  grpc.ClientCallDetails):
+        pass
+
+    class AddHeaders(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            metadata = list(details.metadata or []) + headers
+            return continuation(Details(details.method, details.timeout, metadata, details.credentials,
+                                        details.wait_for_ready, details.compression), request)
+
+    return AddHeaders()

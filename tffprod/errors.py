@@ -11,7 +11,9 @@ messages and exit codes in exactly one place (``tffprod.cli.errors``).
     │   └── SchemaMismatchError  a dataset's schema does not match the task's
     ├── RegistryError        the registry file cannot be opened or written
     ├── SessionError         training failed after the session was recorded
-    └── PrivacyBudgetError   a session would exceed a dataset's remaining privacy budget
+    ├── PrivacyBudgetError   a session would exceed a dataset's remaining privacy budget
+    ├── AuditError           the coordinator's audit log does not verify (an entry edited, inserted or deleted)
+    └── AccessDeniedError    a site is not on a model version's access list
 """
 
 from __future__ import annotations
@@ -67,3 +69,23 @@ class PrivacyBudgetError(TffprodError):
     """A session would spend more privacy than a dataset's remaining budget allows."""
 
     exit_code = 9
+
+
+class AuditError(TffprodError):
+    """The coordinator's audit log does not verify: an entry was edited, inserted or deleted.
+
+    Attributes:
+        report: What ``Registry.verify_audit`` found (``ok``, ``entries``, ``head``, ``problem``).
+    """
+
+    exit_code = 11
+
+    def __init__(self, message: str, *, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class AccessDeniedError(TffprodError):
+    """A model version is not to be released to this site (it is not on the version's access list)."""
+
+    exit_code = 12

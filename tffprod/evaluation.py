@@ -83,15 +83,28 @@ def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str],
                      timeout_s: float = 600.0) -> dict[str, Any]:
     """Evaluate a registered model version on registered datasets and record the results.
 
+    Each dataset's site must be allowed to receive the version (its access list); the
+    results are recorded against the version per dataset and overall.
+
+    Args:
+        model_ref: ``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS``.
+        dataset_refs: ``SITE/NAME[:VERSION]`` of each dataset.
+
     Returns:
-        ``{"model": name, "version": n, "overall": metrics, "datasets": {ref: metrics}}``.
+        ``{"model": name, "version": n, "overall": metrics, "datasets": {ref: metrics}, "errors": {...}}``.
+
+    Raises:
+        AccessDeniedError: a dataset's site may not receive the version (nothing runs).
     """
     from tffprod.backends.base import SiteTarget
     from tffprod.export import load_weights
+    from tffprod.model_registry import require_access
     from tffprod.session import resolve_datasets
     from tffprod.task import load_task
 
     version = registry.get_model_version(model_ref)
+    for site in dict.fromkeys(registry.get_dataset(ref)["site"] for ref in dataset_refs):
+        require_access(registry, version, site)
     task = load_task(registry.get_session(version["session_id"])["spec"]["task"])
     rows = resolve_datasets(registry, list(dataset_refs), task)
     formats = sorted({row["format"] for row in rows})
@@ -106,4 +119,6 @@ def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str],
         result = evaluate(task, weights, rows, backend=backend, fmt=formats[0], timeout_s=timeout_s)
     for ref, metrics in result["datasets"].items():
         registry.add_evaluation(model=version["name"], version=version["version"], dataset=ref, metrics=metrics)
+    registry.add_evaluation(model=version["name"], version=version["version"], kind="overall",
+                            dataset=",".join(result["datasets"]), metrics=result["overall"])
     return {"model": version["name"], "version": version["version"], **result}

@@ -74,12 +74,18 @@ def load_weights(artifact_dir: str | Path) -> Any:
     return tff.learning.models.ModelWeights(trainable=trainable, non_trainable=non_trainable)
 
 
-def export_artifact(artifact_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel") -> Path:
+def export_artifact(artifact_dir: str | Path, out: str | Path, *, fmt: str = "savedmodel",
+                    card: dict[str, Any] | None = None) -> Path:
     """Copy a version's artifact in format ``fmt`` to ``out`` (a directory, or a ``.keras`` file path).
+
+    With ``card``, ``model_card.json`` and ``model_card.md`` are written beside the model: inside
+    the SavedModel directory, or as ``NAME.model_card.json`` / ``.md`` next to a ``.keras`` file.
 
     Raises:
         TffprodError: unknown format, missing artifact, or ``out`` already exists.
     """
+    from tffprod.modelcard import write_card
+
     if fmt not in FORMATS:
         raise TffprodError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     artifact_dir, out = Path(artifact_dir), Path(out)
@@ -95,9 +101,49 @@ def export_artifact(artifact_dir: str | Path, out: str | Path, *, fmt: str = "sa
     tmp.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "savedmodel":
         shutil.copytree(source, tmp)
+        if card is not None:
+            write_card(card, tmp)
         if out.exists():
             out.rmdir()
     else:
         shutil.copy2(source, tmp)
+        if card is not None:
+            write_card(card, out.parent, prefix=f"{out.stem}.")
     tmp.rename(out)
     return out
+
+
+def export_version(registry: Any, ref: str, out: str | Path, *, fmt: str = "savedmodel",
+                   for_site: str | None = None) -> dict[str, Any]:
+    """Export a registered model version with its model card, for ``for_site`` if given.
+
+    Args:
+        registry: The open registry.
+        ref: ``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS``.
+        out: Where to write (see :func:`export_artifact`).
+        fmt: ``"savedmodel"`` or ``"keras"``.
+        for_site: The site that will receive the model; it must be on the version's access
+            list. None: an operator export (no check).
+
+    Returns:
+        ``{"name", "version", "format", "path", "for", "card"}`` (``card``: the card files).
+
+    Raises:
+        AccessDeniedError: ``for_site`` may not receive the version (nothing is written).
+        NotFoundError: unknown version or alias.
+        TffprodError: see :func:`export_artifact`.
+    """
+    from tffprod.model_registry import require_access
+    from tffprod.modelcard import CARD_JSON, CARD_MARKDOWN, model_card
+
+    version = registry.get_model_version(ref)
+    if for_site is not None:
+        require_access(registry, version, for_site)
+    card = model_card(version, registry.list_evaluations(version["name"], version["version"]),
+                      exported_for=for_site)
+    path = export_artifact(version["artifact_path"], out, fmt=fmt, card=card)
+    base, prefix = (path, "") if fmt == "savedmodel" else (path.parent, f"{path.stem}.")
+    registry.record_action("model.export", f"{version['name']}:{version['version']}",
+                           {"format": fmt, "path": str(Path(path).resolve()), "for": for_site})
+    return {"name": version["name"], "version": version["version"], "format": fmt, "path": str(path),
+            "for": for_site, "card": [str(base / f"{prefix}{CARD_JSON}"), str(base / f"{prefix}{CARD_MARKDOWN}")]}

@@ -43,12 +43,14 @@ class LocalFederation:
             (or ``"schema_file"``), as in a site config's ``[datasets.NAME]`` table.
         computations: the sites' policy: ``"approved"`` (run only approved plans) or
             ``"any"`` (development only).
+        federations: the federations every site serves (None: any).
     """
 
     def __init__(self, workdir: Path, datasets: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
-                 computations: str = "approved") -> None:
+                 computations: str = "approved", federations: Optional[list[str]] = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.computations = computations
+        self.federations = federations
         self.datasets = {site: dict(tables) for site, tables in datasets.items()}
         self.processes: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
@@ -89,6 +91,7 @@ class LocalFederation:
                 "listen": f"127.0.0.1:{free_port()}",
                 "state_dir": "state",
                 "computations": self.computations,
+                **({"federations": list(self.federations)} if self.federations else {}),
                 "tls": {"cert": f"certs/{site}.crt", "key": f"certs/{site}.key", "ca": "certs/ca.crt"},
                 "coordinators": [{"identity": COORDINATOR,
                                   "token_sha256": hash_token(token_file.read_text().strip())}],

@@ -109,6 +109,8 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True)
     sites = {row["site"] for row in datasets}
     if spec.min_sites > len(sites):
         raise SpecError(f"min_sites is {spec.min_sites} but the datasets span only {len(sites)} site(s)")
+    if spec.federation is not None:
+        _check_federation(registry, spec.federation, datasets + eval_datasets)
     population = Population(tuple(datasets), spec.sampling)
     check_population(population)
     z, expected = spec.dp.noise_multiplier, population.expected_clients_per_round
@@ -117,6 +119,15 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True)
                         f"clients per round: TFF needs noise_multiplier < 0.1 * clients per round")
     budget = plan_budgets(spec, datasets, registry=registry)
     return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0], budget)
+
+
+def _check_federation(registry: Any, federation: str, rows: list[Mapping[str, Any]]) -> None:
+    """Refuse datasets at sites outside the session's federation."""
+    members = set(registry.get_federation(federation)["sites"])
+    for row in rows:
+        if row["site"] not in members:
+            raise SpecError(f"dataset {row['ref']} is at site {row['site']}, which is not in federation "
+                            f"'{federation}' (add it with 'tffprod federation add-site {federation} {row['site']}')")
 
 
 def initial_weights(task: Task, seed: int) -> Any:
@@ -260,10 +271,14 @@ def run_session(
     )
     session_id = session["id"]
     registry.start_session(session_id)
+    registry.record_action("session.run", session_id, {
+        "name": spec.name, "plan_id": frozen.plan_id if frozen is not None else None, "backend": backend.name,
+        "datasets": session["datasets"], "rounds_planned": spec.rounds})
     ledger = _ledger(spec)
     trainer = None
     try:
         backend.frozen = frozen is not None
+        backend.federation = spec.federation
         backend.open(plan.sites)
         trainer = _Trainer(plan, backend, frozen)
         train_metrics: dict = {}
@@ -310,6 +325,8 @@ def run_session(
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
         registry.finish_session(session_id, status=status, error=reason.splitlines()[0] if reason else status)
+        registry.record_action("session.end", session_id, {"status": status, "error": reason.splitlines()[0] if
+                                                            reason else status})
         if isinstance(e, (TffprodError, KeyboardInterrupt)):
             raise
         raise SessionError(f"session {session_id} failed: {reason.splitlines()[0]}") from e
@@ -317,6 +334,8 @@ def run_session(
         if trainer:
             trainer.close()
         backend.close()
+    registry.record_action("session.end", session_id, {
+        "status": "finished", "model_version": f"{spec.name}:{version['version']}"})
     result = registry.get_session(session_id)
     result["model_version"] = version
     return result
@@ -371,21 +390,33 @@ def _register_model(plan, registry, backend, session_id, weights, train_metrics,
         metrics["eval"] = evaluation["overall"]
         if evaluation["errors"]:
             metrics["eval_errors"] = evaluation["errors"]
+    from tffprod.lineage import build_lineage
+
+    dp = _model_dp(plan, ledger)
+    epsilon, delta = (ledger.epsilon(), spec.dp.delta) if ledger else (None, None)
+    datasets = [row["ref"] for row in plan.datasets]
+    lineage = build_lineage(registry, session_id=session_id, datasets=datasets,
+                            eval_datasets=[row["ref"] for row in plan.eval_datasets], dp=dp, epsilon=epsilon,
+                            delta=delta, task_path=spec.task, train_metrics=train_metrics, evaluation=evaluation)
     version = registry.add_model_version(
         name=spec.name,
         session_id=session_id,
         artifact_path=str(artifact.resolve()),
         metrics=metrics,
-        dp=_model_dp(plan, ledger),
-        epsilon=ledger.epsilon() if ledger else None,
-        delta=spec.dp.delta if ledger else None,
-        datasets=[row["ref"] for row in plan.datasets],
+        dp=dp,
+        epsilon=epsilon,
+        delta=delta,
+        datasets=datasets,
         task=plan.task.summary(),
+        lineage=lineage,
     )
     if evaluation:
         for ref, m in evaluation["datasets"].items():
             registry.add_evaluation(model=spec.name, version=version["version"], dataset=ref, metrics=m,
                                     session_id=session_id)
+        registry.add_evaluation(model=spec.name, version=version["version"], kind="overall",
+                                dataset=",".join(evaluation["datasets"]), metrics=evaluation["overall"],
+                                session_id=session_id)
     return version
 
 

@@ -46,7 +46,8 @@ _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 
 _TOP_REQUIRED = ("name", "task", "datasets", "rounds")
-_TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "dp", "sampling")
+_TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "federation", "dp",
+                             "sampling")
 _SAMPLING_KEYS = ("client_rate", "clients_per_round")
 _DP_KEYS = {
     "none": ("mechanism",),
@@ -69,6 +70,18 @@ def type_name(value: Any) -> str:
         if isinstance(value, kind):
             return name
     return type(value).__name__
+
+
+def federation_name(name: Any) -> str:
+    """A federation name: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit.
+
+    Raises:
+        SpecError: naming the bad name.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError(f"federation name {name!r} must start with a lowercase letter or digit and hold only "
+                        "lowercase letters, digits, '.', '_' and '-'")
+    return name
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
@@ -303,6 +316,7 @@ class SessionSpec:
         backend: ``"local"`` or ``"remote"``.
         min_sites: fewest sites whose results a round needs to count.
         round_timeout_s: deadline of one round, in seconds.
+        federation: the federation the session belongs to (its datasets must be at its sites), or None.
         dp: the differential privacy settings.
         sampling: client sampling (``[sampling]``), or None: every client every round.
         source: the spec file this was read from, if any (not compared).
@@ -317,6 +331,7 @@ class SessionSpec:
     backend: str = "local"
     min_sites: int = 1
     round_timeout_s: float = 600.0
+    federation: Optional[str] = None
     dp: DPConfig = DPConfig()
     sampling: Optional[SamplingConfig] = None
     source: Optional[str] = dataclasses.field(default=None, compare=False)
@@ -347,6 +362,8 @@ class SessionSpec:
                 f"'min_sites' is {self.min_sites} but 'datasets' span only {len(self.sites)} site(s)"
             )
         set_("round_timeout_s", _number("round_timeout_s", self.round_timeout_s, lambda v: v > 0, "a number > 0"))
+        if self.federation is not None:
+            federation_name(_string("federation", self.federation))
         if not isinstance(self.dp, DPConfig):
             raise SpecError(f"'dp' must be a DPConfig, got {type(self.dp).__name__}")
         if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
@@ -384,6 +401,7 @@ class SessionSpec:
             "backend": self.backend,
             "min_sites": self.min_sites,
             "round_timeout_s": self.round_timeout_s,
+            **({"federation": self.federation} if self.federation is not None else {}),
             "dp": self.dp.to_dict(),
             **({"sampling": self.sampling.to_dict()} if self.sampling is not None else {}),
         }

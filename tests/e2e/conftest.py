@@ -42,7 +42,7 @@ def write_spec(path, **fields) -> str:
 
 
 @contextlib.contextmanager
-def running_federation(root: Path, datasets: dict, *, computations: str = "any"):
+def running_federation(root: Path, datasets: dict, *, computations: str = "any", federations=None):
     """Real site processes (gateway + worker, mTLS) for ``datasets`` and a registry that knows them.
 
     Sites run any computation unless ``computations="approved"`` (then only approved plans).
@@ -53,7 +53,7 @@ def running_federation(root: Path, datasets: dict, *, computations: str = "any")
     from tffprod.registry import Registry
 
     workers_before = {p.pid for p in worker_children()}
-    fed = LocalFederation(root / "fed", datasets, computations=computations)
+    fed = LocalFederation(root / "fed", datasets, computations=computations, federations=federations)
     fed.prepare()
     fed.start()
     site_pids = list(fed.pids().values())

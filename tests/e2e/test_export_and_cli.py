@@ -69,6 +69,28 @@ def test_session_and_model_listing_json(trained):
     assert set(models[0]) >= {"metrics", "epsilon", "delta", "datasets"}
 
 
+def test_lineage_is_complete_and_export_is_refused_outside_the_access_list(trained):
+    from tffprod.lineage import missing_fields
+
+    root, result, _ = trained
+    shown = json.loads(tffprod("model", "show", "digits:1", "--json", cwd=root).stdout)
+    lineage = shown["lineage"]
+    assert missing_fields(lineage) == []
+    assert lineage["session"]["id"] == result["id"] and lineage["session"]["rounds_completed"] == 3
+    assert lineage["sites"] == list(digits.SITES) and lineage["epsilon"] == shown["epsilon"] > 0
+    assert {d["ref"] for d in lineage["datasets"]} == {f"{s}/train:1" for s in digits.SITES} | {"hospital-a/test:1"}
+    assert set(lineage["metrics"]["per_site"]) == {"hospital-a"} and lineage["metrics"]["overall"]
+    assert shown["access"] == [f"site:{s}" for s in digits.SITES]
+    tffprod("model", "alias", "digits:1", "production", cwd=root)
+    proc = tffprod("model", "export", "digits@production", "--out", "out/denied", "--for", "elsewhere", cwd=root,
+                   check=False)
+    assert proc.returncode == 12 and "may not receive" in proc.stderr and not (root / "out/denied").exists()
+    tffprod("model", "export", "digits@production", "--out", "out/for-a", "--for", "hospital-a", cwd=root)
+    card = json.loads((root / "out/for-a/model_card.json").read_text())
+    assert card["lineage"] == lineage and card["exported_for"] == "hospital-a"
+    assert (root / "out/for-a/model_card.md").is_file()
+
+
 def test_exported_savedmodel_predicts_like_the_trained_model(trained):
     import tensorflow as tf
 
@@ -121,6 +143,8 @@ def test_eval_command_records_per_site_metrics(trained):
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4)
     shown = json.loads(tffprod("model", "show", "digits:1", "--json", cwd=root).stdout)
     assert {e["dataset"] for e in shown["evaluations"]} >= {"hospital-b/test:1", "hospital-c/test:1"}
+    assert {e["dataset"] for e in shown["evaluations"] if e["kind"] == "overall"} >= {
+        "hospital-b/test:1,hospital-c/test:1"}
 
 
 def _ready_info(site: subprocess.Popen) -> dict:

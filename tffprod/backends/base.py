@@ -37,6 +37,8 @@ class Backend(abc.ABC):
         # Set before ``open``: sites then run computations as given (an approved plan's
         # frozen bytes), without TFF's compiler; the coordinator context always compiles.
         self.frozen = False
+        # Set before ``open``: the federation a session belongs to; remote calls name it.
+        self.federation: str | None = None
 
     @property
     def site_compiler(self) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.connections import SiteConnection
-from tffprod.errors import DatasetError, TffprodError
+from tffprod.errors import DatasetError, SessionError, TffprodError
 from tffprod.workers import WorkerProcess
 
 
@@ -46,7 +46,7 @@ class RemoteBackend(Backend):
                 if connection is None:
                     raise TffprodError(f"site {site.name} is not registered for the remote backend; "
                                        "add it with 'tffprod site add'")
-                channel = connection.channel()
+                channel = connection.channel(federation=self.federation)
                 self._channels[site.name] = channel
                 if self._verify:
                     self._check_catalog(site, channel, connection)
@@ -59,7 +59,12 @@ class RemoteBackend(Backend):
         """Refuse to train on data that changed at the site since it was registered."""
         from tffprod.executors.siteinfo import fetch_site_info
 
-        info = fetch_site_info(channel, connection.token())
+        import grpc
+
+        try:
+            info = fetch_site_info(channel, connection.token())
+        except grpc.RpcError as e:  # one line: the site's own reason
+            raise SessionError(f"site {site.name} refused the session: {e.code().name}: {e.details()}") from None
         catalog = {entry["name"]: entry for entry in info["catalog"]}
         for row in site.datasets:
             entry = catalog.get(row["name"])

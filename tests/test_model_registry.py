@@ -1,0 +1,262 @@
+"""The model registry: aliases, lineage, access lists, export refusal and model cards.
+
+TF-free, with real SQLite files: versions are built through the registry API, with a
+fake artifact directory (export is a copy, so a SavedModel's bytes are not needed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tffprod.errors import AccessDeniedError, NotFoundError, SpecError
+from tffprod.export import SAVED_MODEL_DIR, export_version
+from tffprod.lineage import REQUIRED, build_lineage, missing_fields, task_source
+from tffprod.registry import Registry
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
+    return result.stdout
+
+
+def one_error_line(result, exit_code: int) -> str:
+    assert result.exit_code == exit_code, f"exit {result.exit_code} (want {exit_code}): {result.output}"
+    lines = result.stderr.splitlines()
+    assert result.stdout == "" and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+TASK = "tffprod.examples.digits:task"
+TRAIN = ["hospital-a/train:1", "hospital-b/train:1"]
+EVAL = ["hospital-a/test:1"]
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    with Registry.open(tmp_path / "registry.db") as opened:
+        yield opened
+
+
+def _artifact(tmp_path: Path) -> Path:
+    artifact = tmp_path / "artifacts" / "flu" / "s-1"
+    (artifact / SAVED_MODEL_DIR / "variables").mkdir(parents=True, exist_ok=True)
+    (artifact / SAVED_MODEL_DIR / "saved_model.pb").write_bytes(b"pb")
+    (artifact / "model.keras").write_bytes(b"keras")
+    return artifact
+
+
+def add_version(registry: Registry, tmp_path: Path, *, federation: str | None = None, **overrides) -> dict:
+    """A session on two sites' datasets and the version it trained, with a full lineage."""
+    for ref in TRAIN + EVAL:
+        site, name = ref.split(":")[0].split("/")
+        registry.add_dataset(site=site, name=name, path=f"/data/{site}/{name}.csv", format="csv",
+                             schema={"features": []}, num_examples=100, content_hash=f"sha256:{site}-{name}")
+    spec = {"name": "flu", "task": TASK, **({"federation": federation} if federation else {})}
+    session = registry.create_session(name="flu", spec=spec, task={"name": "digits"}, backend="local",
+                                      rounds_planned=3, datasets=TRAIN)
+    dp = {"mechanism": "gaussian_fixed", "noise_multiplier": 0.3, "clip": 1.0, "delta": 1e-5,
+          "privacy": {"unit": "site dataset (site-level)"}}
+    evaluation = {"overall": {"accuracy": 0.8}, "datasets": {EVAL[0]: {"accuracy": 0.8}}}
+    lineage = build_lineage(registry, session_id=session["id"], datasets=TRAIN, eval_datasets=EVAL, dp=dp,
+                            epsilon=12.5, delta=1e-5, task_path=TASK, train_metrics={"loss": 0.4},
+                            evaluation=evaluation)
+    fields = dict(name="flu", session_id=session["id"], artifact_path=str(_artifact(tmp_path)),
+                  metrics={"train": {"loss": 0.4}, "eval": evaluation["overall"]}, dp=dp, epsilon=12.5,
+                  delta=1e-5, datasets=TRAIN, task={"name": "digits"}, lineage=lineage)
+    version = registry.add_model_version(**{**fields, **overrides})
+    registry.add_evaluation(model="flu", version=version["version"], dataset=EVAL[0], metrics={"accuracy": 0.8},
+                            session_id=session["id"])
+    return version
+
+
+# Lineage.
+
+
+def test_lineage_is_complete_on_a_new_version(registry, tmp_path):
+    version = add_version(registry, tmp_path)
+    lineage = registry.get_model_version("flu:1")["lineage"]
+    assert missing_fields(lineage) == []
+    assert set(REQUIRED) <= set(lineage)
+    assert lineage["session"] == {"id": version["session_id"], "name": "flu", "backend": "local",
+                                  "rounds_completed": 0, "rounds_planned": 3}
+    assert lineage["sites"] == ["hospital-a", "hospital-b"]
+    assert [(d["ref"], d["role"], d["content_hash"]) for d in lineage["datasets"]] == [
+        ("hospital-a/train:1", "train", "sha256:hospital-a-train"),
+        ("hospital-b/train:1", "train", "sha256:hospital-b-train"),
+        ("hospital-a/test:1", "eval", "sha256:hospital-a-test")]
+    assert (lineage["epsilon"], lineage["delta"], lineage["privacy_unit"]) == (12.5, 1e-5, "site dataset (site-level)")
+    assert lineage["dp"]["noise_multiplier"] == 0.3
+    import tffprod.examples.digits as digits_module
+    import hashlib
+    assert lineage["task"]["sha256"] == hashlib.sha256(Path(digits_module.__file__).read_bytes()).hexdigest()
+    assert set(lineage["versions"]) == {"tffprod", "tensorflow_federated", "tensorflow"}
+    assert lineage["metrics"]["overall"] == {"accuracy": 0.8}
+    assert lineage["metrics"]["per_site"] == {"hospital-a": {"hospital-a/test:1": {"accuracy": 0.8}}}
+
+
+def test_task_source_of_a_file_path_and_of_a_missing_module(tmp_path):
+    task_file = tmp_path / "mytask.py"
+    task_file.write_text("task = None\n")
+    source = task_source(f"{task_file}:task")
+    assert source["file"] == str(task_file.resolve()) and len(source["sha256"]) == 64
+    assert task_source("no_such_module_xyz:task")["sha256"] is None
+    assert "task.sha256" in missing_fields({**dict.fromkeys(REQUIRED), "task": task_source("no_such_module_xyz:task")})
+
+
+def test_missing_fields_names_what_is_absent():
+    assert missing_fields(None) == list(REQUIRED)
+    assert "versions" in missing_fields({"session": {}})
+
+
+# Aliases.
+
+
+def test_alias_resolves_moves_and_is_removed(registry, tmp_path):
+    add_version(registry, tmp_path)
+    add_version(registry, tmp_path)
+    registry.set_model_alias("flu:1", "production")
+    assert registry.get_model_version("flu@production")["version"] == 1
+    assert registry.get_model_version("flu:1")["aliases"] == ["production"]
+    registry.set_model_alias("flu", "production")  # moves to the latest
+    assert registry.get_model_version("flu@production")["version"] == 2
+    assert registry.get_model_version("flu:1")["aliases"] == []
+    assert registry.list_model_aliases() == {"flu": {"production": 2}}
+    assert registry.remove_model_alias("flu", "production")["version"] == 2
+    with pytest.raises(NotFoundError, match="no alias 'production'"):
+        registry.get_model_version("flu@production")
+
+
+def test_bad_aliases_are_refused(registry, tmp_path):
+    add_version(registry, tmp_path)
+    with pytest.raises(SpecError):
+        registry.set_model_alias("flu:1", "7")
+    with pytest.raises(SpecError):
+        registry.set_model_alias("flu:1", "a/b")
+    with pytest.raises(NotFoundError):
+        registry.set_model_alias("flu:9", "staging")
+    with pytest.raises(NotFoundError):
+        registry.remove_model_alias("flu", "never-set")
+
+
+# Access.
+
+
+def test_default_access_is_the_training_sites_and_the_federation(registry, tmp_path):
+    assert add_version(registry, tmp_path)["access"] == ["site:hospital-a", "site:hospital-b"]
+    assert add_version(registry, tmp_path, federation="flu-net")["access"] == [
+        "site:hospital-a", "site:hospital-b", "federation:flu-net"]
+
+
+def test_access_edits(registry, tmp_path):
+    add_version(registry, tmp_path)
+    version = registry.set_model_access("flu:1", allow=["site:hospital-c"], revoke=["site:hospital-b"])
+    assert version["access"] == ["site:hospital-a", "site:hospital-c"]
+    assert registry.site_may_receive(version, "hospital-c") and not registry.site_may_receive(version, "hospital-b")
+    with pytest.raises(SpecError, match="site:NAME"):
+        registry.set_model_access("flu:1", allow=["hospital-d"])
+    assert registry.get_model_version("flu:1")["access"] == ["site:hospital-a", "site:hospital-c"]
+
+
+def test_export_for_a_site_not_allowed_writes_nothing(registry, tmp_path):
+    add_version(registry, tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(AccessDeniedError, match="'hospital-c' may not receive model flu:1"):
+        export_version(registry, "flu:1", out, for_site="hospital-c")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_export_writes_a_model_card_with_lineage_access_and_metrics(registry, tmp_path):
+    from tffprod.model_registry import set_alias
+
+    add_version(registry, tmp_path)
+    set_alias(registry, "flu:1", "production")
+    result = export_version(registry, "flu@production", tmp_path / "out", for_site="hospital-a")
+    out = tmp_path / "out"
+    assert (out / "saved_model.pb").read_bytes() == b"pb"
+    card = json.loads((out / "model_card.json").read_text())
+    assert result["card"] == [str(out / "model_card.json"), str(out / "model_card.md")]
+    assert (card["model"], card["version"], card["aliases"], card["exported_for"]) == (
+        "flu", 1, ["production"], "hospital-a")
+    assert card["access"] == ["site:hospital-a", "site:hospital-b"]
+    assert missing_fields(card["lineage"]) == []
+    assert card["evaluations"][0]["dataset"] == EVAL[0] and card["evaluations"][0]["metrics"] == {"accuracy": 0.8}
+    markdown = (out / "model_card.md").read_text()
+    for text in ("# Model card: flu:1", "hospital-a/train:1", "sha256:hospital-b-train", "Epsilon: 12.5",
+                 "site:hospital-b", "accuracy 0.8", "site dataset (site-level)"):
+        assert text in markdown, text
+    actions = [(e["action"], e["subject"]) for e in registry.list_audit()]
+    assert ("model.export", "flu:1") in actions and ("model.alias", "flu:1") in actions
+
+
+def test_keras_export_puts_the_card_next_to_the_file(registry, tmp_path):
+    add_version(registry, tmp_path)
+    export_version(registry, "flu", tmp_path / "m.keras", fmt="keras")
+    assert (tmp_path / "m.keras").read_bytes() == b"keras"
+    assert json.loads((tmp_path / "m.model_card.json").read_text())["exported_for"] is None
+    assert (tmp_path / "m.model_card.md").is_file()
+
+
+def test_versions_from_before_lineage_get_their_sites_access(tmp_path):
+    """m005 gives existing versions the sites of their datasets (and an empty lineage)."""
+    import sqlite3
+
+    from tffprod.registry.migrations import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with Registry.open(path) as registry:
+        add_version(registry, tmp_path)
+    with sqlite3.connect(path) as conn:  # pretend the version predates m005
+        conn.execute("UPDATE model_versions SET lineage = NULL, access = '[]'")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_model_registry'")
+        conn.execute("DROP TABLE model_aliases")
+        conn.execute("ALTER TABLE model_versions DROP COLUMN access")
+        conn.execute("ALTER TABLE model_versions DROP COLUMN lineage")
+        conn.execute("ALTER TABLE evaluations DROP COLUMN kind")
+    with Registry.open(path) as registry:
+        version = registry.get_model_version("flu:1")
+        assert "m005_model_registry" in {m.name for m in MIGRATIONS.applied(registry._db)}
+    assert version["access"] == ["site:hospital-a", "site:hospital-b"] and version["lineage"] == {}
+
+
+# The CLI.
+
+
+def test_cli_alias_access_show_and_refused_export(tmp_path, run_cli):
+    path = tmp_path / "registry.db"
+    with Registry.open(path) as registry:
+        add_version(registry, tmp_path)
+    env = {"TFFPROD_REGISTRY": str(path)}
+    assert "flu@production -> flu:1" in ok(run_cli("model", "alias", "flu:1", "production", env=env))
+    listed = ok(run_cli("model", "list", env=env))
+    assert "production" in listed
+    shown = ok(run_cli("model", "show", "flu@production", env=env))
+    for text in ("aliases       production", "access        site:hospital-a, site:hospital-b", "lineage",
+                 "hospital-b/train:1", "sha256:hospital-a-test", "tensorflow_federated"):
+        assert text in shown, text
+    ok(run_cli("model", "access", "flu@production", "--revoke", "site:hospital-b", env=env))
+    line = one_error_line(run_cli("model", "export", "flu@production", "--out", tmp_path / "x",
+                                  "--for", "hospital-b", env=env), 12)
+    assert "may not receive" in line and not (tmp_path / "x").exists()
+    one_error_line(run_cli("model", "show", "flu@nope", env=env), 3)
+    exported = json.loads(ok(run_cli("model", "export", "flu@production", "--out", tmp_path / "y",
+                                     "--for", "hospital-a", "--json", env=env)))
+    assert exported["for"] == "hospital-a" and (tmp_path / "y" / "model_card.md").is_file()
+    assert "removed alias production" in ok(run_cli("model", "alias", "flu", "production", "--remove", env=env))
+    one_error_line(run_cli("model", "show", "flu@production", env=env), 3)
+
+
+def test_eval_refuses_a_site_that_may_not_receive_the_version(registry, tmp_path):
+    """The access rule runs before anything (task, data, backend) is touched: no backend is needed."""
+    pytest.importorskip("tensorflow_federated")
+    from tffprod.evaluation import evaluate_version
+
+    add_version(registry, tmp_path)
+    registry.add_dataset(site="hospital-z", name="test", path="/data/z.csv", format="csv",
+                         schema={"features": []}, num_examples=10, content_hash="sha256:z")
+    with pytest.raises(AccessDeniedError, match="'hospital-z' may not receive model flu:1"):
+        evaluate_version(registry, "flu:1", ["hospital-a/test", "hospital-z/test"], backend=None)
+    with pytest.raises(NotFoundError):
+        evaluate_version(registry, "flu:1", ["nowhere/test"], backend=None)
+    assert [e["dataset"] for e in registry.list_evaluations("flu", 1)] == [EVAL[0]]
