@@ -56,7 +56,7 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
     """
     with user_errors(), open_registry(registry_path) as registry:
         row = registry.get_model_version(ref)
-        row["evaluations"] = registry.list_evaluations(row["name"], row["version"])
+        row["evaluations"] = registry.list_evaluations(row["name"], row["version"], kind=None)
     if as_json:
         emit_json(row)
         return

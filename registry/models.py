@@ -147,8 +147,8 @@ def add_evaluation(db: Database, **fields: Any) -> dict[str, Any]:
     return _evaluation(row)
 
 
-def list_evaluations(db: Database, model: str, version: int | None) -> list[dict[str, Any]]:
-    """Returns the evaluations of a model (or one version), oldest first.
+def list_evaluations(db: Database, model: str, version: int | None, kind: str | None = "dataset") -> list[dict[str, Any]]:
+    """Returns the evaluations of a model (or one version), oldest first; only ``kind`` unless None.
 
     Raises:
         NotFoundError: if the model (or that version) was never registered.
@@ -159,6 +159,9 @@ def list_evaluations(db: Database, model: str, version: int | None) -> list[dict
     if version is not None:
         sql += " AND version = ?"
         params.append(int(version))
+    if kind is not None:
+        sql += " AND kind = ?"
+        params.append(kind)
     return [_evaluation(row) for row in db.query(sql + " ORDER BY created_at, id", params)]
 
 

@@ -485,13 +485,16 @@ class Registry:
         )
 
     @_translated
-    def list_evaluations(self, model: str, version: int | None = None) -> list[dict]:
+    def list_evaluations(self, model: str, version: int | None = None, *, kind: str | None = "dataset") -> list[dict]:
         """Returns the evaluations of a model (or one version of it), oldest first.
+
+        ``kind``: ``"dataset"`` (the default: one row per dataset), ``"overall"`` (merged over
+        several datasets, listed comma-separated in ``dataset``), or None for both.
 
         Raises:
             NotFoundError: if the model (or that version) is unknown.
         """
-        return models.list_evaluations(self._db, model, version)
+        return models.list_evaluations(self._db, model, version, kind)
 
     @_translated
     def set_model_alias(self, ref: str, alias: str) -> dict:

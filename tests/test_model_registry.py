@@ -149,6 +149,18 @@ def test_default_access_is_the_training_sites_and_the_federation(registry, tmp_p
         "site:hospital-a", "site:hospital-b", "federation:flu-net"]
 
 
+def test_a_federation_principal_grants_access_to_its_member_sites(registry, tmp_path):
+    version = add_version(registry, tmp_path, federation="flu-net")
+    registry.add_site("hospital-c", address="127.0.0.1:1")
+    assert not registry.site_may_receive(version, "hospital-c")
+    registry.create_federation("flu-net")
+    registry.add_federation_site("flu-net", "hospital-c")
+    assert registry.site_may_receive(version, "hospital-c")  # a member of a listed federation
+    registry.remove_federation_site("flu-net", "hospital-c")
+    with pytest.raises(AccessDeniedError, match="'hospital-c' may not receive model flu:1"):
+        export_version(registry, "flu:1", tmp_path / "out", for_site="hospital-c")
+
+
 def test_access_edits(registry, tmp_path):
     add_version(registry, tmp_path)
     version = registry.set_model_access("flu:1", allow=["site:hospital-c"], revoke=["site:hospital-b"])
@@ -260,3 +272,14 @@ def test_eval_refuses_a_site_that_may_not_receive_the_version(registry, tmp_path
     with pytest.raises(NotFoundError):
         evaluate_version(registry, "flu:1", ["nowhere/test"], backend=None)
     assert [e["dataset"] for e in registry.list_evaluations("flu", 1)] == [EVAL[0]]
+
+
+def test_overall_evaluations_are_kept_apart_from_per_dataset_ones(registry, tmp_path):
+    add_version(registry, tmp_path)
+    registry.add_evaluation(model="flu", version=1, dataset="hospital-a/test:1,hospital-b/train:1",
+                            metrics={"accuracy": 0.7}, kind="overall")
+    assert [e["dataset"] for e in registry.list_evaluations("flu", 1)] == [EVAL[0]]
+    assert [e["metrics"] for e in registry.list_evaluations("flu", 1, kind="overall")] == [{"accuracy": 0.7}]
+    assert [e["kind"] for e in registry.list_evaluations("flu", 1, kind=None)] == ["dataset", "overall"]
+    with pytest.raises(ValueError):
+        registry.add_evaluation(model="flu", version=1, dataset="x", metrics={}, kind="average")

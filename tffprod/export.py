@@ -139,7 +139,7 @@ def export_version(registry: Any, ref: str, out: str | Path, *, fmt: str = "save
     version = registry.get_model_version(ref)
     if for_site is not None:
         require_access(registry, version, for_site)
-    card = model_card(version, registry.list_evaluations(version["name"], version["version"]),
+    card = model_card(version, registry.list_evaluations(version["name"], version["version"], kind=None),
                       exported_for=for_site)
     path = export_artifact(version["artifact_path"], out, fmt=fmt, card=card)
     base, prefix = (path, "") if fmt == "savedmodel" else (path.parent, f"{path.stem}.")
