@@ -78,10 +78,11 @@ class ComputationGuard:
         value = message.value
         if value.WhichOneof("value") == "computation":
             digest = computation_sha256(value.computation)
-            if not self.store.for_computation(digest):
+            approvals = self.store.for_computation(digest)
+            if not approvals:
                 raise self._denied(f"computation sha256 {digest} is not approved "
                                    "(the site operator approves plans with 'tffprod site approve')")
-            if not self.store.for_computation(digest, identity, federation):
+            if not any(a.allows(identity, federation) for a in approvals):
                 raise self._denied(f"computation sha256 {digest} is approved for another coordinator or "
                                    f"federation, not '{identity}' in federation '{federation or '-'}'")
             return digest

@@ -12,9 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from google.protobuf.message import DecodeError
-
-from tffprod.datafiles import FORMATS, Example, PathLike, _read_records, _write_record
+from tffprod.datafiles import FORMATS, PathLike, _write_record, parse_examples
 from tffprod.errors import DatasetError
 
 
@@ -75,12 +73,7 @@ def _client_rows(path: PathLike, fmt: str, column: str) -> tuple[list[str] | Non
 
     def tfrecord_rows() -> Iterator[tuple[str, Any]]:
         with stream:
-            for number, data in enumerate(_read_records(path, stream), start=1):
-                example = Example()
-                try:
-                    example.ParseFromString(data)
-                except DecodeError as e:
-                    raise DatasetError(f"{path}: example {number}: unparseable record: {e}") from e
+            for number, data, example in parse_examples(path, stream):
                 where = f"{path}: example {number}: client-id column {column!r}"
                 features = example.features.feature
                 if column not in features:

@@ -309,13 +309,23 @@ def write_csv(path: PathLike, rows: Iterable[Mapping[str, Any]], schema: Schema)
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _iter_tfrecord(path: Path, stream: BinaryIO, schema: Schema) -> Iterator[dict[str, Any]]:
+def parse_examples(path: Path, stream: BinaryIO) -> Iterator[tuple[int, bytes, Any]]:
+    """``(number, record bytes, tf.train.Example)`` for each record of a TFRecord stream, from 1.
+
+    Raises:
+        DatasetError: a record that is not a ``tf.train.Example`` (or a broken frame).
+    """
     for number, data in enumerate(_read_records(path, stream), start=1):
         example = Example()
         try:
             example.ParseFromString(data)
         except DecodeError as e:
             raise DatasetError(f"{path}: example {number}: unparseable record, not a tf.train.Example: {e}") from e
+        yield number, data, example
+
+
+def _iter_tfrecord(path: Path, stream: BinaryIO, schema: Schema) -> Iterator[dict[str, Any]]:
+    for number, _, example in parse_examples(path, stream):
         features = example.features.feature
         out: dict[str, Any] = {}
         for col in schema.columns:
