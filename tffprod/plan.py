@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from tffprod.errors import SessionError
+from tffprod.errors import NotFoundError, SessionError
 from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
 
 if TYPE_CHECKING:
@@ -109,18 +109,16 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
 
 def coordinator_identities(registry: Any, sites: list[str]) -> dict[str, str]:
     """Site -> the identity (certificate CN) this coordinator uses there, for sites it connects to."""
-    from pathlib import Path as _Path
-
     from tffprod.certs import identity_of
 
     identities = {}
     for site in sites:
         try:
             cert = (registry.get_site(site).get("info") or {}).get("cert")
-        except Exception:  # a site known only by its datasets (local backend)
+        except NotFoundError:  # a site known only by its datasets (local backend)
             cert = None
-        if cert and _Path(cert).is_file():
-            identities[site] = identity_of(_Path(cert).read_bytes())
+        if cert and Path(cert).is_file():
+            identities[site] = identity_of(Path(cert).read_bytes())
     return identities
 
 

@@ -67,3 +67,20 @@ def running_federation(root: Path, datasets: dict, *, computations: str = "any",
     for pid in site_pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert [p for p in worker_children() if p.pid not in workers_before] == []
+
+
+def read_file_computation():
+    """The facts note's attack (section 6): read the file each CLIENTS string names and return its bytes."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    @tff.tensorflow.computation(np.str_)
+    def read_file(ref):
+        return tf.io.read_file(ref)
+
+    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
+    def leak(refs):
+        return tff.federated_map(read_file, refs)
+
+    return leak

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 from click.testing import CliRunner
 
 from tffprod.accounting import epsilon_for
@@ -31,7 +30,7 @@ from tffprod.session import plan_session
 from tffprod.sites import check_site
 from tffprod.spec import SessionSpec
 
-from .conftest import running_federation
+from .conftest import read_file_computation, running_federation
 
 pytestmark = pytest.mark.e2e
 
@@ -61,20 +60,6 @@ def approved(data, budget_epsilon):
                        "test": {"path": paths[site]["test"], "task": TASK}} for site in SITES}
     with running_federation(root, datasets, computations="approved") as (fed, registry):
         yield fed, registry
-
-
-def _steal_file():
-    """The facts note's attack: read whatever file each CLIENTS string names and return the bytes."""
-
-    @tff.tensorflow.computation(np.str_)
-    def read(path):
-        return tf.io.read_file(path)
-
-    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
-    def steal(paths):
-        return tff.federated_map(read, paths)
-
-    return steal
 
 
 def _site_context(registry, site):
@@ -130,7 +115,7 @@ def test_raw_file_read_is_refused_under_approval(approved, approved_plan):
     site = SITES[0]
     # 'train' is in the approved plan, so the dataset name passes; the computation does not.
     with pytest.raises(Exception, match="computation sha256 [0-9a-f]{64} is not approved") as refused:
-        _site_context(registry, site).invoke(_steal_file(), ["train"])
+        _site_context(registry, site).invoke(read_file_computation(), ["train"])
     assert "PERMISSION_DENIED" in str(refused.value) or "permission" in str(refused.value).lower()
     _, state_dir = _site_state(fed, site)
     denied = [line for line in read_audit_log(state_dir / "audit.jsonl") if line["status"] == "PERMISSION_DENIED"]
@@ -144,7 +129,7 @@ def test_raw_file_read_works_only_under_the_explicit_development_policy(data, tm
     with running_federation(tmp_path, datasets, computations="any") as (fed, registry):
         check = CliRunner().invoke(cli, ["site", "check", site, "--registry", str(tmp_path / "remote.db")])
         assert "WARNING" in check.output and "ANY computation" in check.output
-        (stolen,) = _site_context(registry, site).invoke(_steal_file(), ["train"])
+        (stolen,) = _site_context(registry, site).invoke(read_file_computation(), ["train"])
     assert stolen == paths[site]["train"].read_bytes()
 
 

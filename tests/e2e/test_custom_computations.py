@@ -22,7 +22,7 @@ from tffprod.examples import digits, fraud, stats
 from tffprod.executors.audit import read_audit_log
 from tffprod.registry import Registry
 
-from .conftest import running_federation, worker_children
+from .conftest import read_file_computation, running_federation, worker_children
 
 pytestmark = pytest.mark.e2e
 
@@ -114,16 +114,9 @@ def test_a_server_argument_is_broadcast_to_the_clients(registry, data):
 
 
 def test_a_computation_that_releases_client_values_is_refused_before_anything_runs(registry):
-    import tensorflow as tf
     import tensorflow_federated as tff
 
-    @tff.tensorflow.computation(np.str_)
-    def read_file(ref):
-        return tf.io.read_file(ref)
-
-    @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
-    def leak(refs):
-        return tff.federated_map(read_file, refs)
+    leak = read_file_computation()
 
     @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS))
     def no_refs(values):
