@@ -67,11 +67,19 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
                 from tffprod.session import train
 
                 result = train(spec, registry=registry, backend=site_backend, progress=progress)
+    _report(result, as_json)
+
+
+def _report(result: dict, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    version = result["model_version"]
     click.echo(f"session {result['id']} {result['status']}: {result['rounds_completed']} rounds")
+    if result["status"] == "cancelled":
+        click.echo(f"{result.get('error')}; resume with 'tffprod session resume {result['id']}' or export its "
+                   f"last state with 'tffprod session export {result['id']} --out DIR'")
+        return
+    version = result["model_version"]
     click.echo(f"model {version['name']}:{version['version']}  epsilon {version['epsilon']}  "
                f"artifact {version['artifact_path']}")
     if version["metrics"].get("stopped"):
@@ -150,15 +158,24 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod session show s-20261125-183000-ab12
     """
+    from tffprod.resume import describe_health, resumable
+
     with user_errors(), open_registry(registry_path) as registry:
         row = registry.get_session(session_id)
         row["rounds"] = registry.list_rounds(session_id)
+        row["quarantined"] = describe_health(row, row["rounds"])
+        row["resumable"] = resumable(row) is None
     if as_json:
         emit_json(row)
         return
     for key in ("id", "name", "status", "backend", "rounds_completed", "rounds_planned", "created_at",
                 "finished_at", "error"):
         click.echo(f"{key:17} {row.get(key) if row.get(key) is not None else '-'}")
+    if row["status"] != "finished":
+        click.echo(f"{'resumable':17} {_resume_hint(row)}")
+    for site, q in row["quarantined"].items():
+        click.echo(f"{'quarantined':17} {site} since round {q['round']} ({q['failures']} failed rounds in a row: "
+                   f"{q['reason']})")
     if row["spec"].get("plan_id"):
         click.echo(f"{'plan':17} {row['spec']['plan_id']}")
     privacy = row.get("privacy") or {}
@@ -173,3 +190,93 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
         clients = f"  clients {r['clients']}" if r.get("clients") is not None else ""
         click.echo(f"  round {r['round_num']:>3}  sites {ok}/{len(r['participants'])}{clients}  "
                    f"{r['duration_s']:.2f}s{eps}")
+
+
+def _resume_hint(row: dict) -> str:
+    from tffprod.resume import resumable
+
+    reason = resumable(row)
+    if reason:
+        return f"no: {reason}"
+    gone = " (its coordinator is gone)" if row["status"] == "running" else ""
+    return f"yes{gone}: tffprod session resume {row['id']}"
+
+
+@session.command("resume")
+@click.argument("session_id")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="The approved plan the session was run from.")
+@click.option("--backend", type=click.Choice(["local", "remote"]), help="Where site computations run (default: "
+              "the session's).")
+@registry_option
+@output_options
+def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], registry_path: str,
+           as_json: bool) -> None:
+    """Continue a session that failed, was cancelled or whose coordinator died, after its last
+    committed round.
+
+    \b
+    Example:
+        tffprod session resume s-20261125-183000-ab12
+    """
+    with user_errors():
+        from tffprod.backends import create_backend
+        from tffprod.cli.progress import print_round
+        from tffprod.resume import resume_session
+
+        progress = print_round if interactive() else None
+        with open_registry(registry_path) as registry:
+            backend = backend or registry.get_session(session_id)["backend"]
+            result = resume_session(session_id, registry=registry, backend=create_backend(backend, registry=registry),
+                                    progress=progress, plan_path=plan_path)
+    _report(result, as_json)
+
+
+@session.command("cancel")
+@click.argument("session_id")
+@registry_option
+@output_options
+def cancel(session_id: str, registry_path: str, as_json: bool) -> None:
+    """Stop a running session at its next round boundary; its last state is kept.
+
+    The session can then be resumed ('tffprod session resume') or its last state
+    exported ('tffprod session export').
+
+    \b
+    Example:
+        tffprod session cancel s-20261125-183000-ab12
+    """
+    from tffprod.resume import cancel_session
+
+    with user_errors(), open_registry(registry_path) as registry:
+        row = cancel_session(session_id, registry=registry)
+        registry.record_action("session.cancel", session_id, {"status": row["status"]})
+    if as_json:
+        emit_json(row)
+    elif row["status"] == "cancelled":
+        click.echo(f"session {session_id} cancelled after round {row['rounds_completed']}")
+    else:
+        click.echo(f"session {session_id}: cancel requested; it stops after its current round")
+
+
+@session.command("export")
+@click.argument("session_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@registry_option
+@output_options
+def export(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> None:
+    """Export the model of a session's last committed round as a SavedModel (e.g. of a cancelled session).
+
+    \b
+    Example:
+        tffprod session export s-20261125-183000-ab12 --out model/
+    """
+    with user_errors():
+        from tffprod.resume import export_session
+
+        with open_registry(registry_path) as registry:
+            result = export_session(session_id, registry=registry, out_dir=out_dir)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"session {session_id} round {result['round']} exported to {result['path']}")

@@ -253,6 +253,15 @@ def m006_federations(db: Database) -> None:
     for statement in MIGRATION_SQL:
         db.execute(statement)
 
+@migration
+def m007_resumable_sessions(db: Database) -> None:
+    """Crash-safe rounds: each round's checkpoint, the coordinator that owns a session, cancel requests."""
+    db.execute("ALTER TABLE rounds ADD COLUMN checkpoint TEXT")  # path of the server state after the round
+    db.execute("ALTER TABLE rounds ADD COLUMN checkpoint_sha256 TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN coordinator TEXT")  # JSON {"host", "pid"} of its process
+    db.execute("ALTER TABLE sessions ADD COLUMN cancel_requested_at TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN resumed INTEGER NOT NULL DEFAULT 0")
+
 
 def unknown_migrations(db: Database) -> list[str]:
     """Names of applied migrations that this version of tffprod does not know.

@@ -24,6 +24,7 @@ PARTICIPANT_STATUSES = ("ok", "timeout", "error")
 def _session(row: dict[str, Any]) -> dict[str, Any]:
     decoded = {key: from_json(row[key]) for key in ("spec", "task", "datasets")}
     decoded["privacy"] = from_json(row["privacy"]) if row.get("privacy") else None
+    decoded["coordinator"] = from_json(row["coordinator"]) if row.get("coordinator") else None
     return {**row, **decoded, "duration_s": seconds_between(row["started_at"], row["finished_at"])}
 
 
@@ -62,14 +63,47 @@ def create_session(db: Database, **fields: Any) -> dict[str, Any]:
     return get_session(db, session_id)
 
 
-def start_session(db: Database, session_id: str) -> dict[str, Any]:
-    """Marks a session running and stamps ``started_at``."""
+def start_session(db: Database, session_id: str, coordinator: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Marks a session running, stamps ``started_at`` and records its coordinator process."""
     with write_transaction(db):
         require_session(db, session_id)
         db.execute(
-            "UPDATE sessions SET status = 'running', started_at = ? WHERE id = ?",
-            [utc_now(), session_id],
+            "UPDATE sessions SET status = 'running', started_at = ?, coordinator = ? WHERE id = ?",
+            [utc_now(), None if coordinator is None else to_json(coordinator), session_id],
         )
+    return get_session(db, session_id)
+
+
+def claim_session(db: Database, session_id: str, coordinator: dict[str, Any], expected: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    """Make ``coordinator`` the owner of a session being resumed; see ``Registry.claim_session``."""
+    with write_transaction(db):
+        row = first_row(db, "SELECT status, coordinator FROM sessions WHERE id = ?", [session_id])
+        if row is None:
+            raise NotFoundError(f"unknown session {session_id!r}")
+        if row["status"] == "finished":
+            raise RegistryError(f"session {session_id} is finished; there is nothing to resume")
+        current = from_json(row["coordinator"]) if row["coordinator"] else None
+        if row["status"] in ("running", "pending") and current != expected:
+            raise RegistryError(f"session {session_id} was claimed by another coordinator ({current}) meanwhile")
+        db.execute(
+            "UPDATE sessions SET status = 'running', coordinator = ?, error = NULL, finished_at = NULL,"
+            " cancel_requested_at = NULL, resumed = resumed + 1 WHERE id = ?",
+            [to_json(coordinator), session_id],
+        )
+    return get_session(db, session_id)
+
+
+def request_cancel(db: Database, session_id: str) -> dict[str, Any]:
+    """Ask a running session to stop at its next round boundary; see ``Registry.request_cancel``."""
+    with write_transaction(db):
+        row = first_row(db, "SELECT status FROM sessions WHERE id = ?", [session_id])
+        if row is None:
+            raise NotFoundError(f"unknown session {session_id!r}")
+        if row["status"] not in ("pending", "running"):
+            raise RegistryError(f"session {session_id} is {row['status']}, not running; nothing to cancel")
+        db.execute("UPDATE sessions SET cancel_requested_at = ? WHERE id = ? AND cancel_requested_at IS NULL",
+                   [utc_now(), session_id])
     return get_session(db, session_id)
 
 
@@ -125,9 +159,14 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
         sql = "SELECT 1 AS taken FROM rounds WHERE session_id = ? AND round_num = ?"
         if first_row(db, sql, [session_id, round_num]) is not None:
             raise RegistryError(f"session {session_id!r} already has round {round_num} recorded")
+        last = first_row(db, "SELECT rounds_completed FROM sessions WHERE id = ?", [session_id])
+        if last is not None and round_num != last["rounds_completed"] + 1:
+            raise RegistryError(f"session {session_id!r} has {last['rounds_completed']} rounds recorded; "
+                                f"round {round_num} cannot come next")
         db.execute(
             "INSERT INTO rounds (session_id, round_num, metrics, participants, duration_s, epsilon,"
-            " recorded_at, sampling_rate, clients, epsilon_pld) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " recorded_at, sampling_rate, clients, epsilon_pld, checkpoint, checkpoint_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 session_id,
                 round_num,
@@ -139,6 +178,8 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
                 None if fields.get("sampling_rate") is None else float(fields["sampling_rate"]),
                 None if fields.get("clients") is None else int(fields["clients"]),
                 None if fields.get("epsilon_pld") is None else float(fields["epsilon_pld"]),
+                fields.get("checkpoint"),
+                fields.get("checkpoint_sha256"),
             ],
         )
         privacy.upsert_spend(db, session_id, spend, now)

@@ -233,13 +233,37 @@ class Registry:
         )
 
     @_translated
-    def start_session(self, session_id: str) -> dict:
-        """Sets a session ``running`` and stamps ``started_at``.
+    def start_session(self, session_id: str, *, coordinator: dict | None = None) -> dict:
+        """Sets a session ``running``, stamps ``started_at`` and records ``coordinator``
+        (``{"host", "pid"}`` of the process running it).
 
         Raises:
             NotFoundError: if the session is unknown.
         """
-        return sessions.start_session(self._db, session_id)
+        return sessions.start_session(self._db, session_id, coordinator)
+
+    @_translated
+    def claim_session(self, session_id: str, *, coordinator: dict, expected: dict | None) -> dict:
+        """Sets a session being resumed ``running`` under ``coordinator``; bumps ``resumed``.
+
+        ``expected`` is the owner the caller saw (and found dead); if a running session
+        has another owner by now, someone else resumed it first.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+            RegistryError: if it is finished, or another coordinator claimed it meanwhile.
+        """
+        return sessions.claim_session(self._db, session_id, coordinator, expected)
+
+    @_translated
+    def request_cancel(self, session_id: str) -> dict:
+        """Stamps ``cancel_requested_at``; the coordinator stops at its next round boundary.
+
+        Raises:
+            NotFoundError: if the session is unknown.
+            RegistryError: if it is not pending or running.
+        """
+        return sessions.request_cancel(self._db, session_id)
 
     @_translated
     def finish_session(self, session_id: str, *, status: str, error: str | None = None) -> dict:
@@ -284,6 +308,8 @@ class Registry:
         sampling_rate: float | None = None,
         clients: int | None = None,
         epsilon_pld: float | None = None,
+        checkpoint: str | None = None,
+        checkpoint_sha256: str | None = None,
     ) -> dict:
         """Records a finished round, its privacy spend and the session's ``rounds_completed``, atomically.
 
@@ -306,6 +332,8 @@ class Registry:
             sampling_rate: Optional; a client's chance to take part in this round.
             clients: Optional; how many clients really took part.
             epsilon_pld: Optional; privacy spent so far by the PLD accountant.
+            checkpoint: Optional; the server-state file after this round, already on disk.
+            checkpoint_sha256: Its SHA-256; resume loads the file only if it matches.
 
         Returns:
             The round: session_id, round_num, metrics, participants,
@@ -313,7 +341,8 @@ class Registry:
 
         Raises:
             NotFoundError: if the session is unknown.
-            RegistryError: if this round was already recorded (nothing changes).
+            RegistryError: if this round was already recorded, or is not the one after the
+                last recorded round (nothing changes).
             ValueError: if ``round_num`` < 1, a participant status is unknown,
                 or a spend item is malformed (missing or extra keys, negative
                 values, a dataset listed twice); nothing is written.
@@ -330,6 +359,8 @@ class Registry:
             sampling_rate=sampling_rate,
             clients=clients,
             epsilon_pld=epsilon_pld,
+            checkpoint=checkpoint,
+            checkpoint_sha256=checkpoint_sha256,
         )
 
     @_translated

@@ -53,8 +53,12 @@ def rounds_that_fit(*, noise_multiplier: float, delta: float, epsilon: float, ro
     return low
 
 
-def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, registry: Any) -> BudgetPlan:
+def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, registry: Any,
+                 resuming: Optional[str] = None) -> BudgetPlan:
     """Check the session against every training dataset's remaining budget; writes nothing.
+
+    ``resuming`` names a session being resumed: its own spend so far is part of its plan
+    (it counts towards ``spec.rounds``), not of the budget's other uses.
 
     Raises:
         PrivacyBudgetError: a budgeted dataset in a session without DP, a delta that does not
@@ -72,7 +76,9 @@ def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, re
             raise PrivacyBudgetError(f"dataset {dataset} has a privacy budget (epsilon {budget['epsilon']:g}); "
                                      "the session must use DP ([dp] mechanism)")
         (report,) = registry.privacy_report(site=site, name=name)
-        spent = report["spent"]
+        spent = dict(report["spent"])
+        for own in (s for s in report["sessions"] if s["session_id"] == resuming):
+            spent = {key: spent[key] - own[key] for key in ("epsilon", "delta")}
         if dp.delta > budget["delta"] - spent["delta"]:
             raise PrivacyBudgetError(f"dataset {dataset}: delta {dp.delta:g} exceeds the remaining "
                                      f"{budget['delta'] - spent['delta']:.3g} (budget {budget['delta']:g})")

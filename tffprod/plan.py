@@ -77,7 +77,7 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
     import tensorflow_federated as tff
 
     from tffprod.process import build_evaluation_process
-    from tffprod.session import training_process
+    from tffprod.trainer import training_process
     from tffprod.sites import local_versions
 
     spec = plan.spec

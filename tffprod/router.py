@@ -95,10 +95,15 @@ class RoundRouter:
     def close(self) -> None:
         """Nothing to release: site threads are daemons and end with their calls."""
 
-    def partials(self, state: Any, refs_by_site: Mapping[str, list[str]]) -> list[SiteOutcome]:
-        """Run the per-site part at every site concurrently; never raises for a site's failure."""
+    def partials(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
+                 timeout_s: Optional[float] = None) -> list[SiteOutcome]:
+        """Run the per-site part at every site concurrently; never raises for a site's failure.
+
+        ``timeout_s`` overrides the router's deadline for this call.
+        """
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
-        deadline = started + self._timeout_s
+        deadline = started + timeout_s
         futures = {site: self._spawn(site, state, refs, deadline) for site, refs in refs_by_site.items()}
         outcomes = []
         for site, future in futures.items():
@@ -108,7 +113,7 @@ class RoundRouter:
                 outcomes.append(SiteOutcome(site, "ok", duration, clients, partial=partial, attempts=attempts))
             except concurrent.futures.TimeoutError:
                 outcomes.append(SiteOutcome(site, "timeout", time.monotonic() - started, clients,
-                                            error=f"no result within {self._timeout_s:g} s"))
+                                            error=f"no result within {timeout_s:g} s"))
             except Exception as e:  # a site's failure is recorded, not raised
                 outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
                                             error=describe_error(e), attempts=getattr(e, "attempts", 1)))
@@ -158,15 +163,16 @@ class RoundRouter:
         return ctx.invoke(self._form.after_merge, Struct.unnamed(original, merged))
 
     def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
-                  min_sites: Optional[int] = None) -> RoundOutcome:
+                  min_sites: Optional[int] = None, timeout_s: Optional[float] = None) -> RoundOutcome:
         """One full round; raises SessionError when fewer than ``min_sites`` sites succeed.
 
         ``min_sites`` overrides the router's for this round (a round that samples clients
-        calls only the sites that hold one).
+        calls only the sites that hold one); ``timeout_s`` overrides its deadline (an
+        adaptive deadline, ``tffprod.churn.DeadlinePolicy``).
         """
         t0 = time.monotonic()
         needed = self._min_sites if min_sites is None else min_sites
-        sites = self.partials(state, refs_by_site)
+        sites = self.partials(state, refs_by_site, timeout_s=timeout_s)
         ok = [s for s in sites if s.status == "ok"]
         if len(ok) < needed or not ok:
             detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")

@@ -21,6 +21,9 @@ Example::
     [sampling]                  # only for datasets with a client-id column
     client_rate = 0.05          # Poisson: each client takes part with this chance;
     # clients_per_round = 20    # or exactly this many, drawn without replacement
+
+    [reliability]               # optional: see tffprod.churn
+    quarantine_after = 3
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from tffprod.churn import ReliabilityConfig
 from tffprod.errors import SpecError
 from tffprod.tomlfile import read_toml, toml_document
 
@@ -47,7 +51,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 
 _TOP_REQUIRED = ("name", "task", "datasets", "rounds")
 _TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "federation", "dp",
-                             "sampling")
+                             "sampling", "reliability")
 _SAMPLING_KEYS = ("client_rate", "clients_per_round")
 _DP_KEYS = {
     "none": ("mechanism",),
@@ -58,6 +62,8 @@ _DP_KEYS = {
 ON_BUDGET = ("refuse", "stop")
 _DP_REQUIRED = ("noise_multiplier", "clip", "delta")
 _ALL_DP_KEYS = _DP_KEYS["gaussian_adaptive"]
+_TABLE_KEYS = (("dp", _ALL_DP_KEYS), ("sampling", _SAMPLING_KEYS),
+               ("reliability", tuple(f.name for f in dataclasses.fields(ReliabilityConfig))))
 
 
 # ---------------------------------------------------------------- value checks
@@ -319,6 +325,7 @@ class SessionSpec:
         federation: the federation the session belongs to (its datasets must be at its sites), or None.
         dp: the differential privacy settings.
         sampling: client sampling (``[sampling]``), or None: every client every round.
+        reliability: quarantine and per-round deadlines (``[reliability]``).
         source: the spec file this was read from, if any (not compared).
     """
 
@@ -334,6 +341,7 @@ class SessionSpec:
     federation: Optional[str] = None
     dp: DPConfig = DPConfig()
     sampling: Optional[SamplingConfig] = None
+    reliability: ReliabilityConfig = ReliabilityConfig()
     source: Optional[str] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -368,6 +376,9 @@ class SessionSpec:
             raise SpecError(f"'dp' must be a DPConfig, got {type(self.dp).__name__}")
         if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
             raise SpecError(f"'sampling' must be a SamplingConfig, got {type(self.sampling).__name__}")
+        if not isinstance(self.reliability, ReliabilityConfig):
+            raise SpecError(f"'reliability' must be a ReliabilityConfig, got {type(self.reliability).__name__}")
+        self.reliability.check_timeout(self.round_timeout_s)
         z, n = self.dp.noise_multiplier, self.clients_per_round
         # With sampling, clients per round are known only with the datasets (checked when planning).
         if self.sampling is None and self.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * n:
@@ -404,6 +415,8 @@ class SessionSpec:
             **({"federation": self.federation} if self.federation is not None else {}),
             "dp": self.dp.to_dict(),
             **({"sampling": self.sampling.to_dict()} if self.sampling is not None else {}),
+            # Only when set, so that specs (and plan ids) without the table stay as they were.
+            **({"reliability": self.reliability.to_dict()} if self.reliability != ReliabilityConfig() else {}),
         }
 
     @classmethod
@@ -423,7 +436,7 @@ class SessionSpec:
                 raise SpecError(f"a spec must be a table, got {type_name(data)}")
             for key in data:
                 if key not in _TOP_KEYS:
-                    table = "dp" if key in _ALL_DP_KEYS else "sampling" if key in _SAMPLING_KEYS else None
+                    table = next((t for t, keys in _TABLE_KEYS if key in keys), None)
                     hint = f" (did you mean '[{table}] {key}'?)" if table else did_you_mean(key, _TOP_KEYS)
                     raise SpecError(f"unknown key {key!r}{hint}")
             for key in _TOP_REQUIRED:
@@ -433,6 +446,8 @@ class SessionSpec:
             fields["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
             if "sampling" in data:
                 fields["sampling"] = SamplingConfig.from_dict(data["sampling"])
+            if "reliability" in data:
+                fields["reliability"] = ReliabilityConfig.from_dict(data["reliability"])
             fields["task"] = resolve_task(task_path("task", data["task"]), source)
         except SpecError as e:
             raise SpecError(f"{source}: {e}" if source else str(e)) from None
@@ -462,4 +477,4 @@ def dump_spec(spec: SessionSpec, path: Union[str, os.PathLike]) -> None:
     # A relative file.py task path of a spec built in code means "from the current folder";
     # written as is, it would be read back relative to the new file's folder.
     data["task"] = resolve_task(spec.task, os.path.join(os.getcwd(), "_"))
-    Path(path).write_text(toml_document(data), encoding="utf-8")  # the [dp] and [sampling] tables last
+    Path(path).write_text(toml_document(data), encoding="utf-8")  # the tables last
