@@ -183,10 +183,15 @@ def token_hash(token_file: str) -> None:
     Example:
         tffprod site token-hash tokens/hospital-a
     """
+    from tffprod.errors import SpecError
     from tffprod.executors.config import hash_token
 
     with user_errors():
-        click.echo(hash_token(Path(token_file).read_text().strip()))
+        try:
+            token = Path(token_file).read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SpecError(f"token file {token_file} is not UTF-8 text") from None
+        click.echo(hash_token(token))
 
 
 @site.group("plan")

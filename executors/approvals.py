@@ -136,6 +136,8 @@ def load_plan(path: os.PathLike | str) -> Plan:
         raise PlanError(f"plan {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PlanError(f"plan {path}: not a readable JSON plan ({type(e).__name__})") from None
+    except RecursionError:  # json recurses once per nested array or object
+        raise PlanError(f"plan {path}: not a readable JSON plan (nested too deeply)") from None
     where = f"plan {path}"
     if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
         raise PlanError(f"{where}: not a {PLAN_FORMAT} plan")

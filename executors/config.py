@@ -220,7 +220,10 @@ def hash_token(token: str) -> str:
     """
     if not isinstance(token, str) or not token:
         raise SpecError("a bearer token must be a non-empty string")
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    try:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from bytes decoded with surrogateescape
+        raise SpecError("a bearer token must be valid Unicode text") from None
 
 
 # ---------------------------------------------------------------- reading

@@ -58,7 +58,9 @@ EXECUTOR_SERVICE = "tensorflow_federated.v0.ExecutorGroup"
 EXECUTOR_METHODS = ("GetExecutor", "CreateValue", "CreateCall", "CreateStruct", "CreateSelection",
                     "Compute", "Dispose", "DisposeExecutor")
 # One message can be a whole model or a client's data: gRPC's Python limit (2 GB) on both hops.
-MESSAGE_LIMITS = (("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1))
+MAX_MESSAGE_BYTES = 2**31 - 1
+MESSAGE_LIMITS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES))
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remaining is far beyond this
 
@@ -103,19 +105,26 @@ class Gateway:
             development policy ``computations = "any"``).
         federations: the federations this site serves; executor calls must then name one of
             them in ``x-tffprod-federation``. None: any (a named federation is still recorded).
+        max_message_bytes: the largest message accepted from a caller (a larger one is
+            ``RESOURCE_EXHAUSTED`` before any handler runs); a site passes its worker's limit,
+            so nothing the worker would refuse is read into memory here.
 
     Raises:
         ValueError: plaintext without ``insecure_dev`` or off loopback, TLS and
             ``insecure_dev`` together, a token entry that is not a SHA-256 hex digest,
-            or a malformed catalog.
+            a malformed catalog, or ``max_message_bytes`` outside 1..2**31-1.
     """
 
     def __init__(self, *, site: str, listen: str, worker_address: str, catalog: Mapping[str, CatalogEntry],
                  tokens: Mapping[str, str], tls: Optional[tuple[bytes, bytes, bytes]], audit: AuditLog,
                  insecure_dev: bool = False, worker_health: Callable[[], bool] = lambda: True,
                  max_workers: int = 16, guard: Optional[ComputationGuard] = None,
-                 federations: Optional[Collection[str]] = None) -> None:
+                 federations: Optional[Collection[str]] = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         host = _listen_host(listen)
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
+                or not 1 <= max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise ValueError(f"max_message_bytes must be an integer 1..{MAX_MESSAGE_BYTES}, got {max_message_bytes!r}")
         if insecure_dev:
             if tls is not None:
                 raise ValueError("give either tls or insecure_dev=True, not both")
@@ -141,6 +150,8 @@ class Gateway:
         self._guard = guard
         self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
+        self._server_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                ("grpc.max_receive_message_length", max_message_bytes))
         self._server: Optional[grpc.Server] = None
         self._channel: Optional[grpc.Channel] = None
         self._started_at = 0.0
@@ -161,7 +172,7 @@ class Gateway:
             channel = grpc.insecure_channel(self.worker_address, options=MESSAGE_LIMITS)
             server = grpc.server(
                 concurrent.futures.ThreadPoolExecutor(self._max_workers, thread_name_prefix=f"gateway-{self.site}"),
-                options=MESSAGE_LIMITS,
+                options=self._server_options,
             )
             executor_handlers = {m: self._executor_method(channel, m) for m in EXECUTOR_METHODS}
             server.add_generic_rpc_handlers([

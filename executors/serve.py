@@ -7,7 +7,7 @@
 2. takes ``state_dir/site.lock`` so two site processes never share a state folder;
 3. starts the supervised ``worker_binary`` on a loopback port;
 4. starts the gateway on the public ``listen`` address (mTLS, or plaintext with
-   ``insecure_dev``), auditing every call to ``state_dir/audit.jsonl``; with
+   ``insecure_dev``; messages up to the worker's ``max_message_mb``), auditing every call to ``state_dir/audit.jsonl``; with
    ``computations = "approved"`` (the default) it runs only plans approved in
    ``state_dir/approvals/`` and keeps the privacy ledger
    ``state_dir/privacy-ledger.sqlite``; ``"any"`` is logged as a warning;
@@ -72,7 +72,7 @@ def serve_site(
     """
     from tffprod.executors.approvals import ApprovalStore
     from tffprod.executors.audit import AuditLog
-    from tffprod.executors.gateway import Gateway
+    from tffprod.executors.gateway import MAX_MESSAGE_BYTES, Gateway
     from tffprod.executors.guard import ComputationGuard
     from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 
@@ -115,6 +115,7 @@ def serve_site(
                 worker_health=supervisor.healthy,
                 guard=guard,
                 federations=config.federations,
+                max_message_bytes=min(config.worker.max_message_mb * 2**20, MAX_MESSAGE_BYTES),
             )
             port = gateway.start()
             info = {

@@ -72,7 +72,7 @@ def check_name(kind: str, name: str) -> str:
         SpecError: if the name is empty or holds other characters (such as the
             ``/`` and ``:`` that references use as separators).
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(
             f"{kind} name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"

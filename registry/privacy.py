@@ -40,9 +40,13 @@ SPEND_KEYS = ("site", "name", "epsilon", "delta", "rounds")
 
 
 def _number(what: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int beyond float's range
+        number = math.nan
+    if not math.isfinite(number):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _spent(what: str, value: Any) -> float:

@@ -434,3 +434,453 @@ def test_datasets_mixing_formats(registry: Registry, fraud_data, tmp_path: Path,
     registry.snapshot()
     spec = write_spec(tmp_path / "spec.toml", task=FRAUD_TASK, name="fraud-fl", **overrides)
     assert_clean_failure(registry.session_run(spec), DatasetError, "share a format", "csv", "tfrecord")
+
+
+# ---------------------------------------------------------------- property tests: random and mutated documents
+#
+# Hypothesis throws random TOML/JSON documents (random keys, wrong types, huge numbers, NaN,
+# unicode, nesting) and mutations of valid ones at each parser. Every input must either parse or
+# fail with one line from a TffprodError subclass, and leave the disk as it was. Derandomized, so
+# CI sees the same inputs every run.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+KEYS = st.one_of(st.sampled_from(["name", "task", "datasets", "rounds", "dp", "mechanism", "path", "tls", "cert",
+                                  "listen", "coordinators", "identity", "token_sha256", "worker", "port", "budget",
+                                  "epsilon", "delta", "format", "schema", "catalog", "computations"]),
+                 st.text(min_size=1, max_size=12))
+SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(-2**63, 2**63 - 1),
+    st.sampled_from([0, -1, 2**63 - 1, -2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.sampled_from(["", "hospital-a/train", "tffprod.examples.digits:task", "127.0.0.1:0", "\u202e\u0000x",
+                     "../../etc/passwd", "x" * 300]),
+)
+DOCUMENT_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner,
+                                                                                                  max_size=4),
+                               max_leaves=20)
+
+
+def toml_inline(value: Any) -> str:
+    """Any value from ``DOCUMENT_VALUES`` as TOML (tables inline, so any nesting can be written)."""
+    from tffprod.tomlfile import toml_string, toml_value
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_string(k)} = {toml_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    return toml_value(value)
+
+
+def toml_text(document: dict) -> str:
+    return "".join(f"{toml_inline_key(k)} = {toml_inline(v)}\n" for k, v in document.items())
+
+
+def toml_inline_key(key: str) -> str:
+    from tffprod.tomlfile import toml_string
+
+    return toml_string(key)
+
+
+def mutated(valid: dict) -> st.SearchStrategy:
+    """``valid`` with one change at any depth: a value replaced, a key dropped or a key added."""
+
+    def paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+        out = [prefix]
+        if isinstance(doc, dict):
+            for k, v in doc.items():
+                out += paths(v, prefix + (k,))
+        elif isinstance(doc, list):
+            for i, v in enumerate(doc):
+                out += paths(v, prefix + (i,))
+        return out
+
+    def apply(path: tuple, action: str, key: str, value: Any) -> dict:
+        doc = json.loads(json.dumps(valid))
+        if not path:
+            doc[key] = value
+            return doc
+        parent = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        if action == "drop":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent[path[-1]], dict):
+            parent[path[-1]][key] = value
+        else:
+            parent[path[-1]] = value
+        return doc
+
+    return st.builds(apply, st.sampled_from(paths(valid)), st.sampled_from(["replace", "drop", "add"]), KEYS,
+                     DOCUMENT_VALUES)
+
+
+def assert_one_line(error: BaseException, *named: str) -> None:
+    assert isinstance(error, TffprodError), f"{type(error).__name__}: {error}"
+    text = str(error)
+    assert text and "\n" not in text and "Traceback" not in text, repr(text)
+    for name in named:
+        assert name in text, f"{name!r} not in {text!r}"
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: proof that nothing was written."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def deep_toml(depth: int) -> str:
+    return "x = " + "[" * depth + "]" * depth + "\n"
+
+
+# -- session specs
+
+VALID_SPEC = {**BASE_SPEC, "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0,
+                                  "delta": 1e-5}}
+
+
+@PROPERTY
+@given(document=st.dictionaries(KEYS, DOCUMENT_VALUES, max_size=8) | mutated(VALID_SPEC))
+def test_any_spec_document_loads_or_fails_in_one_line(tmp_path: Path, document: dict) -> None:
+    from tffprod.spec import SessionSpec, load_spec
+
+    path = tmp_path / "spec.toml"
+    path.write_text(toml_text(document), encoding="utf-8")
+    try:
+        assert isinstance(load_spec(path), SessionSpec)
+    except Exception as e:  # noqa: BLE001 - the property: only a one-line TffprodError
+        assert_one_line(e, str(path))
+
+
+@settings(PROPERTY, max_examples=60)
+@given(document=mutated(VALID_SPEC))
+def test_session_plan_with_a_mutated_spec_exits_cleanly_and_writes_nothing(run_cli, tmp_path: Path,
+                                                                         document: dict) -> None:
+    """The CLI: a failure is one ``Error:`` line, no traceback, and no registry is created."""
+    spec, registry = tmp_path / "spec.toml", tmp_path / "never-created.db"
+    spec.write_text(toml_text(document), encoding="utf-8")
+    result = run_cli("session", "plan", "--spec", spec, "--out", tmp_path / "plan.json", "--registry", registry)
+    assert result.exit_code != 0  # the datasets are not registered anywhere: no spec can pass
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}\n{result.output}"
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert not (tmp_path / "plan.json").exists()
+    assert not registry.exists() or count(str(registry), "sessions") == 0
+
+
+def test_a_spec_nested_too_deeply_is_a_spec_error(tmp_path: Path) -> None:
+    from tffprod.spec import load_spec
+
+    path = tmp_path / "spec.toml"
+    path.write_text(deep_toml(5000))
+    with pytest.raises(SpecError):
+        load_spec(path)
+
+
+# -- site configs
+
+
+@pytest.fixture
+def site_folder(tmp_path: Path) -> tuple[Path, dict]:
+    """A folder with everything a TLS site config names (the config checks the files exist)."""
+    from tffprod.executors.config import hash_token
+
+    folder = tmp_path / "site"
+    (folder / "certs").mkdir(parents=True)
+    for name in ("site.crt", "site.key", "ca.crt"):
+        (folder / "certs" / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    (folder / "data").mkdir()
+    (folder / "data" / "train.csv").write_text("x,y\n1.0,0\n")
+    (folder / "schema.json").write_text(json.dumps({"features": [{"name": "x", "dtype": "float32"}],
+                                                    "label": {"name": "y", "dtype": "int64"}}))
+    valid = {
+        "name": "site-a", "listen": "0.0.0.0:7001", "state_dir": "state", "computations": "approved",
+        "federations": ["hospitals"],
+        "tls": {"cert": "certs/site.crt", "key": "certs/site.key", "ca": "certs/ca.crt"},
+        "coordinators": [{"identity": "coordinator", "token_sha256": hash_token("t")}],
+        "worker": {"port": 0, "max_message_mb": 100, "max_restarts": 3, "restart_window_s": 60},
+        "datasets": {"train": {"path": "data/train.csv", "schema_file": "schema.json",
+                               "budget": {"epsilon": 8.0, "delta": 1e-5}}},
+    }
+    return folder, valid
+
+
+def test_the_site_config_the_mutations_start_from_is_valid(site_folder) -> None:
+    from tffprod.executors.config import load_site_config
+
+    folder, valid = site_folder
+    (folder / "site.toml").write_text(toml_text(valid))
+    assert load_site_config(folder / "site.toml").name == "site-a"
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_site_config_loads_or_fails_in_one_line(site_folder, data) -> None:
+    from tffprod.executors.config import SiteConfig, load_site_config
+
+    folder, valid = site_folder
+    document = data.draw(st.dictionaries(KEYS, DOCUMENT_VALUES, max_size=8) | mutated(valid) | mutated(valid))
+    path = folder / "site.toml"
+    path.write_text(toml_text(document), encoding="utf-8")
+    before = tree(folder)
+    try:
+        assert isinstance(load_site_config(path), SiteConfig)
+    except Exception as e:  # noqa: BLE001
+        assert_one_line(e, str(path))
+    assert tree(folder) == before, "loading a site config wrote files"
+
+
+@pytest.mark.parametrize("text", [deep_toml(5000), "x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n"],
+                         ids=["arrays", "inline-tables"])
+def test_a_site_config_nested_too_deeply_is_a_spec_error(tmp_path: Path, text: str) -> None:
+    from tffprod.executors.config import load_site_config
+
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_site_config(path)
+    assert_one_line(info.value, str(path), "nested too deeply")
+
+
+# -- tokens
+
+
+@PROPERTY
+@given(token=st.text() | st.binary().map(lambda b: b.decode("utf-8", "surrogateescape")) | SCALARS)
+def test_any_token_hashes_or_fails_in_one_line(token: Any) -> None:
+    from tffprod.executors.config import hash_token
+
+    try:
+        digest = hash_token(token)
+    except Exception as e:  # noqa: BLE001
+        assert_one_line(e)
+    else:
+        assert isinstance(token, str) and token and len(digest) == 64
+
+
+# -- a site's catalog, as the coordinator reads it
+
+
+VALID_INFO = {
+    "site": "site-a",
+    "versions": {"tffprod": "0.1.0", "tensorflow_federated": "0.87.0", "tensorflow": "2.14.1"},
+    "catalog": [{"name": "train", "format": "tfrecord", "schema": {"features": []}, "num_examples": 10,
+                 "content_hash": "sha256:" + "0" * 64, "budget": {"epsilon": 8.0, "delta": 1e-5},
+                 "client_id": None, "num_clients": 1}],
+    "health": {"worker": "up", "uptime_s": 1.0},
+    "computations": "approved",
+}
+JSON_VALUES = st.recursive(SCALARS | st.none() | st.integers(-10**400, 10**400),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+                           max_leaves=20)
+
+
+@PROPERTY
+@given(info=JSON_VALUES | mutated(VALID_INFO) | mutated(VALID_INFO))
+def test_any_site_info_document_is_read_or_refused_in_one_line(info: Any) -> None:
+    """What ``site check`` and ``site sync`` read from a site: checked before anything is written."""
+    from tffprod.sites import SiteCheckError, _site_budget, check_info
+
+    try:
+        catalog = check_info("site-a", info)
+        for entry in catalog:
+            _site_budget("site-a", entry)
+            assert isinstance(entry["name"], str) and isinstance(entry["num_examples"], int)
+    except SiteCheckError as e:
+        assert_one_line(e, "site site-a")
+
+
+def test_the_site_info_the_mutations_start_from_is_valid() -> None:
+    from tffprod.sites import check_info
+
+    assert check_info("site-a", VALID_INFO) == VALID_INFO["catalog"]
+
+
+@pytest.mark.parametrize("info, named", [
+    ([], "expected an object"),
+    ({"catalog": {"train": {}}}, "'catalog' must be a list"),
+    ({"catalog": [{"name": "train"}]}, "catalog[0].format must be a str"),
+    ({"catalog": [{**VALID_INFO["catalog"][0], "name": "../x"}]}, "catalog[0].name must be a unique dataset name"),
+    ({"catalog": [{**VALID_INFO["catalog"][0], "name": "train\n"}]}, "catalog[0].name"),
+    ({"catalog": [{**VALID_INFO["catalog"][0], "num_examples": True}]}, "catalog[0].num_examples must be a int"),
+    ({"catalog": [{**VALID_INFO["catalog"][0], "num_clients": "3"}]}, "catalog[0].num_clients"),
+    ({"catalog": VALID_INFO["catalog"] * 2}, "unique"),
+    ({"health": "up"}, "'health' must be an object"),
+], ids=["list", "catalog-object", "missing-format", "bad-name", "newline-name", "bool-count", "string-clients",
+        "duplicate", "health-string"])
+def test_a_malformed_site_info_document_names_the_field(info: Any, named: str) -> None:
+    from tffprod.sites import SiteCheckError, check_info
+
+    with pytest.raises(SiteCheckError) as error:
+        check_info("site-a", info)
+    assert_one_line(error.value, "site site-a", named)
+
+
+def test_a_budget_too_large_for_a_float_is_a_site_check_error() -> None:
+    from tffprod.sites import SiteCheckError, _site_budget
+
+    with pytest.raises(SiteCheckError) as error:
+        _site_budget("site-a", {"name": "train", "budget": {"epsilon": 10**400, "delta": 1e-5}})
+    assert_one_line(error.value, "site site-a", "invalid budget")
+
+
+# -- certificates and keys
+
+
+@pytest.fixture(scope="module")
+def ca_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """A real CA, a certificate it issued, an expired one, and one from another CA (PEM bytes)."""
+    import datetime
+
+    from tffprod.certs import init_ca, issue
+
+    root = tmp_path_factory.mktemp("pki")
+    init_ca(root / "ca")
+    issue("site-a", ca_dir=root / "ca", out_dir=root / "out")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issue("expired", ca_dir=root / "ca", out_dir=root / "old", not_before=now - datetime.timedelta(days=30),
+          not_after=now - datetime.timedelta(days=1))
+    init_ca(root / "other", name="other-ca")
+    return {"ca.key": (root / "ca" / "ca.key").read_bytes(), "ca.crt": (root / "ca" / "ca.crt").read_bytes(),
+            "site.crt": (root / "out" / "site-a.crt").read_bytes(),
+            "site.key": (root / "out" / "site-a.key").read_bytes(),
+            "expired.crt": (root / "old" / "expired.crt").read_bytes(),
+            "other.key": (root / "other" / "ca.key").read_bytes()}
+
+
+def pem_mutations(pem: bytes) -> st.SearchStrategy:
+    """Garbage, truncations, flipped bytes and re-wrapped base64 of a real PEM file."""
+    def cut(n: int) -> bytes:
+        return pem[:n]
+
+    def flip(i: int, bit: int) -> bytes:
+        out = bytearray(pem)
+        out[i] ^= 1 << bit
+        return bytes(out)
+
+    return st.one_of(
+        st.binary(max_size=600),
+        st.integers(0, len(pem) - 1).map(cut),
+        st.builds(flip, st.integers(0, len(pem) - 1), st.integers(0, 7)),
+        st.builds(lambda junk: b"-----BEGIN CERTIFICATE-----\n" + junk + b"\n-----END CERTIFICATE-----\n",
+                  st.binary(max_size=300)),
+    )
+
+
+@PROPERTY
+@given(data=st.data())
+def test_any_certificate_file_is_described_or_refused_in_one_line(ca_files, tmp_path: Path, data) -> None:
+    from tffprod.certs import CertError, describe, identity_of
+
+    pem = data.draw(pem_mutations(ca_files["site.crt"]) | pem_mutations(ca_files["ca.crt"]))
+    path = tmp_path / "cert.pem"
+    path.write_bytes(pem)
+    try:
+        info = describe(path)
+        assert identity_of(pem) == info["subject"]
+    except CertError as e:
+        assert_one_line(e)
+
+
+@settings(PROPERTY, max_examples=100)
+@given(data=st.data())
+def test_issuing_from_a_damaged_ca_fails_in_one_line_and_writes_nothing(ca_files, tmp_path: Path, data) -> None:
+    """A CA folder whose key or certificate is garbage, truncated, flipped or from another CA."""
+    import uuid
+
+    from tffprod.certs import CertError, issue
+
+    which = data.draw(st.sampled_from(["ca.key", "ca.crt"]))
+    damaged = data.draw(pem_mutations(ca_files[which]) | st.just(ca_files["other.key"] if which == "ca.key"
+                                                                 else ca_files["expired.crt"]))
+    ca = tmp_path / f"ca-{uuid.uuid4().hex}"
+    ca.mkdir()
+    for name in ("ca.key", "ca.crt"):
+        (ca / name).write_bytes(damaged if name == which else ca_files[name])
+    out = tmp_path / f"out-{uuid.uuid4().hex}"
+    try:
+        issue("site-b", ca_dir=ca, out_dir=out)
+    except CertError as e:
+        assert_one_line(e)
+        assert not out.exists() or not any(out.iterdir()), "a failed issue left files behind"
+    else:  # a mutation the PEM survives (a flipped bit in the base64 padding, say): a real certificate
+        assert (out / "site-b.crt").is_file() and (out / "site-b.key").is_file()
+
+
+def test_an_expired_certificate_is_described_with_its_dates(ca_files, tmp_path: Path) -> None:
+    import datetime
+
+    from tffprod.certs import describe
+
+    path = tmp_path / "expired.crt"
+    path.write_bytes(ca_files["expired.crt"])
+    info = describe(path)
+    assert datetime.datetime.fromisoformat(info["not_after"]) < datetime.datetime.now(datetime.timezone.utc)
+
+
+# -- plans
+
+
+def valid_plan() -> dict:
+    """A minimal plan that ``load_plan`` verifies: one train computation (a function returning a server value)."""
+    import base64
+
+    from tffprod.executors.approvals import PLAN_FORMAT, canonical_id, computation_sha256
+    from tffprod.executors.protos import computation_pb2
+
+    computation = computation_pb2.Computation()
+    computation.type.function.result.federated.placement.value.uri = "server"
+    computation.type.function.result.federated.all_equal = True
+    computation.intrinsic.uri = "federated_value"
+    body = {
+        "format": PLAN_FORMAT,
+        "session": {"name": "s", "rounds": 2, "seed": 0},
+        "privacy": {},
+        "datasets": [{"site": "site-a", "name": "train", "content_hash": "sha256:" + "0" * 64, "role": "train"}],
+        "computations": [{"role": "train", "sha256": computation_sha256(computation),
+                          "proto": base64.b64encode(computation.SerializeToString()).decode()}],
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
+def test_the_plan_the_mutations_start_from_is_valid(tmp_path: Path) -> None:
+    from tffprod.executors.approvals import load_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(valid_plan()))
+    assert load_plan(path).plan_id == valid_plan()["plan_id"]
+
+
+@PROPERTY
+@given(document=JSON_VALUES | mutated(valid_plan()), reseal=st.booleans())
+def test_any_plan_loads_or_fails_in_one_line(tmp_path: Path, document: Any, reseal: bool) -> None:
+    """Mutated plans, half of them with a recomputed plan id (so the checks behind the id are reached)."""
+    from tffprod.executors.approvals import Plan, PlanError, canonical_id, load_plan
+
+    if reseal and isinstance(document, dict):
+        body = {k: v for k, v in document.items() if k != "plan_id"}
+        document = {**body, "plan_id": canonical_id(body)}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    try:
+        assert isinstance(load_plan(path), Plan)
+    except PlanError as e:
+        assert_one_line(e, str(path))
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a": ' * 50000 + "1" + "}" * 50000, "\ufeff{}",
+                                  "", "null"], ids=["deep-arrays", "deep-objects", "bom", "empty", "null"])
+def test_an_unreadable_plan_is_a_plan_error(tmp_path: Path, text: str) -> None:
+    from tffprod.executors.approvals import PlanError, load_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PlanError) as info:
+        load_plan(path)
+    assert_one_line(info.value, str(path))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -294,7 +295,7 @@ def _load_ca(ca_dir: Path):
             raise CertError(f"{ca_dir} is not a CA directory: {p.name} is missing")
     try:
         ca_key = serialization.load_pem_private_key(_read(key_path), password=None)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise CertError(f"{key_path} is not an unencrypted PEM private key: {e}") from None
     ca_pem = _read(cert_path)
     ca_cert = _parse_cert(ca_pem, str(cert_path))
@@ -314,9 +315,12 @@ def _load_ca(ca_dir: Path):
 
 def _parse_cert(pem: bytes, what: str) -> x509.Certificate:
     try:
-        return x509.load_pem_x509_certificate(pem)
-    except (ValueError, TypeError) as e:
-        raise CertError(f"{what} is not a PEM certificate: {e}") from None
+        cert = x509.load_pem_x509_certificate(pem)
+        # Names, extensions and the key are parsed lazily: a damaged one would raise later, anywhere.
+        cert.subject, cert.issuer, cert.extensions, cert.public_key()  # noqa: B018
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise CertError(f"{what} is not a PEM certificate: {' '.join(str(e).split())}") from None
+    return cert
 
 
 def _common_name(name: x509.Name, what: str) -> str:

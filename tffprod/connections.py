@@ -58,7 +58,10 @@ class SiteConnection:
             raise SpecError(f"site {self.site}: cannot read {what} {path}: {e.strerror}") from None
 
     def token(self) -> str:
-        token = self._read(self.token_file, "token file").decode().strip()
+        try:
+            token = self._read(self.token_file, "token file").decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SpecError(f"site {self.site}: token file {self.token_file} is not UTF-8 text") from None
         if not token:
             raise SpecError(f"site {self.site}: token file {self.token_file} is empty")
         return token

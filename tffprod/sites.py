@@ -5,6 +5,7 @@ TF-free: talks to the site's gateway with gRPC and its site-info service.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,11 +78,65 @@ def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
             info = fetch_site_info(channel, connection.token(), timeout_s=timeout_s)
         except grpc.RpcError as e:
             raise SiteCheckError(f"site {name}: {e.code().name}: {e.details()}") from None
+        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), or nested absurdly
+            raise SiteCheckError(f"site {name}: the server at {connection.address} answered with site info "
+                                 "that is not a JSON document") from None
     finally:
         channel.close()
+    check_info(name, info)
     if info.get("site") != name:
         raise SiteCheckError(f"site {name}: the server at {connection.address} says it is {info.get('site')!r}")
     return info
+
+
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the registry's rule for names
+_ENTRY_FIELDS = {"name": str, "format": str, "schema": dict, "num_examples": int, "content_hash": str}
+
+
+def check_info(site: str, info: Any) -> list[dict]:
+    """Check the shape of a site-info document (see ``tffprod.executors.siteinfo``); return its catalog.
+
+    Only what this module reads is checked: an object whose ``versions`` and ``health`` are
+    objects and whose ``catalog`` is a list of entries with a string ``name``, ``format`` and
+    ``content_hash``, an object ``schema``, a whole ``num_examples`` >= 0, a string or null
+    ``client_id`` and a whole ``num_clients`` >= 1 (or null). Budgets are checked by ``sync_site``.
+
+    Raises:
+        SiteCheckError: one line naming the site and the first field that is wrong.
+    """
+    def wrong(what: str, value: Any) -> SiteCheckError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return SiteCheckError(f"site {site}: invalid site info: {what}, got {type(value).__name__} {shown}")
+
+    if not isinstance(info, dict):
+        raise wrong("expected an object", info)
+    for key in ("versions", "health"):
+        if not isinstance(info.get(key, {}), dict):
+            raise wrong(f"'{key}' must be an object", info[key])
+    catalog = info.get("catalog", [])
+    if not isinstance(catalog, list):
+        raise wrong("'catalog' must be a list", catalog)
+    names = set()
+    for i, entry in enumerate(catalog):
+        if not isinstance(entry, dict):
+            raise wrong(f"catalog[{i}] must be an object", entry)
+        for key, kind in _ENTRY_FIELDS.items():
+            value = entry.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise wrong(f"catalog[{i}].{key} must be a {kind.__name__}", value)
+        if not _DATASET_NAME.fullmatch(entry["name"]) or entry["name"] in names:
+            raise wrong(f"catalog[{i}].name must be a unique dataset name (letters, digits, '.', '_', '-')",
+                        entry["name"])
+        names.add(entry["name"])
+        if entry["num_examples"] < 0:
+            raise wrong(f"catalog[{i}].num_examples must be >= 0", entry["num_examples"])
+        if not isinstance(entry.get("client_id"), (str, type(None))):
+            raise wrong(f"catalog[{i}].client_id must be a string or null", entry["client_id"])
+        clients = entry.get("num_clients")
+        if clients is not None and (isinstance(clients, bool) or not isinstance(clients, int) or clients < 1):
+            raise wrong(f"catalog[{i}].num_clients must be a whole number >= 1", clients)
+    return catalog
 
 
 def check_site(registry: Any, name: str) -> dict:
@@ -122,7 +177,7 @@ def _site_budget(site: str, entry: dict) -> Optional[tuple[float, float]]:
         if not isinstance(budget, dict):
             raise ValueError(f"expected an object, got {budget!r}")
         return check_budget(budget.get("epsilon"), budget.get("delta"))
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
         raise SiteCheckError(f"site {site}: dataset {entry.get('name')!r} has an invalid budget: {e}") from None
 
 
@@ -146,7 +201,7 @@ def sync_site(registry: Any, name: str) -> list[dict]:
             (checked before anything is written).
     """
     info = fetch_info(registry, name)
-    catalog = info.get("catalog", [])
+    catalog = check_info(name, info)
     budgets = {entry["name"]: _site_budget(name, entry) for entry in catalog}
     rows = []
     for entry in catalog:

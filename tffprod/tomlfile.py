@@ -44,6 +44,8 @@ def read_toml(path: Any, *, what: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{where}: invalid TOML: {' '.join(str(e).split())}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise SpecError(f"{where}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 # ---------------------------------------------------------------- writing
