@@ -258,6 +258,11 @@ class Gateway:
         self._guard.call_created(message, response, pending)
         return response
 
+    def _guarded_CreateStruct(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
+        response = call(request)
+        self._guard.struct_created(request, response)
+        return response
+
     def _guarded_Compute(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> tuple[bytes, dict]:
         pending = self._guard.check_compute(request)
         response = self._refs.paths_to_names(call(request))

@@ -11,6 +11,15 @@ composition: epsilons and deltas sum), like the coordinator's budgets.
 A new round is admitted only if the plan has approved rounds left and, for
 every budgeted dataset of the plan at this site, the spend after that round
 stays within the budget.
+
+A repeat is not a new round. Each release row keeps the call's digest (the
+computation's SHA-256 and the digest of its argument, see
+:mod:`tffprod.executors.guard`); a training call whose digest the plan has
+already released computes the same function of the same inputs again (a
+coordinator resuming after a crash re-runs the round that was in flight). It is
+admitted even when the plan's rounds or the budget are used up, and recorded as
+the round it repeats, without a new row. Revoking the plan still stops it: only
+approved plans are candidates.
 """
 
 from __future__ import annotations
@@ -21,17 +30,18 @@ import math
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, TypeVar
 
 import grpc
 
 from tffprod.executors.approvals import Approval
 from tffprod.executors.datarefs import RequestRefused
 
-__all__ = ["LEDGER_FILE", "SiteLedger", "plan_epsilon"]
+__all__ = ["LEDGER_FILE", "Release", "SiteLedger", "plan_epsilon"]
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 _SLACK = 1e-9  # float noise when a budget is exactly a whole number of rounds
+_T = TypeVar("_T")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -60,6 +70,13 @@ def plan_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]
                     tuple(int(v) for v in fixed) if fixed else None), delta
 
 
+class Release(NamedTuple):
+    """A recorded training release: its round of the plan, and whether it repeated that round."""
+
+    round: int
+    repeat: bool
+
+
 class SiteLedger:
     """Rounds served per plan, in ``STATE_DIR/privacy-ledger.sqlite``.
 
@@ -78,9 +95,36 @@ class SiteLedger:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        if self._outdated():  # checked first: a current ledger opens without a write lock
+            self._transaction(self._create_or_migrate)
+
+    def _outdated(self) -> bool:
+        with self._lock:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(releases)")}
+            indexes = {row[1] for row in self._db.execute("PRAGMA index_list(releases)")}
+        return "call_digest" not in columns or "releases_call" not in indexes
+
+    def _transaction(self, body: Callable[[], _T]) -> _T:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return result
+
+    def _create_or_migrate(self) -> None:
+        """The ``releases`` table; a ledger written before repeats were known gets ``call_digest``
+        (NULL in its old rows: those rounds are never matched as repeated)."""
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS releases (plan_id TEXT NOT NULL, round INTEGER NOT NULL, "
-            "identity TEXT, released_at TEXT NOT NULL, PRIMARY KEY (plan_id, round))")
+            "identity TEXT, released_at TEXT NOT NULL, call_digest TEXT, PRIMARY KEY (plan_id, round))")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(releases)")}
+        if "call_digest" not in columns:
+            self._db.execute("ALTER TABLE releases ADD COLUMN call_digest TEXT")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS releases_call ON releases (plan_id, call_digest)")
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +135,15 @@ class SiteLedger:
         with self._lock:
             (count,) = self._db.execute("SELECT COUNT(*) FROM releases WHERE plan_id = ?", (plan_id,)).fetchone()
         return int(count)
+
+    def repeat_of(self, plan_id: str, call_digest: Optional[str]) -> Optional[int]:
+        """The round of ``plan_id`` that released the call ``call_digest``, or None (also for no digest)."""
+        if call_digest is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT round FROM releases WHERE plan_id = ? AND call_digest = ?",
+                                   (plan_id, call_digest)).fetchone()
+        return None if row is None else int(row[0])
 
     def spent(self, dataset: str, approvals: Iterable[Approval]) -> tuple[float, float]:
         """``(epsilon, delta)`` spent on ``dataset`` by the approved plans that read it."""
@@ -131,12 +184,17 @@ class SiteLedger:
                         f"(budget {budget['epsilon']:g})")
         return None
 
-    def admit(self, candidates: list[Approval], approvals: list[Approval]) -> Approval:
-        """The first of ``candidates`` whose next round may run here.
+    def admit(self, candidates: list[Approval], approvals: list[Approval],
+              call_digest: Optional[str] = None) -> Approval:
+        """The first of ``candidates`` that has released ``call_digest`` (a repeat, always
+        admitted), else the first whose next round may run here.
 
         Raises:
             RequestRefused: PERMISSION_DENIED naming the reason, when none may.
         """
+        for approval in candidates:
+            if self.repeat_of(approval.plan_id, call_digest) is not None:
+                return approval
         reasons = []
         for approval in candidates:
             reason = self.refusal(approval, approvals)
@@ -146,18 +204,29 @@ class SiteLedger:
         raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED, reasons[0] if reasons else
                              f"site {self.site}: no approved plan for this computation")
 
-    def record(self, approval: Approval, identity: Optional[str]) -> int:
-        """Write one more served round of ``approval``; returns its round number."""
+    def record(self, approval: Approval, identity: Optional[str], call_digest: Optional[str] = None) -> int:
+        """Write one more served round of ``approval``; returns its round number (see ``record_call``)."""
+        return self.record_call(approval, identity, call_digest).round
+
+    def record_call(self, approval: Approval, identity: Optional[str], call_digest: Optional[str]) -> Release:
+        """Record a release of ``approval``'s training computation.
+
+        A ``call_digest`` the plan has released before is a repeat: nothing is written and the
+        round it repeats is returned. Anything else (``call_digest`` None included) is one more
+        served round.
+        """
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (count,) = self._db.execute("SELECT COUNT(*) FROM releases WHERE plan_id = ?",
-                                            (approval.plan_id,)).fetchone()
-                self._db.execute("INSERT INTO releases VALUES (?, ?, ?, ?)",
-                                 (approval.plan_id, count + 1, identity, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return int(count) + 1
+
+        def write() -> Release:
+            if call_digest is not None:
+                row = self._db.execute("SELECT round FROM releases WHERE plan_id = ? AND call_digest = ?",
+                                       (approval.plan_id, call_digest)).fetchone()
+                if row is not None:
+                    return Release(int(row[0]), True)
+            (count,) = self._db.execute("SELECT COUNT(*) FROM releases WHERE plan_id = ?",
+                                        (approval.plan_id,)).fetchone()
+            self._db.execute("INSERT INTO releases (plan_id, round, identity, released_at, call_digest) "
+                             "VALUES (?, ?, ?, ?, ?)", (approval.plan_id, count + 1, identity, now, call_digest))
+            return Release(int(count) + 1, False)
+
+        return self._transaction(write)

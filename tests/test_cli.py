@@ -333,6 +333,7 @@ def test_show_unknown_fails_with_one_line(run_cli, registry_path: str, args: tup
 
 _PROBE = """
 import json, sys
+import click
 from tffprod.cli.main import cli
 
 registry, data = sys.argv[1], sys.argv[2]
@@ -342,6 +343,8 @@ commands = [
     ["dataset", "list", "--registry", registry, "--json"],
     ["dataset", "show", "hospital-a/train", "--registry", registry],
     ["session", "list", "--registry", registry, "--json"],
+    ["session", "show", "s-unknown", "--registry", registry],
+    ["session", "cancel", "s-unknown", "--registry", registry],
     ["model", "list", "--registry", registry, "--json"],
     ["audit", "list", "--registry", registry, "--json"],
     ["audit", "verify", "--registry", registry],
@@ -350,7 +353,7 @@ commands = [
 for args in commands:
     try:
         cli.main(args, prog_name="tffprod", standalone_mode=False)
-    except SystemExit:
+    except (SystemExit, click.ClickException):  # the unknown session is expected
         pass
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in {tf_modules!r})
     if loaded:

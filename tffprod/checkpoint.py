@@ -18,13 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tffprod.errors import SessionError
+from tffprod.errors import CheckpointError
 
 _FORMAT = "tffprod-checkpoint/1"
-
-
-class CheckpointError(SessionError):
-    """A checkpoint is missing, damaged or does not fit the session's process."""
 
 
 def checkpoint_path(directory: Path, round_num: int) -> Path:
@@ -78,6 +74,25 @@ def save_checkpoint(state: Any, directory: Path, round_num: int) -> tuple[Path, 
     return path, hashlib.sha256(data).hexdigest()
 
 
+def verify_checkpoint(path: str | Path, sha256: str) -> bytes:
+    """The checkpoint's bytes, if they are the ones the registry committed.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or its hash is not ``sha256``
+            (truncated or edited).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise CheckpointError(f"checkpoint {path} is damaged: sha256 {actual[:16]}..., the registry committed "
+                              f"{sha256[:16]}... ({len(data)} bytes; truncated or edited)")
+    return data
+
+
 def load_checkpoint(path: str | Path, sha256: str, template: Any) -> Any:
     """The state saved at ``path``, packed into ``template``'s structure.
 
@@ -88,15 +103,7 @@ def load_checkpoint(path: str | Path, sha256: str, template: Any) -> Any:
     import numpy as np
     import tensorflow as tf
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise CheckpointError(f"checkpoint {path} is damaged: sha256 {actual[:16]}..., the registry committed "
-                              f"{sha256[:16]}... ({len(data)} bytes; truncated or edited)")
+    data = verify_checkpoint(path, sha256)
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         if str(archive["format"]) != _FORMAT:
             raise CheckpointError(f"checkpoint {path}: unknown format {archive['format']}")
@@ -106,6 +113,9 @@ def load_checkpoint(path: str | Path, sha256: str, template: Any) -> Any:
     if signature != expected:
         raise CheckpointError(f"checkpoint {path} does not fit this session's training process "
                               f"({len(signature)} arrays saved, {len(expected)} expected, or their shapes differ)")
+    # Scalars go back as scalars (bytes, bool, float), as TFF returned them, not as 0-d arrays.
+    kinds = tf.nest.flatten(template)
+    leaves = [leaf if isinstance(kind, np.ndarray) or leaf.ndim else leaf[()] for kind, leaf in zip(kinds, leaves)]
     return tf.nest.pack_sequence_as(template, leaves)
 
 

@@ -89,3 +89,9 @@ class AccessDeniedError(TffprodError):
     """A model version is not to be released to this site (it is not on the version's access list)."""
 
     exit_code = 12
+
+
+class CheckpointError(SessionError):
+    """A round checkpoint is missing, damaged, or does not fit the session's training process."""
+
+    exit_code = 13

@@ -91,6 +91,10 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
 
         check_datasets(load_plan(plan_path), plan)
     completed = tuple(registry.list_rounds(session_id))
+    if completed and completed[-1].get("checkpoint"):
+        from tffprod.checkpoint import verify_checkpoint
+
+        verify_checkpoint(completed[-1]["checkpoint"], completed[-1]["checkpoint_sha256"])
     registry.claim_session(session_id, coordinator=coordinator_identity(), expected=session.get("coordinator"))
     registry.record_action("session.resume", session_id, {"after_round": len(completed),
                                                           "previous_status": session["status"]})
