@@ -139,12 +139,18 @@ def list_(status: Optional[str], registry_path: str, as_json: bool) -> None:
     Example:
         tffprod session list --json
     """
+    from tffprod.resume import resumable
+
     with user_errors(), open_registry(registry_path) as registry:
         rows = registry.list_sessions(status=status)
+    for row in rows:
+        row["resumable"] = resumable(row) is None
     if as_json:
         emit_json(rows)
     else:
-        table(rows, ["id", "name", "status", "rounds_completed", "rounds_planned", "backend", "created_at"])
+        gone = [dict(row, status="running (coordinator gone)") if row["status"] == "running" and row["resumable"]
+                else row for row in rows]
+        table(gone, ["id", "name", "status", "rounds_completed", "rounds_planned", "backend", "created_at"])
 
 
 @session.command("show")

@@ -1,0 +1,144 @@
+"""Resume, cancel and checkpoints, without training: ownership, registry claims, checkpoint files."""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tffprod.errors import CheckpointError, RegistryError
+from tffprod.registry import Registry
+from tffprod.resume import cancel_session, coordinator_alive, resumable
+
+ME = {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def registry(tmp_path: Path):
+    with Registry.open(tmp_path / "tffprod.db") as registry:
+        yield registry
+
+
+def _session(registry: Registry, owner: dict) -> dict:
+    row = registry.create_session(name="m", spec={"name": "m"}, task={}, backend="local", rounds_planned=3,
+                                  datasets=["hospital-a/train:1"])
+    return registry.start_session(row["id"], coordinator=owner)
+
+
+def test_coordinator_alive() -> None:
+    assert coordinator_alive(ME)
+    assert not coordinator_alive({"host": ME["host"], "pid": _dead_pid()})
+    assert coordinator_alive({"host": "another-host", "pid": 1})  # cannot see it: assumed alive
+    assert not coordinator_alive(None)
+
+
+def test_resumable(registry: Registry) -> None:
+    live = _session(registry, ME)
+    assert "is running in process" in resumable(live) and "session cancel" in resumable(live)
+    gone = _session(registry, {"host": ME["host"], "pid": _dead_pid()})
+    assert resumable(gone) is None
+    registry.finish_session(live["id"], status="failed", error="x")
+    assert resumable(registry.get_session(live["id"])) is None
+    registry.finish_session(gone["id"], status="finished")
+    assert resumable(registry.get_session(gone["id"])) == f"session {gone['id']} is finished"
+
+
+def test_claim_takes_over_a_dead_coordinators_session_once(registry: Registry) -> None:
+    dead = {"host": ME["host"], "pid": _dead_pid()}
+    session = _session(registry, dead)
+    registry.request_cancel(session["id"])
+    claimed = registry.claim_session(session["id"], coordinator=ME, expected=dead)
+    assert (claimed["status"], claimed["coordinator"], claimed["resumed"]) == ("running", ME, 1)
+    assert claimed["cancel_requested_at"] is None
+    with pytest.raises(RegistryError, match="claimed by another coordinator"):
+        registry.claim_session(session["id"], coordinator={"host": "h", "pid": 2}, expected=dead)
+    registry.finish_session(session["id"], status="finished")
+    with pytest.raises(RegistryError, match="is finished"):
+        registry.claim_session(session["id"], coordinator=ME, expected=ME)
+
+
+def test_cancel_marks_a_live_session_and_ends_an_orphan(registry: Registry) -> None:
+    live = _session(registry, ME)
+    row = cancel_session(live["id"], registry=registry)
+    assert row["status"] == "running" and row["cancel_requested_at"]
+    orphan = _session(registry, {"host": ME["host"], "pid": _dead_pid()})
+    row = cancel_session(orphan["id"], registry=registry)
+    assert row["status"] == "cancelled" and "coordinator was gone" in row["error"]
+    with pytest.raises(RegistryError, match="not running"):
+        cancel_session(orphan["id"], registry=registry)
+    assert [e["action"] for e in registry.list_audit()][0] == "session.end"
+
+
+def test_rounds_commit_in_order_only(registry: Registry) -> None:
+    session = _session(registry, ME)
+
+    def record(n: int) -> dict:
+        return registry.record_round(session["id"], round_num=n, metrics={}, participants=[], duration_s=0.1,
+                                     epsilon=None, checkpoint=f"/c/{n}", checkpoint_sha256="0" * 64)
+
+    record(1)
+    with pytest.raises(RegistryError, match="round 3 cannot come next"):
+        record(3)
+    with pytest.raises(RegistryError, match="already has round 1"):
+        record(1)
+    assert record(2)["checkpoint"] == "/c/2"
+    assert registry.get_session(session["id"])["rounds_completed"] == 2
+
+
+State = collections.namedtuple("State", ["weights", "event", "is_init", "step"])
+
+
+def _state(scale: float) -> State:
+    return State(weights=[np.full((3, 2), scale, np.float32), np.arange(4, dtype=np.int64)],
+                 event={"module": b"dp_accounting", "z": np.float32(scale)}, is_init=False, step=np.int32(7))
+
+
+def test_a_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
+    from tffprod.checkpoint import load_checkpoint, save_checkpoint
+
+    path, digest = save_checkpoint(_state(1.5), tmp_path / "ckpt", 3)
+    assert path.name == "round-00003.npz" and not list((tmp_path / "ckpt").glob("*.tmp"))
+    loaded = load_checkpoint(path, digest, _state(0.0))
+    assert isinstance(loaded, State)
+    assert np.array_equal(loaded.weights[0], _state(1.5).weights[0]) and loaded.weights[0].dtype == np.float32
+    assert loaded.event["module"] == b"dp_accounting" and loaded.event["module"].decode() == "dp_accounting"
+    assert loaded.event["z"] == np.float32(1.5) and not loaded.is_init and loaded.is_init is not None
+    assert int(loaded.step) == 7
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
+    from tffprod.checkpoint import load_checkpoint, save_checkpoint
+
+    path, digest = save_checkpoint(_state(1.0), tmp_path, 1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path, digest, _state(0.0))
+    path.write_bytes(data)
+    other = State(weights=[np.zeros((2, 2), np.float32), np.arange(4)], event=_state(0).event, is_init=False,
+                  step=np.int32(0))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(path, digest, other)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "missing.npz", digest, _state(0.0))
+
+
+def test_stale_checkpoints_and_half_written_files_are_removed(tmp_path: Path) -> None:
+    from tffprod.checkpoint import remove_stale, save_checkpoint
+
+    paths = [save_checkpoint(_state(float(n)), tmp_path, n)[0] for n in (1, 2, 3)]
+    (tmp_path / "round-00004.npz.tmp").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("kept")
+    remove_stale(tmp_path, set(paths[1:]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "round-00002.npz", "round-00003.npz"]
