@@ -34,6 +34,23 @@ def no_leaked_workers():
     assert not leaked, f"test left worker processes running: {[p.pid for p in leaked]}"
 
 
+FAULT_TALLY = {"faults": 0, "completed": 0, "lost": 0, "double": 0}
+
+
+@pytest.fixture
+def fault_tally():
+    """The fault-injection suite's counts (tests/e2e/test_*faults.py), printed as one line at the end."""
+    return FAULT_TALLY
+
+
+def pytest_terminal_summary(terminalreporter):
+    counts = FAULT_TALLY
+    if counts["faults"]:
+        terminalreporter.write_line(
+            f"fault injection: {counts['faults']} faults injected, {counts['completed']} sessions completed, "
+            f"{counts['lost']} rounds lost beyond the one in flight, {counts['double']} rounds double-counted")
+
+
 def write_spec(path, **fields) -> str:
     from tffprod.spec import SessionSpec, dump_spec
 
