@@ -211,9 +211,8 @@ def test_defaults_and_round_trip():
     config = ReliabilityConfig()
     assert (config.quarantine_after, config.deadline, config.deadline_factor, config.deadline_window,
             config.deadline_min_s, config.deadline_max_s) == (3, "fixed", 3.0, 5, 10.0, None)
-    assert config.to_dict() == {"quarantine_after": 3, "deadline": "fixed", "deadline_factor": 3.0,
-                                "deadline_window": 5, "deadline_min_s": 10.0}
-    assert ReliabilityConfig.from_dict({}) == config
+    assert config.to_dict() == {"quarantine_after": 3, "deadline": "fixed"}  # adaptive keys only when adaptive
+    assert ReliabilityConfig.from_dict({}) == config == ReliabilityConfig.from_dict(config.to_dict())
     full = adaptive(deadline_factor=2, deadline_max_s=60)
     assert full.deadline_factor == 2.0 and isinstance(full.deadline_factor, float)
     assert full.to_dict()["deadline_max_s"] == 60.0
@@ -353,3 +352,14 @@ def test_router_takes_a_deadline_per_round():
     assert (outcomes["slow"].status, outcomes["slow"].error) == ("timeout", "no result within 0.5 s")
     with pytest.raises(SessionError, match=r"slow: timeout \(no result within 0.25 s\)"):
         router.run_round(None, {"slow": ["b"]}, timeout_s=0.25)
+
+
+def test_a_spec_with_a_fixed_deadline_table_survives_its_own_round_trip():
+    """What a session records (spec.to_dict()) must load again for show and resume."""
+    spec = SessionSpec.from_dict({"name": "m", "task": "tffprod.examples.fraud:task", "rounds": 2,
+                                  "datasets": ["bank-a/train"], "reliability": {"quarantine_after": 2}})
+    recorded = spec.to_dict()
+    assert recorded["reliability"] == {"quarantine_after": 2, "deadline": "fixed"}
+    assert SessionSpec.from_dict(recorded).reliability == spec.reliability
+    adaptive = SessionSpec.from_dict({**recorded, "reliability": {"deadline": "adaptive", "deadline_min_s": 2.0}})
+    assert SessionSpec.from_dict(adaptive.to_dict()).reliability == adaptive.reliability

@@ -31,6 +31,8 @@ from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, 
 from tffprod.executors.siteinfo import fetch_site_info
 from tffprod.workers import WorkerProcess
 
+from executor_messages import clients_strings, string_array
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "correct-horse-battery-staple"
 SITE = "site-a"
@@ -178,21 +180,6 @@ def get_executor(channel: grpc.Channel, clients: int = 1, **kwargs) -> executor_
 
 def dispose_executor(channel: grpc.Channel, executor: executor_pb2.ExecutorId, **kwargs) -> None:
     rpc(channel, "DisposeExecutor", executor_pb2.DisposeExecutorRequest(executor=executor), **kwargs)
-
-
-def string_array(*values: bytes) -> executor_pb2.Value:
-    return executor_pb2.Value(array=array_pb2.Array(
-        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(),
-        string_list=array_pb2.Array.BytesList(value=list(values))))
-
-
-def clients_strings(*names: bytes) -> executor_pb2.Value:
-    """What TFF's RemoteExecutor sends for a ``FederatedType(np.str_, CLIENTS)`` argument."""
-    federated_type = computation_pb2.FederatedType(
-        placement=computation_pb2.PlacementSpec(value=computation_pb2.Placement(uri="clients")), all_equal=False,
-        member=computation_pb2.Type(tensor=computation_pb2.TensorType(dtype=data_type_pb2.DT_STRING)))
-    return executor_pb2.Value(federated=executor_pb2.Value.Federated(
-        type=federated_type, value=[string_array(n) for n in names]))
 
 
 def status_of(call, *args, **kwargs) -> grpc.RpcError:

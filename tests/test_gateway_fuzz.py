@@ -46,6 +46,8 @@ from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, 
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_METHOD
 from tffprod.schema import Feature, Schema
 
+from executor_messages import clients_strings, string_array
+
 SITE = "fuzz-site"
 TOKEN = "fuzz-token-0123456789"
 SCHEMA = Schema(features=(Feature("x", "float32", (3,)),), label=Feature("y", "int64"))
@@ -276,20 +278,6 @@ def good_request(method: str) -> bytes:
     }
     message = messages[name]
     return b"" if message is None else message.SerializeToString()
-
-
-def string_array(*values: bytes) -> executor_pb2.Value:
-    return executor_pb2.Value(array=array_pb2.Array(
-        dtype=data_type_pb2.DT_STRING, shape=array_pb2.ArrayShape(),
-        string_list=array_pb2.Array.BytesList(value=list(values))))
-
-
-def clients_strings(*names: bytes) -> executor_pb2.Value:
-    federated_type = computation_pb2.FederatedType(
-        placement=computation_pb2.PlacementSpec(value=computation_pb2.Placement(uri="clients")), all_equal=False,
-        member=computation_pb2.Type(tensor=computation_pb2.TensorType(dtype=data_type_pb2.DT_STRING)))
-    return executor_pb2.Value(federated=executor_pb2.Value.Federated(
-        type=federated_type, value=[string_array(n) for n in names]))
 
 
 def after_batch(site: FuzzedSite, batch: str, minimum: int) -> None:

@@ -115,9 +115,13 @@ class ReliabilityConfig:
                             f"got {self.deadline_min_s:g}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``[reliability]`` table (``deadline_max_s`` only when set: TOML has no null)."""
+        """The ``[reliability]`` table: adaptive keys only for adaptive deadlines, and
+        ``deadline_max_s`` only when set (TOML has no null)."""
         data = dataclasses.asdict(self)
-        if self.deadline_max_s is None:
+        if self.deadline == "fixed":
+            for key in _ADAPTIVE_KEYS:
+                data.pop(key, None)
+        if data.get("deadline_max_s", 0) is None:
             del data["deadline_max_s"]
         return data
 

@@ -31,7 +31,8 @@ def add_site(registry: Any, name: str, *, address: str, ca: Path, cert: Path, ke
     return registry.add_site(name, address=address, info=connection.to_info())
 
 
-def _versions_compatible(ours: dict, theirs: dict) -> list[str]:
+def version_problems(ours: dict, theirs: dict) -> list[str]:
+    """How a site's versions (``theirs``) differ from this coordinator's in ways that break training."""
     problems = []
     for package in ("tensorflow_federated", "tensorflow"):
         if ours.get(package) != theirs.get(package):
@@ -147,7 +148,7 @@ def check_site(registry: Any, name: str) -> dict:
         ``computations`` is the site's policy, ``"approved"`` or ``"any"`` (development only, warned about).
     """
     info = fetch_info(registry, name)
-    problems = _versions_compatible(local_versions(), info.get("versions", {}))
+    problems = version_problems(local_versions(), info.get("versions", {}))
     if info.get("health", {}).get("worker") != "up":
         problems.append("the site's executor worker is not running")
     computations = info.get("computations", "unknown")

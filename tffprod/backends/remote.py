@@ -56,8 +56,10 @@ class RemoteBackend(Backend):
             raise
 
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
-        """Refuse to train on data that changed at the site since it was registered."""
+        """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
+        site since it was registered."""
         from tffprod.executors.siteinfo import fetch_site_info
+        from tffprod.sites import local_versions, version_problems
 
         import grpc
 
@@ -65,6 +67,10 @@ class RemoteBackend(Backend):
             info = fetch_site_info(channel, connection.token())
         except grpc.RpcError as e:  # one line: the site's own reason
             raise SessionError(f"site {site.name} refused the session: {e.code().name}: {e.details()}") from None
+        problems = version_problems(local_versions(), info.get("versions") or {})
+        if problems:
+            raise SessionError(f"site {site.name} runs other versions: {'; '.join(problems)} "
+                               "(computations would not match; see 'tffprod site check')")
         catalog = {entry["name"]: entry for entry in info["catalog"]}
         for row in site.datasets:
             entry = catalog.get(row["name"])
