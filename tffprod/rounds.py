@@ -69,8 +69,11 @@ class RoundLoop:
         from tffprod.churn import DeadlinePolicy, SiteHealth
 
         spec = plan.spec
-        self.plan, self.session_id, self.registry, self.backend, self.trainer = plan, session_id, registry, backend, \
-            trainer
+        self.plan = plan
+        self.session_id = session_id
+        self.registry = registry
+        self.backend = backend
+        self.trainer = trainer
         self.checkpoints = checkpoints
         self.ledger = _ledger(spec)
         self.population = plan.population
@@ -95,7 +98,8 @@ class RoundLoop:
                                "(recorded by a tffprod without resume); it cannot be resumed")
         self.trainer.restore(last["checkpoint"], last["checkpoint_sha256"])
         self.kept = [Path(last["checkpoint"])]
-        event = self.trainer.dp_event() if self.ledger else None
+        # The restored state reports the DP event of the last round that ran (none if no round did).
+        event = self.trainer.dp_event() if self.ledger and any(row["participants"] for row in completed) else None
         for row in completed:
             if self.sampler:
                 self.sampler.draw()
