@@ -214,9 +214,11 @@ def _resume_hint(row: dict) -> str:
               help="The approved plan the session was run from.")
 @click.option("--backend", type=click.Choice(["local", "remote"]), help="Where site computations run (default: "
               "the session's).")
+@click.option("--force", is_flag=True, help="Take over a session whose coordinator ran on another host and is "
+              "known to be dead (this host cannot check).")
 @registry_option
 @output_options
-def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], registry_path: str,
+def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], force: bool, registry_path: str,
            as_json: bool) -> None:
     """Continue a session that failed, was cancelled or whose coordinator died, after its last
     committed round.
@@ -234,7 +236,7 @@ def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], re
         with open_registry(registry_path) as registry:
             backend = backend or registry.get_session(session_id)["backend"]
             result = resume_session(session_id, registry=registry, backend=create_backend(backend, registry=registry),
-                                    progress=progress, plan_path=plan_path)
+                                    progress=progress, plan_path=plan_path, force=force)
     _report(result, as_json)
 
 

@@ -142,3 +142,12 @@ def test_stale_checkpoints_and_half_written_files_are_removed(tmp_path: Path) ->
     (tmp_path / "notes.txt").write_text("kept")
     remove_stale(tmp_path, set(paths[1:]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "round-00002.npz", "round-00003.npz"]
+
+
+def test_a_session_owned_on_another_host_resumes_only_with_force(registry: Registry) -> None:
+    elsewhere = _session(registry, {"host": "another-host", "pid": 4242})
+    reason = resumable(elsewhere)
+    assert "on another-host" in reason and "--force" in reason
+    assert resumable(elsewhere, force=True) is None
+    here = _session(registry, ME)
+    assert resumable(here, force=True) is not None  # a live coordinator on this host is never taken over

@@ -47,15 +47,20 @@ def _is_running(pid: int) -> bool:
         return True
 
 
-def resumable(session: dict) -> Optional[str]:
-    """Why ``session`` cannot be resumed, or None if it can."""
+def resumable(session: dict, *, force: bool = False) -> Optional[str]:
+    """Why ``session`` cannot be resumed, or None if it can. ``force`` takes over a running
+    session whose coordinator this host cannot see (on another host) and is known to be dead."""
     status = session["status"]
     if status == "finished":
         return f"session {session['id']} is finished"
-    if status in ("running", "pending") and coordinator_alive(session.get("coordinator")):
-        owner = session["coordinator"]
+    owner = session.get("coordinator")
+    if status in ("running", "pending") and coordinator_alive(owner):
+        if force and owner.get("host") != socket.gethostname():
+            return None
+        hint = " or, if that host's coordinator is dead, resume with --force" \
+            if owner.get("host") != socket.gethostname() else ""
         return (f"session {session['id']} is running in process {owner['pid']} on {owner['host']}; "
-                f"cancel it first ('tffprod session cancel {session['id']}')")
+                f"cancel it first ('tffprod session cancel {session['id']}'){hint}")
     return None
 
 
@@ -69,10 +74,11 @@ def _spec(session: dict) -> Any:
 
 
 def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_dir: Optional[Path] = None,
-                   progress: Optional[Callable] = None, plan_path: Optional[str] = None) -> dict:
+                   progress: Optional[Callable] = None, plan_path: Optional[str] = None, force: bool = False) -> dict:
     """Continue ``session_id`` after its last committed round; returns its row as ``run_session`` does.
 
-    A session run from an approved plan resumes only with that plan (``plan_path``).
+    A session run from an approved plan resumes only with that plan (``plan_path``). ``force``
+    takes over a session whose coordinator ran on another host (see :func:`resumable`).
 
     Raises:
         SessionError: it cannot be resumed (finished, still running, no checkpoint, a damaged
@@ -81,7 +87,7 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
     from tffprod.session import artifacts_dir_for, coordinator_identity, drive_session, plan_session
 
     session = registry.get_session(session_id)
-    reason = resumable(session)
+    reason = resumable(session, force=force)
     if reason:
         raise SessionError(f"cannot resume: {reason}")
     frozen = _frozen(session, plan_path)
