@@ -224,6 +224,7 @@ def test_missing_required_key(tmp_path, key):
         ('datasets = ["a/b", "a/b"]', "datasets", "more than once"),
         ('datasets = ["a/b:1", "a/b:2"]', "datasets", "more than once"),
         ("rounds = 0", "rounds", ">= 1"),
+        ("rounds = 99999999999999999999", "rounds", "<= 1,000,000"),
         ("rounds = 2.0", "rounds", "must be an integer"),
         ("rounds = true", "rounds", "must be an integer, got boolean"),
         ('rounds = "10"', "rounds", "must be an integer, got string"),

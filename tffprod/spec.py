@@ -95,11 +95,16 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _integer(key: str, value: Any, *, minimum: int) -> int:
+MAX_ROUNDS = 1_000_000
+
+
+def _integer(key: str, value: Any, *, minimum: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{key!r} must be an integer, got {type_name(value)} {value!r}")
     if value < minimum:
         raise SpecError(f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{key!r} must be an integer <= {maximum:,}, got {value!r}")
     return value
 
 
@@ -361,7 +366,7 @@ class SessionSpec:
         task_path("task", self.task)
         set_("datasets", _dataset_refs("datasets", self.datasets, allow_empty=False))
         set_("eval_datasets", _dataset_refs("eval_datasets", self.eval_datasets, allow_empty=True))
-        _integer("rounds", self.rounds, minimum=1)
+        _integer("rounds", self.rounds, minimum=1, maximum=MAX_ROUNDS)
         _integer("seed", self.seed, minimum=0)
         _choice("backend", self.backend, BACKENDS)
         _integer("min_sites", self.min_sites, minimum=1)
