@@ -17,6 +17,11 @@ from tffprod.executors.siteinfo import FEDERATION_HEADER
 GRPC_OPTIONS = (
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
+    # Reconnect soon after a site comes back: gRPC's default backoff (1 s, x1.6, up to 120 s) fails
+    # calls at once while it waits, so a restarted site would miss rounds it could have served.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
 

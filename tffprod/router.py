@@ -130,11 +130,10 @@ class RoundRouter:
                   deadline: float) -> None:
         future.set_running_or_notify_cancel()
         arg = Struct.unnamed(state, refs) if state is not None else refs
-        context = self._backend.site_context(site)
         t0, backoff = time.monotonic(), self._backoff_s
         for attempt in range(1, self._retries + 2):
             try:
-                result = context.invoke(self._site_computation, arg)
+                result = self._backend.site_context(site).invoke(self._site_computation, arg)
                 future.set_result((result, time.monotonic() - t0, attempt))
                 return
             except SiteUnavailableError as e:
@@ -144,6 +143,7 @@ class RoundRouter:
                     return
                 time.sleep(backoff)
                 backoff *= 2
+                self._backend.reconnect(site)  # the site may be back, restarted: start afresh
             except BaseException as e:  # reported through the future
                 future.set_exception(e)
                 return

@@ -6,13 +6,18 @@ remote backend, and the progress callback (run after each committed round) injec
 starts a timer that injects one a moment into the next round:
 
 1. SIGKILL a site's worker mid-round: its supervisor restarts it and the site rejoins;
-2. SIGSTOP a site's gateway for longer than the round's deadline: the round records it as failed,
+2. SIGSTOP a site's worker (its gateway keeps running) for longer than the round's deadline: the
+   round records the site as failed, the others carry the session, and the site rejoins once its
+   worker is continued;
+3. SIGSTOP a site's gateway for longer than the round's deadline: the round records it as failed,
    the others carry the session, and the site rejoins once it is continued;
-3. restart a gateway between rounds: the site rejoins in the next round;
-4. a site gone for good: quarantined after ``quarantine_after`` failed rounds and no longer called;
+4. SIGKILL a site's gateway mid-round: its worker dies with it, the round records the site as
+   failed (or retried), and the site, started again before the next round, rejoins;
+5. restart a gateway between rounds: the site rejoins in the next round;
+6. a site gone for good: quarantined after ``quarantine_after`` failed rounds and no longer called;
    ``tffprod session show`` lists it with the round and the reason;
-5. adaptive deadlines: a stopped site is cut off after the policy's deadline, within its bounds;
-6. a site whose installed TFF differs (its package metadata, put first on the site's PYTHONPATH):
+7. adaptive deadlines: a stopped site is cut off after the policy's deadline, within its bounds;
+8. a site whose installed TFF differs (its package metadata, put first on the site's PYTHONPATH):
    ``site check`` names the site and both versions, and a session refuses it before round 1.
 
 Faults hit ``hospital-b`` and ``hospital-c``; ``hospital-a`` stays healthy and holds the evaluation
@@ -288,6 +293,94 @@ def test_a_stopped_gateway_times_out_and_rejoins_when_continued(federation, faul
     assert sum(p["status"] == "ok" for p in rounds[hit - 1]["participants"]) == 2  # min_sites carried the round
     assert any(statuses[n] == "ok" for n in statuses if n > hit), \
         f"{site} never rejoined after SIGCONT: {statuses}"
+
+
+def test_a_stopped_worker_times_out_and_its_site_rejoins_when_continued(federation, fault_tally):
+    fed, registry = federation
+    site = "hospital-c"
+    timeout_s = 10.0  # above a first round's ~4 s, with room for a loaded machine
+    gateway, worker = fed.pids()[site], _site_worker(fed, site).pid
+    pause = Pause(worker, timeout_s + 1.5)
+    fault: dict = {}
+
+    def stop_worker():
+        fault["round"] = session.in_flight
+        fault_tally["faults"] += 1
+        pause()
+
+    def on_round(report):
+        if report.round_num == 1:
+            session.later(INTO_ROUND_S, stop_worker)
+
+    session = Session(registry, _spec("faults-worker-stop", rounds=4, round_timeout_s=timeout_s), fault_tally,
+                      on_round)
+    try:
+        result, rounds = session.run()
+    finally:
+        pause.release()
+    assert fault["round"] == 2 and pause.continued_at - pause.stopped_at > timeout_s
+    assert fed.pids()[site] == gateway  # the gateway kept running throughout...
+    assert _site_worker(fed, site).pid == worker  # ...and so did its worker, once continued
+    statuses = _statuses(rounds, site)
+    hit = _first_failure(statuses, fault["round"])
+    failed = next(p for p in rounds[hit - 1]["participants"] if p["site"] == site)
+    assert failed["status"] in ("timeout", "error") and failed["examples"] == 0, failed
+    assert sum(p["status"] == "ok" for p in rounds[hit - 1]["participants"]) == 2  # min_sites carried the round
+    assert all(p["status"] == "ok" for r in rounds for p in r["participants"] if p["site"] != site)
+    assert any(statuses[n] == "ok" for n in statuses if n > hit), \
+        f"{site} never rejoined after its worker was continued: {statuses}"
+    assert check_site(registry, site)["health"]["worker"] == "up"
+
+
+def test_a_killed_gateway_takes_its_worker_along_and_the_restarted_site_rejoins(federation, fault_tally):
+    fed, registry = federation
+    site = "hospital-b"
+    killed: dict = {}
+
+    def kill_gateway():
+        killed.update(gateway=fed.pids()[site], worker=_site_worker(fed, site).pid, round=session.in_flight)
+        fed.stop_site(site, kill=True)  # SIGKILL, then reap it
+        fault_tally["faults"] += 1
+
+    def on_round(report):
+        if report.round_num == 1:
+            session.later(INTO_ROUND_S, kill_gateway)
+        elif site not in fed.pids():  # the round in which it was killed: start it for the next one
+            killed["restarted_after"] = report.round_num
+            fed.start_site(site)
+
+    # A retry after UNAVAILABLE starts on a fresh channel and context (Backend.reconnect), so the restarted
+    # site is called in the next round; before, a backed-off channel and executor ids of the killed worker
+    # made it miss that round as well.
+    spec = _spec("faults-gateway-kill", rounds=4)
+    session = Session(registry, spec, fault_tally, on_round)
+    try:
+        result, rounds = session.run()
+    finally:
+        if site not in fed.pids():
+            fed.start_site(site)
+    assert killed["round"] == 2 and killed["restarted_after"] == 2, killed
+    assert _gone(killed["gateway"]) and fed.pids()[site] != killed["gateway"]
+    deadline = time.monotonic() + 10
+    while not _gone(killed["worker"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(killed["worker"])  # the worker died with its gateway (PR_SET_PDEATHSIG); nobody stopped it
+    assert _site_worker(fed, site).pid != killed["worker"]
+    assert all(p["status"] == "ok" for r in rounds for p in r["participants"] if p["site"] != site)
+    # The router tries an unavailable site again within the round, but the gateway stays down for the rest of it.
+    hit = next(p for p in rounds[killed["round"] - 1]["participants"] if p["site"] == site)
+    assert (hit["status"] in ("timeout", "error") and hit["examples"] == 0) or hit["attempts"] > 1, \
+        f"the kill in round {killed['round']} never showed: {rounds}"
+    if hit["status"] != "ok":
+        assert sum(p["status"] == "ok" for p in rounds[killed["round"] - 1]["participants"]) == 2  # min_sites
+    statuses = _statuses(rounds, site)
+    back = next((n for n in sorted(statuses) if n > killed["round"] and statuses[n] == "ok"), None)
+    assert back is not None, \
+        f"{site} never rejoined after its gateway was killed in round {killed['round']} and started again: {statuses}"
+    assert back == killed["round"] + 1, [(p["status"], p["attempts"], p["error"])  # rejoins in the next round
+                                         for r in rounds for p in r["participants"] if p["site"] == site]
+    assert all(statuses[n] == "ok" for n in statuses if n >= back), statuses  # rejoined for good
+    assert check_site(registry, site)["ok"]
 
 
 def test_a_gateway_restarted_between_rounds_rejoins_in_the_next_round(federation, fault_tally):

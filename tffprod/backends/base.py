@@ -57,6 +57,9 @@ class Backend(abc.ABC):
         """The synchronous TFF context that runs computations at ``site``."""
         return self._contexts[site]
 
+    def reconnect(self, site: str) -> None:
+        """Replace ``site``'s context after it was unavailable (a no-op where contexts never go stale)."""
+
     def coordinator_context(self) -> Any:
         """The synchronous TFF context at the coordinator."""
         if self._coordinator is None:

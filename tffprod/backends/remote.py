@@ -55,6 +55,18 @@ class RemoteBackend(Backend):
             self.close()
             raise
 
+    def reconnect(self, site: str) -> None:
+        """A fresh channel and context for ``site``, after it was unavailable: a restarted site has
+        none of the executors the old context still refers to, and a new channel connects at once."""
+        from tffprod.contexts import channel_context
+
+        old = self._channels.get(site)
+        channel = self._connections[site].channel(federation=self.federation)
+        self._channels[site] = channel
+        self._contexts[site] = channel_context(channel, compiler_fn=self.site_compiler)
+        if old is not None:
+            old.close()
+
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
         site since it was registered."""
