@@ -263,72 +263,57 @@ def test_a_killed_worker_is_restarted_by_its_supervisor_and_the_site_rejoins(fed
     assert check_site(registry, site)["health"]["worker"] == "up"
 
 
-def test_a_stopped_gateway_times_out_and_rejoins_when_continued(federation, fault_tally):
-    fed, registry = federation
-    site = "hospital-c"
+def _stopped_past_the_deadline(registry, fault_tally, pid: int, name: str) -> tuple[list, int]:
+    """A 4-round session in which process ``pid`` is SIGSTOPped early in round 2 for longer than the
+    round deadline, then continued; returns the rounds and the round the stop began in."""
     timeout_s = 10.0  # above a first round's ~4 s, with room for a loaded machine
-    pause = Pause(fed.pids()[site], timeout_s + 1.5)
+    pause = Pause(pid, timeout_s + 1.5)
     fault: dict = {}
 
-    def stop_gateway():
+    def stop():
         fault["round"] = session.in_flight
         fault_tally["faults"] += 1
         pause()
 
     def on_round(report):
         if report.round_num == 1:
-            session.later(INTO_ROUND_S, stop_gateway)
+            session.later(INTO_ROUND_S, stop)
 
-    session = Session(registry, _spec("faults-gateway-stop", rounds=4, round_timeout_s=timeout_s), fault_tally,
-                      on_round)
+    session = Session(registry, _spec(name, rounds=4, round_timeout_s=timeout_s), fault_tally, on_round)
     try:
-        result, rounds = session.run()
+        _, rounds = session.run()
     finally:
         pause.release()
     assert fault["round"] == 2 and pause.continued_at - pause.stopped_at > timeout_s
+    return rounds, fault["round"]
+
+
+def _timed_out_then_rejoined(rounds: list, site: str, fault_round: int) -> None:
+    """The stopped site failed a round the others carried (min_sites = 2), then was "ok" again."""
     statuses = _statuses(rounds, site)
-    hit = _first_failure(statuses, fault["round"])
+    hit = _first_failure(statuses, fault_round)
     failed = next(p for p in rounds[hit - 1]["participants"] if p["site"] == site)
     assert failed["status"] in ("timeout", "error") and failed["examples"] == 0, failed
-    assert sum(p["status"] == "ok" for p in rounds[hit - 1]["participants"]) == 2  # min_sites carried the round
-    assert any(statuses[n] == "ok" for n in statuses if n > hit), \
-        f"{site} never rejoined after SIGCONT: {statuses}"
+    assert sum(p["status"] == "ok" for p in rounds[hit - 1]["participants"]) == 2
+    assert all(p["status"] == "ok" for r in rounds for p in r["participants"] if p["site"] != site)
+    assert any(statuses[n] == "ok" for n in statuses if n > hit), f"{site} never rejoined after SIGCONT: {statuses}"
+
+
+def test_a_stopped_gateway_times_out_and_rejoins_when_continued(federation, fault_tally):
+    fed, registry = federation
+    site = "hospital-c"
+    rounds, fault_round = _stopped_past_the_deadline(registry, fault_tally, fed.pids()[site], "faults-gateway-stop")
+    _timed_out_then_rejoined(rounds, site, fault_round)
 
 
 def test_a_stopped_worker_times_out_and_its_site_rejoins_when_continued(federation, fault_tally):
     fed, registry = federation
     site = "hospital-c"
-    timeout_s = 10.0  # above a first round's ~4 s, with room for a loaded machine
     gateway, worker = fed.pids()[site], _site_worker(fed, site).pid
-    pause = Pause(worker, timeout_s + 1.5)
-    fault: dict = {}
-
-    def stop_worker():
-        fault["round"] = session.in_flight
-        fault_tally["faults"] += 1
-        pause()
-
-    def on_round(report):
-        if report.round_num == 1:
-            session.later(INTO_ROUND_S, stop_worker)
-
-    session = Session(registry, _spec("faults-worker-stop", rounds=4, round_timeout_s=timeout_s), fault_tally,
-                      on_round)
-    try:
-        result, rounds = session.run()
-    finally:
-        pause.release()
-    assert fault["round"] == 2 and pause.continued_at - pause.stopped_at > timeout_s
+    rounds, fault_round = _stopped_past_the_deadline(registry, fault_tally, worker, "faults-worker-stop")
     assert fed.pids()[site] == gateway  # the gateway kept running throughout...
     assert _site_worker(fed, site).pid == worker  # ...and so did its worker, once continued
-    statuses = _statuses(rounds, site)
-    hit = _first_failure(statuses, fault["round"])
-    failed = next(p for p in rounds[hit - 1]["participants"] if p["site"] == site)
-    assert failed["status"] in ("timeout", "error") and failed["examples"] == 0, failed
-    assert sum(p["status"] == "ok" for p in rounds[hit - 1]["participants"]) == 2  # min_sites carried the round
-    assert all(p["status"] == "ok" for r in rounds for p in r["participants"] if p["site"] != site)
-    assert any(statuses[n] == "ok" for n in statuses if n > hit), \
-        f"{site} never rejoined after its worker was continued: {statuses}"
+    _timed_out_then_rejoined(rounds, site, fault_round)
     assert check_site(registry, site)["health"]["worker"] == "up"
 
 
