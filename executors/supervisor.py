@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -28,12 +27,6 @@ from tffprod.executors.config import SiteConfig
 from tffprod.workers import WorkerError, WorkerProcess, free_port
 
 log = logging.getLogger(__name__)
-
-# A killed worker leaves its accepted connections in TIME_WAIT (up to 60 s on Linux). worker_binary
-# rebinds through them (SO_REUSEADDR), but tffprod.workers' free-port check does not, so the watcher
-# waits them out (this long at most) instead of counting failed restarts.
-_LINGER_WAIT_S = 90.0
-
 
 class WorkerSupervisor:
     """One supervised ``worker_binary`` on a loopback port, restarted when it dies.
@@ -163,8 +156,6 @@ class WorkerSupervisor:
                     f"{settings.restart_window_s:g} s; last: {how}); giving up, see {self.log_path}"
                 )
                 return False
-            if not self._wait_for_port(worker.port):
-                return False
             self._restarts.append(time.monotonic())
             self.restart_count += 1
             log.warning("site %s: worker pid %s died (%s); restarting it on port %d (restart %d of at most %d in %g s)",
@@ -180,30 +171,9 @@ class WorkerSupervisor:
                     return False
         return False
 
-    def _wait_for_port(self, port: int) -> bool:
-        """Wait while only lingering connections of the dead worker hold ``port``; False if stopping."""
-        deadline = time.monotonic() + _LINGER_WAIT_S
-        while _port_state(port) == "lingering" and time.monotonic() < deadline:
-            if self._stopping.wait(self.poll_interval_s):
-                return False
-        return not self._stopping.is_set()
-
     def _give_up(self, reason: str) -> None:
         self.error = reason
         log.error("%s", reason)
         if self.on_give_up is not None:
             self.on_give_up(reason)
 
-
-def _port_state(port: int) -> str:
-    """``"free"``, ``"lingering"`` (only TIME_WAIT connections hold it) or ``"taken"`` (something listens)."""
-    for reuse in (False, True):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if reuse:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", port))
-                return "lingering" if reuse else "free"
-            except OSError:
-                continue
-    return "taken"
