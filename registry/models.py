@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tffprod.errors import NotFoundError, SpecError
+from tffprod.errors import NotFoundError, RegistryError, SpecError
 from tffprod.registry.codec import check_name, from_json, parse_model_ref, to_json, utc_now
 from tffprod.registry.connection import first_row, write_transaction
-from tffprod.registry.sessions import require_session
+from tffprod.registry.sessions import mark_finished, require_session
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -64,6 +64,8 @@ def add_model_version(db: Database, **fields: Any) -> dict[str, Any]:
     name = check_name("model", fields["name"])
     with write_transaction(db):
         require_session(db, fields["session_id"])
+        if fields.get("finishes_session"):
+            _refuse_a_second_version(db, fields["session_id"])
         latest = first_row(db, "SELECT max(version) AS v FROM model_versions WHERE name = ?", [name])
         version = (latest["v"] if latest and latest["v"] else 0) + 1
         access = fields.get("access")
@@ -88,7 +90,17 @@ def add_model_version(db: Database, **fields: Any) -> dict[str, Any]:
                 to_json(access),
             ],
         )
+        for evaluation in fields.get("evaluations") or ():
+            _insert_evaluation(db, model=name, version=version, session_id=fields["session_id"], **evaluation)
+        if fields.get("finishes_session"):
+            mark_finished(db, fields["session_id"], "finished", None)
     return get_model_version(db, f"{name}:{version}")
+
+
+def _refuse_a_second_version(db: Database, session_id: str) -> None:
+    row = first_row(db, "SELECT name, version FROM model_versions WHERE session_id = ? LIMIT 1", [session_id])
+    if row is not None:
+        raise RegistryError(f"session {session_id} already produced model version {row['name']}:{row['version']}")
 
 
 def resolve_model_ref(db: Database, ref: str) -> tuple[str, int | None]:
@@ -129,22 +141,26 @@ def list_model_versions(db: Database, name: str | None) -> list[dict[str, Any]]:
 
 def add_evaluation(db: Database, **fields: Any) -> dict[str, Any]:
     """Records metrics of one model version on one dataset."""
-    model, version = fields["model"], int(fields["version"])
     with write_transaction(db):
-        get_model_version(db, f"{model}:{version}")
+        get_model_version(db, f"{fields['model']}:{int(fields['version'])}")
         if fields["session_id"] is not None:
             require_session(db, fields["session_id"])
-        kind = fields.get("kind", "dataset")
-        if kind not in ("dataset", "overall"):
-            raise ValueError(f"evaluation kind must be 'dataset' or 'overall', got {kind!r}")
-        cursor = db.execute(
-            "INSERT INTO evaluations (model, version, dataset, metrics, session_id, created_at, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [model, version, fields["dataset"], to_json(fields["metrics"]), fields["session_id"], utc_now(), kind],
-        )
-        row = first_row(db, "SELECT * FROM evaluations WHERE id = ?", [cursor.lastrowid])
-    assert row is not None  # inserted just above, in the same transaction
+        row = _insert_evaluation(db, **fields)
     return _evaluation(row)
+
+
+def _insert_evaluation(db: Database, *, model: str, version: int, dataset: str, metrics: dict,
+                       session_id: str | None, kind: str = "dataset") -> dict[str, Any]:
+    if kind not in ("dataset", "overall"):
+        raise ValueError(f"evaluation kind must be 'dataset' or 'overall', got {kind!r}")
+    cursor = db.execute(
+        "INSERT INTO evaluations (model, version, dataset, metrics, session_id, created_at, kind)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [model, int(version), dataset, to_json(metrics), session_id, utc_now(), kind],
+    )
+    row = first_row(db, "SELECT * FROM evaluations WHERE id = ?", [cursor.lastrowid])
+    assert row is not None  # inserted just above, in the same transaction
+    return row
 
 
 def list_evaluations(db: Database, model: str, version: int | None, kind: str | None = "dataset") -> list[dict[str, Any]]:

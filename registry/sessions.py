@@ -112,12 +112,15 @@ def finish_session(db: Database, session_id: str, status: str, error: str | None
     if status not in FINAL_STATUSES:
         raise ValueError(f"final session status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
     with write_transaction(db):
-        require_session(db, session_id)
-        db.execute(
-            "UPDATE sessions SET status = ?, error = ?, finished_at = ? WHERE id = ?",
-            [status, error, utc_now(), session_id],
-        )
+        mark_finished(db, session_id, status, error)
     return get_session(db, session_id)
+
+
+def mark_finished(db: Database, session_id: str, status: str, error: str | None) -> None:
+    """``finish_session``'s update, inside the caller's transaction."""
+    require_session(db, session_id)
+    db.execute("UPDATE sessions SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+               [status, error, utc_now(), session_id])
 
 
 def get_session(db: Database, session_id: str) -> dict[str, Any]:

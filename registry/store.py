@@ -443,6 +443,8 @@ class Registry:
         task: dict,
         lineage: dict | None = None,
         access: list[str] | None = None,
+        evaluations: list[dict] | None = None,
+        finishes_session: bool = False,
     ) -> dict:
         """Adds the next version (from 1) of model ``name``, with its lineage.
 
@@ -450,6 +452,10 @@ class Registry:
             lineage: The full lineage (``tffprod.lineage.build_lineage``); sessions always give one.
             access: Principals (``site:NAME``, ``federation:NAME``) allowed to receive the
                 version; default: the sites of ``datasets`` and the session's federation, if any.
+            evaluations: Recorded with the version, as :meth:`add_evaluation` takes them
+                (``dataset``, ``metrics`` and optionally ``kind``).
+            finishes_session: Also mark the session ``finished``, in the same transaction, so a
+                crash leaves either both or neither; refused if the session already has a version.
 
         Returns:
             name, version, session_id, artifact_path, metrics, dp, epsilon,
@@ -458,6 +464,7 @@ class Registry:
         Raises:
             NotFoundError: if the session is unknown.
             SpecError: if ``name`` is not a valid name.
+            RegistryError: ``finishes_session`` for a session that already has a version.
         """
         return models.add_model_version(
             self._db,
@@ -472,6 +479,8 @@ class Registry:
             task=task,
             lineage=lineage,
             access=access,
+            evaluations=evaluations,
+            finishes_session=finishes_session,
         )
 
     @_translated

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tffprod.errors import AccessDeniedError, NotFoundError, SpecError
+from tffprod.errors import AccessDeniedError, NotFoundError, RegistryError, SpecError
 from tffprod.export import SAVED_MODEL_DIR, export_version
 from tffprod.lineage import REQUIRED, build_lineage, missing_fields, task_source
 from tffprod.registry import Registry
@@ -283,3 +283,40 @@ def test_overall_evaluations_are_kept_apart_from_per_dataset_ones(registry, tmp_
     assert [e["kind"] for e in registry.list_evaluations("flu", 1, kind=None)] == ["dataset", "overall"]
     with pytest.raises(ValueError):
         registry.add_evaluation(model="flu", version=1, dataset="x", metrics={}, kind="average")
+
+
+# A session's version, its evaluations and the session's end: one transaction.
+
+
+def _session_version_fields(registry: Registry, tmp_path: Path) -> dict:
+    first = add_version(registry, tmp_path)
+    session = registry.create_session(name="flu", spec={"name": "flu", "task": TASK}, task={"name": "digits"},
+                                      backend="local", rounds_planned=3, datasets=TRAIN)
+    registry.start_session(session["id"])
+    return dict(name="flu", session_id=session["id"], artifact_path=first["artifact_path"], metrics={},
+                dp={}, epsilon=None, delta=None, datasets=TRAIN, task={"name": "digits"}, lineage=first["lineage"])
+
+
+def test_a_version_that_finishes_its_session_records_everything_at_once(registry, tmp_path):
+    fields = _session_version_fields(registry, tmp_path)
+    evaluations = [{"dataset": EVAL[0], "metrics": {"accuracy": 0.9}},
+                   {"dataset": EVAL[0], "metrics": {"accuracy": 0.9}, "kind": "overall"}]
+    version = registry.add_model_version(**fields, evaluations=evaluations, finishes_session=True)
+    assert version["version"] == 2 and version["session_id"] == fields["session_id"]
+    assert registry.get_session(fields["session_id"])["status"] == "finished"
+    assert [(e["dataset"], e["kind"], e["session_id"]) for e in registry.list_evaluations("flu", 2, kind=None)] == \
+        [(EVAL[0], "dataset", fields["session_id"]), (EVAL[0], "overall", fields["session_id"])]
+
+    # A resumed coordinator that gets here again registers no second version.
+    with pytest.raises(RegistryError, match=rf"session {fields['session_id']} already produced model version flu:2"):
+        registry.add_model_version(**fields, finishes_session=True)
+    assert [v["version"] for v in registry.list_model_versions("flu")] == [1, 2]
+
+
+def test_a_failed_evaluation_leaves_neither_version_nor_finished_session(registry, tmp_path):
+    fields = _session_version_fields(registry, tmp_path)
+    with pytest.raises(ValueError, match="evaluation kind"):
+        registry.add_model_version(**fields, evaluations=[{"dataset": EVAL[0], "metrics": {}, "kind": "average"}],
+                                   finishes_session=True)
+    assert [v["version"] for v in registry.list_model_versions("flu")] == [1]
+    assert registry.get_session(fields["session_id"])["status"] == "running"

@@ -202,8 +202,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
             f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.get)}")
         weights = trainer.weights()
         version = _register_model(plan, registry, backend, session_id, weights, loop.train_metrics, loop.ledger,
-                                  artifacts_dir, stopped, frozen)
-        registry.finish_session(session_id, status="finished")
+                                  artifacts_dir, stopped, frozen)  # and marks the session finished
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"

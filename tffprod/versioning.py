@@ -51,7 +51,12 @@ def register_model(plan, registry, backend, session_id, weights, train_metrics, 
     lineage = build_lineage(registry, session_id=session_id, datasets=datasets,
                             eval_datasets=[row["ref"] for row in plan.eval_datasets], dp=dp, epsilon=epsilon,
                             delta=delta, task_path=spec.task, train_metrics=train_metrics, evaluation=evaluation)
-    version = registry.add_model_version(
+    evaluations = []
+    if evaluation:
+        evaluations = [{"dataset": ref, "metrics": m} for ref, m in evaluation["datasets"].items()]
+        evaluations.append({"dataset": ",".join(evaluation["datasets"]), "metrics": evaluation["overall"],
+                            "kind": "overall"})
+    return registry.add_model_version(
         name=spec.name,
         session_id=session_id,
         artifact_path=str(artifact.resolve()),
@@ -62,12 +67,6 @@ def register_model(plan, registry, backend, session_id, weights, train_metrics, 
         datasets=datasets,
         task=plan.task.summary(),
         lineage=lineage,
+        evaluations=evaluations,
+        finishes_session=True,
     )
-    if evaluation:
-        for ref, m in evaluation["datasets"].items():
-            registry.add_evaluation(model=spec.name, version=version["version"], dataset=ref, metrics=m,
-                                    session_id=session_id)
-        registry.add_evaluation(model=spec.name, version=version["version"], kind="overall",
-                                dataset=",".join(evaluation["datasets"]), metrics=evaluation["overall"],
-                                session_id=session_id)
-    return version
