@@ -4,9 +4,14 @@ Importing this package is cheap: it never imports TensorFlow. The parts that
 need TensorFlow import it when they are called.
 """
 
+from tffprod.churn import ReliabilityConfig
 from tffprod.errors import (
+    AccessDeniedError,
+    AuditError,
+    CheckpointError,
     DatasetError,
     NotFoundError,
+    PrivacyBudgetError,
     RegistryError,
     SchemaMismatchError,
     SessionError,
@@ -21,12 +26,17 @@ from tffprod.task import Optimizer, Task, load_task
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
+    "AuditError",
+    "CheckpointError",
     "DPConfig",
     "DatasetError",
     "Feature",
     "NotFoundError",
     "Optimizer",
+    "PrivacyBudgetError",
     "RegistryError",
+    "ReliabilityConfig",
     "Schema",
     "SchemaMismatchError",
     "SessionError",
