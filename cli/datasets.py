@@ -66,12 +66,6 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
         schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
         with open_registry(registry_path) as registry:
             row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget, client_id=client_id)
-            registry.record_action("dataset.register", row["ref"], {
-                "path": row["path"], "content_hash": row["content_hash"], "num_examples": row["num_examples"],
-                "client_id": row.get("client_id")})
-            if "budget" in row:
-                registry.record_action("privacy.budget", f"{row['site']}/{row['name']}", {
-                    key: row["budget"][key] for key in ("epsilon", "delta", "source")})
     if as_json:
         emit_json(row)
         return

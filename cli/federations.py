@@ -37,7 +37,7 @@ def create(name: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod federation create hospitals
     """
-    with user_errors(), open_registry(registry_path) as registry:
+    with user_errors(), open_registry(registry_path) as registry, registry.atomic():
         row = registry.create_federation(name)
         registry.record_action("federation.create", name)
     _show(row, as_json)
@@ -55,7 +55,7 @@ def add_site(name: str, site: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod federation add-site hospitals hospital-a
     """
-    with user_errors(), open_registry(registry_path) as registry:
+    with user_errors(), open_registry(registry_path) as registry, registry.atomic():
         row = registry.add_federation_site(name, site)
         registry.record_action("federation.add-site", name, {"site": site})
     _show(row, as_json)
@@ -73,7 +73,7 @@ def remove_site(name: str, site: str, registry_path: str, as_json: bool) -> None
     Example:
         tffprod federation remove-site hospitals hospital-c
     """
-    with user_errors(), open_registry(registry_path) as registry:
+    with user_errors(), open_registry(registry_path) as registry, registry.atomic():
         row = registry.remove_federation_site(name, site)
         registry.record_action("federation.remove-site", name, {"site": site})
     _show(row, as_json)

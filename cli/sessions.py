@@ -258,7 +258,6 @@ def cancel(session_id: str, registry_path: str, as_json: bool) -> None:
 
     with user_errors(), open_registry(registry_path) as registry:
         row = cancel_session(session_id, registry=registry)
-        registry.record_action("session.cancel", session_id, {"status": row["status"]})
     if as_json:
         emit_json(row)
     elif row["status"] == "cancelled":

@@ -82,7 +82,6 @@ def add(name: str, address: str, ca: str, cert: str, key: str, token_file: str, 
     with user_errors(), open_registry(registry_path) as registry:
         row = add_site(registry, name, address=address, ca=Path(ca), cert=Path(cert), key=Path(key),
                        token_file=Path(token_file))
-        registry.record_action("site.add", row["name"], {"address": row["address"], "info": row["info"]})
     if as_json:
         emit_json(row)
     else:
@@ -146,10 +145,6 @@ def sync(name: str, registry_path: str, as_json: bool) -> None:
 
     with user_errors(), open_registry(registry_path) as registry:
         rows = sync_site(registry, name)
-        budgets = {row["ref"]: registry.get_budget(name, row["name"]) for row in rows}
-        registry.record_action("site.sync", name, {"datasets": [row["ref"] for row in rows], "budgets": {
-            ref: [budget["epsilon"], budget["delta"]] for ref, budget in budgets.items()
-            if budget and budget["source"] == "site"}})
     if as_json:
         emit_json(rows)
     else:

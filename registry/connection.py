@@ -63,16 +63,29 @@ def write_transaction(db: Database) -> Iterator[None]:
     "latest version + 1") cannot race another writer, and a busy registry waits
     for the busy timeout instead of failing at the first write.
 
+    Inside another ``write_transaction`` (``Registry.atomic``), the block is a
+    savepoint of the outer transaction instead: its writes are undone if it
+    raises, and committed only with the outer transaction.
+
     Raises:
-        Whatever the block raises, after rolling the transaction back.
+        Whatever the block raises, after rolling the transaction (or savepoint) back.
     """
-    db.conn.execute("BEGIN IMMEDIATE")
+    depth = getattr(db, "_write_depth", 0)
+    savepoint = f"tffprod_{depth}"
+    db.conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
+    db._write_depth = depth + 1
     try:
         yield
-        db.conn.execute("COMMIT")
+        db.conn.execute(f"RELEASE {savepoint}" if depth else "COMMIT")
     except BaseException:
-        db.rollback()  # a no-op if the transaction is already gone
+        if not depth:
+            db.rollback()  # a no-op if the transaction is already gone
+        elif db.conn.in_transaction:
+            db.conn.execute(f"ROLLBACK TO {savepoint}")
+            db.conn.execute(f"RELEASE {savepoint}")
         raise
+    finally:
+        db._write_depth = depth
 
 
 def connect(path: str) -> Database:

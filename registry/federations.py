@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tffprod.errors import NotFoundError
 from tffprod.registry.codec import utc_now
+from tffprod.registry.connection import write_transaction
 from tffprod.spec import federation_name as check_name
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def _row(db: Database, name: str) -> dict[str, Any]:
 def create(db: Database, name: str) -> dict[str, Any]:
     """Create federation ``name``; an existing one is returned unchanged."""
     check_name(name)
-    with db.conn:
+    with write_transaction(db):
         db.execute("INSERT OR IGNORE INTO federations (name, created_at) VALUES (?, ?)", [name, utc_now()])
     return _row(db, name)
 
@@ -54,7 +55,7 @@ def add_site(db: Database, name: str, site: str) -> dict[str, Any]:
     _row(db, check_name(name))
     if not list(db.query("SELECT name FROM sites WHERE name = ?", [site])):
         raise NotFoundError(f"no site named '{site}' (add it with 'tffprod site add')")
-    with db.conn:
+    with write_transaction(db):
         db.execute("INSERT OR IGNORE INTO federation_sites (federation, site, added_at) VALUES (?, ?, ?)",
                    [name, site, utc_now()])
     return _row(db, name)
@@ -65,7 +66,7 @@ def remove_site(db: Database, name: str, site: str) -> dict[str, Any]:
     federation = _row(db, check_name(name))
     if site not in federation["sites"]:
         raise NotFoundError(f"site '{site}' is not in federation '{name}'")
-    with db.conn:
+    with write_transaction(db):
         db.execute("DELETE FROM federation_sites WHERE federation = ? AND site = ?", [name, site])
     return _row(db, name)
 

@@ -7,13 +7,14 @@ Each method is one call into the concept modules (``datasets``, ``sessions``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tffprod.registry import audit, datasets, federations, models, privacy, sessions
-from tffprod.registry.connection import connect, translate_errors
+from tffprod.registry.connection import connect, translate_errors, write_transaction
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -80,6 +81,25 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.path!r})"
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Runs the block's registry writes in one transaction: all of them land, or none.
+
+        Use it to keep a change and its audit entry together::
+
+            with registry.atomic():
+                registry.create_federation("hospitals")
+                registry.record_action("federation.create", "hospitals")
+
+        The block holds the registry's write lock: do slow work (hashing files,
+        calling sites) before it, not inside.
+
+        Raises:
+            RegistryError: for any database problem; the block's writes are undone.
+        """
+        with translate_errors(self.path), write_transaction(self._db):
+            yield
 
     # Sites and datasets.
 

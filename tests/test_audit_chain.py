@@ -307,12 +307,17 @@ def _run(tmp_path: Path, monkeypatch, backend: _Backend) -> list[dict]:
             pass
 
     monkeypatch.setattr(session_module, "_Trainer", Trainer)
-    monkeypatch.setattr(session_module, "_register_model", lambda plan, *args, **kwargs: {"version": 1})
+    import tffprod.export
+
+    # The real registration, without TensorFlow: no eval datasets, and no SavedModel to write.
+    monkeypatch.setattr(tffprod.export, "save_artifacts", lambda task, weights, directory: Path(directory))
     spec = SessionSpec.from_dict({"name": "m", "task": "tffprod.examples.fraud:task", "rounds": 2,
                                   "datasets": ["bank-a/train"]})
     datasets = ({"ref": "bank-a/train:1", "site": "bank-a", "name": "train", "num_examples": 30},)
     plan = session_module.SessionPlan(spec, load_task(spec.task), datasets, (), "csv")
     with Registry.open(tmp_path / "r.db") as registry:
+        registry.add_dataset(site="bank-a", name="train", path="/data/train.csv", format="csv",
+                             schema={"features": []}, num_examples=30, content_hash="sha256:0")
         try:
             session_module.run_session(plan, registry=registry, backend=backend, artifacts_dir=tmp_path)
         except (Exception, KeyboardInterrupt):
@@ -330,7 +335,7 @@ def test_a_session_run_and_its_end_are_audited(tmp_path: Path, monkeypatch, fail
     assert started["details"] == {"name": "m", "plan_id": None, "backend": "fake", "datasets": ["bank-a/train:1"],
                                   "rounds_planned": 2}
     assert ended["action"] == "session.end" and ended["subject"] == started["subject"]
-    assert ended["details"]["status"] == status
+    assert ended["details"]["status"] == status, ended["details"]
     if status == "finished":
         assert ended["details"]["model_version"] == "m:1"
     else:

@@ -395,3 +395,50 @@ def test_json_columns_round_trip(tmp_path: Path) -> None:
         reread = registry.get_session(session["id"])
         assert (reread["spec"], reread["task"], reread["datasets"]) == (value, value, ["a/b"])
         assert registry.list_rounds(session["id"])[0]["metrics"] == value
+
+
+# ---------------------------------------------------------------- atomic(): a change and its audit entry
+
+
+def test_atomic_commits_a_change_and_its_audit_entry_together(registry: Registry) -> None:
+    with registry.atomic():
+        registry.create_federation("hospitals")
+        registry.record_action("federation.create", "hospitals")
+    assert registry.get_federation("hospitals")["name"] == "hospitals"
+    assert [e["action"] for e in registry.list_audit()] == ["federation.create"]
+
+
+def test_atomic_undoes_every_write_when_the_audit_entry_fails(registry: Registry) -> None:
+    with pytest.raises(TypeError):
+        with registry.atomic():
+            registry.create_federation("hospitals")
+            add_dataset(registry)
+            registry.record_action("federation.create", "hospitals", {"not json": object()})
+    with pytest.raises(NotFoundError):
+        registry.get_federation("hospitals")
+    assert registry.list_datasets() == [] and registry.list_audit() == []
+    registry.create_federation("later")  # the registry is usable afterwards
+    assert [f["name"] for f in registry.list_federations()] == ["later"]
+
+
+def test_a_failed_write_inside_atomic_undoes_only_its_own_part(registry: Registry) -> None:
+    with registry.atomic():
+        registry.create_federation("hospitals")
+        with pytest.raises(NotFoundError):
+            registry.add_federation_site("hospitals", "no-such-site")
+        add_dataset(registry)
+    assert registry.get_federation("hospitals")["sites"] == []
+    assert [d["ref"] for d in registry.list_datasets()] == ["hospital-a/visits:1"]
+
+
+def test_atomic_holds_the_write_lock_until_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    with Registry.open(path) as registry:
+        with registry.atomic():
+            registry.create_federation("hospitals")
+            other = sqlite3.connect(path, timeout=0)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            assert other.execute("SELECT count(*) FROM federations").fetchone() == (0,)  # not yet visible
+        assert other.execute("SELECT count(*) FROM federations").fetchone() == (1,)
+        other.close()

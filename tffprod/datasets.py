@@ -114,18 +114,18 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
     if num_examples == 0:
         raise DatasetError(f"{path}: holds no examples")
     num_clients = None if client_id is None else count_clients(path, fmt, client_id)
-    row = registry.add_dataset(
-        site=site,
-        name=name,
-        path=str(path),
-        format=fmt,
-        schema=schema.to_dict(),
-        num_examples=num_examples,
-        content_hash=content_hash(path),
-        client_id=client_id,
-        num_clients=num_clients,
-    )
-    if checked is None:
-        return row
-    epsilon, delta = checked
-    return {**row, "budget": registry.set_budget(site, name, epsilon=epsilon, delta=delta, source="coordinator")}
+    digest = content_hash(path)
+    with registry.atomic():
+        row = registry.add_dataset(site=site, name=name, path=str(path), format=fmt, schema=schema.to_dict(),
+                                   num_examples=num_examples, content_hash=digest, client_id=client_id,
+                                   num_clients=num_clients)
+        registry.record_action("dataset.register", row["ref"], {
+            "path": row["path"], "content_hash": row["content_hash"], "num_examples": row["num_examples"],
+            "client_id": row.get("client_id")})
+        if checked is None:
+            return row
+        epsilon, delta = checked
+        budget = registry.set_budget(site, name, epsilon=epsilon, delta=delta, source="coordinator")
+        registry.record_action("privacy.budget", f"{site}/{name}", {
+            key: budget[key] for key in ("epsilon", "delta", "source")})
+    return {**row, "budget": budget}

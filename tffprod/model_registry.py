@@ -31,21 +31,24 @@ def require_access(registry: Any, version: dict, site: str) -> None:
 
 def set_alias(registry: Any, ref: str, alias: str) -> dict:
     """Points ``alias`` at the version ``ref`` names and audits it; returns the version."""
-    version = registry.set_model_alias(ref, alias)
-    registry.record_action("model.alias", _subject(version), {"alias": alias})
+    with registry.atomic():
+        version = registry.set_model_alias(ref, alias)
+        registry.record_action("model.alias", _subject(version), {"alias": alias})
     return version
 
 
 def remove_alias(registry: Any, name: str, alias: str) -> dict:
     """Removes ``alias`` of model ``name`` and audits it; returns the version it named."""
-    version = registry.remove_model_alias(name, alias)
-    registry.record_action("model.alias.remove", _subject(version), {"alias": alias})
+    with registry.atomic():
+        version = registry.remove_model_alias(name, alias)
+        registry.record_action("model.alias.remove", _subject(version), {"alias": alias})
     return version
 
 
 def set_access(registry: Any, ref: str, *, allow: Sequence[str] = (), revoke: Sequence[str] = ()) -> dict:
     """Edits a version's access list and audits it; returns the version."""
-    version = registry.set_model_access(ref, allow=list(allow), revoke=list(revoke))
-    registry.record_action("model.access", _subject(version),
-                           {"allow": list(allow), "revoke": list(revoke), "access": version["access"]})
+    with registry.atomic():
+        version = registry.set_model_access(ref, allow=list(allow), revoke=list(revoke))
+        registry.record_action("model.access", _subject(version),
+                               {"allow": list(allow), "revoke": list(revoke), "access": version["access"]})
     return version

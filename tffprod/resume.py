@@ -101,9 +101,10 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
         from tffprod.checkpoint import verify_checkpoint
 
         verify_checkpoint(completed[-1]["checkpoint"], completed[-1]["checkpoint_sha256"])
-    registry.claim_session(session_id, coordinator=coordinator_identity(), expected=session.get("coordinator"))
-    registry.record_action("session.resume", session_id, {"after_round": len(completed),
-                                                          "previous_status": session["status"]})
+    with registry.atomic():
+        registry.claim_session(session_id, coordinator=coordinator_identity(), expected=session.get("coordinator"))
+        registry.record_action("session.resume", session_id, {"after_round": len(completed),
+                                                              "previous_status": session["status"]})
     return drive_session(plan, session_id, registry=registry, backend=backend,
                          artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
                          frozen=frozen, completed=completed)
@@ -127,19 +128,22 @@ def _frozen(session: dict, plan_path: Optional[str]) -> Any:
 
 
 def cancel_session(session_id: str, *, registry: Any) -> dict:
-    """Stop a session at its next round boundary; a session whose coordinator is gone is
-    cancelled at once. Returns the session row.
+    """Stop a session at its next round boundary, audited; a session whose coordinator is
+    gone is cancelled at once. Returns the session row.
 
     Raises:
         NotFoundError: unknown session. RegistryError: it is not pending or running.
     """
-    session = registry.request_cancel(session_id)
-    if coordinator_alive(session.get("coordinator")):
-        return session
-    message = f"cancelled after round {session['rounds_completed']} of {session['rounds_planned']} " \
-              "(its coordinator was gone)"
-    registry.finish_session(session_id, status="cancelled", error=message)
-    registry.record_action("session.end", session_id, {"status": "cancelled", "error": message})
+    with registry.atomic():
+        session = registry.request_cancel(session_id)
+        registry.record_action("session.cancel", session_id, {"status": session["status"]})
+        if coordinator_alive(session.get("coordinator")):
+            return session
+        message = f"cancelled after round {session['rounds_completed']} of {session['rounds_planned']} " \
+                  "(its coordinator was gone)"
+        from tffprod.session import end_session
+
+        end_session(registry, session_id, "cancelled", message)
     return registry.get_session(session_id)
 
 

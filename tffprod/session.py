@@ -143,22 +143,31 @@ def run_session(
         SessionError: training failed; the session is recorded as failed with the reason.
     """
     spec = plan.spec
-    session = registry.create_session(
-        name=spec.name,
-        spec=dict(spec.to_dict(), plan_id=frozen.plan_id) if frozen is not None else spec.to_dict(),
-        task=plan.task.summary(),
-        backend=backend.name,
-        rounds_planned=spec.rounds,
-        datasets=[row["ref"] for row in plan.datasets],
-        privacy=plan.population.describe(),
-    )
-    session_id = session["id"]
-    registry.start_session(session_id, coordinator=coordinator_identity())
-    registry.record_action("session.run", session_id, {
-        "name": spec.name, "plan_id": frozen.plan_id if frozen is not None else None, "backend": backend.name,
-        "datasets": session["datasets"], "rounds_planned": spec.rounds})
+    with registry.atomic():
+        session = registry.create_session(
+            name=spec.name,
+            spec=dict(spec.to_dict(), plan_id=frozen.plan_id) if frozen is not None else spec.to_dict(),
+            task=plan.task.summary(),
+            backend=backend.name,
+            rounds_planned=spec.rounds,
+            datasets=[row["ref"] for row in plan.datasets],
+            privacy=plan.population.describe(),
+        )
+        session_id = session["id"]
+        registry.start_session(session_id, coordinator=coordinator_identity())
+        registry.record_action("session.run", session_id, {
+            "name": spec.name, "plan_id": frozen.plan_id if frozen is not None else None, "backend": backend.name,
+            "datasets": session["datasets"], "rounds_planned": spec.rounds})
     return drive_session(plan, session_id, registry=registry, backend=backend, artifacts_dir=artifacts_dir,
                          progress=progress, frozen=frozen)
+
+
+def end_session(registry: Any, session_id: str, status: str, error: str) -> dict:
+    """Ends a session as ``cancelled`` or ``failed`` and audits it, in one transaction."""
+    with registry.atomic():
+        registry.finish_session(session_id, status=status, error=error)
+        registry.record_action("session.end", session_id, {"status": status, "error": error})
+    return registry.get_session(session_id)
 
 
 def coordinator_identity() -> dict:
@@ -193,22 +202,17 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
         cancelled = loop.run(progress)
         if cancelled:
             done = len(completed) + loop.rounds_run
-            message = f"cancelled after round {done} of {spec.rounds}"
-            registry.finish_session(session_id, status="cancelled", error=message)
-            registry.record_action("session.end", session_id, {"status": "cancelled", "error": message})
-            return registry.get_session(session_id)
+            return end_session(registry, session_id, "cancelled", f"cancelled after round {done} of {spec.rounds}")
         stopped = None if loop.last_round == spec.rounds else (
             f"stopped after round {loop.last_round} of {spec.rounds}: one more would exceed the remaining privacy "
             f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.get)}")
         weights = trainer.weights()
         version = _register_model(plan, registry, backend, session_id, weights, loop.train_metrics, loop.ledger,
-                                  artifacts_dir, stopped, frozen)  # and marks the session finished
+                                  artifacts_dir, stopped, frozen)  # and ends the session as finished
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
-        registry.finish_session(session_id, status=status, error=reason.splitlines()[0] if reason else status)
-        registry.record_action("session.end", session_id, {"status": status, "error": reason.splitlines()[0] if
-                                                            reason else status})
+        end_session(registry, session_id, status, reason.splitlines()[0] if reason else status)
         if isinstance(e, (TffprodError, KeyboardInterrupt)):
             raise
         raise SessionError(f"session {session_id} failed: {reason.splitlines()[0]}") from e
@@ -216,8 +220,6 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
         if trainer:
             trainer.close()
         backend.close()
-    registry.record_action("session.end", session_id, {
-        "status": "finished", "model_version": f"{spec.name}:{version['version']}"})
     result = registry.get_session(session_id)
     result["model_version"] = version
     return result

@@ -28,7 +28,10 @@ def add_site(registry: Any, name: str, *, address: str, ca: Path, cert: Path, ke
     for path in (connection.ca, connection.cert, connection.key, connection.token_file):
         if not Path(path).is_file():
             raise TffprodError(f"site {name}: {path} does not exist")
-    return registry.add_site(name, address=address, info=connection.to_info())
+    with registry.atomic():
+        row = registry.add_site(name, address=address, info=connection.to_info())
+        registry.record_action("site.add", row["name"], {"address": row["address"], "info": row["info"]})
+    return row
 
 
 def version_problems(ours: dict, theirs: dict) -> list[str]:
@@ -204,6 +207,15 @@ def sync_site(registry: Any, name: str) -> list[dict]:
     info = fetch_info(registry, name)
     catalog = check_info(name, info)
     budgets = {entry["name"]: _site_budget(name, entry) for entry in catalog}
+    with registry.atomic():
+        rows = _import_catalog(registry, name, catalog, budgets)
+        registry.add_site(name, info={**registry.get_site(name)["info"], "versions": info.get("versions", {})})
+        registry.record_action("site.sync", name, {"datasets": [row["ref"] for row in rows], "budgets": {
+            f"{name}/{dataset}": list(budget) for dataset, budget in budgets.items() if budget is not None}})
+    return rows
+
+
+def _import_catalog(registry: Any, name: str, catalog: list[dict], budgets: dict) -> list[dict]:
     rows = []
     for entry in catalog:
         ref = f"{name}/{entry['name']}"
@@ -224,5 +236,4 @@ def sync_site(registry: Any, name: str) -> list[dict]:
     for dataset, budget in budgets.items():
         if budget is not None:
             registry.set_budget(name, dataset, epsilon=budget[0], delta=budget[1], source="site")
-    registry.add_site(name, info={**registry.get_site(name)["info"], "versions": info.get("versions", {})})
     return rows

@@ -1,6 +1,8 @@
 """A finished session's model: evaluate it, save its artifacts, register the version.
 
-Called by the round loop (:mod:`tffprod.session`) when the last round is done.
+Called by the round loop (:mod:`tffprod.session`) when the last round is done. The
+version, its evaluations, the session's end and its audit entry commit together:
+a coordinator killed before that commit leaves a resumable session and no version.
 """
 
 from __future__ import annotations
@@ -56,17 +58,21 @@ def register_model(plan, registry, backend, session_id, weights, train_metrics, 
         evaluations = [{"dataset": ref, "metrics": m} for ref, m in evaluation["datasets"].items()]
         evaluations.append({"dataset": ",".join(evaluation["datasets"]), "metrics": evaluation["overall"],
                             "kind": "overall"})
-    return registry.add_model_version(
-        name=spec.name,
-        session_id=session_id,
-        artifact_path=str(artifact.resolve()),
-        metrics=metrics,
-        dp=dp,
-        epsilon=epsilon,
-        delta=delta,
-        datasets=datasets,
-        task=plan.task.summary(),
-        lineage=lineage,
-        evaluations=evaluations,
-        finishes_session=True,
-    )
+    with registry.atomic():
+        version = registry.add_model_version(
+            name=spec.name,
+            session_id=session_id,
+            artifact_path=str(artifact.resolve()),
+            metrics=metrics,
+            dp=dp,
+            epsilon=epsilon,
+            delta=delta,
+            datasets=datasets,
+            task=plan.task.summary(),
+            lineage=lineage,
+            evaluations=evaluations,
+            finishes_session=True,
+        )
+        registry.record_action("session.end", session_id, {
+            "status": "finished", "model_version": f"{spec.name}:{version['version']}"})
+    return version
