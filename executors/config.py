@@ -52,13 +52,14 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
+from tffprod import fields
 from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.schema import Schema
-from tffprod.spec import did_you_mean, federation_name, resolve_task, task_path, type_name
+from tffprod.spec import federation_name, resolve_task, task_path
 from tffprod.tomlfile import read_toml, write_toml
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
@@ -248,22 +249,22 @@ def load_site_config(path: PathLike) -> SiteConfig:
 
 def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
     folder = source.parent
-    _known_keys("", data, _TOP_KEYS)
+    fields.known_keys("", data, _TOP_KEYS)
     for key in _TOP_REQUIRED:
         if key not in data:
             raise SpecError(f"missing required key {key!r}")
 
-    name = _string("name", data["name"])
+    name = fields.string("name", data["name"])
     if not _SITE_NAME.match(name):
         raise SpecError(
             f"'name' must start with a lowercase letter or digit and hold only "
             f"lowercase letters, digits, '.', '_' and '-', got {name!r}"
         )
-    listen = _string("listen", data["listen"])
+    listen = fields.string("listen", data["listen"])
     host, listen_port = _split_address("listen", listen)
-    insecure_dev = _boolean("insecure_dev", data.get("insecure_dev", False))
+    insecure_dev = fields.boolean("insecure_dev", data.get("insecure_dev", False))
     state_dir = _path(folder, "state_dir", data.get("state_dir", "state"))
-    computations = _string("computations", data.get("computations", "approved"))
+    computations = fields.string("computations", data.get("computations", "approved"))
     if computations not in COMPUTATION_POLICIES:
         raise SpecError(f"'computations' must be \"approved\" or \"any\" (development only), got {computations!r}")
     federations = _federations(data["federations"]) if "federations" in data else None
@@ -280,13 +281,13 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
     else:
         if "tls" not in data:
             raise SpecError("missing required table 'tls' (cert, key, ca); or set insecure_dev = true on loopback")
-        tls = _tls(folder, _table("tls", data["tls"]))
+        tls = _tls(folder, fields.table("tls", data["tls"]))
 
     coordinators = _coordinators(data["coordinators"])
-    worker = _worker(_table("worker", data.get("worker", {})))
+    worker = _worker(fields.table("worker", data.get("worker", {})))
     if worker.port and worker.port == listen_port:
         raise SpecError(f"'worker.port' = {worker.port} is the port 'listen' uses; leave it 0 or pick another")
-    datasets = _datasets(folder, _table("datasets", data["datasets"]))
+    datasets = _datasets(folder, fields.table("datasets", data["datasets"]))
 
     return SiteConfig(
         name=name,
@@ -305,12 +306,12 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
 
 def _federations(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"'federations' must be a non-empty list of federation names, got {type_name(value)} {value!r}")
+        raise SpecError(f"'federations' must be a non-empty list of federation names, got {fields.type_name(value)} {value!r}")
     return tuple(federation_name(v) for v in value)
 
 
 def _tls(folder: Path, table: Mapping[str, Any]) -> TLSFiles:
-    _known_keys("tls.", table, _TLS_KEYS)
+    fields.known_keys("tls.", table, _TLS_KEYS)
     paths = {}
     for key in _TLS_KEYS:
         if key not in table:
@@ -323,22 +324,22 @@ def _tls(folder: Path, table: Mapping[str, Any]) -> TLSFiles:
 
 def _coordinators(value: Any) -> dict[str, str]:
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-        raise SpecError(f"'coordinators' must be an array of tables ([[coordinators]]), got {type_name(value)}")
+        raise SpecError(f"'coordinators' must be an array of tables ([[coordinators]]), got {fields.type_name(value)}")
     if not value:
         raise SpecError("'coordinators' must name at least one coordinator")
     out: dict[str, str] = {}
     for i, item in enumerate(value):
         key = f"coordinators[{i}]"
-        _known_keys(f"{key}.", item, _COORDINATOR_KEYS)
+        fields.known_keys(f"{key}.", item, _COORDINATOR_KEYS)
         for field in _COORDINATOR_KEYS:
             if field not in item:
                 raise SpecError(f"missing required key '{key}.{field}'")
-        identity = _string(f"{key}.identity", item["identity"])
+        identity = fields.string(f"{key}.identity", item["identity"])
         if not identity or identity != identity.strip() or not identity.isprintable():
             raise SpecError(f"'{key}.identity' must be a certificate common name, got {identity!r}")
         if identity in out:
             raise SpecError(f"'{key}.identity': coordinator {identity!r} is listed twice")
-        digest = _string(f"{key}.token_sha256", item["token_sha256"])
+        digest = fields.string(f"{key}.token_sha256", item["token_sha256"])
         if not _SHA256.match(digest):
             raise SpecError(
                 f"'{key}.token_sha256' must be 64 hex digits (the SHA-256 of the token, "
@@ -349,15 +350,15 @@ def _coordinators(value: Any) -> dict[str, str]:
 
 
 def _worker(table: Mapping[str, Any]) -> WorkerSettings:
-    _known_keys("worker.", table, _WORKER_KEYS)
+    fields.known_keys("worker.", table, _WORKER_KEYS)
     defaults = WorkerSettings()
-    port = _integer("worker.port", table.get("port", defaults.port), minimum=0, maximum=65535)
-    mb = _integer("worker.max_message_mb", table.get("max_message_mb", defaults.max_message_mb),
+    port = fields.integer("worker.port", table.get("port", defaults.port), minimum=0, maximum=65535)
+    mb = fields.integer("worker.max_message_mb", table.get("max_message_mb", defaults.max_message_mb),
                   minimum=1, maximum=_MAX_MESSAGE_MB)
-    restarts = _integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
+    restarts = fields.integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
     window = table.get("restart_window_s", defaults.restart_window_s)
     if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < float("inf"):
-        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {type_name(window)} {window!r}")
+        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {fields.type_name(window)} {window!r}")
     return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=float(window))
 
 
@@ -369,16 +370,16 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
         key = f"datasets.{name}"
         if not _DATASET_NAME.match(name):
             raise SpecError(f"{key!r}: a dataset name holds only letters, digits, '.', '_' and '-'")
-        decl = _table(key, decl)
-        _known_keys(f"{key}.", decl, _DATASET_KEYS)
+        decl = fields.table(key, decl)
+        fields.known_keys(f"{key}.", decl, _DATASET_KEYS)
         if "path" not in decl:
             raise SpecError(f"missing required key '{key}.path'")
         path = _path(folder, f"{key}.path", decl["path"])
         if "format" in decl:
-            fmt = _string(f"{key}.format", decl["format"])
+            fmt = fields.string(f"{key}.format", decl["format"])
             if fmt not in FORMATS:
                 options = ", ".join(repr(f) for f in FORMATS)
-                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{did_you_mean(fmt, FORMATS)}")
+                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{fields.did_you_mean(fmt, FORMATS)}")
         else:
             try:
                 fmt = detect_format(path)
@@ -400,15 +401,15 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
 
 def _budget(key: str, value: Any) -> dict[str, float]:
     """``budget = { epsilon = 8.0, delta = 1e-5 }``: epsilon > 0 and 0 < delta < 1, both required."""
-    table = _table(key, value)
-    _known_keys(f"{key}.", table, _BUDGET_KEYS)
+    table = fields.table(key, value)
+    fields.known_keys(f"{key}.", table, _BUDGET_KEYS)
     out = {}
     for field in _BUDGET_KEYS:
         if field not in table:
             raise SpecError(f"missing required key '{key}.{field}'")
         number = table[field]
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SpecError(f"'{key}.{field}' must be a number, got {type_name(number)} {number!r}")
+            raise SpecError(f"'{key}.{field}' must be a number, got {fields.type_name(number)} {number!r}")
         out[field] = float(number)
     if not 0 < out["epsilon"] < math.inf:
         raise SpecError(f"'{key}.epsilon' must be a number > 0, got {table['epsilon']!r}")
@@ -440,41 +441,8 @@ def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
 # ---------------------------------------------------------------- value checks
 
 
-def _known_keys(prefix: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
-    for key in table:
-        if key not in known:
-            raise SpecError(f"unknown key '{prefix}{key}'{did_you_mean(key, known)}")
-
-
-def _table(key: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SpecError(f"{key!r} must be a table, got {type_name(value)} {value!r}")
-    return value
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise SpecError(f"{key!r} must be a string, got {type_name(value)} {value!r}")
-    return value
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"{key!r} must be true or false, got {type_name(value)} {value!r}")
-    return value
-
-
-def _integer(key: str, value: Any, *, minimum: int, maximum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{key!r} must be an integer, got {type_name(value)} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise SpecError(f"{key!r} must be an integer {bounds}, got {value!r}")
-    return value
-
-
 def _path(folder: Path, key: str, value: Any) -> Path:
-    text = _string(key, value)
+    text = fields.string(key, value)
     if not text:
         raise SpecError(f"{key!r} must be a non-empty path")
     return Path(os.path.normpath(folder / Path(text).expanduser()))

@@ -188,7 +188,7 @@ def test_base_spec_passes_validation(registry: Registry, tmp_path: Path) -> None
         ({"noise_multiplier": 1.0}, ["unknown key 'noise_multiplier'", "[dp]"]),
         ({"rounds": "ten"}, ["'rounds' must be an integer", "'ten'"]),
         ({"datasets": "hospital-a/train"}, ["'datasets' must be an array"]),
-        ({"rounds": 0}, ["'rounds' must be an integer >= 1"]),
+        ({"rounds": 0}, ["'rounds' must be an integer between 1 and 1000000"]),
         ({"backend": "cloud"}, ["'backend' must be one of"]),
         ({"datasets": DROP}, ["missing required key 'datasets'"]),
         ({"task": DROP}, ["missing required key 'task'"]),

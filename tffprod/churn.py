@@ -27,40 +27,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
-import math
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from tffprod import fields
 from tffprod.errors import SpecError
 
 DEADLINES = ("fixed", "adaptive")
 STATUSES = ("ok", "timeout", "error")
 _KEYS = ("quarantine_after", "deadline", "deadline_factor", "deadline_window", "deadline_min_s", "deadline_max_s")
 _ADAPTIVE_KEYS = _KEYS[2:]
-_TOML_TYPES = {bool: "boolean", str: "string", list: "array", dict: "table"}
-
-
-def _fail(key: str, want: str, value: Any) -> SpecError:
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    kind = "" if numeric else f"{_TOML_TYPES.get(type(value), type(value).__name__)} "
-    return SpecError(f"[reliability] {key} must be {want}, got {kind}{value!r}")
-
-
-def _integer(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(key, f"an integer >= {minimum}", value)
-    return value
-
-
-def _number(key: str, value: Any, minimum: float, *, strict: bool = False) -> float:
-    """A finite number >= ``minimum`` (> with ``strict``), as a float; ints are accepted, bools are not."""
-    want = f"a number {'>' if strict else '>='} {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, want, value)
-    number = float(value)
-    if not math.isfinite(number) or number < minimum or (strict and number == minimum):
-        raise _fail(key, want, value)
-    return number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +64,17 @@ class ReliabilityConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731
-        _integer("quarantine_after", self.quarantine_after, 0)
-        if self.deadline not in DEADLINES:
-            match = difflib.get_close_matches(str(self.deadline), DEADLINES, n=1)
-            hint = f" (did you mean {match[0]!r}?)" if match else ""
-            raise SpecError(f"[reliability] deadline must be 'fixed' or 'adaptive', got {self.deadline!r}{hint}")
-        set_("deadline_factor", _number("deadline_factor", self.deadline_factor, 1.0))
-        _integer("deadline_window", self.deadline_window, 1)
-        set_("deadline_min_s", _number("deadline_min_s", self.deadline_min_s, 0.0, strict=True))
+        fields.integer("reliability.quarantine_after", self.quarantine_after, minimum=0)
+        fields.choice("reliability.deadline", self.deadline, DEADLINES)
+        set_("deadline_factor", fields.number("reliability.deadline_factor", self.deadline_factor,
+                                              lambda v: v >= 1, "a number >= 1"))
+        fields.integer("reliability.deadline_window", self.deadline_window, minimum=1)
+        set_("deadline_min_s", fields.number("reliability.deadline_min_s", self.deadline_min_s,
+                                             lambda v: v > 0, "a number > 0"))
         if self.deadline_max_s is not None:
-            set_("deadline_max_s", _number("deadline_max_s", self.deadline_max_s, self.deadline_min_s))
+            set_("deadline_max_s", fields.number("reliability.deadline_max_s", self.deadline_max_s,
+                                                 lambda v: v >= self.deadline_min_s,
+                                                 f"a number >= deadline_min_s ({self.deadline_min_s:g})"))
 
     def check_timeout(self, round_timeout_s: float) -> None:
         """Checks the deadlines against the spec's ``round_timeout_s``, the most any round may wait.
@@ -108,10 +84,10 @@ class ReliabilityConfig:
                 ``deadline_min_s`` does.
         """
         if self.deadline_max_s is not None and self.deadline_max_s > round_timeout_s:
-            raise SpecError(f"[reliability] deadline_max_s must be <= round_timeout_s ({round_timeout_s:g}), "
+            raise SpecError(f"'reliability.deadline_max_s' must be <= round_timeout_s ({round_timeout_s:g}), "
                             f"got {self.deadline_max_s:g}")
         if self.deadline == "adaptive" and self.deadline_max_s is None and self.deadline_min_s > round_timeout_s:
-            raise SpecError(f"[reliability] deadline_min_s must be <= round_timeout_s ({round_timeout_s:g}), "
+            raise SpecError(f"'reliability.deadline_min_s' must be <= round_timeout_s ({round_timeout_s:g}), "
                             f"got {self.deadline_min_s:g}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,16 +108,10 @@ class ReliabilityConfig:
         Raises:
             SpecError: an unknown key, an adaptive-only key with ``deadline = "fixed"``, or a bad value.
         """
-        if not isinstance(data, Mapping):
-            raise SpecError(f"[reliability] must be a table, got {type(data).__name__} {data!r}")
-        for key in data:
-            if key not in _KEYS:
-                match = difflib.get_close_matches(key, _KEYS, n=1)
-                hint = f" (did you mean {match[0]!r}?)" if match else ""
-                raise SpecError(f"[reliability] unknown key {key!r}{hint}")
+        fields.known_keys("reliability.", fields.table("reliability", data), _KEYS)
         adaptive_only = [key for key in _ADAPTIVE_KEYS if key in data]
         if adaptive_only and data.get("deadline", "fixed") == "fixed":
-            raise SpecError(f"[reliability] {adaptive_only[0]} applies only to deadline = 'adaptive'")
+            raise SpecError(f"'reliability.{adaptive_only[0]}' applies only to deadline = 'adaptive'")
         return cls(**data)
 
 

@@ -29,13 +29,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
+from tffprod import fields
 from tffprod.churn import ReliabilityConfig
 from tffprod.errors import SpecError
 from tffprod.tomlfile import read_toml, toml_document
@@ -69,15 +68,6 @@ _TABLE_KEYS = (("dp", _ALL_DP_KEYS), ("sampling", _SAMPLING_KEYS),
 # ---------------------------------------------------------------- value checks
 
 
-def type_name(value: Any) -> str:
-    """How TOML calls the type of ``value``, for messages."""
-    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
-                       (list, "array"), (tuple, "array"), (Mapping, "table")):
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
-
-
 def federation_name(name: Any) -> str:
     """A federation name: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit.
 
@@ -90,51 +80,12 @@ def federation_name(name: Any) -> str:
     return name
 
 
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 MAX_ROUNDS = 1_000_000
-
-
-def _integer(key: str, value: Any, *, minimum: int, maximum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{key!r} must be an integer, got {type_name(value)} {value!r}")
-    if value < minimum:
-        raise SpecError(f"{key!r} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise SpecError(f"{key!r} must be an integer <= {maximum:,}, got {value!r}")
-    return value
-
-
-def _number(key: str, value: Any, ok: Callable[[float], bool], want: str) -> float:
-    """Checks a float (ints are accepted and converted; bools are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{key!r} must be a number, got {type_name(value)} {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or not ok(number):
-        raise SpecError(f"{key!r} must be {want}, got {value!r}")
-    return number
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise SpecError(f"{key!r} must be a string, got {type_name(value)} {value!r}")
-    return value
-
-
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    _string(key, value)
-    if value not in choices:
-        options = ", ".join(repr(c) for c in choices)
-        raise SpecError(f"{key!r} must be one of {options}, got {value!r}{did_you_mean(value, choices)}")
-    return value
 
 
 def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
-        raise SpecError(f"{key!r} must be an array of dataset refs, got {type_name(value)} {value!r}")
+        raise SpecError(f"{key!r} must be an array of dataset refs, got {fields.type_name(value)} {value!r}")
     if not value and not allow_empty:
         raise SpecError(f"{key!r} must name at least one dataset")
     seen: set[str] = set()
@@ -149,7 +100,7 @@ def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]
 
 
 def task_path(key: str, value: Any) -> str:
-    _string(key, value)
+    fields.string(key, value)
     module, sep, attr = value.rpartition(":")
     is_file = module.endswith(".py")
     if not sep or not module or not _IDENTIFIER.match(attr) or not (is_file or _MODULE.match(module)):
@@ -192,7 +143,7 @@ class DPConfig:
     on_budget: Optional[str] = None
 
     def __post_init__(self) -> None:
-        mechanism = _choice("dp.mechanism", self.mechanism, MECHANISMS)
+        mechanism = fields.choice("dp.mechanism", self.mechanism, MECHANISMS)
         applicable = _DP_KEYS[mechanism]
         for key in _ALL_DP_KEYS:
             if key not in applicable and getattr(self, key) is not None:
@@ -204,7 +155,7 @@ class DPConfig:
                 object.__setattr__(self, "target_quantile", 0.5)
             if self.learning_rate is None:
                 object.__setattr__(self, "learning_rate", 0.2)
-        object.__setattr__(self, "on_budget", _choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
+        object.__setattr__(self, "on_budget", fields.choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
         for key in _DP_REQUIRED:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
@@ -217,7 +168,7 @@ class DPConfig:
         }
         for key in (k for k in applicable if k in checks):
             ok, want = checks[key]
-            object.__setattr__(self, key, _number(f"dp.{key}", getattr(self, key), ok, want))
+            object.__setattr__(self, key, fields.number(f"dp.{key}", getattr(self, key), ok, want))
 
     @property
     def enabled(self) -> bool:
@@ -236,10 +187,10 @@ class DPConfig:
             SpecError: on an unknown or inapplicable key, a missing key or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise SpecError(f"'dp' must be a table, got {type_name(data)} {data!r}")
+            raise SpecError(f"'dp' must be a table, got {fields.type_name(data)} {data!r}")
         for key in data:
             if key not in _ALL_DP_KEYS:
-                raise SpecError(f"unknown key 'dp.{key}'{did_you_mean(key, _ALL_DP_KEYS)}")
+                raise SpecError(f"unknown key 'dp.{key}'{fields.did_you_mean(key, _ALL_DP_KEYS)}")
         if "mechanism" not in data:
             raise SpecError("missing required key 'dp.mechanism' (one of " + ", ".join(MECHANISMS) + ")")
         return cls(**data)
@@ -279,10 +230,10 @@ class SamplingConfig:
             raise SpecError("'[sampling]' needs exactly one of 'sampling.client_rate' (Poisson) "
                             "or 'sampling.clients_per_round' (a fixed number)")
         if self.client_rate is not None:
-            object.__setattr__(self, "client_rate", _number("sampling.client_rate", self.client_rate,
+            object.__setattr__(self, "client_rate", fields.number("sampling.client_rate", self.client_rate,
                                                             lambda v: 0 < v <= 1, "a number with 0 < q <= 1"))
         else:
-            _integer("sampling.clients_per_round", self.clients_per_round, minimum=1)
+            fields.integer("sampling.clients_per_round", self.clients_per_round, minimum=1)
 
     @property
     def mode(self) -> str:
@@ -302,10 +253,10 @@ class SamplingConfig:
             SpecError: an unknown key, both or neither key, or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise SpecError(f"'sampling' must be a table, got {type_name(data)} {data!r}")
+            raise SpecError(f"'sampling' must be a table, got {fields.type_name(data)} {data!r}")
         for key in data:
             if key not in _SAMPLING_KEYS:
-                raise SpecError(f"unknown key 'sampling.{key}'{did_you_mean(key, _SAMPLING_KEYS)}")
+                raise SpecError(f"unknown key 'sampling.{key}'{fields.did_you_mean(key, _SAMPLING_KEYS)}")
         return cls(**data)
 
 
@@ -357,7 +308,7 @@ class SessionSpec:
 
     def _validate(self) -> None:
         set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731
-        name = _string("name", self.name)
+        name = fields.string("name", self.name)
         if not _NAME.match(name):
             raise SpecError(
                 f"'name' must start with a lowercase letter or digit and hold only "
@@ -366,17 +317,17 @@ class SessionSpec:
         task_path("task", self.task)
         set_("datasets", _dataset_refs("datasets", self.datasets, allow_empty=False))
         set_("eval_datasets", _dataset_refs("eval_datasets", self.eval_datasets, allow_empty=True))
-        _integer("rounds", self.rounds, minimum=1, maximum=MAX_ROUNDS)
-        _integer("seed", self.seed, minimum=0)
-        _choice("backend", self.backend, BACKENDS)
-        _integer("min_sites", self.min_sites, minimum=1)
+        fields.integer("rounds", self.rounds, minimum=1, maximum=MAX_ROUNDS)
+        fields.integer("seed", self.seed, minimum=0)
+        fields.choice("backend", self.backend, BACKENDS)
+        fields.integer("min_sites", self.min_sites, minimum=1)
         if self.min_sites > len(self.sites):
             raise SpecError(
                 f"'min_sites' is {self.min_sites} but 'datasets' span only {len(self.sites)} site(s)"
             )
-        set_("round_timeout_s", _number("round_timeout_s", self.round_timeout_s, lambda v: v > 0, "a number > 0"))
+        set_("round_timeout_s", fields.number("round_timeout_s", self.round_timeout_s, lambda v: v > 0, "a number > 0"))
         if self.federation is not None:
-            federation_name(_string("federation", self.federation))
+            federation_name(fields.string("federation", self.federation))
         if not isinstance(self.dp, DPConfig):
             raise SpecError(f"'dp' must be a DPConfig, got {type(self.dp).__name__}")
         if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
@@ -438,25 +389,25 @@ class SessionSpec:
         """
         try:
             if not isinstance(data, Mapping):
-                raise SpecError(f"a spec must be a table, got {type_name(data)}")
+                raise SpecError(f"a spec must be a table, got {fields.type_name(data)}")
             for key in data:
                 if key not in _TOP_KEYS:
                     table = next((t for t, keys in _TABLE_KEYS if key in keys), None)
-                    hint = f" (did you mean '[{table}] {key}'?)" if table else did_you_mean(key, _TOP_KEYS)
+                    hint = f" (did you mean '[{table}] {key}'?)" if table else fields.did_you_mean(key, _TOP_KEYS)
                     raise SpecError(f"unknown key {key!r}{hint}")
             for key in _TOP_REQUIRED:
                 if key not in data:
                     raise SpecError(f"missing required key {key!r}")
-            fields = dict(data)
-            fields["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
+            values = dict(data)
+            values["dp"] = DPConfig.from_dict(data["dp"]) if "dp" in data else DPConfig()
             if "sampling" in data:
-                fields["sampling"] = SamplingConfig.from_dict(data["sampling"])
+                values["sampling"] = SamplingConfig.from_dict(data["sampling"])
             if "reliability" in data:
-                fields["reliability"] = ReliabilityConfig.from_dict(data["reliability"])
-            fields["task"] = resolve_task(task_path("task", data["task"]), source)
+                values["reliability"] = ReliabilityConfig.from_dict(data["reliability"])
+            values["task"] = resolve_task(task_path("task", data["task"]), source)
         except SpecError as e:
             raise SpecError(f"{source}: {e}" if source else str(e)) from None
-        return cls(**fields, source=source)
+        return cls(**values, source=source)
 
 
 # ---------------------------------------------------------------- files
