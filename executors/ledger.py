@@ -6,7 +6,9 @@ file in the site's state folder before the result leaves. Epsilon is recomputed
 from the plan's DP terms (noise multiplier, sampling rate, delta) and the rounds
 served, with the same ``dp_accounting`` accountant the coordinator uses
 (:func:`tffprod.accounting.epsilon_for`). Plans add up per dataset (basic
-composition: epsilons and deltas sum), like the coordinator's budgets.
+composition: epsilons and deltas sum), like the coordinator's budgets. A plan
+that samples clients or sites is charged all its approved rounds at its first
+release (:func:`charged_rounds`).
 
 A new round is admitted only if the plan has approved rounds left and, for
 every budgeted dataset of the plan at this site, the spend after that round
@@ -37,7 +39,7 @@ import grpc
 from tffprod.executors.approvals import Approval
 from tffprod.executors.datarefs import RequestRefused
 
-__all__ = ["LEDGER_FILE", "Release", "SiteLedger", "plan_epsilon"]
+__all__ = ["LEDGER_FILE", "Release", "SiteLedger", "charged_rounds", "plan_epsilon"]
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 _SLACK = 1e-9  # float noise when a budget is exactly a whole number of rounds
@@ -68,6 +70,20 @@ def plan_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]
     fixed = privacy.get("fixed_sample")
     return _epsilon(float(privacy["noise_multiplier"]), rounds, delta, float(privacy.get("sampling_rate", 1.0)),
                     tuple(int(v) for v in fixed) if fixed else None), delta
+
+
+def charged_rounds(approval: Approval, served: int) -> int:
+    """Rounds of ``approval`` charged to this site's budgets once it has ``served`` rounds.
+
+    Without sampling, the rounds served. A plan that samples (clients at ``sampling_rate``
+    < 1, or k of N) is charged all its approved rounds from its first release: the
+    released model's guarantee composes every round, also those that sampled nobody here,
+    and the site never sees those rounds, so it cannot count them as they happen.
+    """
+    privacy = approval.privacy
+    fixed = privacy.get("fixed_sample")
+    sampled = int(fixed[1]) < int(fixed[0]) if fixed else float(privacy.get("sampling_rate", 1.0)) < 1.0
+    return approval.rounds if sampled and served > 0 else served
 
 
 class Release(NamedTuple):
@@ -150,7 +166,7 @@ class SiteLedger:
         epsilon = delta = 0.0
         for approval in approvals:
             if dataset in approval.datasets:
-                e, d = plan_epsilon(approval.privacy, self.served(approval.plan_id))
+                e, d = plan_epsilon(approval.privacy, charged_rounds(approval, self.served(approval.plan_id)))
                 epsilon, delta = epsilon + e, delta + d
         return epsilon, delta
 
@@ -177,7 +193,7 @@ class SiteLedger:
                 return f"site {self.site}: dataset '{name}' has a privacy budget; plan {approval.plan_id[:16]} uses no DP"
             others = [a for a in approvals if a.plan_id != approval.plan_id]
             other_eps, other_delta = self.spent(name, others)
-            eps, delta = plan_epsilon(approval.privacy, served + 1)
+            eps, delta = plan_epsilon(approval.privacy, charged_rounds(approval, served + 1))
             if other_eps + eps > budget["epsilon"] + _SLACK or other_delta + delta > budget["delta"] + _SLACK:
                 return (f"site {self.site}: privacy budget of dataset '{name}' exhausted: round {served + 1} of plan "
                         f"{approval.plan_id[:16]} would bring epsilon to {other_eps + eps:.4g} "

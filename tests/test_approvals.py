@@ -21,7 +21,7 @@ from tffprod.cli.main import cli
 from tffprod.executors.approvals import (PLAN_FORMAT, ApprovalStore, PlanError, approve, canonical_id,
                                          computation_sha256, load_plan)
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
-from tffprod.executors.ledger import SiteLedger, plan_epsilon
+from tffprod.executors.ledger import SiteLedger, charged_rounds, plan_epsilon
 from tffprod.executors.protos import computation_pb2
 
 SITE = "bank-a"
@@ -191,6 +191,44 @@ def test_a_plan_gets_no_more_rounds_than_approved(tmp_path):
         ledger.record(ledger.admit([approval], [approval]), "coordinator")
     with pytest.raises(RequestRefused, match="has used all 2 approved round"):
         ledger.admit([approval], [approval])
+    ledger.close()
+
+
+def test_a_sampled_plan_is_charged_all_its_rounds_from_its_first_release(tmp_path):
+    q, rounds = 0.1, 5
+    privacy = {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA, "sampling_rate": q,
+               "accountant": "rdp", "unit": "client (column cid)", "planned_epsilon": 1.0}
+    whole = epsilon_for(noise_multiplier=Z, rounds=rounds, delta=DELTA, sampling_rate=q)
+    budget = {"epsilon": whole * (1 + 1e-9), "delta": 2 * DELTA}
+    documents = [plan_document(rounds=rounds, privacy={**privacy, "planned_epsilon": n}) for n in (1.0, 2.0)]
+    first, second = (approve(load_plan(write(tmp_path, document, f"{i}.json")), site=SITE,
+                             catalog=catalog(budget=budget), state_dir=tmp_path / f"state-{i}")
+                     for i, document in enumerate(documents))
+    ledger = SiteLedger(tmp_path / "l.sqlite", site=SITE, budgets={"train": budget})
+    assert charged_rounds(first, 0) == 0 and ledger.spent("train", [first]) == (0.0, 0.0)
+    ledger.record(ledger.admit([first], [first]), "coordinator")
+    # One round served, but the model's guarantee composes all of them (rounds that sampled nobody here too).
+    assert charged_rounds(first, 1) == rounds
+    assert ledger.spent("train", [first]) == (pytest.approx(whole), DELTA)
+    assert whole > epsilon_for(noise_multiplier=Z, rounds=1, delta=DELTA, sampling_rate=q)
+    with pytest.raises(RequestRefused, match="privacy budget of dataset 'train' exhausted"):
+        ledger.admit([second], [first, second])  # the first plan holds the whole budget
+    for _ in range(rounds - 1):  # the plan's own later rounds are already paid for
+        ledger.record(ledger.admit([first], [first, second]), "coordinator")
+    ledger.close()
+
+
+def test_a_sampled_plan_that_does_not_fit_whole_is_refused_at_its_first_round(tmp_path):
+    privacy = {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+               "fixed_sample": [80, 8], "accountant": "rdp", "unit": "client (column cid)", "planned_epsilon": 1.0}
+    whole = epsilon_for(noise_multiplier=Z, rounds=4, delta=DELTA, fixed_sample=(80, 8))
+    budget = {"epsilon": whole * 0.9, "delta": DELTA}  # enough for 3 of the 4 rounds, not for the plan
+    approval = approve(load_plan(write(tmp_path, plan_document(rounds=4, privacy=privacy))), site=SITE,
+                       catalog=catalog(budget=budget), state_dir=tmp_path / "state")
+    ledger = SiteLedger(tmp_path / "l.sqlite", site=SITE, budgets={"train": budget})
+    with pytest.raises(RequestRefused, match=r"exhausted: round 1 of plan \w+ would bring epsilon to "):
+        ledger.admit([approval], [approval])
+    assert ledger.served(approval.plan_id) == 0
     ledger.close()
 
 

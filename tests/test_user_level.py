@@ -461,3 +461,29 @@ def test_only_sampled_clients_reach_their_sites_and_empty_rounds_still_count(tmp
     assert rounds[-1]["epsilon"] == pytest.approx(expected, rel=1e-9)  # every round counts, empty or not
     assert [r["epsilon"] for r in rounds] == sorted(r["epsilon"] for r in rounds)
     assert all(r["epsilon_pld"] is None for r in rounds)  # PLD is skipped here for speed (see the e2e test)
+
+
+def test_an_approved_plan_that_samples_must_fit_its_budgets_whole() -> None:
+    from tffprod.budgets import BudgetPlan
+    from tffprod.errors import PrivacyBudgetError
+    from tffprod.plan import check_whole_plan_fits
+    from tffprod.session import SessionPlan
+    from tffprod.task import load_task
+
+    datasets = tuple({"ref": f"{bank}/train:1", "site": bank, "name": "train", "num_examples": 30,
+                      "client_id": "cid", "num_clients": 10} for bank in ("bank-a", "bank-b"))
+    dp = {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5, "on_budget": "stop"}
+
+    def plan(sampling, max_rounds):
+        spec = _spec(rounds=10, dp=dp, **({"sampling": sampling} if sampling else {}))
+        return SessionPlan(spec, load_task(spec.task), datasets, (), "csv",
+                           BudgetPlan({"bank-b/train": 1.5}, max_rounds, 3.0))
+
+    with pytest.raises(PrivacyBudgetError, match=r"^the plan samples clients or sites, so each site charges all 10 "
+                                                 r"rounds at its first release, and dataset bank-b/train's remaining "
+                                                 r"budget holds 4; plan 4 round\(s\) or raise the budget$"):
+        check_whole_plan_fits(plan({"client_rate": 0.2}, 4))
+    with pytest.raises(PrivacyBudgetError):
+        check_whole_plan_fits(plan({"clients_per_round": 5}, 9))
+    check_whole_plan_fits(plan({"client_rate": 0.2}, 10))  # the whole plan fits
+    check_whole_plan_fits(plan(None, 4))  # every client each round: sites charge the rounds they serve

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from tffprod.errors import NotFoundError, SessionError
+from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
 from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
 
 if TYPE_CHECKING:
@@ -73,7 +73,12 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
 
     ``coordinators`` (site -> certificate CN) binds the plan to this coordinator: a site refuses
     the plan's computations from any other caller (see :func:`coordinator_identities`).
+
+    Raises:
+        PrivacyBudgetError: the plan samples clients or sites and the budgets cannot hold all
+            its rounds (see :func:`check_whole_plan_fits`).
     """
+    check_whole_plan_fits(plan)
     import tensorflow_federated as tff
 
     from tffprod.process import build_evaluation_process
@@ -105,6 +110,23 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
         "computations": computations,
     }
     return {**body, "plan_id": canonical_id(body)}
+
+
+def check_whole_plan_fits(plan: "SessionPlan") -> None:
+    """Refuses a sampling plan that the budgets cannot hold whole.
+
+    A site charges a plan that samples all its approved rounds at its first release
+    (:func:`tffprod.executors.ledger.charged_rounds`), so such a plan cut short by
+    ``on_budget = "stop"`` would be refused by every budgeted site at round 1.
+    """
+    sampling = plan.population.accounting()
+    sampled = "fixed_sample" in sampling or sampling["sampling_rate"] < 1.0
+    if sampled and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
+        tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
+        raise PrivacyBudgetError(
+            f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first release, "
+            f"and dataset {tightest}'s remaining budget holds {plan.budget.max_rounds}; plan "
+            f"{plan.budget.max_rounds} round(s) or raise the budget")
 
 
 def coordinator_identities(registry: Any, sites: list[str]) -> dict[str, str]:
