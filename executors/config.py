@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import re
 from pathlib import Path
@@ -403,19 +402,11 @@ def _budget(key: str, value: Any) -> dict[str, float]:
     """``budget = { epsilon = 8.0, delta = 1e-5 }``: epsilon > 0 and 0 < delta < 1, both required."""
     table = fields.table(key, value)
     fields.known_keys(f"{key}.", table, _BUDGET_KEYS)
-    out = {}
     for field in _BUDGET_KEYS:
         if field not in table:
             raise SpecError(f"missing required key '{key}.{field}'")
-        number = table[field]
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SpecError(f"'{key}.{field}' must be a number, got {fields.type_name(number)} {number!r}")
-        out[field] = float(number)
-    if not 0 < out["epsilon"] < math.inf:
-        raise SpecError(f"'{key}.epsilon' must be a number > 0, got {table['epsilon']!r}")
-    if not 0 < out["delta"] < 1:
-        raise SpecError(f"'{key}.delta' must be a number > 0 and < 1, got {table['delta']!r}")
-    return out
+    return {"epsilon": fields.number(f"{key}.epsilon", table["epsilon"], lambda v: v > 0, "a number > 0"),
+            "delta": fields.number(f"{key}.delta", table["delta"], lambda v: 0 < v < 1, "a number > 0 and < 1")}
 
 
 def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:

@@ -412,6 +412,7 @@ def test_a_catalog_entry_without_a_budget_still_constructs() -> None:
         ({"epsilon": 8.0, "delta": 0}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 0"),
         ({"epsilon": 8.0, "delta": 1}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 1"),
         ({"epsilon": 8.0, "delta": 1.5}, "'datasets.train.budget.delta' must be a number > 0 and < 1, got 1.5"),
+        ({"epsilon": 10**400, "delta": 1e-5}, "'datasets.train.budget.epsilon' must be a number > 0, got 1000"),
     ],
 )
 def test_a_bad_budget_fails_naming_its_key(site_dir: Path, budget: Any, expected: str) -> None:
