@@ -353,12 +353,11 @@ def _worker(table: Mapping[str, Any]) -> WorkerSettings:
     defaults = WorkerSettings()
     port = fields.integer("worker.port", table.get("port", defaults.port), minimum=0, maximum=65535)
     mb = fields.integer("worker.max_message_mb", table.get("max_message_mb", defaults.max_message_mb),
-                  minimum=1, maximum=_MAX_MESSAGE_MB)
+                        minimum=1, maximum=_MAX_MESSAGE_MB)
     restarts = fields.integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
-    window = table.get("restart_window_s", defaults.restart_window_s)
-    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < float("inf"):
-        raise SpecError(f"'worker.restart_window_s' must be a number > 0, got {fields.type_name(window)} {window!r}")
-    return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=float(window))
+    window = fields.number("worker.restart_window_s", table.get("restart_window_s", defaults.restart_window_s),
+                           lambda v: v > 0, "a number > 0")
+    return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=window)
 
 
 def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
