@@ -236,6 +236,12 @@ def test_bad_required_values(tmp_path, line, key, problem):
     assert repr(key) in message and problem in message
 
 
+def test_a_huge_value_is_cut_short_in_the_message(tmp_path):
+    lines = ["rounds = 1" + "0" * 400 if existing.startswith("rounds ") else existing for existing in BASE.splitlines()]
+    message = spec_error(tmp_path, "\n".join(lines) + "\n")
+    assert message.endswith("'rounds' must be an integer between 1 and 1000000, got " + "1" + "0" * 56 + "...")
+
+
 @pytest.mark.parametrize(
     "line, key, problem",
     [
