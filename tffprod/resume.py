@@ -134,6 +134,8 @@ def cancel_session(session_id: str, *, registry: Any) -> dict:
     Raises:
         NotFoundError: unknown session. RegistryError: it is not pending or running.
     """
+    from tffprod.session import end_session  # before taking the registry's write lock
+
     with registry.atomic():
         session = registry.request_cancel(session_id)
         registry.record_action("session.cancel", session_id, {"status": session["status"]})
@@ -141,8 +143,6 @@ def cancel_session(session_id: str, *, registry: Any) -> dict:
             return session
         message = f"cancelled after round {session['rounds_completed']} of {session['rounds_planned']} " \
                   "(its coordinator was gone)"
-        from tffprod.session import end_session
-
         end_session(registry, session_id, "cancelled", message)
     return registry.get_session(session_id)
 
