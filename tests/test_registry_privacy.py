@@ -333,6 +333,10 @@ def test_sync_site_mirrors_site_budgets_which_win(tmp_path: Path, pki: dict[str,
         visits = registry.get_budget("hospital-a", "visits")
         assert (visits["epsilon"], visits["delta"], visits["source"]) == (8.0, 1e-5, "site")
         assert registry.get_budget("hospital-a", "labs")["source"] == "coordinator"  # the site declares none
+        synced, added = registry.list_audit(limit=2)  # each in the same transaction as its change
+        assert (added["action"], synced["action"], synced["subject"]) == ("site.add", "site.sync", "hospital-a")
+        assert synced["details"] == {"datasets": ["hospital-a/labs:1", "hospital-a/visits:1"],
+                                     "budgets": {"hospital-a/visits": [8.0, 1e-5]}}
 
         # The site drops its budget: the registry keeps the last one mirrored (never lifts a limit).
         with serving(registry, pki, tmp_path, {}):
@@ -348,6 +352,7 @@ def test_sync_site_refuses_an_invalid_site_budget_before_writing(tmp_path: Path,
             with pytest.raises(SiteCheckError, match="site hospital-a: dataset 'labs' has an invalid budget"):
                 sync_site(registry, "hospital-a")
         assert registry.list_datasets() == [] and registry.privacy_report() == []
+        assert [entry["action"] for entry in registry.list_audit()] == ["site.add"]
 
 
 def test_register_dataset_cannot_override_a_site_budget(tmp_path: Path) -> None:
