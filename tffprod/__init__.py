@@ -20,7 +20,8 @@ from tffprod.errors import (
     TffprodError,
 )
 from tffprod.schema import Feature, Schema
-from tffprod.spec import DPConfig, SessionSpec, load_spec
+from tffprod.dpspec import DPConfig
+from tffprod.spec import SessionSpec, load_spec
 from tffprod.task import Optimizer, Task, load_task
 
 __version__ = "0.1.0"

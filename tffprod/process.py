@@ -14,7 +14,7 @@ from tffprod.task import Task
 from tffprod.tfdata import element_spec, evaluation_dataset_computation, training_dataset_computation
 
 if TYPE_CHECKING:
-    from tffprod.spec import DPConfig
+    from tffprod.dpspec import DPConfig
 
 
 def tff_model_fn(task: Task) -> Callable[[], Any]:
