@@ -124,8 +124,8 @@ def check_whole_plan_fits(plan: "SessionPlan") -> None:
     if sampled and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
         tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
         raise PrivacyBudgetError(
-            f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first release, "
-            f"and dataset {tightest}'s remaining budget holds {plan.budget.max_rounds}; plan "
+            f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first "
+            f"release, and dataset {tightest}'s remaining budget holds {plan.budget.max_rounds}; plan "
             f"{plan.budget.max_rounds} round(s) or raise the budget")
 
 
