@@ -39,7 +39,7 @@ import grpc
 from tffprod.executors.approvals import Approval
 from tffprod.executors.datarefs import RequestRefused
 
-__all__ = ["LEDGER_FILE", "Release", "SiteLedger", "charged_rounds", "plan_epsilon"]
+__all__ = ["LEDGER_FILE", "Release", "SiteLedger", "charged_rounds", "plan_epsilon", "samples"]
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 _SLACK = 1e-9  # float noise when a budget is exactly a whole number of rounds
@@ -72,6 +72,12 @@ def plan_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]
                     tuple(int(v) for v in fixed) if fixed else None), delta
 
 
+def samples(privacy: Mapping[str, Any]) -> bool:
+    """Whether a round draws a sample: Poisson at ``sampling_rate`` < 1, or ``fixed_sample`` k of N with k < N."""
+    fixed = privacy.get("fixed_sample")
+    return int(fixed[1]) < int(fixed[0]) if fixed else float(privacy.get("sampling_rate", 1.0)) < 1.0
+
+
 def charged_rounds(approval: Approval, served: int) -> int:
     """Rounds of ``approval`` charged to this site's budgets once it has ``served`` rounds.
 
@@ -80,10 +86,7 @@ def charged_rounds(approval: Approval, served: int) -> int:
     released model's guarantee composes every round, also those that sampled nobody here,
     and the site never sees those rounds, so it cannot count them as they happen.
     """
-    privacy = approval.privacy
-    fixed = privacy.get("fixed_sample")
-    sampled = int(fixed[1]) < int(fixed[0]) if fixed else float(privacy.get("sampling_rate", 1.0)) < 1.0
-    return approval.rounds if sampled and served > 0 else served
+    return approval.rounds if samples(approval.privacy) and served > 0 else served
 
 
 class Release(NamedTuple):

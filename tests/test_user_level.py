@@ -487,3 +487,4 @@ def test_an_approved_plan_that_samples_must_fit_its_budgets_whole() -> None:
         check_whole_plan_fits(plan({"clients_per_round": 5}, 9))
     check_whole_plan_fits(plan({"client_rate": 0.2}, 10))  # the whole plan fits
     check_whole_plan_fits(plan(None, 4))  # every client each round: sites charge the rounds they serve
+    check_whole_plan_fits(plan({"clients_per_round": 20}, 4))  # all 20 clients each round: no sample either

@@ -119,9 +119,9 @@ def check_whole_plan_fits(plan: "SessionPlan") -> None:
     (:func:`tffprod.executors.ledger.charged_rounds`), so such a plan cut short by
     ``on_budget = "stop"`` would be refused by every budgeted site at round 1.
     """
-    sampling = plan.population.accounting()
-    sampled = "fixed_sample" in sampling or sampling["sampling_rate"] < 1.0
-    if sampled and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
+    from tffprod.executors.ledger import samples
+
+    if samples(plan.population.accounting()) and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
         tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
         raise PrivacyBudgetError(
             f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first "
