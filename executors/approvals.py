@@ -37,7 +37,7 @@ from tffprod.errors import TffprodError
 __all__ = ["PLAN_FORMAT", "Approval", "ApprovalStore", "Plan", "PlanError", "approve", "approve_at_site",
            "canonical_id", "computation_sha256", "load_plan"]
 
-PLAN_FORMAT = "tffprod-plan/1"
+PLAN_FORMAT = "tffprod-plan/2"  # 2: each computation carries its release terms (tffprod.protocol.terms)
 APPROVALS_DIR = "approvals"
 ROLES = ("train", "eval")
 
@@ -170,9 +170,25 @@ def load_plan(path: os.PathLike | str) -> Plan:
         if _clients_placed(computation.type.function.result):
             raise PlanError(f"{where}: computation '{role}' returns CLIENTS-placed values; a site releases "
                             "only aggregates")
+        _check_terms(entry, raw, document["privacy"], where)
     if "train" not in roles:
         raise PlanError(f"{where}: has no 'train' computation")
     return Plan(stated, document)
+
+
+def _check_terms(entry: Mapping[str, Any], raw: bytes, privacy: Mapping[str, Any], where: str) -> None:
+    """Refuse a computation whose release terms do not fit it, or a fixed-clip DP plan whose
+    training computation is not bounded by the plan's clip."""
+    from tffprod.protocol.terms import ReleaseTerms, TermsError
+
+    try:
+        terms = ReleaseTerms(entry, raw)
+    except TermsError as e:
+        raise PlanError(f"{where}: {e}") from None
+    if entry["role"] == "train" and privacy.get("mechanism") == "gaussian_fixed":
+        clip = privacy.get("clip")
+        if terms.bound is None or terms.bound.l2_norm_per_client != clip:
+            raise PlanError(f"{where}: the training computation of a DP plan must be bounded by its clip {clip}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +206,8 @@ class Approval:
     coordinator: Optional[str] = None  # the only caller identity the plan runs for; None = any configured one
     per_client: tuple[str, ...] = ()  # datasets approved only client by client (user-level training)
     federation: Optional[str] = None  # the plan's federation: its calls must name it
+    roles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # role -> dataset names here
+    terms: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # role -> release terms
 
     def dataset_refs(self) -> set[str]:
         """What the plan may name at this site: ``NAME`` (whole or per client) or ``NAME#`` (per client only)."""
@@ -205,6 +223,8 @@ class Approval:
         data["computations"] = dict(self.computations)
         data["privacy"] = dict(self.privacy)
         data["per_client"] = list(self.per_client)
+        data["roles"] = {role: list(names) for role, names in self.roles.items()}
+        data["terms"] = {role: dict(terms) for role, terms in self.terms.items()}
         return data
 
     @classmethod
@@ -213,7 +233,12 @@ class Approval:
                    approved_at=data["approved_at"], rounds=int(data["rounds"]),
                    datasets=tuple(data["datasets"]), computations=dict(data["computations"]),
                    privacy=dict(data["privacy"]), coordinator=data.get("coordinator"),
-                   per_client=tuple(data.get("per_client", ())), federation=data.get("federation"))
+                   per_client=tuple(data.get("per_client", ())), federation=data.get("federation"),
+                   roles={role: tuple(names) for role, names in (data.get("roles") or {}).items()},
+                   terms=dict(data.get("terms") or {}))
+
+    def role_of(self, sha256: str) -> Optional[str]:
+        return self.computations.get(sha256)
 
 
 def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.PathLike | str,
@@ -257,14 +282,27 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
         coordinator=coordinator,
         per_client=_per_client(mine),
         federation=federation,
+        roles={role: tuple(sorted({d["name"] for d in mine if d["role"] == role})) for role in ROLES},
+        terms={c["role"]: {k: v for k, v in c.items() if k != "proto"} for c in plan.computations},
     )
     folder = Path(state_dir) / APPROVALS_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    for entry in plan.computations:  # the bytes the site will run, stored before the approval shows
+        _write_atomically(folder / computation_file(plan.plan_id, entry["role"]), base64.b64decode(entry["proto"]))
     target = folder / f"{plan.plan_id}.json"
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(json.dumps(approval.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    _write_atomically(target, (json.dumps(approval.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return approval
+
+
+def computation_file(plan_id: str, role: str) -> str:
+    """The file in ``STATE_DIR/approvals`` holding an approved plan's computation for ``role``."""
+    return f"{plan_id}.{role}.computation"
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
 
 
 def _per_client(datasets: list[dict]) -> tuple[str, ...]:
@@ -281,10 +319,11 @@ class ApprovalStore:
         self._lock = threading.Lock()
         self._stamp: Optional[tuple] = None
         self._approvals: list[Approval] = []
+        self._terms: dict[tuple[str, str], Any] = {}
 
     def _refresh(self) -> None:
         try:
-            entries = sorted(self.folder.glob("*.json"))
+            entries = sorted(p for p in self.folder.glob("*.json") if not p.name.startswith("."))
             stamp = tuple((p.name, p.stat().st_mtime_ns) for p in entries)
         except OSError:
             entries, stamp = [], ()
@@ -311,6 +350,43 @@ class ApprovalStore:
         calling for ``federation``, run it, when ``identity`` is given), oldest first."""
         return [a for a in self.all() if sha256 in a.computations
                 and (identity is None or a.allows(identity, federation))]
+
+    def get(self, plan_id: str) -> Optional[Approval]:
+        """The approval of ``plan_id``, or None."""
+        return next((a for a in self.all() if a.plan_id == plan_id), None)
+
+    def terms(self, approval: Approval, role: str) -> Any:
+        """The :class:`tffprod.protocol.terms.ReleaseTerms` of ``approval``'s computation for ``role``,
+        from the bytes stored at approval (checked against the approved hash); None if it has none.
+
+        Raises:
+            PlanError: the stored computation is missing or does not match its approved hash.
+        """
+        from tffprod.protocol.terms import ReleaseTerms, TermsError
+
+        entry = approval.terms.get(role)
+        if entry is None:
+            return None
+        key = (approval.plan_id, role)
+        with self._lock:
+            cached = self._terms.get(key)
+        if cached is not None:
+            return cached
+        try:
+            data = (self.folder / computation_file(approval.plan_id, role)).read_bytes()
+        except OSError:
+            raise PlanError(f"plan {approval.plan_id[:16]}: its approved {role} computation is missing; "
+                            "approve the plan again") from None
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise PlanError(f"plan {approval.plan_id[:16]}: its stored {role} computation does not match the "
+                            "approved hash; approve the plan again")
+        try:
+            terms = ReleaseTerms(entry, data)
+        except TermsError as e:
+            raise PlanError(f"plan {approval.plan_id[:16]}: {e}") from None
+        with self._lock:
+            self._terms[key] = terms
+        return terms
 
     def datasets(self) -> frozenset[str]:
         """What approved plans may name: ``NAME``, or ``NAME#`` for per-client only (``DataRefs`` ``allowed``)."""

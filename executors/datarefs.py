@@ -196,6 +196,15 @@ class DataRefs:
                                  f"(clients 0..{len(clients) - 1})")
         return clients[int(index)]
 
+    def local_path(self, name: str, index: Optional[int] = None) -> bytes:
+        """The local path of catalog dataset ``name``, or of its client ``index``'s shard.
+
+        Raises:
+            RequestRefused: as for a reference in ``names_to_paths`` (unknown name, no client-id
+                column, index out of range).
+        """
+        return self._resolve(name.encode() if index is None else f"{name}#{index}".encode(), None)
+
     def names_to_paths(self, request: bytes, *, allowed: Optional[Collection[str]] = None) -> bytes:
         """Check and rewrite a serialized ``CreateValueRequest``.
 

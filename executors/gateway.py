@@ -8,15 +8,16 @@ on loopback. The gateway sits on the site's public address and, for every call:
    site's CA (the certificate's common name is the identity) plus a bearer
    token (``authorization: Bearer T``) whose SHA-256 must equal the hash
    configured for that identity; failures are ``UNAUTHENTICATED``;
-2. for ``CreateValue``, swaps catalog names for local paths and refuses any
-   other string (``tffprod.executors.datarefs`` documents the rule);
-3. forwards the 8 unary-unary ``tensorflow_federated.v0.ExecutorGroup`` RPCs
-   to the worker as raw bytes (nothing else is deserialized), passing the
-   worker's errors through with their code and details (catalog paths
-   redacted), and answering ``UNAVAILABLE`` itself when the worker is down;
-4. under approval (``guard``), runs only computations of approved plans, admits
-   training rounds through the site's privacy ledger, and returns only the
-   results of approved calls, auditing each release with its plan and round;
+2. under approval (``approvals``, the default policy) serves only the typed
+   release protocol (``tffprod.site.v1.Release``, :mod:`tffprod.executors.release`):
+   the site builds every call to its worker itself, from approved plans; TFF's
+   executor protocol is not served at all;
+3. under the development policy ``computations = "any"`` instead forwards the 8
+   unary-unary ``tensorflow_federated.v0.ExecutorGroup`` RPCs to the worker as raw
+   bytes, swapping catalog names for local paths in ``CreateValue``
+   (``tffprod.executors.datarefs``) and passing the worker's errors through (catalog
+   paths redacted);
+4. answers ``UNAVAILABLE`` itself when the worker is down;
 5. appends one audit line per call, refused calls included (``audit``).
 
 It also serves ``tffprod.v1.SiteInfo/Get`` (``siteinfo``) behind the same
@@ -46,8 +47,10 @@ from tffprod.errors import TffprodError
 from tffprod.executors.addresses import is_loopback
 from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
-from tffprod.executors.guard import ComputationGuard
+from tffprod.executors.approvals import ApprovalStore
+from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.protos import executor_pb2
+from tffprod.executors.release import RELEASE_METHOD, RELEASE_SERVICE, ReleaseHandler
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
 
 __all__ = ["EXECUTOR_METHODS", "EXECUTOR_SERVICE", "CatalogEntry", "Gateway", "GatewayError", "is_loopback"]
@@ -100,9 +103,10 @@ class Gateway:
         insecure_dev: serve plaintext (loopback only), identity from ``x-tffprod-identity``.
         worker_health: returns whether the worker is running.
         max_workers: threads serving calls (each blocks while its worker call runs).
-        guard: run only approved computations and release only their results
-            (``tffprod.executors.guard``); None runs any computation (the explicit
+        approvals: the site's approved plans: serve only releases of them (with ``ledger``);
+            None forwards TFF's executor protocol, running any computation (the explicit
             development policy ``computations = "any"``).
+        ledger: the site's privacy ledger (required with ``approvals``).
         federations: the federations this site serves; executor calls must then name one of
             them in ``x-tffprod-federation``. None: any (a named federation is still recorded).
         max_message_bytes: the largest message accepted from a caller (a larger one is
@@ -118,7 +122,8 @@ class Gateway:
     def __init__(self, *, site: str, listen: str, worker_address: str, catalog: Mapping[str, CatalogEntry],
                  tokens: Mapping[str, str], tls: Optional[tuple[bytes, bytes, bytes]], audit: AuditLog,
                  insecure_dev: bool = False, worker_health: Callable[[], bool] = lambda: True,
-                 max_workers: int = 16, guard: Optional[ComputationGuard] = None,
+                 max_workers: int = 16, approvals: Optional[ApprovalStore] = None,
+                 ledger: Optional[SiteLedger] = None,
                  federations: Optional[Collection[str]] = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         host = _listen_host(listen)
@@ -147,7 +152,10 @@ class Gateway:
         self._tls = tls
         self._audit = audit
         self._worker_health = worker_health
-        self._guard = guard
+        if approvals is not None and ledger is None:
+            raise ValueError("a gateway under approval needs the site's privacy ledger")
+        self._releases = None if approvals is None else ReleaseHandler(site, approvals, ledger, self._refs,
+                                                                        self._worker_message_call)
         self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
         self._server_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -174,11 +182,13 @@ class Gateway:
                 concurrent.futures.ThreadPoolExecutor(self._max_workers, thread_name_prefix=f"gateway-{self.site}"),
                 options=self._server_options,
             )
-            executor_handlers = {m: self._executor_method(channel, m) for m in EXECUTOR_METHODS}
-            server.add_generic_rpc_handlers([
-                grpc.method_handlers_generic_handler(EXECUTOR_SERVICE, executor_handlers),
-                grpc.method_handlers_generic_handler(SITE_INFO_SERVICE, {"Get": self._site_info_method()}),
-            ])
+            handlers = [grpc.method_handlers_generic_handler(SITE_INFO_SERVICE, {"Get": self._site_info_method()})]
+            if self._releases is None:
+                executor_handlers = {m: self._executor_method(channel, m) for m in EXECUTOR_METHODS}
+                handlers.append(grpc.method_handlers_generic_handler(EXECUTOR_SERVICE, executor_handlers))
+            else:
+                handlers.append(grpc.method_handlers_generic_handler(RELEASE_SERVICE, {"Release": self._release_method()}))
+            server.add_generic_rpc_handlers(handlers)
             try:
                 if self._tls is None:
                     port = server.add_insecure_port(self.listen)
@@ -220,18 +230,15 @@ class Gateway:
     # -- handlers ------------------------------------------------------------------------------
 
     def _executor_method(self, channel: grpc.Channel, method: str) -> grpc.RpcMethodHandler:
+        """Forward one executor RPC (the development policy ``computations = "any"`` only)."""
         full = f"/{EXECUTOR_SERVICE}/{method}"
         upstream = channel.unary_unary(full)  # no serializers: bytes in, bytes out
         request_type = getattr(executor_pb2, f"{method}Request")
-        guarded = getattr(self, f"_guarded_{method}", None) if self._guard is not None else None
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Any:
             if not self._worker_health():
                 raise RequestRefused(grpc.StatusCode.UNAVAILABLE, self._worker_down())
             call = lambda req: self._call_worker(upstream, req, context)  # noqa: E731
-            if guarded is not None:
-                self._check_parses(request_type, method, request)
-                return guarded(request, call, context)
             if method == "CreateValue":
                 return call(self._refs.names_to_paths(request))
             self._check_parses(request_type, method, request)  # small messages: microseconds
@@ -240,50 +247,24 @@ class Gateway:
 
         return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(full, req, ctx, forward))
 
-    # -- under approval (``guard``) --------------------------------------------------------------
+    def _release_method(self) -> grpc.RpcMethodHandler:
+        """``tffprod.site.v1.Release/Release`` (under approval)."""
+        releases = self._releases
+        assert releases is not None
 
-    def _guarded_CreateValue(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        message = executor_pb2.CreateValueRequest.FromString(request)
-        digest = self._guard.check_value(message, self._claimed_identity(context), claimed_federation(context))
-        if digest is None:
-            request = self._refs.names_to_paths(request, allowed=self._guard.store.datasets())
-        response = call(request)
-        self._guard.value_created(message, response, digest)
-        return response
+        def release(request: bytes, context: grpc.ServicerContext) -> Any:
+            if not self._worker_health():
+                raise RequestRefused(grpc.StatusCode.UNAVAILABLE, self._worker_down())
+            return releases.release(request, self._claimed_identity(context), claimed_federation(context), context)
 
-    def _guarded_CreateCall(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        message, pending = self._guard.check_call(request, self._claimed_identity(context),
-                                                  claimed_federation(context))
-        response = call(request)
-        self._guard.call_created(message, response, pending)
-        return response
-
-    def _guarded_CreateStruct(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        response = call(request)
-        self._guard.struct_created(request, response)
-        return response
-
-    def _guarded_Compute(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> tuple[bytes, dict]:
-        pending = self._guard.check_compute(request)
-        response = self._refs.paths_to_names(call(request))
-        return response, self._guard.released(pending, self._claimed_identity(context))
-
-    def _guarded_Dispose(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        response = call(request)
-        self._guard.disposed(request)
-        return response
-
-    def _guarded_DisposeExecutor(self, request: bytes, call: Callable[[bytes], bytes], context: Any) -> bytes:
-        response = call(request)
-        self._guard.executor_disposed(request)
-        return response
+        return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(RELEASE_METHOD, req, ctx, release))
 
     def _site_info_method(self) -> grpc.RpcMethodHandler:
         def info(request: bytes, context: grpc.ServicerContext) -> bytes:
             uptime = time.monotonic() - self._started_at
             document = site_info(self.site, self._catalog.values(), worker_up=bool(self._worker_health()),
                                  uptime_s=uptime)
-            document["computations"] = "approved" if self._guard is not None else "any"
+            document["computations"] = "approved" if self._releases is not None else "any"
             document["federations"] = None if self._federations is None else sorted(self._federations)
             return json.dumps(document).encode()
 
@@ -354,7 +335,7 @@ class Gateway:
         named = claimed_federation(context)
         served = ", ".join(sorted(self._federations))
         if named is None:
-            if method.startswith(f"/{EXECUTOR_SERVICE}/"):
+            if method.startswith((f"/{EXECUTOR_SERVICE}/", RELEASE_METHOD)):
                 raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED,
                                      f"site {self.site} serves only federation(s) {served}; the call names none")
         elif named not in self._federations:
@@ -373,6 +354,16 @@ class Gateway:
 
     def _worker_down(self) -> str:
         return f"site {self.site}: executor worker is not running"
+
+    def _worker_message_call(self, method: str, request: Any, response_type: Any,
+                             context: grpc.ServicerContext) -> Any:
+        """One executor RPC to the worker with messages (the release service builds them)."""
+        channel = self._channel
+        if channel is None:
+            raise RequestRefused(grpc.StatusCode.UNAVAILABLE, f"site {self.site}: the gateway is stopping")
+        upstream = channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}", request_serializer=type(request).SerializeToString,
+                                       response_deserializer=response_type.FromString)
+        return self._call_worker(upstream, request, context)
 
     def _call_worker(self, upstream: grpc.UnaryUnaryMultiCallable, request: bytes,
                      context: grpc.ServicerContext) -> bytes:

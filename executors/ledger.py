@@ -121,7 +121,9 @@ class SiteLedger:
         with self._lock:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(releases)")}
             indexes = {row[1] for row in self._db.execute("PRAGMA index_list(releases)")}
-        return "call_digest" not in columns or "releases_call" not in indexes
+        with self._lock:
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return "call_digest" not in columns or "releases_call" not in indexes or "evaluations" not in tables
 
     def _transaction(self, body: Callable[[], _T]) -> _T:
         with self._lock:
@@ -144,6 +146,9 @@ class SiteLedger:
         if "call_digest" not in columns:
             self._db.execute("ALTER TABLE releases ADD COLUMN call_digest TEXT")
         self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS releases_call ON releases (plan_id, call_digest)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS evaluations (plan_id TEXT NOT NULL, dataset TEXT NOT NULL, identity TEXT, "
+            "released_at TEXT NOT NULL, call_digest TEXT NOT NULL, PRIMARY KEY (plan_id, dataset))")
 
     def close(self) -> None:
         with self._lock:
@@ -249,3 +254,40 @@ class SiteLedger:
             return Release(int(count) + 1, False)
 
         return self._transaction(write)
+
+    # -- evaluation releases -------------------------------------------------------------------
+
+    def evaluated(self, plan_id: str, dataset: str) -> Optional[str]:
+        """The call digest of ``plan_id``'s evaluation release of ``dataset``, or None if there was none."""
+        with self._lock:
+            row = self._db.execute("SELECT call_digest FROM evaluations WHERE plan_id = ? AND dataset = ?",
+                                   (plan_id, dataset)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_eval(self, approval: Approval, dataset: str, identity: Optional[str], call_digest: str) -> bool:
+        """Record ``approval``'s evaluation release of ``dataset``; True if it repeats the recorded one.
+
+        A plan evaluates each of its evaluation datasets once; the identical call again (a
+        resumed coordinator) is a repeat.
+
+        Raises:
+            RequestRefused: PERMISSION_DENIED when the dataset was evaluated with another call.
+        """
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+        def write() -> bool:
+            row = self._db.execute("SELECT call_digest FROM evaluations WHERE plan_id = ? AND dataset = ?",
+                                   (approval.plan_id, dataset)).fetchone()
+            if row is not None:
+                if row[0] != call_digest:
+                    raise RequestRefused(grpc.StatusCode.PERMISSION_DENIED, self.eval_refusal(approval, dataset))
+                return True
+            self._db.execute("INSERT INTO evaluations (plan_id, dataset, identity, released_at, call_digest) "
+                             "VALUES (?, ?, ?, ?, ?)", (approval.plan_id, dataset, identity, now, call_digest))
+            return False
+
+        return self._transaction(write)
+
+    def eval_refusal(self, approval: Approval, dataset: str) -> str:
+        return (f"site {self.site}: plan {approval.plan_id[:16]} has already evaluated dataset '{dataset}' "
+                "(a plan evaluates each of its evaluation datasets once)")

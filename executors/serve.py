@@ -8,8 +8,8 @@
 3. starts the supervised ``worker_binary`` on a loopback port;
 4. starts the gateway on the public ``listen`` address (mTLS, or plaintext with
    ``insecure_dev``; messages up to the worker's ``max_message_mb``), auditing every call to ``state_dir/audit.jsonl``; with
-   ``computations = "approved"`` (the default) it runs only plans approved in
-   ``state_dir/approvals/`` and keeps the privacy ledger
+   ``computations = "approved"`` (the default) it serves only releases of plans approved in
+   ``state_dir/approvals/`` (``release``) and keeps the privacy ledger
    ``state_dir/privacy-ledger.sqlite``; ``"any"`` is logged as a warning;
 5. writes ``state_dir/site.json`` (``{"site", "address", "pid", ...}``) and calls ``ready``;
 6. serves until SIGTERM or SIGINT (when called on the main thread), ``stop_event``
@@ -73,7 +73,6 @@ def serve_site(
     from tffprod.executors.approvals import ApprovalStore
     from tffprod.executors.audit import AuditLog
     from tffprod.executors.gateway import MAX_MESSAGE_BYTES, Gateway
-    from tffprod.executors.guard import ComputationGuard
     from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 
     catalog = config.build_catalog()
@@ -95,11 +94,11 @@ def serve_site(
             if stop.is_set():  # told to stop while the worker started
                 return
             audit = AuditLog(state_dir / AUDIT_FILE)
-            guard = None
+            approvals = None
             if config.computations == "approved":
                 ledger = SiteLedger(state_dir / LEDGER_FILE, site=config.name,
                                     budgets={name: entry.budget for name, entry in catalog.items()})
-                guard = ComputationGuard(config.name, ApprovalStore(state_dir), ledger)
+                approvals = ApprovalStore(state_dir)
             else:
                 log.warning("site %s: computations = \"any\": ANY computation runs here and can read any file "
                             "the worker can read (development only)", config.name)
@@ -113,7 +112,8 @@ def serve_site(
                 audit=audit,
                 insecure_dev=config.insecure_dev,
                 worker_health=supervisor.healthy,
-                guard=guard,
+                approvals=approvals,
+                ledger=ledger,
                 federations=config.federations,
                 max_message_bytes=min(config.worker.max_message_mb * 2**20, MAX_MESSAGE_BYTES),
             )

@@ -294,7 +294,7 @@ def _run(tmp_path: Path, monkeypatch, backend: _Backend) -> list[dict]:
         def __init__(self, plan, backend, frozen=None) -> None:
             self.refs_by_site = {"bank-a": ["train"]}
 
-        def run_round(self, refs_by_site=None, timeout_s=None):
+        def run_round(self, refs_by_site=None, timeout_s=None, round_num=0):
             return SimpleNamespace(output=SimpleNamespace(metrics={"loss": 1.0}), sites=[], duration_s=0.1)
 
         def save(self, directory, round_num):

@@ -419,7 +419,7 @@ def test_only_sampled_clients_reach_their_sites_and_empty_rounds_still_count(tmp
         def __init__(self, plan, backend, frozen=None) -> None:
             self.state = 0
 
-        def run_round(self, refs_by_site=None, timeout_s=None):
+        def run_round(self, refs_by_site=None, timeout_s=None, round_num=0):
             calls.append({site: list(refs) for site, refs in refs_by_site.items()})
             self.state += 1
             sites = [site_outcome(site, len(refs)) for site, refs in refs_by_site.items()]

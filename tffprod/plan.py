@@ -59,13 +59,56 @@ def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
     return terms
 
 
-def _freeze(role: str, computation: Any) -> dict[str, Any]:
+def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None) -> dict[str, Any]:
+    """A plan's computation entry: the frozen bytes and their release terms (:mod:`tffprod.protocol.terms`).
+
+    Every state leaf outside the ``free`` prefixes is pinned to its value in ``initial_state``.
+    """
     import tensorflow_federated as tff
 
+    from tffprod.backends.release import leaf_at
+    from tffprod.protocol.signature import SiteSignature
+    from tffprod.protocol.terms import pinned_entry
+
     compiled = tff.backends.native.desugar_and_transform_to_native(computation)
-    data = tff.framework.serialize_computation(compiled).SerializeToString(deterministic=True)
-    return {"role": role, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
-            "type_signature": str(compiled.type_signature), "proto": base64.b64encode(data).decode("ascii")}
+    proto = tff.framework.serialize_computation(compiled)
+    data = proto.SerializeToString(deterministic=True)
+    leaves = SiteSignature(proto).state
+    pinned = [pinned_entry(leaf, leaf_at(initial_state, leaf.path)) for leaf in leaves
+              if not any(leaf.path == p or leaf.path.startswith(p + "/") for p in free)]
+    entry = {"role": role, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+             "type_signature": str(compiled.type_signature), "proto": base64.b64encode(data).decode("ascii"),
+             "state": {"free": free, "pinned": pinned}}
+    if bound is not None:
+        entry["bound"] = bound
+    return entry
+
+
+# The state a coordinator chooses each round: the model, and the server optimizer's state (which only
+# the coordinator's part of a round reads). Everything else is pinned by the plan.
+FREE_TRAIN_STATE = ["global_model_weights", "finalizer"]
+FREE_EVAL_STATE = ["global_model_weights"]
+
+
+def _initial_states(*processes: Any) -> list[Any]:
+    """Each process's initial server state, computed on a worker of its own (stopped after)."""
+    import tempfile
+
+    from tffprod.contexts import channel_context, insecure_channel
+    from tffprod.workers import WorkerProcess
+
+    with tempfile.TemporaryDirectory(prefix="tffprod-plan-") as logs, \
+            WorkerProcess(name="plan", log_path=Path(logs) / "plan-worker.log") as worker:
+        context = channel_context(insecure_channel(worker.address))
+        return [context.invoke(process.initialize, None) for process in processes]
+
+
+def _train_bound(plan: "SessionPlan") -> dict[str, Any] | None:
+    """The fixed-clip DP bound on a training release: the clipped sum (result element 1)."""
+    dp = plan.spec.dp
+    if not dp.enabled or dp.mechanism != "gaussian_fixed":
+        return None
+    return {"result": ["1"], "l2_norm_per_client": float(dp.clip)}
 
 
 def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -86,12 +129,16 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
     from tffprod.sites import local_versions
 
     spec = plan.spec
-    form = tff.backends.native.compile_to_mergeable_comp_form(training_process(plan).next)
-    computations = [_freeze("train", form.up_to_merge)]
-    if plan.eval_datasets:
-        evaluation = build_evaluation_process(plan.task, fmt=plan.fmt)
+    process = training_process(plan)
+    form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
+    evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
+    states = _initial_states(*[p for p in (process, evaluation) if p is not None])
+    # Adaptive clipping moves its clip every round at the coordinator: its aggregator state stays free.
+    free = FREE_TRAIN_STATE + (["aggregator"] if spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive" else [])
+    computations = [_freeze("train", form.up_to_merge, states[0], free, _train_bound(plan))]
+    if evaluation is not None:
         computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
-            evaluation.next).up_to_merge))
+            evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
     datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
                  "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
                  "client_id": row.get("client_id")}
@@ -156,11 +203,12 @@ def write_plan(document: Mapping[str, Any], out: os.PathLike | str) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class FrozenComputations:
-    """A plan's site computations, ready to invoke on contexts without a compiler."""
+    """A plan's site computations, ready to invoke on contexts without a compiler, and the plan."""
 
     plan_id: str
     train: Any
     eval: Any = None
+    plan: Any = None
 
 
 def thaw(plan: Plan) -> FrozenComputations:
@@ -175,7 +223,7 @@ def thaw(plan: Plan) -> FrozenComputations:
             return None
         return tff.framework.deserialize_computation(computation_pb2.Computation.FromString(data))
 
-    return FrozenComputations(plan.plan_id, load("train"), load("eval"))
+    return FrozenComputations(plan.plan_id, load("train"), load("eval"), plan)
 
 
 def check_datasets(plan: Plan, session: "SessionPlan") -> None:

@@ -148,8 +148,8 @@ class RoundLoop:
         crash_point("round-start", round_num)
         refs = self._refs()
         # A round in which nobody was sampled leaves the state as it was, and still counts for privacy.
-        outcome = self.trainer.run_round(refs,
-                                         timeout_s=self.deadlines.next_deadline()) if refs else None
+        outcome = self.trainer.run_round(refs, timeout_s=self.deadlines.next_deadline(),
+                                         round_num=round_num) if refs else None
         ledger, population = self.ledger, self.population
         self.event = self.trainer.dp_event() if ledger and outcome else self.event
         epsilon = ledger.record_round(event=self.event, **population.accounting()) if ledger else None

@@ -96,15 +96,16 @@ class RoundRouter:
         """Nothing to release: site threads are daemons and end with their calls."""
 
     def partials(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
-                 timeout_s: Optional[float] = None) -> list[SiteOutcome]:
+                 timeout_s: Optional[float] = None, round_num: int = 0) -> list[SiteOutcome]:
         """Run the per-site part at every site concurrently; never raises for a site's failure.
 
-        ``timeout_s`` overrides the router's deadline for this call.
+        ``timeout_s`` overrides the router's deadline for this call; ``round_num`` is the training
+        round it belongs to (0: not a training round).
         """
         timeout_s = self._timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         deadline = started + timeout_s
-        futures = {site: self._spawn(site, state, refs, deadline) for site, refs in refs_by_site.items()}
+        futures = {site: self._spawn(site, state, refs, deadline, round_num) for site, refs in refs_by_site.items()}
         outcomes = []
         for site, future in futures.items():
             clients = len(refs_by_site[site])
@@ -119,21 +120,22 @@ class RoundRouter:
                                             error=describe_error(e), attempts=getattr(e, "attempts", 1)))
         return outcomes
 
-    def _spawn(self, site: str, state: Any, refs: list[str], deadline: float) -> concurrent.futures.Future:
+    def _spawn(self, site: str, state: Any, refs: list[str], deadline: float,
+               round_num: int) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline),
+        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline, round_num),
                                   name=f"tffprod-site-{site}", daemon=True)
         thread.start()
         return future
 
     def _run_site(self, future: concurrent.futures.Future, site: str, state: Any, refs: list[str],
-                  deadline: float) -> None:
+                  deadline: float, round_num: int) -> None:
         future.set_running_or_notify_cancel()
         arg = Struct.unnamed(state, refs) if state is not None else refs
         t0, backoff = time.monotonic(), self._backoff_s
         for attempt in range(1, self._retries + 2):
             try:
-                result = self._backend.site_context(site).invoke(self._site_computation, arg)
+                result = self._backend.run_site(site, self._site_computation, arg, round_num=round_num)
                 future.set_result((result, time.monotonic() - t0, attempt))
                 return
             except SiteUnavailableError as e:
@@ -163,7 +165,8 @@ class RoundRouter:
         return ctx.invoke(self._form.after_merge, Struct.unnamed(original, merged))
 
     def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
-                  min_sites: Optional[int] = None, timeout_s: Optional[float] = None) -> RoundOutcome:
+                  min_sites: Optional[int] = None, timeout_s: Optional[float] = None,
+                  round_num: int = 0) -> RoundOutcome:
         """One full round; raises SessionError when fewer than ``min_sites`` sites succeed.
 
         ``min_sites`` overrides the router's for this round (a round that samples clients
@@ -172,7 +175,7 @@ class RoundRouter:
         """
         t0 = time.monotonic()
         needed = self._min_sites if min_sites is None else min_sites
-        sites = self.partials(state, refs_by_site, timeout_s=timeout_s)
+        sites = self.partials(state, refs_by_site, timeout_s=timeout_s, round_num=round_num)
         ok = [s for s in sites if s.status == "ok"]
         if len(ok) < needed or not ok:
             detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")

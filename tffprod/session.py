@@ -193,7 +193,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
     spec = plan.spec
     trainer = None
     try:
-        backend.frozen = frozen is not None
+        backend.frozen = frozen
         backend.federation = spec.federation
         backend.open(plan.sites)
         trainer = _Trainer(plan, backend, frozen)

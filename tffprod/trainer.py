@@ -70,11 +70,11 @@ class Trainer:
                 self.refs_by_site.setdefault(row["site"], []).append(backend.reference(row))
 
     def run_round(self, refs_by_site: Optional[Mapping[str, list[str]]] = None, *,
-                  timeout_s: Optional[float] = None):
-        """One round over ``refs_by_site`` (default: every dataset, one client each)."""
+                  timeout_s: Optional[float] = None, round_num: int = 0):
+        """Round ``round_num`` over ``refs_by_site`` (default: every dataset, one client each)."""
         refs = self.refs_by_site if refs_by_site is None else refs_by_site
         outcome = self.router.run_round(self.state, refs, min_sites=min(self.min_sites, len(refs)),
-                                        timeout_s=timeout_s)
+                                        timeout_s=timeout_s, round_num=round_num)
         self.state = outcome.output.state
         return outcome
 

@@ -34,16 +34,17 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self._contexts: dict[str, Any] = {}
         self._coordinator: Any = None
-        # Set before ``open``: sites then run computations as given (an approved plan's
-        # frozen bytes), without TFF's compiler; the coordinator context always compiles.
-        self.frozen = False
+        # Set before ``open`` to an approved plan's ``FrozenComputations``: sites then run its
+        # computations as given (the remote backend asks sites for releases of the plan),
+        # without TFF's compiler; the coordinator context always compiles.
+        self.frozen: Any = None
         # Set before ``open``: the federation a session belongs to; remote calls name it.
         self.federation: str | None = None
 
     @property
     def site_compiler(self) -> Any:
         """The ``compiler_fn`` of site contexts: None for frozen computations."""
-        return None if self.frozen else "default"
+        return None if self.frozen is not None else "default"
 
     @abc.abstractmethod
     def open(self, sites: list[SiteTarget]) -> None:
@@ -56,6 +57,11 @@ class Backend(abc.ABC):
     def site_context(self, site: str) -> Any:
         """The synchronous TFF context that runs computations at ``site``."""
         return self._contexts[site]
+
+    def run_site(self, site: str, computation: Any, arg: Any, *, round_num: int = 0) -> Any:
+        """Run ``computation`` (a site computation) at ``site`` on ``arg`` (``<state, refs>``), as
+        round ``round_num`` (0: not a training round); its partial result."""
+        return self.site_context(site).invoke(computation, arg)
 
     def reconnect(self, site: str) -> None:
         """Replace ``site``'s context after it was unavailable (a no-op where contexts never go stale)."""

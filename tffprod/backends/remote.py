@@ -2,6 +2,9 @@
 
 Datasets are referred to by catalog name; the site maps names to its own
 files. Merging and the coordinator's part run on a supervised local worker.
+Under an approved plan (``frozen``) a site's part is a *release* of the plan
+(:mod:`tffprod.backends.release`); otherwise (sites with the development
+policy ``computations = "any"``) it runs through TFF's executor protocol.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class RemoteBackend(Backend):
                 self._channels[site.name] = channel
                 if self._verify:
                     self._check_catalog(site, channel, connection)
-                self._contexts[site.name] = channel_context(channel, compiler_fn=self.site_compiler)
+                if self.frozen is None:
+                    self._contexts[site.name] = channel_context(channel, compiler_fn=self.site_compiler)
         except BaseException:
             self.close()
             raise
@@ -63,9 +67,21 @@ class RemoteBackend(Backend):
         old = self._channels.get(site)
         channel = self._connections[site].channel(federation=self.federation)
         self._channels[site] = channel
-        self._contexts[site] = channel_context(channel, compiler_fn=self.site_compiler)
+        if self.frozen is None:
+            self._contexts[site] = channel_context(channel, compiler_fn=self.site_compiler)
         if old is not None:
             old.close()
+
+    def run_site(self, site: str, computation: Any, arg: Any, *, round_num: int = 0) -> Any:
+        """Under a plan, a release of the plan at ``site``; otherwise the executor protocol."""
+        if self.frozen is None:
+            return super().run_site(site, computation, arg, round_num=round_num)
+        from tffprod.backends.release import ReleaseClient
+
+        role = "train" if computation is self.frozen.train else "eval"
+        client = ReleaseClient(self.frozen.plan, lambda: self._channels[site])
+        state, refs = arg
+        return client.release(role, round_num, state, list(refs), computation.type_signature.result)
 
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the

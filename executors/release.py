@@ -1,0 +1,258 @@
+"""The site's release service: a coordinator asks, the site builds and runs the call itself.
+
+A site that requires approval serves ``tffprod.site.v1.Release`` (``release.proto``)
+in place of TFF's executor protocol. A request names an approved plan, a role
+(``train`` or ``eval``), a round, the plan's datasets to read (and which clients),
+and the free part of the state as tensors. Nothing in it is code, a path, or an
+executor id. For each request the site:
+
+1. finds the plan's approval for this caller and federation (``PERMISSION_DENIED``
+   otherwise) and the computation it stored for the role when it approved the plan;
+2. maps the selection to its own files: only datasets the plan names for that
+   role at this site; a dataset trained client by client only by client index;
+   an evaluation reads exactly one evaluation dataset whole;
+3. checks the state exactly against the plan's declared free leaves (dtype, shape,
+   finite values) and fills in the pinned leaves (clip, learning rates, noise
+   parameters, ...) from the plan, whatever else the caller believes;
+4. admits the release through the privacy ledger: a training round while the
+   plan has rounds and budget left, an evaluation once per dataset; an identical
+   request again (a resumed coordinator) is a repeat and costs nothing;
+5. runs the call on its worker with an executor of its own, created for this
+   release and disposed after it (no caller ever sees or shares one);
+6. checks the result against the computation's result type and, for a DP plan,
+   the L2 norm of the clipped sum against clients x clip, before it leaves;
+7. records the release in the ledger and returns the result tensors.
+
+Errors name the step that failed in one line; what the worker said is never
+passed on (it could quote data): the caller gets the release id to ask the
+site's operator about, and the site's log records the worker's status code.
+
+TF-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import Any, Callable, Optional
+
+import grpc
+
+from tffprod.errors import TffprodError
+from tffprod.executors.approvals import Approval, ApprovalStore
+from tffprod.executors.datarefs import DataRefs, RequestRefused
+from tffprod.executors.ledger import SiteLedger
+from tffprod.executors.protos import executor_pb2
+from tffprod.protocol import release_pb2
+from tffprod.protocol.signature import SignatureError
+from tffprod.protocol.tensors import TensorError
+
+__all__ = ["RELEASE_METHOD", "RELEASE_SERVICE", "ReleaseHandler", "release_digest"]
+
+log = logging.getLogger(__name__)
+
+RELEASE_SERVICE = "tffprod.site.v1.Release"
+RELEASE_METHOD = f"/{RELEASE_SERVICE}/Release"
+
+# Calls the worker: (method, request message, response class, caller's context) -> response message.
+WorkerCall = Callable[[str, Any, Any, grpc.ServicerContext], Any]
+
+
+def release_digest(request: release_pb2.ReleaseRequest, computation_sha256: str) -> str:
+    """The hex SHA-256 identifying a release: the computation, role, round, selection and state."""
+    h = hashlib.sha256(b"tffprod.release/1\0")
+    h.update(bytes.fromhex(computation_sha256))
+    h.update(f"{request.role}\0{request.round}\0".encode())
+    for selection in request.datasets:
+        h.update(selection.name.encode("utf-8", errors="backslashreplace") + b"\0")
+        h.update(",".join(str(c) for c in selection.clients).encode() + b"\0")
+    for tensor in request.state:
+        h.update(hashlib.sha256(tensor.SerializeToString(deterministic=True)).digest())
+    return h.hexdigest()
+
+
+def _refused(code: grpc.StatusCode, site: str, detail: str) -> RequestRefused:
+    return RequestRefused(code, f"site {site}: {detail}")
+
+
+class ReleaseHandler:
+    """Answers ``Release`` requests for one site (see the module docstring).
+
+    Args:
+        site: the site's name, for messages.
+        store: the site's approvals.
+        ledger: the site's privacy ledger.
+        refs: the catalog's name -> path mapping.
+        call_worker: runs one executor-protocol call on the site's worker.
+    """
+
+    def __init__(self, site: str, store: ApprovalStore, ledger: SiteLedger, refs: DataRefs,
+                 call_worker: WorkerCall) -> None:
+        self.site = site
+        self.store = store
+        self.ledger = ledger
+        self._refs = refs
+        self._call_worker = call_worker
+
+    def _denied(self, detail: str) -> RequestRefused:
+        return _refused(grpc.StatusCode.PERMISSION_DENIED, self.site, detail)
+
+    def _invalid(self, detail: str) -> RequestRefused:
+        return _refused(grpc.StatusCode.INVALID_ARGUMENT, self.site, detail)
+
+    def release(self, raw: bytes, identity: Optional[str], federation: Optional[str],
+                context: grpc.ServicerContext) -> tuple[bytes, dict[str, Any]]:
+        """Handle one serialized ``ReleaseRequest``: the serialized response and the audit fields.
+
+        Raises:
+            RequestRefused: with a one-line reason (see the module docstring for the checks).
+        """
+        try:
+            request = release_pb2.ReleaseRequest.FromString(raw)
+        except Exception:
+            raise self._invalid("the release request does not parse") from None
+        release_id = secrets.token_hex(8)
+        approval = self._approval(request.plan_id, identity, federation)
+        terms = self._terms(approval, request.role)
+        refs, names = self._selection(approval, request)
+        self._check_round(approval, request)
+        try:
+            state = terms.full_state(request.state)
+        except TensorError as e:
+            raise self._invalid(str(e)) from None
+        digest = release_digest(request, terms.sha256)
+        if request.role == "train":
+            self.ledger.admit([approval], self.store.all(), digest)
+        elif self.ledger.evaluated(approval.plan_id, names[0]) not in (None, digest):
+            raise self._denied(self.ledger.eval_refusal(approval, names[0]).removeprefix(f"site {self.site}: "))
+        result = self._run(terms, state, refs, release_id, context)
+        try:
+            norm = terms.check_result(result, clients=len(refs))
+        except TensorError as e:
+            log.warning("site %s: release %s of plan %s withheld: %s", self.site, release_id, approval.plan_id[:16], e)
+            raise self._denied(f"release {release_id} withheld: {e}") from None
+        round_num, repeat = self._record(approval, request, names, identity, digest)
+        audit = {"plan": approval.plan_id, "role": request.role, "round": round_num, "id": release_id,
+                 "datasets": names, "clients": len(refs)}
+        if norm is not None:
+            audit["norm"] = round(norm, 6)
+        if repeat:
+            audit["repeat"] = True
+        response = release_pb2.ReleaseResponse(result=result, round=round_num, repeat=repeat, release_id=release_id)
+        return response.SerializeToString(), {"release": audit}
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _approval(self, plan_id: str, identity: Optional[str], federation: Optional[str]) -> Approval:
+        approval = self.store.get(plan_id) if plan_id else None
+        if approval is None:
+            raise self._denied(f"plan '{plan_id[:64]}' is not approved here "
+                               "(the site operator approves plans with 'tffprod site approve')")
+        if not approval.allows(identity, federation):
+            raise self._denied(f"plan {plan_id[:16]} is approved for another coordinator or federation, not "
+                               f"'{identity}' in federation '{federation or '-'}'")
+        return approval
+
+    def _terms(self, approval: Approval, role: str) -> Any:
+        try:
+            terms = self.store.terms(approval, role) if role in ("train", "eval") else None
+        except TffprodError as e:
+            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, str(e)) from None
+        if terms is None:
+            raise self._invalid(f"plan {approval.plan_id[:16]} has no '{role[:20]}' computation")
+        return terms
+
+    def _check_round(self, approval: Approval, request: release_pb2.ReleaseRequest) -> None:
+        if request.role == "train" and not 1 <= request.round <= approval.rounds:
+            raise self._invalid(f"round {request.round} is not a round of plan {approval.plan_id[:16]} "
+                                f"(1..{approval.rounds})")
+        if request.role == "eval" and request.round != 0:
+            raise self._invalid("an evaluation release has round 0")
+
+    def _selection(self, approval: Approval, request: release_pb2.ReleaseRequest) -> tuple[list[bytes], list[str]]:
+        """The local paths the release reads, and the dataset names, from the request's selection."""
+        allowed = approval.roles.get(request.role, ())
+        if not request.datasets:
+            raise self._invalid("a release reads at least one dataset of its plan")
+        if request.role == "eval" and (len(request.datasets) != 1 or request.datasets[0].clients):
+            raise self._invalid("an evaluation release reads exactly one evaluation dataset, whole")
+        refs: list[bytes] = []
+        names: list[str] = []
+        for selection in request.datasets:
+            name = selection.name
+            if name not in allowed:
+                raise self._denied(f"dataset '{name[:64]}' is not a {request.role} dataset of plan "
+                                   f"{approval.plan_id[:16]} at this site")
+            if name in names:
+                raise self._invalid(f"dataset '{name}' is selected twice")
+            names.append(name)
+            clients = list(selection.clients)
+            if name in approval.per_client and request.role == "train":
+                if not clients:
+                    raise self._denied(f"dataset '{name}' is approved only client by client, not as a whole")
+                if len(set(clients)) != len(clients):
+                    raise self._invalid(f"dataset '{name}': a client is selected twice")
+                refs.extend(self._refs.local_path(name, index) for index in clients)
+            elif clients:
+                raise self._invalid(f"dataset '{name}' is read whole in this plan; select no clients")
+            else:
+                refs.append(self._refs.local_path(name))
+        return refs, names
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _run(self, terms: Any, state: list, refs: list[bytes], release_id: str,
+             context: grpc.ServicerContext) -> list[release_pb2.Tensor]:
+        """Run the approved computation on ``state`` and ``refs`` with an executor of this release's own."""
+        request = executor_pb2.GetExecutorRequest()
+        cardinality = request.cardinalities.add()
+        cardinality.placement.uri = "clients"
+        cardinality.cardinality = len(refs)
+        stage = "GetExecutor"
+        executor = None
+        try:
+            executor = self._call_worker(stage, request, executor_pb2.GetExecutorResponse, context).executor
+            stage = "CreateValue"
+            function = self._call_worker(stage, executor_pb2.CreateValueRequest(
+                executor=executor, value=executor_pb2.Value(computation=terms.computation)),
+                executor_pb2.CreateValueResponse, context).value_ref
+            argument = self._call_worker(stage, executor_pb2.CreateValueRequest(
+                executor=executor, value=terms.signature.argument(state, refs)),
+                executor_pb2.CreateValueResponse, context).value_ref
+            stage = "CreateCall"
+            call = self._call_worker(stage, executor_pb2.CreateCallRequest(
+                executor=executor, function_ref=function, argument_ref=argument),
+                executor_pb2.CreateCallResponse, context).value_ref
+            stage = "Compute"
+            value = self._call_worker(stage, executor_pb2.ComputeRequest(executor=executor, value_ref=call),
+                                      executor_pb2.ComputeResponse, context).value
+            return terms.signature.read_result(value)
+        except RequestRefused as refused:
+            if refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            log.error("site %s: release %s failed in the worker at %s (%s)", self.site, release_id, stage,
+                      refused.code.name)
+            raise _refused(grpc.StatusCode.INTERNAL, self.site,
+                           f"release {release_id} failed in the worker at {stage} ({refused.code.name}); "
+                           "the site's log has this id") from None
+        except SignatureError as e:
+            log.error("site %s: release %s: the worker's result does not match the plan: %s", self.site,
+                      release_id, e)
+            raise _refused(grpc.StatusCode.INTERNAL, self.site,
+                           f"release {release_id}: the worker's result does not match the plan") from None
+        finally:
+            if executor is not None:
+                try:
+                    self._call_worker("DisposeExecutor", executor_pb2.DisposeExecutorRequest(executor=executor),
+                                      executor_pb2.DisposeExecutorResponse, context)
+                except RequestRefused:
+                    pass  # a worker that went away took the executor with it
+
+    def _record(self, approval: Approval, request: release_pb2.ReleaseRequest, names: list[str],
+                identity: Optional[str], digest: str) -> tuple[int, bool]:
+        if request.role == "train":
+            recorded = self.ledger.record_call(approval, identity, digest)
+            return recorded.round, recorded.repeat
+        return 0, self.ledger.record_eval(approval, names[0], identity, digest)

@@ -1,0 +1,109 @@
+"""The coordinator's side of the release protocol (imports TFF).
+
+Under an approved plan the remote backend does not speak TFF's executor
+protocol to a site. For a site's part of a round it sends a ``ReleaseRequest``
+(:mod:`tffprod.executors.release` is the other end): the plan id, the role of
+the computation, the round, which of the plan's datasets (and clients) to read,
+and the *free* state leaves as tensors, in the order of the plan's release terms
+(:mod:`tffprod.protocol.terms`). The site answers with the result's tensors,
+which are packed back into the structure ``merge`` expects.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from tffprod.protocol import release_pb2, release_pb2_grpc
+from tffprod.protocol.terms import ReleaseTerms
+from tffprod.protocol.tensors import from_numpy, to_numpy
+
+__all__ = ["ReleaseClient", "leaf_at", "selection"]
+
+
+def leaf_at(value: Any, path: str) -> Any:
+    """The leaf of a (nested) Python value at a terms path (``a/b/0``): mappings, attrs classes,
+    named tuples and TFF structs are entered by element name, sequences by position."""
+    import tensorflow_federated as tff
+
+    for part in path.split("/"):
+        if isinstance(value, tff.structure.Struct):
+            names = [n for n, _ in tff.structure.iter_elements(value)]
+            value = value[names.index(part)] if part in names else value[int(part)]
+        elif isinstance(value, Mapping):
+            value = value[part]
+        elif hasattr(value, part) and not part.isdigit():
+            value = getattr(value, part)
+        else:
+            value = value[int(part)]
+    return value
+
+
+def selection(refs: Sequence[str]) -> list[release_pb2.DatasetSelection]:
+    """The release's dataset selection from backend references (``NAME`` or ``NAME#INDEX``), in order."""
+    chosen: dict[str, list[int]] = {}
+    for ref in refs:
+        name, sep, index = ref.partition("#")
+        clients = chosen.setdefault(name, [])
+        if sep:
+            clients.append(int(index))
+    return [release_pb2.DatasetSelection(name=name, clients=clients) for name, clients in chosen.items()]
+
+
+def _pack(type_spec: Any, leaves: Any) -> Any:
+    """A value of ``type_spec`` (a struct of tensors, maybe SERVER-placed) from its leaves in order."""
+    import tensorflow_federated as tff
+
+    if isinstance(type_spec, tff.FederatedType):
+        return _pack(type_spec.member, leaves)
+    if isinstance(type_spec, tff.StructType):
+        return tff.structure.Struct([(name, _pack(member, leaves))
+                                     for name, member in tff.structure.iter_elements(type_spec)])
+    return next(leaves)
+
+
+class ReleaseClient:
+    """Asks one site for releases of one approved plan.
+
+    Args:
+        plan: the verified :class:`tffprod.executors.approvals.Plan`.
+        channel: returns the site's current channel (replaced after the site was unavailable).
+        timeout_s: the longest a release may take.
+    """
+
+    def __init__(self, plan: Any, channel: Any) -> None:
+        self._plan = plan
+        self._channel = channel
+
+    @functools.cached_property
+    def _terms(self) -> dict[str, ReleaseTerms]:
+        return {entry["role"]: ReleaseTerms(entry, self._plan.computation_bytes(entry["role"]))
+                for entry in self._plan.computations}
+
+    def release(self, role: str, round_num: int, state: Any, refs: Sequence[str], result_type: Any,
+                timeout_s: float | None = None) -> Any:
+        """Run the plan's ``role`` computation at the site on ``state`` and ``refs``; its result.
+
+        Raises:
+            SiteUnavailableError: the site did not answer (UNAVAILABLE).
+            grpc.RpcError: the site refused or failed the release (its one-line reason).
+        """
+        from tffprod.contexts import SiteUnavailableError
+
+        terms = self._terms[role]
+        request = release_pb2.ReleaseRequest(
+            plan_id=self._plan.plan_id, role=role, round=round_num if role == "train" else 0,
+            datasets=selection(refs),
+            state=[from_numpy(np.asarray(leaf_at(state, leaf.path), dtype=None if leaf.dtype == "string"
+                                          else leaf.dtype)) for leaf in terms.free])
+        stub = release_pb2_grpc.ReleaseStub(self._channel())
+        try:
+            response = stub.Release(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            if e.code() is grpc.StatusCode.UNAVAILABLE:
+                raise SiteUnavailableError(f"site unavailable ({e.code().name}: {e.details()})") from e
+            raise
+        return _pack(result_type, iter(to_numpy(t) for t in response.result))
