@@ -139,6 +139,9 @@ def load_plan(path: os.PathLike | str) -> Plan:
     except RecursionError:  # json recurses once per nested array or object
         raise PlanError(f"plan {path}: not a readable JSON plan (nested too deeply)") from None
     where = f"plan {path}"
+    if isinstance(document, dict) and document.get("format") == "tffprod-plan/1":
+        raise PlanError(f"{where}: a tffprod-plan/1 plan, made before sites checked release terms; make a new "
+                        "plan with 'tffprod session plan'")
     if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
         raise PlanError(f"{where}: not a {PLAN_FORMAT} plan")
     stated = _require(document, "plan_id", str, where)

@@ -23,19 +23,14 @@ from tffprod.executors.approvals import (PLAN_FORMAT, ApprovalStore, PlanError, 
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
 from tffprod.executors.ledger import SiteLedger, charged_rounds, plan_epsilon
 from tffprod.executors.protos import computation_pb2
+from site_plans import computation_entry, site_computation
 
 SITE = "bank-a"
 Z, DELTA = 1.1, 1e-5
 
 
 def computation(result_placement: str = "server", all_equal: bool = True, name: str = "x") -> computation_pb2.Computation:
-    c = computation_pb2.Computation()
-    result = c.type.function.result.federated
-    result.placement.value.uri = result_placement
-    result.all_equal = all_equal
-    result.member.tensor.dtype = 1  # DT_FLOAT
-    c.reference.name = name
-    return c
+    return site_computation(name, result_placement=result_placement, result_all_equal=all_equal)
 
 
 def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=None, coordinator=None) -> dict:
@@ -53,8 +48,9 @@ def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=No
         "datasets": [{"role": "train", "ref": f"{s}/train:1", "site": s, "name": "train",
                       "content_hash": "sha256:abc", "num_examples": 10} for s in sites],
         "coordinators": {s: coordinator for s in sites} if coordinator else {},
-        "computations": [{"role": "train", "sha256": hashes or computation_sha256(comp), "size_bytes": len(data),
-                          "type_signature": "(x -> y@SERVER)", "proto": base64.b64encode(data).decode()}],
+        "computations": [computation_entry(comp, sha256=hashes,
+                                           bound=(privacy or {}).get("clip", 1.0) if privacy is None or
+                                           privacy.get("mechanism") == "gaussian_fixed" else None)],
     }
     return {**body, "plan_id": canonical_id(body)}
 
@@ -102,7 +98,8 @@ def test_a_computation_returning_client_values_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a readable JSON plan"),
-    ('{"format": "other"}', "not a tffprod-plan/1 plan"),
+    ('{"format": "other"}', "not a tffprod-plan/2 plan"),
+        ('{"format": "tffprod-plan/1"}', "made before sites checked release terms; make a new plan"),
     (json.dumps({"format": PLAN_FORMAT}), "'plan_id' is missing"),
 ])
 def test_malformed_plans_get_one_line(tmp_path, content, message):

@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tffprod.executors.audit import AuditLog, read_audit_log
 from tffprod.executors.datarefs import DataRefs, RequestRefused
-from tffprod.executors.gateway import EXECUTOR_SERVICE, MESSAGE_LIMITS, CatalogEntry, Gateway
+from tffprod.executors.gateway import EXECUTOR_METHODS, EXECUTOR_SERVICE, MESSAGE_LIMITS, CatalogEntry, Gateway
 from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 from tffprod.executors.siteinfo import fetch_site_info
 from tffprod.workers import WorkerProcess
@@ -123,7 +123,7 @@ class Site:
     """A real worker and a real gateway on loopback, stopped by ``close``."""
 
     def __init__(self, tmp: Path, site_dir: Path, pki: dict[str, bytes], *, insecure_dev: bool = False,
-                 guard=None, federations=None) -> None:
+                 approvals=None, ledger=None, federations=None) -> None:
         self.catalog = _catalog(site_dir)
         self.audit_path = tmp / f"audit-{time.monotonic_ns()}.jsonl"
         self.worker = WorkerProcess(name="gw-test", cwd=site_dir, log_path=tmp / "worker.log").start()
@@ -133,7 +133,7 @@ class Site:
             tokens={"coordinator": hashlib.sha256(TOKEN.encode()).hexdigest(),
                     "stranger-without-token": "0" * 64},
             tls=None if insecure_dev else (pki["server_key"], pki["server_cert"], pki["ca"]),
-            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, guard=guard,
+            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, approvals=approvals, ledger=ledger,
             federations=federations)
         try:
             self.port = self.gateway.start()
@@ -585,65 +585,102 @@ def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
             print(f"  {label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)")
 
 
-# ---------------------------------------------------------------- under approval (TF-free refusals)
+# ---------------------------------------------------------------- under approval: releases only (TF-free refusals)
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory, site_dir, pki):
-    from tffprod.executors.approvals import ApprovalStore
-    from tffprod.executors.guard import ComputationGuard
-    from tffprod.executors.ledger import SiteLedger
+def approved(tmp_path_factory, site_dir, pki):
+    """A site under approval with one approved plan (hand-built computation, ``train`` and ``eval``)."""
+    import json
 
-    tmp = tmp_path_factory.mktemp("guarded")
+    from tffprod.executors.approvals import PLAN_FORMAT, ApprovalStore, approve, canonical_id, load_plan
+    from tffprod.executors.ledger import SiteLedger
+    from site_plans import computation_entry, site_computation
+
+    tmp = tmp_path_factory.mktemp("approved")
+    catalog = _catalog(site_dir)
+    body = {"format": PLAN_FORMAT, "created_at": "2026-11-30T00:00:00+00:00",
+            "session": {"name": "lines", "rounds": 2, "seed": 0, "min_sites": 1}, "spec": {}, "task": {},
+            "privacy": {"mechanism": "none"},
+            "datasets": [{"role": "train", "ref": f"{SITE}/train:1", "site": SITE, "name": "train",
+                          "content_hash": catalog["train"].content_hash, "num_examples": 3}],
+            "coordinators": {}, "computations": [computation_entry(site_computation("lines"), bound=None)]}
+    (tmp / "plan.json").write_text(json.dumps({**body, "plan_id": canonical_id(body)}))
+    approval = approve(load_plan(tmp / "plan.json"), site=SITE, catalog=catalog, state_dir=tmp / "state")
     ledger = SiteLedger(tmp / "ledger.sqlite", site=SITE, budgets={})
-    s = Site(tmp, site_dir, pki, guard=ComputationGuard(SITE, ApprovalStore(tmp / "state"), ledger))
+    s = Site(tmp, site_dir, pki, approvals=ApprovalStore(tmp / "state"), ledger=ledger)
+    s.plan_id = approval.plan_id
     yield s
     s.close()
     ledger.close()
 
 
-def _create_value(channel, executor, value) -> executor_pb2.ValueRef:
-    response = rpc(channel, "CreateValue", executor_pb2.CreateValueRequest(executor=executor, value=value))
-    return executor_pb2.CreateValueResponse.FromString(response).value_ref
+def _release(channel, request: "release_pb2.ReleaseRequest", **kwargs) -> bytes:
+    return channel.unary_unary("/tffprod.site.v1.Release/Release")(request.SerializeToString(), timeout=30, **kwargs)
 
 
-def test_an_unapproved_computation_is_permission_denied_naming_its_hash(guarded, pki):
-    from tffprod.executors.approvals import computation_sha256
+def _request(approved_plan: str, **fields) -> "release_pb2.ReleaseRequest":
+    import numpy as np
 
-    channel = tls_channel(guarded, pki)
+    from tffprod.protocol import release_pb2
+    from tffprod.protocol.tensors import from_numpy
+
+    request = dict(plan_id=approved_plan, role="train", round=1, datasets=[release_pb2.DatasetSelection(name="train")],
+                   state=[from_numpy(np.zeros(2, np.float32))])
+    request.update(fields)
+    return release_pb2.ReleaseRequest(**request)
+
+
+def test_under_approval_the_executor_protocol_is_not_served(approved, pki):
+    channel = tls_channel(approved, pki)
     try:
-        executor = get_executor(channel)
-        comp = computation_pb2.Computation(reference=computation_pb2.Reference(name="anything"))
-        err = status_of(_create_value, channel, executor, executor_pb2.Value(computation=comp))
-        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
-        assert f"computation sha256 {computation_sha256(comp)} is not approved" in err.details()
-        dispose_executor(channel, executor)
+        for method in EXECUTOR_METHODS:
+            err = status_of(rpc, channel, method, b"")
+            assert err.code() is grpc.StatusCode.UNIMPLEMENTED, method
+        assert fetch_site_info(channel, TOKEN)["computations"] == "approved"
     finally:
         channel.close()
-    assert guarded.records()[-2]["status"] == "PERMISSION_DENIED"
 
 
-def test_under_approval_data_outside_a_plan_sequences_and_raw_results_are_refused(guarded, pki):
-    channel = tls_channel(guarded, pki)
+@pytest.mark.parametrize("fields, code, detail", [
+    (dict(plan_id="f" * 64), "PERMISSION_DENIED", "is not approved here"),
+    (dict(role="compute"), "INVALID_ARGUMENT", "has no 'compute' computation"),
+    (dict(role="eval", round=0), "INVALID_ARGUMENT", "has no 'eval' computation"),
+    (dict(round=3), "INVALID_ARGUMENT", "round 3 is not a round of plan"),
+    (dict(round=0), "INVALID_ARGUMENT", "round 0 is not a round of plan"),
+    (dict(datasets=[]), "INVALID_ARGUMENT", "reads at least one dataset"),
+    (dict(datasets=[{"name": "eval"}]), "PERMISSION_DENIED", "dataset 'eval' is not a train dataset of plan"),
+    (dict(datasets=[{"name": "/etc/passwd"}]), "PERMISSION_DENIED", "dataset '/etc/passwd' is not a train dataset"),
+    (dict(datasets=[{"name": "train", "clients": [0]}]), "INVALID_ARGUMENT", "is read whole in this plan"),
+    (dict(datasets=[{"name": "train"}, {"name": "train"}]), "INVALID_ARGUMENT", "is selected twice"),
+    (dict(state=[]), "INVALID_ARGUMENT", "has 1 free tensors, got 0"),
+    (dict(state=[{"dtype": "float32", "shape": [3], "content": bytes(12)}]), "INVALID_ARGUMENT",
+     "state w: expected float32[2], got float32[3]"),
+    (dict(state=[{"dtype": "float64", "shape": [2], "content": bytes(16)}]), "INVALID_ARGUMENT",
+     "state w: expected float32[2], got float64[2]"),
+    (dict(state=[{"dtype": "float32", "shape": [2], "content": bytes(7)}]), "INVALID_ARGUMENT",
+     "expected 8 bytes of float32, got 7"),
+    (dict(state=[{"dtype": "float32", "shape": [2], "content": b"\x00\x00\xc0\x7f" * 2}]), "INVALID_ARGUMENT",
+     "holds a value that is not finite"),
+])
+def test_a_release_outside_the_plan_is_refused_in_one_line(approved, pki, fields, code, detail):
+    channel = tls_channel(approved, pki)
     try:
-        executor = get_executor(channel)
-        err = status_of(_create_value, channel, executor, clients_strings(b"train"))
-        assert (err.code(), err.details()) == (grpc.StatusCode.PERMISSION_DENIED,
-                                               "dataset 'train' is not in the approved plan")
-        sequence = executor_pb2.Value(sequence=executor_pb2.Value.Sequence())
-        err = status_of(_create_value, channel, executor, sequence)
-        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "serialized datasets" in err.details()
-        ref = _create_value(channel, executor, string_array(b"a server-side constant"))  # plain data is fine
-        err = status_of(rpc, channel, "Compute", executor_pb2.ComputeRequest(executor=executor, value_ref=ref))
-        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "only the results of approved" in err.details()
-        err = status_of(rpc, channel, "CreateCall", executor_pb2.CreateCallRequest(
-            executor=executor, function_ref=ref))
-        assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "only approved computations" in err.details()
-        dispose_executor(channel, executor)
-        info = fetch_site_info(channel, TOKEN)
-        assert info["computations"] == "approved"
+        err = status_of(_release, channel, _request(approved.plan_id, **fields))
     finally:
         channel.close()
+    assert err.code().name == code and detail in err.details() and "\n" not in err.details()
+    record = approved.records()[-1]
+    assert record["method"] == "/tffprod.site.v1.Release/Release" and record["status"] == code
+
+
+def test_garbage_to_the_release_service_is_invalid_argument(approved, pki):
+    channel = tls_channel(approved, pki)
+    try:
+        err = status_of(channel.unary_unary("/tffprod.site.v1.Release/Release"), b"\xff\x00garbage", timeout=30)
+    finally:
+        channel.close()
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "does not parse" in err.details()
 
 
 def test_a_site_of_some_federations_refuses_calls_for_others(tmp_path, site_dir, pki):
