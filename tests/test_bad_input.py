@@ -828,23 +828,16 @@ def test_an_expired_certificate_is_described_with_its_dates(ca_files, tmp_path: 
 
 
 def valid_plan() -> dict:
-    """A minimal plan that ``load_plan`` verifies: one train computation (a function returning a server value)."""
-    import base64
+    """A minimal plan that ``load_plan`` verifies: one train site computation with its release terms."""
+    from site_plans import computation_entry, site_computation
+    from tffprod.executors.approvals import PLAN_FORMAT, canonical_id
 
-    from tffprod.executors.approvals import PLAN_FORMAT, canonical_id, computation_sha256
-    from tffprod.executors.protos import computation_pb2
-
-    computation = computation_pb2.Computation()
-    computation.type.function.result.federated.placement.value.uri = "server"
-    computation.type.function.result.federated.all_equal = True
-    computation.intrinsic.uri = "federated_value"
     body = {
         "format": PLAN_FORMAT,
         "session": {"name": "s", "rounds": 2, "seed": 0},
         "privacy": {},
         "datasets": [{"site": "site-a", "name": "train", "content_hash": "sha256:" + "0" * 64, "role": "train"}],
-        "computations": [{"role": "train", "sha256": computation_sha256(computation),
-                          "proto": base64.b64encode(computation.SerializeToString()).decode()}],
+        "computations": [computation_entry(site_computation())],
     }
     return {**body, "plan_id": canonical_id(body)}
 

@@ -6,9 +6,10 @@ below throws one kind of hostile input at it, generated with hypothesis (derando
 reruns the same inputs):
 
 * garbage bytes to every RPC method: empty, random, truncated and bit-flipped valid messages;
-* well-formed but hostile protos: random ``Value`` trees (random dtypes, shapes, placements,
-  string references, sequences, garbage computations, nesting up to and past the parser's
-  limit), unknown executor ids, references to values that do not exist;
+* well-formed but hostile protos: release requests for plans that are not approved, with
+  random roles, rounds, dataset selections and tensors; and TFF executor-protocol messages
+  (random ``Value`` trees, nesting past the parser's limit, unknown ids), which a site under
+  approval does not serve at all (``UNIMPLEMENTED``);
 * messages above the gateway's receive limit (the site's ``worker.max_message_mb``, 1 MB here);
 * malformed metadata: missing, garbage, long, repeated or mis-schemed bearer tokens, unknown
   and repeated federation headers, huge header values;
@@ -17,7 +18,7 @@ reruns the same inputs):
 Every hostile call must end in a gRPC error status within a few seconds: never OK, never a
 hang, never ``UNKNOWN``, never a Python traceback in the details. After every batch the site
 process must still be running, with the same worker, and must still answer a well-behaved
-caller correctly (site info and a ``GetExecutor``/``DisposeExecutor`` round trip). The last
+caller correctly (site info, and a well-formed release of an unknown plan refused for that reason). The last
 test prints one summary line to the terminal. No TensorFlow is imported.
 """
 
@@ -43,7 +44,9 @@ from tffprod.datafiles import write_tfrecord
 from tffprod.executors.config import hash_token, write_site_config
 from tffprod.executors.gateway import EXECUTOR_METHODS, EXECUTOR_SERVICE, MESSAGE_LIMITS
 from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.executors.release import RELEASE_METHOD
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_METHOD
+from tffprod.protocol import release_pb2
 from tffprod.schema import Feature, Schema
 
 from executor_messages import clients_strings, string_array
@@ -54,7 +57,7 @@ SCHEMA = Schema(features=(Feature("x", "float32", (3,)),), label=Feature("y", "i
 TFFPROD = Path(sys.executable).parent / "tffprod"
 CALL_TIMEOUT_S = 5.0
 LIMIT_BYTES = 2**20  # worker.max_message_mb = 1 below
-METHODS = tuple(f"/{EXECUTOR_SERVICE}/{m}" for m in EXECUTOR_METHODS) + (SITE_INFO_METHOD,)
+METHODS = (RELEASE_METHOD,) + tuple(f"/{EXECUTOR_SERVICE}/{m}" for m in EXECUTOR_METHODS) + (SITE_INFO_METHOD,)
 # Statuses a refused call may end with. UNKNOWN means a handler raised past the gateway's own error
 # handling; DEADLINE_EXCEEDED means it hung; OK means garbage was accepted.
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
@@ -160,15 +163,11 @@ class FuzzedSite:
         assert info["site"] == SITE and info["health"]["worker"] == "up"
         assert [entry["name"] for entry in info["catalog"]] == ["train"]
         assert info["computations"] == "approved" and info["federations"] == ["fuzzers"]
-        request = executor_pb2.GetExecutorRequest(cardinalities=[executor_pb2.Cardinality(
-            placement=computation_pb2.Placement(uri="clients"), cardinality=2)])
-        raw = self.good.unary_unary(f"/{EXECUTOR_SERVICE}/GetExecutor")(
-            request.SerializeToString(), metadata=GOOD, timeout=CALL_TIMEOUT_S)
-        executor = executor_pb2.GetExecutorResponse.FromString(raw).executor
-        assert executor.id
-        self.good.unary_unary(f"/{EXECUTOR_SERVICE}/DisposeExecutor")(
-            executor_pb2.DisposeExecutorRequest(executor=executor).SerializeToString(),
-            metadata=GOOD, timeout=CALL_TIMEOUT_S)
+        with pytest.raises(grpc.RpcError) as info:  # no plan is approved here: refused for that reason
+            self.good.unary_unary(RELEASE_METHOD)(good_request(RELEASE_METHOD), metadata=GOOD,
+                                                  timeout=CALL_TIMEOUT_S)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "is not approved here" in info.value.details()
 
     def close(self) -> None:
         for channel in self._channels:
@@ -233,29 +232,9 @@ def problem(text: str) -> None:
 
 
 def servable(method: str, body: bytes) -> bool:
-    """Whether a site under approval may answer ``body`` with OK: it parses, and it neither calls nor
-    fetches anything (no computation is approved here), nor sends code or a serialized dataset."""
-    name = method.rsplit("/", 1)[-1]
-    if name == "Get":
-        return True  # site info ignores its request body
-    if name in ("CreateCall", "Compute"):
-        return False
-    try:
-        message = getattr(executor_pb2, f"{name}Request").FromString(body)
-    except Exception:
-        return False
-    return name != "CreateValue" or not _has_code(message.value)
-
-
-def _has_code(value: Any) -> bool:
-    kind = value.WhichOneof("value")
-    if kind in ("computation", "sequence"):
-        return True
-    if kind == "struct":
-        return any(_has_code(e.value) for e in value.struct.element)
-    if kind == "federated":
-        return any(_has_code(m) for m in value.federated.value)
-    return False
+    """Whether a site under approval may answer ``body`` with OK: only site info (which ignores its
+    request body). No plan is approved here, so no release is, and the executor protocol is not served."""
+    return method.rsplit("/", 1)[-1] == "Get"
 
 
 def good_request(method: str) -> bytes:
@@ -274,6 +253,8 @@ def good_request(method: str) -> bytes:
         "Compute": executor_pb2.ComputeRequest(executor=executor, value_ref=ref),
         "Dispose": executor_pb2.DisposeRequest(executor=executor, value_ref=[ref, ref]),
         "DisposeExecutor": executor_pb2.DisposeExecutorRequest(executor=executor),
+        "Release": release_pb2.ReleaseRequest(plan_id="0" * 64, role="train", round=1,
+                                              datasets=[release_pb2.DatasetSelection(name="train")]),
         "Get": None,
     }
     message = messages[name]
@@ -391,10 +372,29 @@ def values() -> st.SearchStrategy:
 IDS = st.sampled_from(["", "no-such-executor", "0", "-1", "\u2603", "../../", "executor\x00"]) | LONG
 
 
+def tensors() -> st.SearchStrategy:
+    return st.builds(lambda d, shape, content, strings: release_pb2.Tensor(dtype=d, shape=shape, content=content,
+                                                                          strings=strings),
+                     st.sampled_from(["float32", "int64", "string", "bool", "complex64", "", "\u2603", "object"]),
+                     st.lists(st.integers(-2**62, 2**62), max_size=4), st.binary(max_size=64),
+                     st.lists(st.binary(max_size=16), max_size=3))
+
+
+def release_requests() -> st.SearchStrategy:
+    selection = st.builds(lambda n, c: release_pb2.DatasetSelection(name=n, clients=c),
+                          st.sampled_from(["train", "/etc/passwd", "train#0", "../train", ""]) | st.text(max_size=20),
+                          st.lists(st.integers(0, 2**32 - 1), max_size=4))
+    return st.builds(lambda p, r, n, d, t: release_pb2.ReleaseRequest(plan_id=p, role=r, round=n, datasets=d, state=t),
+                     IDS | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+                     st.sampled_from(["train", "eval", "", "TRAIN", "compute"]), st.integers(0, 2**32 - 1),
+                     st.lists(selection, max_size=3), st.lists(tensors(), max_size=4))
+
+
 def hostile_requests() -> st.SearchStrategy:
     executor = st.builds(lambda i: executor_pb2.ExecutorId(id=i), IDS)
     ref = st.builds(lambda i: executor_pb2.ValueRef(id=i), IDS | st.text(max_size=20))
     return st.one_of(
+        st.tuples(st.just("Release"), release_requests()),
         st.tuples(st.just("CreateValue"), st.builds(lambda e, v: executor_pb2.CreateValueRequest(executor=e, value=v),
                                                     executor, values())),
         st.tuples(st.just("CreateCall"), st.builds(lambda e, f, a: executor_pb2.CreateCallRequest(
@@ -422,8 +422,8 @@ def test_hostile_protos(site: FuzzedSite) -> None:
     def fuzz(request: tuple[str, Any]) -> None:
         method, message = request
         body = message.SerializeToString()
-        refused("hostile protos", channel, f"/{EXECUTOR_SERVICE}/{method}", body,
-                may_serve=servable(method, body))
+        full = RELEASE_METHOD if method == "Release" else f"/{EXECUTOR_SERVICE}/{method}"
+        refused("hostile protos", channel, full, body, may_serve=servable(full, body))
 
     fuzz()
     after_batch(site, "hostile protos", 900)
@@ -449,8 +449,7 @@ def test_deep_nesting(site: FuzzedSite, depth: int) -> None:
     for method in ("CreateValue", "Compute", "CreateStruct", "Dispose"):
         code = refused("deep nesting", channel, f"/{EXECUTOR_SERVICE}/{method}", body,
                        may_serve=method != "CreateValue" and servable(method, body))
-        if method == "CreateValue":  # unknown name when it parses, INVALID_ARGUMENT when it does not
-            assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), code
+        assert code is grpc.StatusCode.UNIMPLEMENTED, code  # the executor protocol is not served at all
     site.check_still_serving()
 
 
@@ -470,11 +469,13 @@ def _varint(n: int) -> bytes:
 def test_oversized_messages_are_resource_exhausted(site: FuzzedSite, size: int) -> None:
     """Above the site's limit (its worker's ``max_message_mb``) the gateway refuses before reading on."""
     channel = site.channel()
-    for method in METHODS:
-        assert refused("oversized", channel, method, os.urandom(size)) is grpc.StatusCode.RESOURCE_EXHAUSTED
-    big = executor_pb2.CreateValueRequest(value=clients_strings(b"train" * (size // 5)))
-    assert refused("oversized", channel, f"/{EXECUTOR_SERVICE}/CreateValue",
-                   big.SerializeToString()) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    for method in METHODS:  # the executor protocol is refused before its body is read, as unserved
+        expected = {grpc.StatusCode.RESOURCE_EXHAUSTED} if method in (RELEASE_METHOD, SITE_INFO_METHOD) else \
+            {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
+        assert refused("oversized", channel, method, os.urandom(size)) in expected
+    big = release_pb2.ReleaseRequest(plan_id="0" * 64, role="train", state=[release_pb2.Tensor(
+        dtype="float32", shape=[size // 4], content=os.urandom(size // 4 * 4))])
+    assert refused("oversized", channel, RELEASE_METHOD, big.SerializeToString()) is grpc.StatusCode.RESOURCE_EXHAUSTED
     site.check_still_serving()
 
 
@@ -482,9 +483,10 @@ def test_a_message_just_under_the_limit_is_read(site: FuzzedSite) -> None:
     """The limit refuses only what is over it: just under it, the gateway parses and judges the content."""
     channel = site.channel()
     payload = b"x" * (LIMIT_BYTES - 1024)
-    body = executor_pb2.CreateValueRequest(value=clients_strings(payload)).SerializeToString()
+    body = release_pb2.ReleaseRequest(plan_id="0" * 64, role="train", round=1, state=[release_pb2.Tensor(
+        dtype="float32", shape=[len(payload) // 4], content=payload)]).SerializeToString()
     assert len(body) < LIMIT_BYTES
-    assert refused("oversized", channel, f"/{EXECUTOR_SERVICE}/CreateValue", body) is grpc.StatusCode.NOT_FOUND
+    assert refused("oversized", channel, RELEASE_METHOD, body) is grpc.StatusCode.PERMISSION_DENIED
 
 
 # ---------------------------------------------------------------- 4. malformed metadata
@@ -528,8 +530,11 @@ def test_malformed_metadata(site: FuzzedSite) -> None:
         if is_good(metadata):
             return  # a valid caller after all (hypothesis can build one)
         code = refused("metadata", channel, method, good_request(method), metadata)
-        assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                        grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED), code
+        allowed = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL,
+                   grpc.StatusCode.RESOURCE_EXHAUSTED}
+        if method not in (RELEASE_METHOD, SITE_INFO_METHOD):  # not served: refused before any header is read
+            allowed.add(grpc.StatusCode.UNIMPLEMENTED)
+        assert code in allowed, code
 
     fuzz()
     after_batch(site, "metadata", 300)
@@ -556,7 +561,9 @@ def test_the_right_token_from_another_identity_is_refused(site: FuzzedSite) -> N
     """``stranger`` has a certificate from the right CA and a token of its own: the coordinator's is not it."""
     channel = site.channel(site.credentials("stranger", folder="stranger"))
     for method in METHODS:
-        assert refused("metadata", channel, method, good_request(method)) is grpc.StatusCode.UNAUTHENTICATED
+        expected = grpc.StatusCode.UNAUTHENTICATED if method in (RELEASE_METHOD, SITE_INFO_METHOD) \
+            else grpc.StatusCode.UNIMPLEMENTED  # the executor protocol is not served under approval
+        assert refused("metadata", channel, method, good_request(method)) is expected
     site.check_still_serving()
 
 

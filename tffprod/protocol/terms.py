@@ -107,7 +107,7 @@ class ReleaseTerms:
             raise TermsError(f"computation '{self.role}' has no release terms (state.free, state.pinned); "
                              "make a new plan with 'tffprod session plan'")
         self.free_prefixes = tuple(str(p) for p in state["free"])
-        pinned = {e.get("path"): e for e in state["pinned"] if isinstance(e, Mapping)}
+        pinned = {e["path"]: e for e in state["pinned"] if isinstance(e, Mapping) and isinstance(e.get("path"), str)}
         self.free: list[Leaf] = []
         self._pinned: dict[str, release_pb2.Tensor] = {}
         for leaf in self.signature.state:
