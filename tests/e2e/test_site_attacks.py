@@ -1,0 +1,197 @@
+"""Attacks on a site by a coordinator holding a valid certificate and token (issue: typed site protocol).
+
+One real ``tffprod site serve`` process (mTLS, ``computations = "approved"``) with an approved DP
+plan (clip 1.0, train and eval). The attacker talks to it with the coordinator's own credentials.
+Each attack must be refused (or, for the state attack, released only within the plan's bound), the
+site must keep serving an honest release, nothing may be charged, and no response or the site's
+audit log may contain the site's key or data bytes. The module prints one summary line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from tffprod.cli.main import cli
+from tffprod.connections import SiteConnection
+from tffprod.examples import digits
+from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.config import load_site_config
+from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
+from tffprod.executors.protos import computation_pb2, executor_pb2
+from tffprod.executors.release import RELEASE_METHOD
+from tffprod.plan import coordinator_identities, make_plan, write_plan
+from tffprod.protocol import release_pb2
+from tffprod.protocol.tensors import from_numpy, to_numpy
+from tffprod.protocol.terms import ReleaseTerms
+from tffprod.session import plan_session
+from tffprod.spec import SessionSpec
+
+from .conftest import running_federation
+
+pytestmark = pytest.mark.e2e
+
+TASK = "tffprod.examples.digits:task"
+SITE = digits.SITES[0]
+CLIP = 1.0
+TALLY = {"classes": set(), "attempts": 0, "released": 0, "leaked": 0, "honest": 0}
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacks")
+    paths = digits.prepare(root / "data")
+    datasets = {SITE: {"train": {"path": paths[SITE]["train"], "task": TASK},
+                       "test": {"path": paths[SITE]["test"], "task": TASK}}}
+    with running_federation(root, datasets, computations="approved") as (fed, registry):
+        spec = SessionSpec.from_dict({
+            "name": "attacked", "task": TASK, "datasets": [f"{SITE}/train"], "eval_datasets": [f"{SITE}/test"],
+            "rounds": 3, "seed": 0, "backend": "remote",
+            "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": CLIP, "delta": 1e-5}})
+        document = make_plan(plan_session(spec, registry=registry),
+                             coordinators=coordinator_identities(registry, [SITE]))
+        plan_path = write_plan(document, root / "plan.json")
+        result = CliRunner().invoke(cli, ["site", "approve", str(plan_path), "--config",
+                                          str(fed.site_config_path(SITE))])
+        assert result.exit_code == 0, result.output
+        channel = SiteConnection.from_registry(registry.get_site(SITE)).channel()
+        config = load_site_config(fed.site_config_path(SITE))
+        secrets = [config.tls.key.read_bytes(), paths[SITE]["train"].read_bytes()]
+        try:
+            yield fed, channel, load_plan(plan_path), config, secrets
+        finally:
+            channel.close()
+
+
+def _terms(plan, role):
+    entry = next(c for c in plan.computations if c["role"] == role)
+    return ReleaseTerms(entry, plan.computation_bytes(role))
+
+
+def _state(plan, role, scale=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    return [from_numpy((rng.standard_normal(leaf.shape) * scale).astype(leaf.dtype)) for leaf in
+            _terms(plan, role).free]
+
+
+def _request(plan, role="train", *, round_num=1, datasets=("train",), state=None, plan_id=None):
+    selection = [release_pb2.DatasetSelection(name=name) for name in datasets]
+    return release_pb2.ReleaseRequest(plan_id=plan_id or plan.plan_id, role=role,
+                                      round=round_num if role == "train" else 0, datasets=selection,
+                                      state=_state(plan, role) if state is None else state)
+
+
+def _leaks(text: bytes, secrets) -> bool:
+    """Whether ``text`` holds any 24-byte window of a secret (key or data file)."""
+    for secret in secrets:
+        for i in range(0, max(1, len(secret) - 24), 24):
+            if secret[i:i + 24] in text:
+                return True
+    return False
+
+
+def _attack(attacked, kind: str, request, *, method: str = RELEASE_METHOD) -> grpc.RpcError:
+    fed, channel, plan, config, secrets = attacked
+    TALLY["classes"].add(kind)
+    TALLY["attempts"] += 1
+    raw = request if isinstance(request, bytes) else request.SerializeToString()
+    try:
+        channel.unary_unary(method)(raw, timeout=60)
+    except grpc.RpcError as e:
+        if _leaks((e.details() or "").encode(), secrets):
+            TALLY["leaked"] += 1
+        return e
+    TALLY["released"] += 1
+    raise AssertionError(f"{kind}: the site released")
+
+
+def _served(config, plan) -> int:
+    ledger = SiteLedger(config.state_dir / LEDGER_FILE, site=SITE, budgets={})
+    try:
+        return ledger.served(plan.plan_id)
+    finally:
+        ledger.close()
+
+
+def test_code_sent_in_any_form_never_reaches_the_worker(attacked):
+    """Class 1 (code inside values) and 5 (shared executors): the executor protocol is not served."""
+    comp = computation_pb2.Computation(reference=computation_pb2.Reference(name="read_file"))
+    value = executor_pb2.Value(struct=executor_pb2.Value.Struct(element=[
+        executor_pb2.Value.Struct.Element(value=executor_pb2.Value(computation=comp))]))
+    for method, message in [("CreateValue", executor_pb2.CreateValueRequest(value=value)),
+                            ("GetExecutor", executor_pb2.GetExecutorRequest()),
+                            ("Compute", executor_pb2.ComputeRequest()),
+                            ("DisposeExecutor", executor_pb2.DisposeExecutorRequest())]:
+        err = _attack(attacked, "code", message, method=f"/tensorflow_federated.v0.ExecutorGroup/{method}")
+        assert err.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("datasets", [("/etc/passwd",), ("../train",), ("train#0",), ("test",), ("nope",)])
+def test_data_outside_the_plan_cannot_be_named(attacked, datasets):
+    """Class 2: paths, other catalog datasets, clients of a whole dataset, evaluation data for training."""
+    err = _attack(attacked, "data", _request(attacked[2], datasets=datasets))
+    assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_the_state_cannot_carry_privacy_parameters_and_the_release_stays_within_the_clip(attacked):
+    """Class 3: pinned leaves (clip, learning rate) cannot be sent; huge weights still give a release whose
+    clipped sum is within the plan's clip (checked here on what the site returned)."""
+    fed, channel, plan, config, secrets = attacked
+    terms = _terms(plan, "train")
+    extra = _state(plan, "train") + [from_numpy(np.float32(100.0))]  # a 'clip' appended to the state
+    err = _attack(attacked, "state", _request(plan, state=extra))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "free tensors" in err.details()
+    wrong = _state(plan, "train")
+    wrong[0] = from_numpy(np.zeros((3, 3), np.float32))
+    assert _attack(attacked, "state", _request(plan, state=wrong)).code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert _served(config, plan) == 0  # nothing charged so far
+    raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, state=_state(plan, "train", scale=1000.0))
+                                              .SerializeToString(), timeout=120)
+    response = release_pb2.ReleaseResponse.FromString(raw)
+    update = [to_numpy(t) for t, leaf in zip(response.result, terms.signature.result) if leaf.path.startswith("1/")]
+    norm = float(np.sqrt(sum(np.sum(np.square(u.astype(np.float64))) for u in update)))
+    assert norm <= CLIP * 1.0001, norm
+    TALLY["honest"] += 1
+    assert _served(config, plan) == 1 and response.round == 1
+
+
+def test_evaluation_is_no_side_door(attacked):
+    """Class 4: evaluation reads only the plan's evaluation datasets, whole, once each."""
+    plan = attacked[2]
+    for datasets in [("train",), ("test", "train")]:
+        err = _attack(attacked, "eval", _request(plan, "eval", datasets=datasets))
+        assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+    fed, channel, plan, config, secrets = attacked
+    first = _request(plan, "eval", datasets=("test",), state=_state(plan, "eval", seed=1))
+    channel.unary_unary(RELEASE_METHOD)(first.SerializeToString(), timeout=120)  # the plan's one evaluation
+    repeat = release_pb2.ReleaseResponse.FromString(channel.unary_unary(RELEASE_METHOD)(first.SerializeToString(),
+                                                                                        timeout=120))
+    assert repeat.repeat  # the identical request again: a repeat, nothing new
+    err = _attack(attacked, "eval", _request(plan, "eval", datasets=("test",), state=_state(plan, "eval", seed=2)))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "already evaluated" in err.details()
+
+
+def test_rounds_and_plans_outside_the_approval_are_refused(attacked):
+    plan = attacked[2]
+    for request in [_request(plan, round_num=4), _request(plan, round_num=0), _request(plan, plan_id="0" * 64)]:
+        err = _attack(attacked, "plan", request)
+        assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_nothing_leaked_and_the_site_still_serves(attacked, capsys):
+    """After every attack: an honest round 2 is released, the audit log holds no key or data bytes."""
+    fed, channel, plan, config, secrets = attacked
+    served = _served(config, plan)
+    raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, round_num=2).SerializeToString(), timeout=120)
+    assert release_pb2.ReleaseResponse.FromString(raw).round == served + 1
+    TALLY["honest"] += 1
+    charged = _served(config, plan) - TALLY["honest"]
+    audit = (config.state_dir / "audit.jsonl").read_bytes()
+    if _leaks(audit, secrets):
+        TALLY["leaked"] += 1
+    with capsys.disabled():
+        print(f"\nsite attacks: {len(TALLY['classes'])} classes, {TALLY['attempts']} attempts, "
+              f"{TALLY['released']} released, {charged} charged, {TALLY['leaked']} leaked bytes, site serving")
+    assert TALLY["released"] == 0 and TALLY["leaked"] == 0 and charged == 0
