@@ -6,7 +6,7 @@ UV := .tools/bin/uv
 WORKDIR ?= demo-workdir
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench clean protos
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -31,3 +31,7 @@ bench: .venv/.synced
 
 clean:
 	rm -rf .venv .tools $(WORKDIR) .pytest_cache
+
+# Regenerates the release protocol's Python modules after tffprod/protocol/release.proto changes.
+protos: .venv/.synced
+	.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. tffprod/protocol/release.proto

@@ -1,8 +1,8 @@
 """A repeat of an identical training call is free at the site (resume after a coordinator crash).
 
 One real site (gateway + worker, mTLS) requires approval of a 1-round plan. The
-coordinator runs round 1, "crashes", and a new coordinator (a new executor at the
-site) re-runs round 1 from the checkpoint, as ``tffprod session resume`` does for
+coordinator asks for round 1's release, "crashes", and a new coordinator (a new
+backend and channel) asks for round 1 again from the checkpoint, as ``tffprod session resume`` does for
 the round that was in flight: the site admits it although the plan's one round is
 used, releases the same result and records one release. Any other argument is a
 new round and refused.
@@ -39,9 +39,12 @@ TASK = "tffprod.examples.digits:task"
 SITE = digits.SITES[0]
 
 
-def _site_context(registry):
-    """A new coordinator's connection: a new executor at the site; frozen computations run as given."""
-    return channel_context(SiteConnection.from_registry(registry.get_site(SITE)).channel(), compiler_fn=None)
+def _coordinator(registry, session, frozen):
+    """A new coordinator's connection to the site, asking for releases of the plan."""
+    backend = create_backend("remote", registry=registry)
+    backend.frozen = frozen
+    backend.open(session.sites)
+    return backend
 
 
 def test_a_resumed_round_is_released_again_without_counting_a_new_round(tmp_path):
@@ -59,23 +62,26 @@ def test_a_resumed_round_is_released_again_without_counting_a_new_round(tmp_path
                                            str(fed.site_config_path(SITE)), "--json"])
         assert approve.exit_code == 0, approve.output
         frozen = thaw(load_plan(plan_path))
-        backend = create_backend("remote", registry=registry)
-        backend.frozen = True
-        backend.open(session.sites)
+        backend = _coordinator(registry, session, frozen)
+        resumed = None
         try:
             trainer = Trainer(session, backend, frozen)
             refs = trainer.refs_by_site[SITE]
-            first = _site_context(registry).invoke(frozen.train, tff.structure.Struct.unnamed(trainer.state, refs))
+            first = backend.run_site(SITE, frozen.train, (trainer.state, refs), round_num=1)
             # The coordinator dies before committing round 1; the resumed one restores the last checkpoint.
             checkpoint, sha256 = save_checkpoint(trainer.state, tmp_path / "checkpoints", 0)
             restored = load_checkpoint(checkpoint, sha256, trainer.state)
-            resumed = _site_context(registry)
-            again = resumed.invoke(frozen.train, tff.structure.Struct.unnamed(restored, refs))
+            resumed = _coordinator(registry, session, frozen)
+            again = resumed.run_site(SITE, frozen.train, (restored, refs), round_num=1)
+            other = tf.nest.map_structure(lambda a: a * 0.5 if np.asarray(a).dtype == np.float32 else a, restored)
             with pytest.raises(Exception, match=r"has used all 1 approved round\(s\)"):
-                resumed.invoke(frozen.train, tff.structure.Struct.unnamed(restored, refs + refs))
+                resumed.run_site(SITE, frozen.train, (other, refs), round_num=1)
         finally:
             backend.close()
-        tf.nest.map_structure(np.testing.assert_array_equal, first, again)  # the same release, bit for bit
+            if resumed is not None:
+                resumed.close()
+        for a, b in zip(tff.structure.flatten(first), tff.structure.flatten(again), strict=True):
+            np.testing.assert_array_equal(a, b)  # the same release, bit for bit
         config = load_site_config(fed.site_config_path(SITE))
         (approval,) = ApprovalStore(config.state_dir).all()
         ledger = SiteLedger(config.state_dir / LEDGER_FILE, site=SITE, budgets={})
