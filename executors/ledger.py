@@ -16,7 +16,7 @@ stays within the budget.
 
 A repeat is not a new round. Each release row keeps the call's digest (the
 computation's SHA-256 and the digest of its argument, see
-:mod:`tffprod.executors.guard`); a training call whose digest the plan has
+:func:`tffprod.executors.release.release_digest`); a training release whose digest the plan has
 already released computes the same function of the same inputs again (a
 coordinator resuming after a crash re-runs the round that was in flight). It is
 admitted even when the plan's rounds or the budget are used up, and recorded as
