@@ -76,7 +76,8 @@ _TOP_KEYS = _TOP_REQUIRED + ("state_dir", "insecure_dev", "computations", "feder
 COMPUTATION_POLICIES = ("approved", "any")
 _TLS_KEYS = ("cert", "key", "ca")
 _COORDINATOR_KEYS = ("identity", "token_sha256")
-_WORKER_KEYS = ("port", "max_message_mb", "max_restarts", "restart_window_s")
+_WORKER_KEYS = ("port", "max_message_mb", "max_restarts", "restart_window_s", "isolation")
+WORKER_ISOLATION = ("netns", "none")
 _DATASET_KEYS = ("path", "format", "task", "schema_file", "budget", "client_id")
 _BUDGET_KEYS = ("epsilon", "delta")
 
@@ -116,6 +117,7 @@ class WorkerSettings:
     max_message_mb: int = 2000
     max_restarts: int = 5
     restart_window_s: float = 300.0
+    isolation: str = "netns"  # the worker in its own network namespace behind a Unix socket; or "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +359,11 @@ def _worker(table: Mapping[str, Any]) -> WorkerSettings:
     restarts = fields.integer("worker.max_restarts", table.get("max_restarts", defaults.max_restarts), minimum=0)
     window = fields.number("worker.restart_window_s", table.get("restart_window_s", defaults.restart_window_s),
                            lambda v: v > 0, "a number > 0")
-    return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=window)
+    isolation = fields.string("worker.isolation", table.get("isolation", defaults.isolation))
+    if isolation not in WORKER_ISOLATION:
+        raise SpecError(f"'worker.isolation' must be \"netns\" (the default) or \"none\", got {isolation[:40]!r}")
+    return WorkerSettings(port=port, max_message_mb=mb, max_restarts=restarts, restart_window_s=window,
+                          isolation=isolation)
 
 
 def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:

@@ -196,6 +196,11 @@ class DataRefs:
                                  f"(clients 0..{len(clients) - 1})")
         return clients[int(index)]
 
+    @property
+    def total_clients(self) -> int:
+        """Clients over every dataset with a client-id column (a release selects at most these)."""
+        return sum(len(paths) for paths in self._clients.values())
+
     def local_path(self, name: str, index: Optional[int] = None) -> bytes:
         """The local path of catalog dataset ``name``, or of its client ``index``'s shard.
 

@@ -6,6 +6,7 @@ in place of TFF's executor protocol. A request names an approved plan, a role
 and the free part of the state as tensors. Nothing in it is code, a path, or an
 executor id. For each request the site:
 
+0. refuses a request larger than the largest release any approved plan allows, before parsing it;
 1. finds the plan's approval for this caller and federation (``PERMISSION_DENIED``
    otherwise) and the computation it stored for the role when it approved the plan;
 2. maps the selection to its own files: only datasets the plan names for that
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 RELEASE_SERVICE = "tffprod.site.v1.Release"
 RELEASE_METHOD = f"/{RELEASE_SERVICE}/Release"
+
+_REQUEST_SLACK = 64 * 1024  # plan id, role, round, dataset selection (client indices) beyond the state
 
 # Calls the worker: (method, request message, response class, caller's context) -> response message.
 WorkerCall = Callable[[str, Any, Any, grpc.ServicerContext], Any]
@@ -108,6 +111,10 @@ class ReleaseHandler:
         Raises:
             RequestRefused: with a one-line reason (see the module docstring for the checks).
         """
+        limit = self.size_limit()
+        if len(raw) > limit:  # refused before it is parsed: no copy of it is made
+            raise _refused(grpc.StatusCode.RESOURCE_EXHAUSTED, self.site,
+                           f"a release request of {len(raw)} bytes is larger than any approved plan's ({limit})")
         try:
             request = release_pb2.ReleaseRequest.FromString(raw)
         except Exception:
@@ -141,6 +148,19 @@ class ReleaseHandler:
             audit["repeat"] = True
         response = release_pb2.ReleaseResponse(result=result, round=round_num, repeat=repeat, release_id=release_id)
         return response.SerializeToString(), {"release": audit}
+
+    def size_limit(self) -> int:
+        """The largest release request any approved plan allows: its free state's bytes, plus room for
+        the tensors' headers and the selection."""
+        largest = 0
+        for approval in self.store.all():
+            for role in approval.terms:
+                try:
+                    terms = self.store.terms(approval, role)
+                except TffprodError:
+                    continue
+                largest = max(largest, terms.state_bytes + 256 * len(terms.free))
+        return largest + _REQUEST_SLACK + 8 * self._refs.total_clients
 
     # -- checks --------------------------------------------------------------------------------
 

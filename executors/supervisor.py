@@ -1,8 +1,10 @@
 """Keeps a site's ``worker_binary`` running: start it, watch it, restart it, give up.
 
-The gateway forwards to one worker on a loopback port. When the worker dies (a
+The gateway talks to one worker: by default isolated in a network namespace of its
+own behind a Unix socket (``[worker] isolation = "netns"``,
+:mod:`tffprod.executors.isolation`), else on a loopback port. When the worker dies (a
 crash, the OOM killer, an operator's ``kill``), a watcher thread starts a new one
-on the SAME port, so the gateway's gRPC channel simply reconnects. A worker that
+at the SAME address, so the gateway's gRPC channel simply reconnects. A worker that
 keeps dying is not restarted forever: after ``max_restarts`` restarts within
 ``restart_window_s`` the supervisor marks itself failed and calls ``on_give_up``
 (``tffprod site serve`` then stops the site with an error).
@@ -72,7 +74,8 @@ class WorkerSupervisor:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT`` of the worker (the same across restarts)."""
+        """The worker's gRPC target (the same across restarts): ``unix:PATH`` when it is isolated
+        (the default, :mod:`tffprod.executors.isolation`), else ``127.0.0.1:PORT``."""
         if self._worker is None:
             raise WorkerError("the worker supervisor has not been started")
         return self._worker.address
@@ -109,6 +112,7 @@ class WorkerSupervisor:
             cwd=self.config.state_dir,
             log_path=self.log_path,
             max_message_mb=settings.max_message_mb,
+            isolated=settings.isolation == "netns",
         )
         self._worker.start()
         self._watcher = threading.Thread(target=self._watch, name=f"{self.config.name}-worker-watcher", daemon=True)
@@ -158,8 +162,8 @@ class WorkerSupervisor:
                 return False
             self._restarts.append(time.monotonic())
             self.restart_count += 1
-            log.warning("site %s: worker pid %s died (%s); restarting it on port %d (restart %d of at most %d in %g s)",
-                        self.config.name, worker.pid, how, worker.port, len(self._restarts),
+            log.warning("site %s: worker pid %s died (%s); restarting it at %s (restart %d of at most %d in %g s)",
+                        self.config.name, worker.pid, how, worker.address, len(self._restarts),
                         settings.max_restarts, settings.restart_window_s)
             try:
                 worker.start()

@@ -674,6 +674,18 @@ def test_a_release_outside_the_plan_is_refused_in_one_line(approved, pki, fields
     assert record["method"] == "/tffprod.site.v1.Release/Release" and record["status"] == code
 
 
+def test_a_release_larger_than_any_approved_plan_allows_is_refused_before_it_is_parsed(approved, pki):
+    from tffprod.protocol import release_pb2
+
+    big = release_pb2.Tensor(dtype="float32", shape=[2**18], content=bytes(2**20))  # the plan's state: 8 bytes
+    channel = tls_channel(approved, pki)
+    try:
+        err = status_of(_release, channel, _request(approved.plan_id, state=[big]))
+    finally:
+        channel.close()
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than any approved plan's" in err.details()
+
+
 def test_garbage_to_the_release_service_is_invalid_argument(approved, pki):
     channel = tls_channel(approved, pki)
     try:

@@ -134,7 +134,7 @@ class FuzzedSite:
     def _worker_pid(self) -> Optional[int]:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             try:
-                if "worker_binary" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                if child.name() == "worker_binary" and child.status() != psutil.STATUS_ZOMBIE:
                     return child.pid
             except psutil.NoSuchProcess:
                 continue

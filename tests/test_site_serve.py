@@ -83,12 +83,22 @@ def workers_of(pid: int, state_dir: Path) -> list[psutil.Process]:
     out = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
-            if (child.status() != psutil.STATUS_ZOMBIE and "worker_binary" in " ".join(child.cmdline())
+            if (child.status() != psutil.STATUS_ZOMBIE and child.name() == "worker_binary"
                     and Path(child.cwd()) == state_dir):
                 out.append(child)
         except psutil.NoSuchProcess:
             continue
     return out
+
+
+def listening_inside(worker: psutil.Process, port: int) -> bool:
+    """Whether ``worker`` listens on ``port`` in its own network namespace (as /proc shows it)."""
+    try:
+        lines = Path(f"/proc/{worker.pid}/net/tcp").read_text().splitlines()[1:]
+        lines += Path(f"/proc/{worker.pid}/net/tcp6").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(f.split()[1].endswith(f":{port:04X}") and f.split()[3] == "0A" for f in lines)
 
 
 def worker_port(worker: psutil.Process) -> int:
@@ -190,11 +200,13 @@ def test_site_serve_restarts_a_killed_worker_and_stops_cleanly(tmp_path: Path, s
                     "computations": "approved", "federations": None, "datasets": ["train"]}
     assert (state / "privacy-ledger.sqlite").is_file()  # approval is the default: the site keeps its ledger
 
-    # One worker, a child of the site process, listening on a loopback port of its own.
+    # One worker, a descendant of the site process, isolated: its port is in a network namespace of its
+    # own, so nothing on this host's network reaches it; the gateway reaches it through a Unix socket.
     (worker,) = wait_for("the worker", lambda: workers_of(site.proc.pid, state))
     site_process.worker_pids.append(worker.pid)
     worker_port_ = worker_port(worker)
-    assert worker_port_ != port and listening(worker_port_)
+    assert worker_port_ != port and not listening(worker_port_)
+    assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
     assert site_info(port)["health"]["worker"] == "up"
     assert (state / "worker.log").exists()
     maps = psutil.Process(site.proc.pid).memory_maps()
@@ -206,10 +218,9 @@ def test_site_serve_restarts_a_killed_worker_and_stops_cleanly(tmp_path: Path, s
                             lambda: [w for w in workers_of(site.proc.pid, state) if w.pid != worker.pid])
     site_process.worker_pids.append(restarted.pid)
     assert worker_port(restarted) == worker_port_
-    wait_for("the restarted worker to listen", lambda: listening(worker_port_))
     wait_for("the site to report its worker up", lambda: site_info(port)["health"]["worker"] == "up")
     assert site.proc.poll() is None
-    assert "restarting it on port" in site.stderr()
+    assert "restarting it at unix:" in site.stderr()
 
     # SIGTERM: exit 0 within seconds, nothing left behind.
     site.proc.send_signal(signal.SIGTERM)
@@ -327,7 +338,7 @@ def test_serve_site_gives_up_on_a_worker_that_keeps_dying(tmp_path: Path) -> Non
         first = serving.worker()
         first.kill()
         second = serving.new_worker(first)
-        wait_for("the restarted worker to listen", lambda: listening(worker_port(second)))
+        wait_for("the restarted worker to listen", lambda: listening_inside(second, worker_port(second)))
         second.kill()
         serving.thread.join(timeout=30)
         assert not serving.thread.is_alive(), "serve_site should stop once the supervisor gives up"

@@ -11,6 +11,10 @@ No Python code runs between fork and exec (no ``preexec_fn``): with gRPC's
 threads alive in this process, a plain fork can abort in gRPC's fork handlers,
 so ``subprocess`` must be free to use ``vfork``.
 
+A site's worker runs ``isolated``: in a network namespace of its own, reachable
+only through a Unix socket in a private folder (:mod:`tffprod.executors.isolation`);
+its ``address`` is then ``unix:PATH``.
+
 Nothing here imports TensorFlow.
 """
 
@@ -92,17 +96,27 @@ class WorkerProcess:
         cwd: Optional[os.PathLike] = None,
         log_path: Optional[os.PathLike] = None,
         max_message_mb: int = 2000,
+        isolated: bool = False,
     ) -> None:
         self.name = name
         self.port = port or free_port()
         self.cwd = Path(cwd) if cwd else None
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"tffprod-{name}-{self.port}.log"
         self.max_message_mb = max_message_mb
+        self.isolated = isolated
+        # A private folder (0700) for the isolated worker's socket, kept across restarts.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="tffprod-worker-")) if isolated else None
         self._proc: Optional[subprocess.Popen] = None
 
     @property
+    def socket_path(self) -> Optional[Path]:
+        """The Unix socket of an isolated worker (None when it listens on a loopback port)."""
+        return self._socket_dir / "worker.sock" if self._socket_dir else None
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The gRPC target: ``unix:PATH`` for an isolated worker, else ``127.0.0.1:PORT``."""
+        return f"unix:{self.socket_path}" if self.isolated else f"127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> Optional[int]:
@@ -120,15 +134,22 @@ class WorkerProcess:
         """Start the worker and wait until its port accepts connections."""
         if self.alive():
             return self
-        if not _port_is_free(self.port):
+        if not self.isolated and not _port_is_free(self.port):
             raise WorkerError(f"worker {self.name}: port {self.port} is already in use")
         args = [
-            *_die_with_parent_prefix(),
             str(worker_binary_path()),
             f"--port={self.port}",
             "--max_concurrent_computation_calls=-1",
             f"--grpc_max_message_length_megabytes={self.max_message_mb}",
         ]
+        if self.isolated:
+            from tffprod.executors.isolation import command
+
+            try:
+                args = command(str(self.socket_path), self.port, args)
+            except FileNotFoundError as e:
+                raise WorkerError(f"worker {self.name}: cannot isolate it: {e}") from None
+        args = [*_die_with_parent_prefix(), *args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -146,17 +167,32 @@ class WorkerProcess:
             if self._proc.poll() is not None:
                 self._forget()
                 raise WorkerError(f"worker {self.name} exited at start ({self._proc.returncode}); see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if self._accepts():
+                return self
+            time.sleep(0.05)
         self.stop()
-        raise WorkerError(f"worker {self.name} did not listen on port {self.port} within {timeout_s:.0f} s")
+        raise WorkerError(f"worker {self.name} did not listen on {self.address} within {timeout_s:.0f} s")
+
+    def _accepts(self) -> bool:
+        """Whether the worker (or, isolated, its socket) accepts a connection now."""
+        try:
+            if self.isolated:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.5)
+                    s.connect(str(self.socket_path))
+            else:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+            return True
+        except OSError:
+            return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """End the worker's process group; SIGKILL if it does not exit in time."""
+        """End the worker's process group; SIGKILL if it does not exit in time. An isolated
+        worker's socket folder is removed."""
         proc = self._proc
+        if self._socket_dir is not None and (proc is None or proc.poll() is not None):
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         if proc is None:
             return
         if proc.poll() is None:
@@ -168,6 +204,8 @@ class WorkerProcess:
                 proc.wait()
             except ProcessLookupError:
                 pass
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._forget()
 
     def _forget(self) -> None:

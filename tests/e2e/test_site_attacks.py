@@ -9,8 +9,13 @@ audit log may contain the site's key or data bytes. The module prints one summar
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import socket
+import tomllib
+
 import grpc
+import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -18,7 +23,8 @@ from tffprod.cli.main import cli
 from tffprod.connections import SiteConnection
 from tffprod.examples import digits
 from tffprod.executors.approvals import ApprovalStore, load_plan
-from tffprod.executors.config import load_site_config
+from tffprod.certs import issue
+from tffprod.executors.config import hash_token, load_site_config, write_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.executors.protos import computation_pb2, executor_pb2
 from tffprod.executors.release import RELEASE_METHOD
@@ -56,13 +62,36 @@ def attacked(tmp_path_factory):
         result = CliRunner().invoke(cli, ["site", "approve", str(plan_path), "--config",
                                           str(fed.site_config_path(SITE))])
         assert result.exit_code == 0, result.output
+        _add_rival(fed, root)
         channel = SiteConnection.from_registry(registry.get_site(SITE)).channel()
         config = load_site_config(fed.site_config_path(SITE))
         secrets = [config.tls.key.read_bytes(), paths[SITE]["train"].read_bytes()]
+        rival = _rival_channel(fed, fed.addresses[SITE], root)
         try:
-            yield fed, channel, load_plan(plan_path), config, secrets
+            yield fed, channel, load_plan(plan_path), config, secrets, rival
         finally:
             channel.close()
+            rival.close()
+
+
+def _add_rival(fed, root):
+    """A second coordinator identity the site serves, with a certificate of the site's CA and its own token."""
+    issue("rival", ca_dir=fed.certs_dir / "ca", out_dir=root / "rival")
+    (root / "rival" / "token").write_text("rival-token-0123456789")
+    path = fed.site_config_path(SITE)
+    config = tomllib.loads(path.read_text())
+    config["coordinators"].append({"identity": "rival", "token_sha256": hash_token("rival-token-0123456789")})
+    fed.stop_site(SITE)
+    write_site_config(path, config)
+    fed.start_site(SITE)
+
+
+def _rival_channel(fed, registry_address, root):
+    rival = root / "rival"
+    creds = grpc.ssl_channel_credentials((fed.certs_dir / "ca" / "ca.crt").read_bytes(),
+                                         (rival / "rival.key").read_bytes(), (rival / "rival.crt").read_bytes())
+    creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials("rival-token-0123456789"))
+    return grpc.secure_channel(registry_address, creds)
 
 
 def _terms(plan, role):
@@ -92,8 +121,9 @@ def _leaks(text: bytes, secrets) -> bool:
     return False
 
 
-def _attack(attacked, kind: str, request, *, method: str = RELEASE_METHOD) -> grpc.RpcError:
-    fed, channel, plan, config, secrets = attacked
+def _attack(attacked, kind: str, request, *, method: str = RELEASE_METHOD, channel=None) -> grpc.RpcError:
+    fed, ours, plan, config, secrets, rival = attacked
+    channel = channel or ours
     TALLY["classes"].add(kind)
     TALLY["attempts"] += 1
     raw = request if isinstance(request, bytes) else request.SerializeToString()
@@ -138,7 +168,7 @@ def test_data_outside_the_plan_cannot_be_named(attacked, datasets):
 def test_the_state_cannot_carry_privacy_parameters_and_the_release_stays_within_the_clip(attacked):
     """Class 3: pinned leaves (clip, learning rate) cannot be sent; huge weights still give a release whose
     clipped sum is within the plan's clip (checked here on what the site returned)."""
-    fed, channel, plan, config, secrets = attacked
+    fed, channel, plan, config, secrets, rival = attacked
     terms = _terms(plan, "train")
     extra = _state(plan, "train") + [from_numpy(np.float32(100.0))]  # a 'clip' appended to the state
     err = _attack(attacked, "state", _request(plan, state=extra))
@@ -163,7 +193,7 @@ def test_evaluation_is_no_side_door(attacked):
     for datasets in [("train",), ("test", "train")]:
         err = _attack(attacked, "eval", _request(plan, "eval", datasets=datasets))
         assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
-    fed, channel, plan, config, secrets = attacked
+    fed, channel, plan, config, secrets, rival = attacked
     first = _request(plan, "eval", datasets=("test",), state=_state(plan, "eval", seed=1))
     channel.unary_unary(RELEASE_METHOD)(first.SerializeToString(), timeout=120)  # the plan's one evaluation
     repeat = release_pb2.ReleaseResponse.FromString(channel.unary_unary(RELEASE_METHOD)(first.SerializeToString(),
@@ -171,6 +201,39 @@ def test_evaluation_is_no_side_door(attacked):
     assert repeat.repeat  # the identical request again: a repeat, nothing new
     err = _attack(attacked, "eval", _request(plan, "eval", datasets=("test",), state=_state(plan, "eval", seed=2)))
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "already evaluated" in err.details()
+
+
+def test_another_identity_cannot_use_this_coordinators_plan(attacked):
+    """Class 5: a second identity the site serves (its own certificate and token) gets nothing of a plan
+    bound to the first; there are no executor or value ids to share."""
+    fed, channel, plan, config, secrets, rival = attacked
+    err = _attack(attacked, "identity", _request(plan, round_num=1), channel=rival)
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "approved for another coordinator" in err.details()
+
+
+def test_a_release_larger_than_the_plan_allows_is_refused_unread(attacked):
+    """Class 6: the plan's types bound a release's size; a larger one is refused before it is parsed."""
+    plan = attacked[2]
+    huge = release_pb2.Tensor(dtype="float32", shape=[16 * 2**20], content=bytes(64 * 2**20))
+    err = _attack(attacked, "memory", _request(plan, state=[huge]))
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_the_worker_is_reachable_only_through_the_gateway(attacked):
+    """Class 8: the site's worker listens in a network namespace of its own; its port is closed on this
+    host and the socket the gateway uses is in a folder only the site's user can open."""
+    fed, channel, plan, config, secrets, rival = attacked
+    TALLY["classes"].add("worker")
+    (worker,) = [p for p in psutil.Process(fed.pids()[SITE]).children(recursive=True) if p.name() == "worker_binary"]
+    port = int(next(a for a in worker.cmdline() if a.startswith("--port=")).split("=")[1])
+    for host in ("127.0.0.1", "::1"):
+        TALLY["attempts"] += 1
+        with pytest.raises(OSError):
+            socket.create_connection((host, port), timeout=2).close()
+    assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    relay = worker.parent().cmdline()  # python -m tffprod.executors.isolation --socket PATH ...
+    sock = relay[relay.index("--socket") + 1]
+    assert os.stat(os.path.dirname(sock)).st_mode & 0o077 == 0
 
 
 def test_rounds_and_plans_outside_the_approval_are_refused(attacked):
@@ -182,7 +245,7 @@ def test_rounds_and_plans_outside_the_approval_are_refused(attacked):
 
 def test_nothing_leaked_and_the_site_still_serves(attacked, capsys):
     """After every attack: an honest round 2 is released, the audit log holds no key or data bytes."""
-    fed, channel, plan, config, secrets = attacked
+    fed, channel, plan, config, secrets, rival = attacked
     served = _served(config, plan)
     raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, round_num=2).SerializeToString(), timeout=120)
     assert release_pb2.ReleaseResponse.FromString(raw).round == served + 1

@@ -108,7 +108,7 @@ def _site_workers(fed, site: str) -> list[psutil.Process]:
     out = []
     for child in children:
         try:
-            if "worker_binary" in " ".join(child.cmdline()) and _alive(child):
+            if child.name() == "worker_binary" and _alive(child):  # the worker itself, not its isolation relay
                 out.append(child)
         except psutil.NoSuchProcess:
             pass
