@@ -25,9 +25,11 @@ test: .venv/.synced
 test-fast: .venv/.synced
 	.venv/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-# Prints median seconds per round for the local, direct and gateway backends (a benchmark, no assertions).
+# Prints median seconds per round for the local, direct and gateway backends, then the site protocol's
+# seconds, bytes per round per site and site memory (benchmarks, no assertions).
 bench: .venv/.synced
 	.venv/bin/python -m tests.benchmarks.bench_backends
+	.venv/bin/python -m tests.benchmarks.bench_approval
 
 clean:
 	rm -rf .venv .tools $(WORKDIR) .pytest_cache

@@ -1,11 +1,14 @@
-"""What computation approval costs per round: ``python -m tests.benchmarks.bench_approval``.
+"""What the site protocol costs per round: ``python -m tests.benchmarks.bench_approval``.
 
 A benchmark, not a test: it prints numbers. Two federations of the three digits hospitals run
 as real ``tffprod site serve`` processes (mTLS): one with ``computations = "any"`` trained from
-the spec, one with ``computations = "approved"`` trained from an approved plan (the gateway
-then hashes every computation it is sent, parses each value to check dataset names, follows
-value ids to the released result and writes the site's ledger). Each prints the median
-seconds per round (first round, compilation, left out) and the plan's compile time.
+the spec through TFF's executor protocol (the development policy), one with ``computations =
+"approved"`` trained from an approved plan through the release protocol (the site builds each
+call, checks the state against the plan and writes its ledger). For each: the median seconds
+per round (first round left out), the bytes per round per site on the wire (from the sites'
+audit logs: request and response bytes of every call, over all rounds), and the peak resident
+memory of the site processes (gateway; the worker is a separate process). Also the plan's
+compile and approval time.
 """
 
 from __future__ import annotations
@@ -35,8 +38,29 @@ def _spec(rounds: int):
         "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}})
 
 
-def _session(root: Path, paths: dict, policy: str, rounds: int) -> tuple[float, float]:
-    """``(median s/round, seconds to make and approve the plan)`` for one federation."""
+def _wire_and_memory(federation, sites, rounds: int) -> tuple[float, float, float]:
+    """``(bytes in, bytes out per round per site, peak RSS of a site process in MB)``."""
+    import json
+
+    from tffprod.executors.config import load_site_config
+
+    total_in = total_out = 0
+    for site in sites:
+        state = load_site_config(federation.site_config_path(site)).state_dir
+        for line in (state / "audit.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if "SiteInfo" not in record["method"]:
+                total_in, total_out = total_in + record["bytes_in"], total_out + record["bytes_out"]
+    peaks = []
+    for pid in federation.pids().values():
+        status = Path(f"/proc/{pid}/status").read_text()
+        peaks.append(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024)
+    per = rounds * len(sites)
+    return total_in / per, total_out / per, max(peaks)
+
+
+def _session(root: Path, paths: dict, policy: str, rounds: int) -> tuple[float, float, tuple]:
+    """``(median s/round, seconds to make and approve the plan, wire and memory)`` for one federation."""
     from tffprod.backends import create_backend
     from tffprod.examples import digits
     from tffprod.executors.approvals import approve_at_site
@@ -66,7 +90,8 @@ def _session(root: Path, paths: dict, policy: str, rounds: int) -> tuple[float, 
         else:
             result = train(spec, registry=registry, backend=backend)
         durations = [r["duration_s"] for r in registry.list_rounds(result["id"])][1:]
-    return statistics.median(durations), planning
+        wire = _wire_and_memory(federation, digits.SITES, rounds)
+    return statistics.median(durations), planning, wire
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -78,11 +103,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tffprod-bench-approval-") as tmp:
         root = Path(tmp)
         paths = digits.prepare(root / "data")
-        any_round, _ = _session(root, paths, "any", args.rounds)
-        approved_round, planning = _session(root, paths, "approved", args.rounds)
-    print(f"digits, 3 sites through gateways (mTLS), {args.rounds - 1} rounds each, median s/round:")
-    print(f"  computations = \"any\"       {any_round:.3f}")
-    print(f"  computations = \"approved\"  {approved_round:.3f}  (x{approved_round / any_round:.2f})")
+        any_round, _, any_wire = _session(root, paths, "any", args.rounds)
+        approved_round, planning, wire = _session(root, paths, "approved", args.rounds)
+    print(f"digits, 3 sites through gateways (mTLS), {args.rounds} rounds each (median s/round leaves round 1 out):")
+    print("                                            s/round  bytes in/round/site  out/round/site  site peak RSS")
+    for label, seconds, (bytes_in, bytes_out, rss) in (
+            ("computations = \"any\" (executor protocol)", any_round, any_wire),
+            ("computations = \"approved\" (releases)", approved_round, wire)):
+        print(f"  {label:<42}{seconds:7.3f}  {bytes_in:19,.0f}  {bytes_out:14,.0f}  {rss:10.0f} MB")
+    print(f"  approved / any: x{approved_round / any_round:.2f} s/round")
     print(f"  plan (compile + freeze) and three approvals: {planning:.1f} s once per session")
     return 0
 
