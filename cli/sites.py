@@ -235,6 +235,16 @@ def plan_show(plan_path: str, as_json: bool) -> None:
     for c in summary["computations"]:
         click.echo(f"    {c['role']:5} sha256 {c['sha256']} ({c['size_bytes']} bytes)")
         click.echo(f"          {c['type_signature']}")
+        state = c.get("state") or {}
+        click.echo(f"          the coordinator sends only: {', '.join(state.get('free') or []) or 'nothing'}")
+        for pinned in state.get("pinned") or []:
+            value = pinned["value"]
+            shown = f"{value:.7g}" if isinstance(value, float) else repr(value)
+            click.echo(f"          fixed by the plan: {pinned['path']} = {shown}")
+        if c.get("bound"):
+            bound = c["bound"]
+            click.echo(f"          released only if the L2 norm of result {', '.join(bound['result'])} is at most "
+                       f"{bound['l2_norm_per_client']:g} per client")
 
 
 @site.command("approve")
@@ -242,7 +252,7 @@ def plan_show(plan_path: str, as_json: bool) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Site config (TOML).")
 @output_options
 def approve(plan_path: str, config_path: str, as_json: bool) -> None:
-    """Approve PLAN at this site: its gateway then runs exactly the plan's computations.
+    """Approve PLAN at this site: its gateway then releases exactly the plan's computations.
 
     Verifies every hash, that the plan names this site and only datasets it serves
     with their current content, and that no computation returns per-client values.

@@ -261,6 +261,8 @@ def test_site_plan_show_and_a_refused_approval_through_the_cli(tmp_path):
     shown = CliRunner().invoke(cli, ["site", "plan", "show", str(path)])
     assert shown.exit_code == 0, shown.output
     assert computation_sha256(computation()) in shown.output and "bank-b/train" in shown.output
+    assert "the coordinator sends only: w" in shown.output and "fixed by the plan: lr = 0.1" in shown.output
+    assert "released only if the L2 norm of result 0 is at most 1 per client" in shown.output
     config = site_toml(tmp_path)
     refused = CliRunner().invoke(cli, ["site", "approve", str(path), "--config", str(config)])
     assert refused.exit_code == 10 and "not bank-a" in refused.output
