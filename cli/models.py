@@ -114,6 +114,42 @@ def export(ref: str, out: str, fmt: str, for_site: Optional[str], registry_path:
         click.echo(f"exported {result['name']}:{result['version']} ({fmt}){target} to {result['path']}")
 
 
+@model.command("eval-plan")
+@click.argument("ref")
+@click.option("--dataset", "datasets", multiple=True, required=True, help="SITE/NAME[:VERSION]; repeat for more.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The plan file to write (JSON).")
+@registry_option
+@output_options
+def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, registry_path: str, as_json: bool) -> None:
+    """Write an evaluation plan of model version REF on datasets, for their sites to approve.
+
+    Sites that require approval evaluate only what they approved: review it with
+    'tffprod site plan show PLAN', approve it with 'tffprod site approve PLAN', then run
+    'tffprod eval REF --dataset ... --backend remote --plan PLAN'. Each dataset is evaluated once.
+
+    \b
+    Example:
+        tffprod model eval-plan digits-dp:1 --dataset hospital-a/test --out eval.plan.json
+    """
+    import os
+
+    with user_errors(), open_registry(registry_path) as registry:
+        from tffprod.plan import make_eval_plan, write_plan
+
+        document = make_eval_plan(registry, ref, list(datasets))
+        write_plan(document, out_path)
+        summary = {"plan_id": document["plan_id"], "path": out_path, "model": document["model"],
+                   "sites": sorted({d["site"] for d in document["datasets"]}),
+                   "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
+        registry.record_action("model.eval-plan", document["plan_id"], {**summary, "path": os.path.abspath(out_path)})
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"wrote evaluation plan {document['plan_id'][:16]} to {out_path}: {ref} on {', '.join(datasets)}; "
+               f"have {', '.join(summary['sites'])} approve it ('tffprod site approve'), then run "
+               f"'tffprod eval {ref} --backend remote --plan {out_path}' with the same datasets")
+
+
 @model.command("alias")
 @click.argument("ref")
 @click.argument("alias")
@@ -169,21 +205,28 @@ def access(ref: str, allow: tuple[str, ...], revoke: tuple[str, ...], registry_p
 @click.argument("ref")
 @click.option("--dataset", "datasets", multiple=True, required=True, help="SITE/NAME[:VERSION]; repeat for more.")
 @click.option("--backend", type=click.Choice(["local", "remote"]), default="local", show_default=True)
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="An evaluation plan the sites approved ('tffprod model eval-plan'); needed at sites that "
+                   "require approval.")
 @registry_option
 @output_options
-def eval_command(ref: str, datasets: tuple[str, ...], backend: str, registry_path: str, as_json: bool) -> None:
+def eval_command(ref: str, datasets: tuple[str, ...], backend: str, plan_path: str | None, registry_path: str,
+                 as_json: bool) -> None:
     """Evaluate model version REF (NAME, NAME:VERSION or NAME@ALIAS) on datasets, each at its own site,
     and record the results per dataset and overall. Each dataset's site must be on the version's access list.
+    Sites that require approval evaluate only through an evaluation plan they approved (--plan).
 
     \b
     Example:
         tffprod eval digits-dp@production --dataset hospital-a/test --dataset hospital-b/test
+        tffprod eval digits-dp:1 --dataset hospital-a/test --backend remote --plan eval.plan.json
     """
     from tffprod.backends import create_backend
     from tffprod.evaluation import evaluate_version
 
     with user_errors(), open_registry(registry_path) as registry:
-        result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry))
+        result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry),
+                                  plan_path=plan_path)
     if as_json:
         emit_json(result)
         return

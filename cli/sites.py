@@ -219,9 +219,14 @@ def plan_show(plan_path: str, as_json: bool) -> None:
         return
     session, privacy = summary["session"], summary["privacy"]
     click.echo(f"plan {summary['plan_id']} (verified: every hash matches its content)")
-    click.echo(f"  session {session['name']}: {session['rounds']} rounds, seed {session['seed']}, "
-               f"created {summary['created_at']}")
-    click.echo(f"  task {summary['task'].get('task', summary['spec']['task'])}")
+    if summary.get("model"):
+        model = summary["model"]
+        click.echo(f"  evaluation of model {model.get('name')}:{model.get('version')} (each dataset once), "
+                   f"created {summary['created_at']}")
+    else:
+        click.echo(f"  session {session['name']}: {session['rounds']} rounds, seed {session['seed']}, "
+                   f"created {summary['created_at']}")
+    click.echo(f"  task {summary['task'].get('task') or (summary.get('spec') or {}).get('task')}")
     if privacy.get("mechanism", "none") == "none":
         click.echo("  privacy: NO differential privacy")
     else:

@@ -101,6 +101,11 @@ class Plan:
     def computations(self) -> list[dict]:
         return self.document["computations"]
 
+    @property
+    def evaluation_only(self) -> bool:
+        """An evaluation plan (``tffprod model eval-plan``): one model version on evaluation datasets."""
+        return all(c["role"] == "eval" for c in self.computations)
+
     def computation_bytes(self, role: str) -> Optional[bytes]:
         for entry in self.computations:
             if entry["role"] == role:
@@ -174,8 +179,9 @@ def load_plan(path: os.PathLike | str) -> Plan:
             raise PlanError(f"{where}: computation '{role}' returns CLIENTS-placed values; a site releases "
                             "only aggregates")
         _check_terms(entry, raw, document["privacy"], where)
-    if "train" not in roles:
-        raise PlanError(f"{where}: has no 'train' computation")
+    if "train" not in roles and ("eval" not in roles or any(d["role"] != "eval" for d in document["datasets"])):
+        raise PlanError(f"{where}: has no 'train' computation (an evaluation plan has only 'eval' and "
+                        "evaluation datasets)")
     return Plan(stated, document)
 
 

@@ -30,8 +30,8 @@ from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_pl
 if TYPE_CHECKING:
     from tffprod.session import SessionPlan
 
-__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_plan", "privacy_terms",
-           "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
+__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_eval_plan", "make_plan",
+           "privacy_terms", "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
 
 
 def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
@@ -159,6 +159,56 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
     return {**body, "plan_id": canonical_id(body)}
 
 
+def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> dict[str, Any]:
+    """An evaluation plan: model version ``model_ref`` evaluated on ``dataset_refs`` at their sites.
+
+    Sites approve it like a training plan (``tffprod site approve``); each of its datasets is then
+    evaluated once (``tffprod eval REF --plan PLAN``). Evaluation metrics are not noised.
+
+    Raises:
+        AccessDeniedError: a dataset's site may not receive the version.
+        SessionError: the datasets mix formats.
+    """
+    import tensorflow_federated as tff
+
+    from tffprod.model_registry import require_access
+    from tffprod.process import build_evaluation_process
+    from tffprod.session import resolve_datasets
+    from tffprod.sites import local_versions
+    from tffprod.task import load_task
+
+    version = registry.get_model_version(model_ref)
+    spec = registry.get_session(version["session_id"])["spec"]
+    task = load_task(spec["task"])
+    rows = resolve_datasets(registry, list(dataset_refs), task)
+    sites = list(dict.fromkeys(row["site"] for row in rows))
+    for site in sites:
+        require_access(registry, version, site)
+    formats = sorted({row["format"] for row in rows})
+    if len(formats) != 1:
+        raise SessionError(f"datasets evaluated together must share a format, these mix {', '.join(formats)}")
+    evaluation = build_evaluation_process(task, fmt=formats[0])
+    (state,) = _initial_states(evaluation)
+    entry = _freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(evaluation.next).up_to_merge,
+                    state, FREE_EVAL_STATE)
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": local_versions(),
+        "session": {"name": f"eval-{version['name']}-{version['version']}", "rounds": 0, "seed": 0,
+                    "min_sites": 1, "federation": spec.get("federation")},
+        "model": {"name": version["name"], "version": int(version["version"])},
+        "task": task.summary(),
+        "privacy": {"mechanism": "none", "unit": "none (evaluation metrics are not noised)"},
+        "datasets": [{"role": "eval", "ref": row["ref"], "site": row["site"], "name": row["name"],
+                      "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
+                      "client_id": row.get("client_id")} for row in rows],
+        "coordinators": coordinator_identities(registry, sites),
+        "computations": [entry],
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
 def check_whole_plan_fits(plan: "SessionPlan") -> None:
     """Refuses a sampling plan that the budgets cannot hold whole.
 
@@ -262,6 +312,8 @@ def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, art
     from tffprod.spec import SessionSpec
 
     plan = load_plan(path)
+    if plan.evaluation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
     session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
     check_datasets(plan, session)
     return run_session(session, registry=registry, backend=backend,

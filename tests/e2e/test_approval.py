@@ -162,6 +162,38 @@ def test_budget_for_3_rounds_stops_a_10_round_plan_and_both_ledgers_agree(approv
         assert served == BUDGET_ROUNDS and train_budget["spent"]["epsilon"] == pytest.approx(site_epsilon)
 
 
+def test_a_model_version_is_evaluated_at_approving_sites_only_through_an_evaluation_plan(approved, tmp_path):
+    fed, registry = approved
+    ref = "digits-approved"  # the version the budget test registered
+    datasets = [arg for s in SITES for arg in ("--dataset", f"{s}/test")]
+    common = ["--registry", str(registry.path)]
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", *common])
+    assert refused.exit_code != 0 and "runs only plans it approved" in refused.output  # says what to do
+    plan_path = tmp_path / "eval.plan.json"
+    made = runner.invoke(cli, ["model", "eval-plan", ref, *datasets, "--out", str(plan_path), *common])
+    assert made.exit_code == 0, made.output
+    shown = runner.invoke(cli, ["site", "plan", "show", str(plan_path)])
+    assert "eval " in shown.output and "train sha256" not in shown.output
+    _approve_everywhere(fed, plan_path)
+    ran = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", "--plan", str(plan_path), *common,
+                              "--json"])
+    assert ran.exit_code == 0, ran.output
+    result = json.loads(ran.output)
+    assert set(result["datasets"]) == {f"{s}/test:1" for s in SITES} and not result["errors"]
+    assert 0.0 <= result["overall"]["sparse_categorical_accuracy"] <= 1.0
+    again = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", "--plan", str(plan_path), *common,
+                                "--json"])  # the same weights again: a repeat the sites release for free
+    assert again.exit_code == 0 and json.loads(again.output)["overall"] == result["overall"]
+    plan_id = load_plan(plan_path).plan_id
+    for site in SITES:
+        _, state_dir = _site_state(fed, site)
+        releases = [line["release"] for line in read_audit_log(state_dir / "audit.jsonl")
+                    if "release" in line and line["release"]["plan"] == plan_id]
+        assert [(r["role"], r["datasets"], r.get("repeat", False)) for r in releases] == [
+            ("eval", ["test"], False), ("eval", ["test"], True)]
+
+
 def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, tmp_path, budget_epsilon):
     fed, registry = approved
     before = {site: _site_spent(fed, site) for site in SITES}

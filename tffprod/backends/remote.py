@@ -95,6 +95,10 @@ class RemoteBackend(Backend):
             info = fetch_site_info(channel, connection.token())
         except grpc.RpcError as e:  # one line: the site's own reason
             raise SessionError(f"site {site.name} refused the session: {e.code().name}: {e.details()}") from None
+        if self.frozen is None and info.get("computations") == "approved":
+            raise SessionError(f"site {site.name} runs only plans it approved: make a plan ('tffprod session plan', "
+                               "or 'tffprod model eval-plan' to evaluate a model version), have the site approve it "
+                               "('tffprod site approve'), and run with --plan")
         problems = version_problems(local_versions(), info.get("versions") or {})
         if problems:
             raise SessionError(f"site {site.name} runs other versions: {'; '.join(problems)} "
