@@ -209,3 +209,45 @@ def test_a_site_killed_mid_session(federation):
     (failed,) = [s for s in registry.list_sessions(status="failed") if s["name"] == "digits-quorum"]
     assert failed["rounds_completed"] == 1 and "hospital-b" in failed["error"]
     fed.stop_site("hospital-c")  # the restarted site belongs to this test
+
+
+def test_a_plan_simulated_locally_gives_the_weights_its_approving_sites_release(data, tmp_path):
+    """The local backend runs a plan on the sites' own release path (simulated sites): the same
+    weights and evaluation as real sites that approved the plan."""
+    from click.testing import CliRunner
+
+    from tffprod.cli.main import cli
+    from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.session import plan_session
+
+    root, paths = data
+    sites = digits.SITES[:2]
+    datasets = {site: {split: {"path": paths[site][split], "task": TASK} for split in ("train", "test")}
+                for site in sites}
+    spec = SessionSpec.from_dict({"name": "digits-plan", "task": TASK, "datasets": [f"{s}/train" for s in sites],
+                                  "eval_datasets": [f"{s}/test" for s in sites], "rounds": 2, "seed": 0,
+                                  "round_timeout_s": 120.0})
+    with running_federation(tmp_path / "fed", datasets, computations="approved") as (fed, remote_registry):
+        session = plan_session(spec, registry=remote_registry)
+        plan_path = write_plan(make_plan(session, coordinators=coordinator_identities(remote_registry, sites)),
+                               tmp_path / "plan.json")
+        for site in sites:
+            approved = CliRunner().invoke(cli, ["site", "approve", str(plan_path), "--config",
+                                                str(fed.site_config_path(site))])
+            assert approved.exit_code == 0, approved.output
+        remote = train_from_plan(plan_path, registry=remote_registry,
+                                 backend=create_backend("remote", registry=remote_registry))
+    with Registry.open(tmp_path / "local.db") as local_registry:
+        for site in sites:
+            for split in ("train", "test"):
+                register_dataset(local_registry, f"{site}/{split}", paths[site][split], schema=digits.SCHEMA)
+        backend = LocalBackend(log_dir=tmp_path / "local-workers")
+        local = train_from_plan(plan_path, registry=local_registry, backend=backend)
+    w_remote = load_weights(remote["model_version"]["artifact_path"]).trainable
+    w_local = load_weights(local["model_version"]["artifact_path"]).trainable
+    for a, b in zip(w_remote, w_local, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert remote["model_version"]["metrics"]["eval"] == pytest.approx(local["model_version"]["metrics"]["eval"])
+    for site in sites:  # the simulated sites kept their own ledgers, as the real ones did
+        state = tmp_path / "local-workers" / f"site-{site}-state"
+        assert (state / "privacy-ledger.sqlite").is_file() and list((state / "approvals").glob("*.json"))

@@ -21,6 +21,13 @@ class SiteTarget:
     datasets: tuple[Mapping[str, Any], ...]
 
 
+def catalog_reference(dataset: Mapping[str, Any]) -> str:
+    """How a release names a dataset at its site: the catalog name, or ``NAME#INDEX`` for one
+    client of a dataset with a client-id column."""
+    index = dataset.get("client_index")
+    return dataset["name"] if index is None else f"{dataset['name']}#{int(index)}"
+
+
 class Backend(abc.ABC):
     """Runs TFF computations at sites and at the coordinator.
 

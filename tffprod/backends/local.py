@@ -3,7 +3,9 @@
 Each site gets its own ``worker_binary`` on loopback and the coordinator one
 more, so a round has exactly the structure of a remote one (per-site part,
 merge, coordinator part) and the same code path, only nearer. Data is opened
-by the site's worker from the registered file path.
+by the site's worker from the registered file path. Under an approved plan
+(``frozen``) each site is simulated on the release path of a real site
+(:mod:`tffprod.backends.simulated_site`): datasets are then named as at a site.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tffprod.backends.base import Backend, SiteTarget
+from tffprod.backends.base import Backend, SiteTarget, catalog_reference
 from tffprod.errors import DatasetError
 from tffprod.workers import WorkerProcess
 
@@ -27,6 +29,7 @@ class LocalBackend(Backend):
         self._log_dir = Path(log_dir) if log_dir else None
         self._workers: dict[str, WorkerProcess] = {}
         self._shards: dict[tuple, list[Path]] = {}
+        self._sites: dict[str, Any] = {}  # site -> SimulatedSite, under a plan
 
     def open(self, sites: list[SiteTarget]) -> None:
         from tffprod.contexts import channel_context, insecure_channel
@@ -43,9 +46,32 @@ class LocalBackend(Backend):
                 else:
                     self._contexts[name.removeprefix("site-")] = channel_context(
                         insecure_channel(worker.address), compiler_fn=self.site_compiler)
+            if self.frozen is not None:
+                self._simulate_sites(sites)
         except BaseException:
             self.close()
             raise
+
+    def _simulate_sites(self, sites: list[SiteTarget]) -> None:
+        from tffprod.backends.simulated_site import SimulatedSite
+
+        for site in sites:
+            if site.name not in self._sites:
+                rows = list({row["name"]: row for row in site.datasets}.values())
+                self._sites[site.name] = SimulatedSite(
+                    site.name, rows, self.frozen.plan, self._workers[f"site-{site.name}"].address,
+                    self._log_dir / f"site-{site.name}-state", self._client_shards)
+
+    def run_site(self, site: str, computation: Any, arg: Any, *, round_num: int = 0) -> Any:
+        """Under a plan, a release of the plan by the simulated site; otherwise a direct call."""
+        if self.frozen is None:
+            return super().run_site(site, computation, arg, round_num=round_num)
+        from tffprod.backends.release import ReleaseClient
+
+        role = "train" if computation is self.frozen.train else "eval"
+        state, refs = arg
+        return ReleaseClient(self.frozen.plan, self._sites[site].send).release(
+            role, round_num, state, list(refs), computation.type_signature.result)
 
     def _start_worker(self, name: str) -> WorkerProcess:
         if self._log_dir is None:
@@ -55,6 +81,9 @@ class LocalBackend(Backend):
         return worker.start()
 
     def close(self) -> None:
+        for simulated in self._sites.values():
+            simulated.close()
+        self._sites.clear()
         for worker in self._workers.values():
             worker.stop()
         self._workers.clear()
@@ -72,6 +101,8 @@ class LocalBackend(Backend):
         if dataset["path"].startswith("site://"):
             raise DatasetError(f"dataset {dataset['ref']} lives only at site {dataset['site']}; "
                                "use --backend remote")
+        if self.frozen is not None:  # a simulated site maps names to its files, as a real one does
+            return catalog_reference(dataset)
         path = Path(dataset["path"]).resolve()
         if dataset.get("client_index") is None:
             return str(path)

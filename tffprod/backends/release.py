@@ -12,7 +12,7 @@ which are packed back into the structure ``merge`` expects.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -21,7 +21,7 @@ from tffprod.protocol import release_pb2, release_pb2_grpc
 from tffprod.protocol.terms import ReleaseTerms
 from tffprod.protocol.tensors import from_numpy, to_numpy
 
-__all__ = ["ReleaseClient", "leaf_at", "selection"]
+__all__ = ["ReleaseClient", "grpc_sender", "leaf_at", "selection"]
 
 
 def leaf_at(value: Any, path: str) -> Any:
@@ -70,40 +70,48 @@ class ReleaseClient:
 
     Args:
         plan: the verified :class:`tffprod.executors.approvals.Plan`.
-        channel: returns the site's current channel (replaced after the site was unavailable).
-        timeout_s: the longest a release may take.
+        send: sends a ``ReleaseRequest`` to the site and returns its ``ReleaseResponse``
+            (:func:`grpc_sender` over the site's channel; the local backend calls a simulated site).
     """
 
-    def __init__(self, plan: Any, channel: Any) -> None:
+    def __init__(self, plan: Any, send: Callable[[release_pb2.ReleaseRequest], release_pb2.ReleaseResponse]) -> None:
         self._plan = plan
-        self._channel = channel
+        self._send = send
 
     @functools.cached_property
     def _terms(self) -> dict[str, ReleaseTerms]:
         return {entry["role"]: ReleaseTerms(entry, self._plan.computation_bytes(entry["role"]))
                 for entry in self._plan.computations}
 
-    def release(self, role: str, round_num: int, state: Any, refs: Sequence[str], result_type: Any,
-                timeout_s: float | None = None) -> Any:
+    def release(self, role: str, round_num: int, state: Any, refs: Sequence[str], result_type: Any) -> Any:
         """Run the plan's ``role`` computation at the site on ``state`` and ``refs``; its result.
 
         Raises:
             SiteUnavailableError: the site did not answer (UNAVAILABLE).
             grpc.RpcError: the site refused or failed the release (its one-line reason).
         """
-        from tffprod.contexts import SiteUnavailableError
-
         terms = self._terms[role]
         request = release_pb2.ReleaseRequest(
             plan_id=self._plan.plan_id, role=role, round=round_num if role == "train" else 0,
             datasets=selection(refs),
             state=[from_numpy(np.asarray(leaf_at(state, leaf.path), dtype=None if leaf.dtype == "string"
                                           else leaf.dtype)) for leaf in terms.free])
-        stub = release_pb2_grpc.ReleaseStub(self._channel())
+        response = self._send(request)
+        return _pack(result_type, iter(to_numpy(t) for t in response.result))
+
+
+def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequest], release_pb2.ReleaseResponse]:
+    """Sends releases over the site's current channel (``channel()``); UNAVAILABLE becomes
+    ``SiteUnavailableError`` (the router retries it), other refusals stay ``grpc.RpcError``."""
+
+    def send(request: release_pb2.ReleaseRequest) -> release_pb2.ReleaseResponse:
+        from tffprod.contexts import SiteUnavailableError
+
         try:
-            response = stub.Release(request, timeout=timeout_s)
+            return release_pb2_grpc.ReleaseStub(channel()).Release(request)
         except grpc.RpcError as e:
             if e.code() is grpc.StatusCode.UNAVAILABLE:
                 raise SiteUnavailableError(f"site unavailable ({e.code().name}: {e.details()})") from e
             raise
-        return _pack(result_type, iter(to_numpy(t) for t in response.result))
+
+    return send

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tffprod.backends.base import Backend, SiteTarget
+from tffprod.backends.base import Backend, SiteTarget, catalog_reference
 from tffprod.connections import SiteConnection
 from tffprod.errors import DatasetError, SessionError, TffprodError
 from tffprod.workers import WorkerProcess
@@ -76,10 +76,10 @@ class RemoteBackend(Backend):
         """Under a plan, a release of the plan at ``site``; otherwise the executor protocol."""
         if self.frozen is None:
             return super().run_site(site, computation, arg, round_num=round_num)
-        from tffprod.backends.release import ReleaseClient
+        from tffprod.backends.release import ReleaseClient, grpc_sender
 
         role = "train" if computation is self.frozen.train else "eval"
-        client = ReleaseClient(self.frozen.plan, lambda: self._channels[site])
+        client = ReleaseClient(self.frozen.plan, grpc_sender(lambda: self._channels[site]))
         state, refs = arg
         return client.release(role, round_num, state, list(refs), computation.type_signature.result)
 
@@ -125,5 +125,4 @@ class RemoteBackend(Backend):
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
         """The catalog name, or ``NAME#INDEX`` for one client of a dataset with a client-id column."""
-        index = dataset.get("client_index")
-        return dataset["name"] if index is None else f"{dataset['name']}#{int(index)}"
+        return catalog_reference(dataset)
