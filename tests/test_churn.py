@@ -337,6 +337,9 @@ class _SleepyBackend:
     def site_context(self, site: str) -> _SleepyContext:
         return self._contexts[site]
 
+    def run_site(self, site: str, computation, arg, *, round_num: int = 0):
+        return self._contexts[site].invoke(computation, arg)
+
 
 @pytest.mark.e2e  # importing the router imports TFF (about 20 s)
 def test_router_takes_a_deadline_per_round():

@@ -14,11 +14,12 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def worker_children() -> list[psutil.Process]:
-    """worker_binary processes descended from this test process."""
+    """worker_binary processes descended from this test process (an isolated site worker's relay,
+    ``tffprod.executors.isolation``, lives and dies with its worker and is not listed)."""
     out = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "worker_binary" in " ".join(child.cmdline()):
+            if child.name() == "worker_binary":
                 out.append(child)
         except psutil.NoSuchProcess:
             pass
