@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 
 import grpc
 import psutil
@@ -67,3 +69,66 @@ def test_a_worker_that_cannot_bind_reports_its_log(tmp_path):
         assert not worker.alive()
     finally:
         holder.close()
+
+
+def _get_executor(address: str) -> str:
+    from tffprod.executors.protos import computation_pb2, executor_pb2
+
+    request = executor_pb2.GetExecutorRequest(cardinalities=[executor_pb2.Cardinality(
+        placement=computation_pb2.Placement(uri="clients"), cardinality=1)])
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/tensorflow_federated.v0.ExecutorGroup/GetExecutor",
+                                   request_serializer=type(request).SerializeToString,
+                                   response_deserializer=executor_pb2.GetExecutorResponse.FromString)
+        return call(request, timeout=10).executor.id
+
+
+def _isolated_worker_checks(tmp_path):
+    import os
+
+    worker = WorkerProcess(name="iso", log_path=tmp_path / "iso.log", isolated=True).start()
+    try:
+        (binary,) = [p for p in psutil.Process(worker.pid).children(recursive=True) if p.name() == "worker_binary"]
+        assert worker.address == f"unix:{worker.socket_path}"
+        assert not _listening(worker.port)  # nothing on this host's network reaches it, loopback included
+        assert os.readlink(f"/proc/{binary.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        assert os.stat(worker.socket_path.parent).st_mode & 0o077 == 0  # only the site's user opens the socket
+        assert _get_executor(worker.address)  # the gateway's way in works
+        binary.kill()  # the relay dies as its worker did, so a supervisor sees the same cause
+        for _ in range(100):
+            if not worker.alive():
+                break
+            time.sleep(0.1)
+        assert worker.returncode == -9
+        worker.start()  # restarted at the same address
+        assert _get_executor(worker.address)
+    finally:
+        worker.stop()
+    assert not worker.socket_path.parent.exists()
+    return worker
+
+
+def test_an_isolated_worker_is_reachable_only_through_its_socket(tmp_path):
+    _isolated_worker_checks(tmp_path)
+
+
+def test_isolation_works_for_an_operator_who_is_not_root(request):
+    """Unprivileged user namespaces: the same checks, run as user ``nobody``."""
+    import os
+    import subprocess
+    import sys
+
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    folder = Path(tempfile.mkdtemp(prefix="tffprod-nobody-"))  # pytest's own folders are root's alone
+    os.chown(folder, 65534, 65534)
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
+    code = ("import pathlib, sys; sys.path.insert(0, 'tests'); import test_workers; "
+            f"test_workers._isolated_worker_checks(pathlib.Path({str(folder)!r})); print('isolated as', __import__('os').geteuid())")
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(folder)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "isolated as 65534" in result.stdout
