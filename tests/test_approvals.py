@@ -7,7 +7,6 @@ computation computes (the e2e tests run real ones).
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,6 @@ def computation(result_placement: str = "server", all_equal: bool = True, name: 
 
 def plan_document(*, sites=(SITE,), rounds=3, comp=None, hashes=None, privacy=None, coordinator=None) -> dict:
     comp = comp or computation()
-    data = comp.SerializeToString(deterministic=True)
     body = {
         "format": PLAN_FORMAT,
         "created_at": "2026-11-25T00:00:00+00:00",

@@ -6,7 +6,6 @@ TF-free.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import sqlite3
@@ -16,7 +15,7 @@ import grpc
 import pytest
 
 from tffprod.accounting import epsilon_for
-from tffprod.executors.approvals import PLAN_FORMAT, ApprovalStore, approve, canonical_id, computation_sha256, load_plan
+from tffprod.executors.approvals import PLAN_FORMAT, approve, canonical_id, load_plan
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
 from tffprod.executors.release import release_digest
 from tffprod.executors.ledger import Release, SiteLedger

@@ -19,8 +19,6 @@ from click.testing import CliRunner
 from tffprod.backends import create_backend
 from tffprod.checkpoint import load_checkpoint, save_checkpoint
 from tffprod.cli.main import cli
-from tffprod.connections import SiteConnection
-from tffprod.contexts import channel_context
 from tffprod.examples import digits
 from tffprod.executors.approvals import ApprovalStore, load_plan
 from tffprod.executors.audit import read_audit_log

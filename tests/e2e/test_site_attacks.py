@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from tffprod.cli.main import cli
 from tffprod.connections import SiteConnection
 from tffprod.examples import digits
-from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.approvals import load_plan
 from tffprod.certs import issue
 from tffprod.executors.config import hash_token, load_site_config, write_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
