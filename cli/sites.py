@@ -226,7 +226,8 @@ def plan_show(plan_path: str, as_json: bool) -> None:
     else:
         click.echo(f"  session {session['name']}: {session['rounds']} rounds, seed {session['seed']}, "
                    f"created {summary['created_at']}")
-    click.echo(f"  task {summary['task'].get('task') or (summary.get('spec') or {}).get('task')}")
+    task = summary["task"]
+    click.echo(f"  task {task.get('task') or task.get('computation') or (summary.get('spec') or {}).get('task')}")
     if privacy.get("mechanism", "none") == "none":
         click.echo("  privacy: NO differential privacy")
     else:

@@ -39,7 +39,7 @@ __all__ = ["PLAN_FORMAT", "Approval", "ApprovalStore", "Plan", "PlanError", "app
 
 PLAN_FORMAT = "tffprod-plan/2"  # 2: each computation carries its release terms (tffprod.protocol.terms)
 APPROVALS_DIR = "approvals"
-ROLES = ("train", "eval")
+ROLES = ("train", "eval", "compute")  # a training round, an evaluation, a custom computation
 
 
 class PlanError(TffprodError):
@@ -105,6 +105,11 @@ class Plan:
     def evaluation_only(self) -> bool:
         """An evaluation plan (``tffprod model eval-plan``): one model version on evaluation datasets."""
         return all(c["role"] == "eval" for c in self.computations)
+
+    @property
+    def computation_only(self) -> bool:
+        """A plan of one custom federated computation (:func:`tffprod.plan.make_computation_plan`)."""
+        return all(c["role"] == "compute" for c in self.computations)
 
     def computation_bytes(self, role: str) -> Optional[bytes]:
         for entry in self.computations:
@@ -179,9 +184,12 @@ def load_plan(path: os.PathLike | str) -> Plan:
             raise PlanError(f"{where}: computation '{role}' returns CLIENTS-placed values; a site releases "
                             "only aggregates")
         _check_terms(entry, raw, document["privacy"], where)
-    if "train" not in roles and ("eval" not in roles or any(d["role"] != "eval" for d in document["datasets"])):
-        raise PlanError(f"{where}: has no 'train' computation (an evaluation plan has only 'eval' and "
-                        "evaluation datasets)")
+    if "train" not in roles and ("train" in {d["role"] for d in document["datasets"]} or len(roles) != 1
+                                 or any(d["role"] not in roles for d in document["datasets"])):
+        raise PlanError(f"{where}: has no 'train' computation (an evaluation or computation plan has one "
+                        "'eval' or 'compute' computation and only datasets for it)")
+    if "compute" in roles and len(roles) > 1:
+        raise PlanError(f"{where}: a 'compute' computation is a plan of its own")
     return Plan(stated, document)
 
 

@@ -255,10 +255,10 @@ class SiteLedger:
 
         return self._transaction(write)
 
-    # -- evaluation releases -------------------------------------------------------------------
+    # -- evaluation and computation releases: each dataset once per plan ------------------------
 
     def evaluated(self, plan_id: str, dataset: str) -> Optional[str]:
-        """The call digest of ``plan_id``'s evaluation release of ``dataset``, or None if there was none."""
+        """The call digest of ``plan_id``'s evaluation (or computation) release of ``dataset``, or None."""
         with self._lock:
             row = self._db.execute("SELECT call_digest FROM evaluations WHERE plan_id = ? AND dataset = ?",
                                    (plan_id, dataset)).fetchone()
@@ -290,4 +290,4 @@ class SiteLedger:
 
     def eval_refusal(self, approval: Approval, dataset: str) -> str:
         return (f"site {self.site}: plan {approval.plan_id[:16]} has already evaluated dataset '{dataset}' "
-                "(a plan evaluates each of its evaluation datasets once)")
+                "(a plan evaluates, or computes on, each of its datasets once)")

@@ -2,7 +2,7 @@
 
 A site that requires approval serves ``tffprod.site.v1.Release`` (``release.proto``)
 in place of TFF's executor protocol. A request names an approved plan, a role
-(``train`` or ``eval``), a round, the plan's datasets to read (and which clients),
+(``train``, ``eval`` or ``compute``), a round, the plan's datasets to read (and which clients),
 and the free part of the state as tensors. Nothing in it is code, a path, or an
 executor id. For each request the site:
 
@@ -16,7 +16,7 @@ executor id. For each request the site:
    finite values) and fills in the pinned leaves (clip, learning rates, noise
    parameters, ...) from the plan, whatever else the caller believes;
 4. admits the release through the privacy ledger: a training round while the
-   plan has rounds and budget left, an evaluation once per dataset; an identical
+   plan has rounds and budget left, an evaluation (or a custom computation) once per dataset; an identical
    request again (a resumed coordinator) is a repeat and costs nothing;
 5. runs the call on its worker with an executor of its own, created for this
    release and disposed after it (no caller ever sees or shares one);
@@ -131,8 +131,9 @@ class ReleaseHandler:
         digest = release_digest(request, terms.sha256)
         if request.role == "train":
             self.ledger.admit([approval], self.store.all(), digest)
-        elif self.ledger.evaluated(approval.plan_id, names[0]) not in (None, digest):
-            raise self._denied(self.ledger.eval_refusal(approval, names[0]).removeprefix(f"site {self.site}: "))
+        for name in names if request.role != "train" else ():
+            if self.ledger.evaluated(approval.plan_id, name) not in (None, digest):
+                raise self._denied(self.ledger.eval_refusal(approval, name).removeprefix(f"site {self.site}: "))
         result = self._run(terms, state, refs, release_id, context)
         try:
             norm = terms.check_result(result, clients=len(refs))
@@ -176,7 +177,7 @@ class ReleaseHandler:
 
     def _terms(self, approval: Approval, role: str) -> Any:
         try:
-            terms = self.store.terms(approval, role) if role in ("train", "eval") else None
+            terms = self.store.terms(approval, role) if role in ("train", "eval", "compute") else None
         except TffprodError as e:
             raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, str(e)) from None
         if terms is None:
@@ -187,8 +188,8 @@ class ReleaseHandler:
         if request.role == "train" and not 1 <= request.round <= approval.rounds:
             raise self._invalid(f"round {request.round} is not a round of plan {approval.plan_id[:16]} "
                                 f"(1..{approval.rounds})")
-        if request.role == "eval" and request.round != 0:
-            raise self._invalid("an evaluation release has round 0")
+        if request.role != "train" and request.round != 0:
+            raise self._invalid(f"a release for '{request.role}' has round 0")
 
     def _selection(self, approval: Approval, request: release_pb2.ReleaseRequest) -> tuple[list[bytes], list[str]]:
         """The local paths the release reads, and the dataset names, from the request's selection."""
@@ -275,4 +276,5 @@ class ReleaseHandler:
         if request.role == "train":
             recorded = self.ledger.record_call(approval, identity, digest)
             return recorded.round, recorded.repeat
-        return 0, self.ledger.record_eval(approval, names[0], identity, digest)
+        repeats = [self.ledger.record_eval(approval, name, identity, digest) for name in names]
+        return 0, all(repeats)

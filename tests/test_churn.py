@@ -337,8 +337,8 @@ class _SleepyBackend:
     def site_context(self, site: str) -> _SleepyContext:
         return self._contexts[site]
 
-    def run_site(self, site: str, computation, arg, *, round_num: int = 0):
-        return self._contexts[site].invoke(computation, arg)
+    def run_site(self, site: str, computation, state, refs, *, round_num: int = 0):
+        return self._contexts[site].invoke(computation, refs)
 
 
 @pytest.mark.e2e  # importing the router imports TFF (about 20 s)

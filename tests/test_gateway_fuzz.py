@@ -103,6 +103,7 @@ class FuzzedSite:
             "datasets": {"train": {"path": "data/train.tfrecord", "schema_file": "schema.json"}},
         })
         self.state = root / "state"
+        self.plan_id = self._approve_a_plan(root)
         self.stderr_path = root / "site.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen([str(TFFPROD), "site", "serve", "--config", str(self.config)],
@@ -118,6 +119,22 @@ class FuzzedSite:
         except BaseException:
             self.close()
             raise
+
+    def _approve_a_plan(self, root: Path) -> str:
+        """A plan the site approves (a hand-built computation: releases of it reach the worker and fail there)."""
+        from site_plans import computation_entry, site_computation
+        from tffprod.datafiles import content_hash
+        from tffprod.executors.approvals import PLAN_FORMAT, approve_at_site, canonical_id
+        from tffprod.executors.config import load_site_config
+
+        body = {"format": PLAN_FORMAT, "created_at": "2026-11-30T00:00:00+00:00",
+                "session": {"name": "fuzz", "rounds": 3, "seed": 0, "min_sites": 1, "federation": "fuzzers"},
+                "spec": {}, "task": {}, "privacy": {"mechanism": "none"},
+                "datasets": [{"role": "train", "ref": f"{SITE}/train:1", "site": SITE, "name": "train",
+                              "content_hash": content_hash(root / "data" / "train.tfrecord"), "num_examples": 8}],
+                "coordinators": {SITE: "coordinator"}, "computations": [computation_entry(site_computation("fuzz"))]}
+        (root / "plan.json").write_text(json.dumps({**body, "plan_id": canonical_id(body)}))
+        return approve_at_site(root / "plan.json", load_site_config(self.config)).plan_id
 
     def _wait_ready(self, timeout_s: float = 60.0) -> dict:
         site_file = self.state / "site.json"
@@ -380,12 +397,15 @@ def tensors() -> st.SearchStrategy:
                      st.lists(st.binary(max_size=16), max_size=3))
 
 
+APPROVED = "approved"  # stands for the plan the site approved (its id is known only once the site is up)
+
+
 def release_requests() -> st.SearchStrategy:
     selection = st.builds(lambda n, c: release_pb2.DatasetSelection(name=n, clients=c),
                           st.sampled_from(["train", "/etc/passwd", "train#0", "../train", ""]) | st.text(max_size=20),
                           st.lists(st.integers(0, 2**32 - 1), max_size=4))
     return st.builds(lambda p, r, n, d, t: release_pb2.ReleaseRequest(plan_id=p, role=r, round=n, datasets=d, state=t),
-                     IDS | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+                     st.just(APPROVED) | IDS | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
                      st.sampled_from(["train", "eval", "", "TRAIN", "compute"]), st.integers(0, 2**32 - 1),
                      st.lists(selection, max_size=3), st.lists(tensors(), max_size=4))
 
@@ -421,6 +441,8 @@ def test_hostile_protos(site: FuzzedSite) -> None:
     @given(request=hostile_requests())
     def fuzz(request: tuple[str, Any]) -> None:
         method, message = request
+        if method == "Release" and message.plan_id == APPROVED:
+            message.plan_id = site.plan_id
         body = message.SerializeToString()
         full = RELEASE_METHOD if method == "Release" else f"/{EXECUTOR_SERVICE}/{method}"
         refused("hostile protos", channel, full, body, may_serve=servable(full, body))
@@ -480,13 +502,17 @@ def test_oversized_messages_are_resource_exhausted(site: FuzzedSite, size: int) 
 
 
 def test_a_message_just_under_the_limit_is_read(site: FuzzedSite) -> None:
-    """The limit refuses only what is over it: just under it, the gateway parses and judges the content."""
+    """The limit refuses only what is over it: just under it, the site reads the request and judges it (here:
+    larger than any approved plan allows)."""
     channel = site.channel()
     payload = b"x" * (LIMIT_BYTES - 1024)
     body = release_pb2.ReleaseRequest(plan_id="0" * 64, role="train", round=1, state=[release_pb2.Tensor(
         dtype="float32", shape=[len(payload) // 4], content=payload)]).SerializeToString()
     assert len(body) < LIMIT_BYTES
-    assert refused("oversized", channel, RELEASE_METHOD, body) is grpc.StatusCode.PERMISSION_DENIED
+    assert refused("oversized", channel, RELEASE_METHOD, body) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as info:  # judged by the site (no plan allows it), not by gRPC's limit
+        channel.unary_unary(RELEASE_METHOD)(body, metadata=GOOD, timeout=CALL_TIMEOUT_S)
+    assert "larger than any approved plan's" in info.value.details()
 
 
 # ---------------------------------------------------------------- 4. malformed metadata

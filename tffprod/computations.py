@@ -114,7 +114,8 @@ def resolve(registry: Any, refs: Sequence[str]) -> list[Mapping[str, Any]]:
 
 
 def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend: Backend,
-                  server_arg: Any = None, timeout_s: float = 600.0, min_sites: int = 1) -> FederatedResult:
+                  server_arg: Any = None, timeout_s: float = 600.0, min_sites: int = 1,
+                  plan: Any = None) -> FederatedResult:
     """Run ``comp`` over registered datasets, each site's part at that site.
 
     Args:
@@ -128,6 +129,10 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
         server_arg: the SERVER-placed part of the argument, when the parameter has one.
         timeout_s: deadline for every site's part.
         min_sites: how many sites must succeed.
+        plan: the path of a plan of this computation on these datasets
+            (:func:`tffprod.plan.make_computation_plan`), approved at their sites: needed at sites
+            that require approval, which then release its per-site part (with the plan's
+            ``server_arg``).
 
     Returns:
         A ``FederatedResult``.
@@ -135,7 +140,9 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
     Raises:
         SpecError: the computation or the arguments are unfit (checked before anything runs).
         NotFoundError, DatasetError: a dataset is unknown, or its file missing or changed.
-        SessionError: fewer than ``min_sites`` sites succeeded.
+        SessionError: fewer than ``min_sites`` sites succeeded, or the plan is not of this
+            computation on these datasets.
+        PlanError: the plan does not verify.
     """
     import tensorflow_federated as tff
 
@@ -153,14 +160,17 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
         by_site.setdefault(row["site"], []).append(row)
     if not 1 <= min_sites <= len(by_site):
         raise SpecError(f"min_sites is {min_sites} but the datasets span {len(by_site)} site(s)")
-    refs_by_site = {site: [backend.reference(row) for row in site_rows] for site, site_rows in by_site.items()}
     try:
         form = tff.backends.native.compile_to_mergeable_comp_form(comp)
     except (ValueError, TypeError) as e:
         raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
+    frozen = None if plan is None else _computation_plan(plan, form, rows)
+    backend.frozen = frozen  # under a plan, datasets are named as at their sites
+    refs_by_site = {site: [backend.reference(row) for row in site_rows] for site, site_rows in by_site.items()}
     try:
         backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()])
-        router = RoundRouter(backend, form, timeout_s=timeout_s, min_sites=min_sites)
+        router = RoundRouter(backend, form, timeout_s=timeout_s, min_sites=min_sites,
+                             site_computation=None if frozen is None else frozen.compute)
         outcome = router.run_round(server_arg, refs_by_site)
     finally:
         backend.close()
@@ -173,3 +183,20 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
     plain = plain_metrics(outcome.output)
     return FederatedResult(value=outcome.output if plain is None else plain, sites=sites,
                            duration_s=time.monotonic() - started)
+
+
+def _computation_plan(path: Any, form: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The frozen computations of a computation plan of ``form`` on exactly ``rows``."""
+    from tffprod.errors import SessionError
+    from tffprod.plan import check_signature, load_plan, thaw
+
+    plan = load_plan(path)
+    if not plan.computation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is not a computation plan; make one with make_computation_plan")
+    ours = sorted((row["site"], row["name"], row["content_hash"]) for row in rows)
+    if sorted((d["site"], d["name"], d["content_hash"]) for d in plan.datasets) != ours:
+        raise SessionError(f"plan {plan.plan_id[:16]} computes on other datasets (or other versions of them) than "
+                           "these; make a new one")
+    frozen = thaw(plan)
+    check_signature("compute", frozen.compute, form.up_to_merge, plan.plan_id)
+    return frozen

@@ -24,13 +24,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
+from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError, SpecError
 from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
 
 if TYPE_CHECKING:
     from tffprod.session import SessionPlan
 
-__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_eval_plan", "make_plan",
+__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_computation_plan",
+           "make_eval_plan", "make_plan",
            "privacy_terms", "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
 
 
@@ -209,6 +210,44 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
     return {**body, "plan_id": canonical_id(body)}
 
 
+def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
+    """A plan of one custom federated computation on registered datasets (see
+    :func:`tffprod.computations.run_federated`): its per-site part, with ``server_arg`` (if the
+    computation takes one) pinned by the plan. Sites approve it like any plan; each dataset is then
+    released once (an identical run again is a repeat).
+
+    Raises:
+        SpecError: the computation or the datasets are unfit (as for ``run_federated``).
+    """
+    import tensorflow_federated as tff
+
+    from tffprod.computations import check_computation, resolve
+    from tffprod.sites import local_versions
+
+    check_computation(comp, with_server_arg=server_arg is not None)
+    rows = resolve(registry, list(datasets))
+    try:
+        form = tff.backends.native.compile_to_mergeable_comp_form(comp)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
+    entry = _freeze("compute", form.up_to_merge, server_arg, [])
+    sites = list(dict.fromkeys(row["site"] for row in rows))
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": local_versions(),
+        "session": {"name": "compute", "rounds": 0, "seed": 0, "min_sites": 1, "federation": None},
+        "task": {"computation": str(comp.type_signature)},
+        "privacy": {"mechanism": "none", "unit": "none (the computation's results are not noised)"},
+        "datasets": [{"role": "compute", "ref": row["ref"], "site": row["site"], "name": row["name"],
+                      "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
+                      "client_id": row.get("client_id")} for row in rows],
+        "coordinators": coordinator_identities(registry, sites),
+        "computations": [entry],
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
 def check_whole_plan_fits(plan: "SessionPlan") -> None:
     """Refuses a sampling plan that the budgets cannot hold whole.
 
@@ -259,6 +298,14 @@ class FrozenComputations:
     train: Any
     eval: Any = None
     plan: Any = None
+    compute: Any = None
+
+    def role_of(self, computation: Any) -> str:
+        """The plan's role for one of its computations (``train``, ``eval`` or ``compute``)."""
+        for role in ("train", "eval", "compute"):
+            if getattr(self, role) is computation:
+                return role
+        raise ValueError("not a computation of this plan")
 
 
 def thaw(plan: Plan) -> FrozenComputations:
@@ -273,7 +320,7 @@ def thaw(plan: Plan) -> FrozenComputations:
             return None
         return tff.framework.deserialize_computation(computation_pb2.Computation.FromString(data))
 
-    return FrozenComputations(plan.plan_id, load("train"), load("eval"), plan)
+    return FrozenComputations(plan.plan_id, load("train"), load("eval"), plan, load("compute"))
 
 
 def check_datasets(plan: Plan, session: "SessionPlan") -> None:
@@ -314,6 +361,8 @@ def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, art
     plan = load_plan(path)
     if plan.evaluation_only:
         raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
+    if plan.computation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is a computation plan: run it with run_federated(..., plan=)")
     session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
     check_datasets(plan, session)
     return run_session(session, registry=registry, backend=backend,

@@ -131,11 +131,10 @@ class RoundRouter:
     def _run_site(self, future: concurrent.futures.Future, site: str, state: Any, refs: list[str],
                   deadline: float, round_num: int) -> None:
         future.set_running_or_notify_cancel()
-        arg = Struct.unnamed(state, refs) if state is not None else refs
         t0, backoff = time.monotonic(), self._backoff_s
         for attempt in range(1, self._retries + 2):
             try:
-                result = self._backend.run_site(site, self._site_computation, arg, round_num=round_num)
+                result = self._backend.run_site(site, self._site_computation, state, refs, round_num=round_num)
                 future.set_result((result, time.monotonic() - t0, attempt))
                 return
             except SiteUnavailableError as e:

@@ -178,3 +178,55 @@ def test_histogram_through_the_gateways_equals_local_and_is_audited(federation, 
         methods = {c["method"].rsplit("/", 1)[-1] for c in calls}
         assert {"CreateValue", "Compute"} <= methods, (site, methods)
         assert all(c["identity"] == "coordinator" and c["status"] == "OK" for c in calls), (site, calls)
+
+
+def test_custom_computations_run_at_approving_sites_only_as_plans_they_approved(data, local_histogram, tmp_path):
+    """Sites that require approval release a custom computation's per-site part only under a plan they
+    approved (its server argument pinned by the plan); the results equal the local ones."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+    from click.testing import CliRunner
+
+    from tffprod.cli.main import cli
+    from tffprod.errors import SessionError
+    from tffprod.plan import make_computation_plan, write_plan
+    from tffprod.tfdata import read_examples
+
+    root, digit_paths, _ = data
+    datasets = {site: {split: {"path": digit_paths[site][split], "task": TASK} for split in SPLITS}
+                for site in digits.SITES}
+
+    @tff.tensorflow.computation(np.str_, np.int64)
+    def count_label(ref, label):
+        examples = read_examples(ref, digits.SCHEMA, "tfrecord")
+        return examples.reduce(tf.constant(0, tf.int64),
+                               lambda n, row: n + tf.cast(tf.equal(row["digit"], label), tf.int64))
+
+    @tff.federated_computation(tff.FederatedType(np.int64, tff.SERVER), tff.FederatedType(np.str_, tff.CLIENTS))
+    def how_many(label, refs):
+        return tff.federated_sum(tff.federated_map(count_label, (refs, tff.federated_broadcast(label))))
+
+    histogram = stats.label_histogram(digits.SCHEMA, "tfrecord", digits.NUM_CLASSES)
+    with running_federation(tmp_path, datasets, computations="approved") as (fed, registry):
+        backend = lambda: create_backend("remote", registry=registry)  # noqa: E731
+        with pytest.raises(SessionError, match="runs only plans it approved"):
+            run_federated(histogram, DIGITS_REFS, registry=registry, backend=backend())
+        plans = {}
+        for name, comp, arg in (("histogram", histogram, None), ("threes", how_many, np.int64(3))):
+            plans[name] = write_plan(make_computation_plan(comp, DIGITS_REFS, registry=registry, server_arg=arg),
+                                     tmp_path / f"{name}.plan.json")
+            for site in digits.SITES:
+                approved = CliRunner().invoke(cli, ["site", "approve", str(plans[name]), "--config",
+                                                    str(fed.site_config_path(site))])
+                assert approved.exit_code == 0, approved.output
+        result = run_federated(histogram, DIGITS_REFS, registry=registry, backend=backend(), plan=plans["histogram"])
+        assert result.value == local_histogram.value
+        threes = run_federated(how_many, DIGITS_REFS, registry=registry, backend=backend(), server_arg=np.int64(3),
+                               plan=plans["threes"])
+        assert threes.value == local_histogram.value[3]
+        with pytest.raises(SessionError, match="not a computation plan|computes on other datasets"):
+            run_federated(histogram, DIGITS_REFS[:2], registry=registry, backend=backend(), plan=plans["histogram"])
+        for site in digits.SITES:
+            calls = list(read_audit_log(fed.workdir / "sites" / site / "state" / "audit.jsonl"))
+            releases = [c["release"] for c in calls if "release" in c]
+            assert [(r["role"], sorted(r["datasets"])) for r in releases] == [("compute", ["test", "train"])] * 2

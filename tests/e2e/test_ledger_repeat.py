@@ -65,15 +65,15 @@ def test_a_resumed_round_is_released_again_without_counting_a_new_round(tmp_path
         try:
             trainer = Trainer(session, backend, frozen)
             refs = trainer.refs_by_site[SITE]
-            first = backend.run_site(SITE, frozen.train, (trainer.state, refs), round_num=1)
+            first = backend.run_site(SITE, frozen.train, trainer.state, refs, round_num=1)
             # The coordinator dies before committing round 1; the resumed one restores the last checkpoint.
             checkpoint, sha256 = save_checkpoint(trainer.state, tmp_path / "checkpoints", 0)
             restored = load_checkpoint(checkpoint, sha256, trainer.state)
             resumed = _coordinator(registry, session, frozen)
-            again = resumed.run_site(SITE, frozen.train, (restored, refs), round_num=1)
+            again = resumed.run_site(SITE, frozen.train, restored, refs, round_num=1)
             other = tf.nest.map_structure(lambda a: a * 0.5 if np.asarray(a).dtype == np.float32 else a, restored)
             with pytest.raises(Exception, match=r"has used all 1 approved round\(s\)"):
-                resumed.run_site(SITE, frozen.train, (other, refs), round_num=1)
+                resumed.run_site(SITE, frozen.train, other, refs, round_num=1)
         finally:
             backend.close()
             if resumed is not None:

@@ -65,9 +65,12 @@ class Backend(abc.ABC):
         """The synchronous TFF context that runs computations at ``site``."""
         return self._contexts[site]
 
-    def run_site(self, site: str, computation: Any, arg: Any, *, round_num: int = 0) -> Any:
-        """Run ``computation`` (a site computation) at ``site`` on ``arg`` (``<state, refs>``), as
-        round ``round_num`` (0: not a training round); its partial result."""
+    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
+        """Run ``computation`` (a site computation) at ``site`` on ``<state, refs>`` (``refs`` alone when
+        ``state`` is None), as round ``round_num`` (0: not a training round); its partial result."""
+        import tensorflow_federated as tff
+
+        arg = tff.structure.Struct.unnamed(state, refs) if state is not None else refs
         return self.site_context(site).invoke(computation, arg)
 
     def reconnect(self, site: str) -> None:

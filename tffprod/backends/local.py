@@ -62,16 +62,14 @@ class LocalBackend(Backend):
                     site.name, rows, self.frozen.plan, self._workers[f"site-{site.name}"].address,
                     self._log_dir / f"site-{site.name}-state", self._client_shards)
 
-    def run_site(self, site: str, computation: Any, arg: Any, *, round_num: int = 0) -> Any:
+    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
         """Under a plan, a release of the plan by the simulated site; otherwise a direct call."""
         if self.frozen is None:
-            return super().run_site(site, computation, arg, round_num=round_num)
+            return super().run_site(site, computation, state, refs, round_num=round_num)
         from tffprod.backends.release import ReleaseClient
 
-        role = "train" if computation is self.frozen.train else "eval"
-        state, refs = arg
         return ReleaseClient(self.frozen.plan, self._sites[site].send).release(
-            role, round_num, state, list(refs), computation.type_signature.result)
+            self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result)
 
     def _start_worker(self, name: str) -> WorkerProcess:
         if self._log_dir is None:

@@ -29,7 +29,7 @@ def leaf_at(value: Any, path: str) -> Any:
     named tuples and TFF structs are entered by element name, sequences by position."""
     import tensorflow_federated as tff
 
-    for part in path.split("/"):
+    for part in path.split("/") if path else ():
         if isinstance(value, tff.structure.Struct):
             names = [n for n, _ in tff.structure.iter_elements(value)]
             value = value[names.index(part)] if part in names else value[int(part)]

@@ -1,7 +1,8 @@
 """What a plan's site computation takes and returns, read from its ``Type`` proto.
 
 A site computation (the per-site part of a round, ``up_to_merge``) has the
-parameter ``<state@SERVER, client_data={str}@CLIENTS>`` and returns a SERVER-placed
+parameter ``<state@SERVER, client_data={str}@CLIENTS>`` (or only ``{str}@CLIENTS``,
+for a custom computation without a server argument) and returns a SERVER-placed
 result. Its state and its result are trees of tensors; this module lists their
 leaves in a fixed order (depth first, as TFF flattens a structure) with a path
 (element names, or positions for unnamed elements, joined by ``/``), a dtype and
@@ -116,19 +117,22 @@ class SiteSignature:
             raise SignatureError("the computation is not a function")
         function = computation.type.function
         parameter = function.parameter
-        if parameter.WhichOneof("type") != "struct" or len(parameter.struct.element) != 2:
-            raise SignatureError("the parameter is not <state@SERVER, client_data@CLIENTS>")
-        state_element, data_element = parameter.struct.element
-        self._state_type = state_element
-        self._data_type = data_element
-        server = _federated(state_element.value, "server", "the state")
-        clients = _federated(data_element.value, "clients", "the client data")
+        if parameter.WhichOneof("type") == "federated":  # {str}@CLIENTS alone: no state
+            self._state_type, self._data_type = None, computation_pb2.StructType.Element(value=parameter)
+        elif parameter.WhichOneof("type") == "struct" and len(parameter.struct.element) == 2:
+            self._state_type, self._data_type = parameter.struct.element
+        else:
+            raise SignatureError("the parameter is not <state@SERVER, client_data@CLIENTS> or {str}@CLIENTS")
+        clients = _federated(self._data_type.value, "clients", "the client data")
         member = clients.member
         if clients.all_equal or member.WhichOneof("type") != "tensor" or \
                 _DTYPE_BY_ENUM.get(member.tensor.dtype) != "string" or list(member.tensor.dims):
             raise SignatureError("the client data is not one string per client ({str}@CLIENTS)")
-        self._state_member = server.member
-        self.state = tuple(leaves_of(server.member))
+        if self._state_type is None:
+            self._state_member, self.state = None, ()
+        else:
+            self._state_member = _federated(self._state_type.value, "server", "the state").member
+            self.state = tuple(leaves_of(self._state_member))
         result = function.result
         if result.WhichOneof("type") == "federated":
             self._result_member = _federated(result, "server", "the result").member
@@ -157,17 +161,20 @@ class SiteSignature:
             raise TensorError(f"the state has {len(self.state)} tensors, got {len(state)}")
         for tensor, leaf in zip(state, self.state):
             check(tensor, leaf.dtype, leaf.shape, f"state {leaf.path}")
+        data = executor_pb2.Value()
+        data.federated.type.CopyFrom(self._data_type.value.federated)
+        for ref in refs:
+            array = array_pb2.Array(dtype=data_type_pb2.DataType.Value("DT_STRING"))
+            array.string_list.value.append(ref)
+            data.federated.value.append(executor_pb2.Value(array=array))
+        if self._state_type is None:
+            return data
         value = executor_pb2.Value()
         value.struct.SetInParent()
         server = value.struct.element.add(name=self._state_type.name).value.federated
         server.type.CopyFrom(self._state_type.value.federated)
         server.value.append(_value_of(self._state_member, iter(state)))
-        clients = value.struct.element.add(name=self._data_type.name).value.federated
-        clients.type.CopyFrom(self._data_type.value.federated)
-        for ref in refs:
-            array = array_pb2.Array(dtype=data_type_pb2.DataType.Value("DT_STRING"))
-            array.string_list.value.append(ref)
-            clients.value.append(executor_pb2.Value(array=array))
+        value.struct.element.add(name=self._data_type.name, value=data)
         return value
 
     def read_result(self, value: Any) -> list[release_pb2.Tensor]:
