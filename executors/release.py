@@ -251,8 +251,9 @@ class ReleaseHandler:
             return terms.signature.read_result(value)
         except RequestRefused as refused:
             if refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
+                                grpc.StatusCode.DEADLINE_EXCEEDED):  # the caller may try again; keep the code
+                raise _refused(refused.code, self.site, f"release {release_id}: the worker did not answer at "
+                                                        f"{stage} ({refused.code.name})") from None
             log.error("site %s: release %s failed in the worker at %s (%s)", self.site, release_id, stage,
                       refused.code.name)
             raise _refused(grpc.StatusCode.INTERNAL, self.site,
