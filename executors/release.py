@@ -18,8 +18,8 @@ executor id. For each request the site:
 4. admits the release through the privacy ledger: a training round while the
    plan has rounds and budget left, an evaluation (or a custom computation) once per dataset; an identical
    request again (a resumed coordinator) is a repeat and costs nothing;
-5. runs the call on its worker with an executor of its own, created for this
-   release and disposed after it (no caller ever sees or shares one);
+5. runs the call on its worker, on an executor of the site's own for that computation
+   (:mod:`tffprod.executors.site_executors`; no caller ever sees, shares or disposes one);
 6. checks the result against the computation's result type and, for a DP plan,
    the L2 norm of the clipped sum against clients x clip, before it leaves;
 7. records the release in the ledger and returns the result tensors.
@@ -44,7 +44,7 @@ from tffprod.errors import TffprodError
 from tffprod.executors.approvals import Approval, ApprovalStore
 from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.ledger import SiteLedger
-from tffprod.executors.protos import executor_pb2
+from tffprod.executors.site_executors import SiteExecutors, WorkerStageError
 from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError
 from tffprod.protocol.tensors import TensorError
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 RELEASE_SERVICE = "tffprod.site.v1.Release"
 RELEASE_METHOD = f"/{RELEASE_SERVICE}/Release"
 
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 _REQUEST_SLACK = 64 * 1024  # plan id, role, round, dataset selection (client indices) beyond the state
 
 # Calls the worker: (method, request message, response class, caller's context) -> response message.
@@ -96,7 +97,7 @@ class ReleaseHandler:
         self.store = store
         self.ledger = ledger
         self._refs = refs
-        self._call_worker = call_worker
+        self._executors = SiteExecutors(call_worker)
 
     def _denied(self, detail: str) -> RequestRefused:
         return _refused(grpc.StatusCode.PERMISSION_DENIED, self.site, detail)
@@ -225,52 +226,25 @@ class ReleaseHandler:
 
     def _run(self, terms: Any, state: list, refs: list[bytes], release_id: str,
              context: grpc.ServicerContext) -> list[release_pb2.Tensor]:
-        """Run the approved computation on ``state`` and ``refs`` with an executor of this release's own."""
-        request = executor_pb2.GetExecutorRequest()
-        cardinality = request.cardinalities.add()
-        cardinality.placement.uri = "clients"
-        cardinality.cardinality = len(refs)
-        stage = "GetExecutor"
-        executor = None
+        """Run the approved computation on ``state`` and ``refs`` on the site's own executor for it."""
         try:
-            executor = self._call_worker(stage, request, executor_pb2.GetExecutorResponse, context).executor
-            stage = "CreateValue"
-            function = self._call_worker(stage, executor_pb2.CreateValueRequest(
-                executor=executor, value=executor_pb2.Value(computation=terms.computation)),
-                executor_pb2.CreateValueResponse, context).value_ref
-            argument = self._call_worker(stage, executor_pb2.CreateValueRequest(
-                executor=executor, value=terms.signature.argument(state, refs)),
-                executor_pb2.CreateValueResponse, context).value_ref
-            stage = "CreateCall"
-            call = self._call_worker(stage, executor_pb2.CreateCallRequest(
-                executor=executor, function_ref=function, argument_ref=argument),
-                executor_pb2.CreateCallResponse, context).value_ref
-            stage = "Compute"
-            value = self._call_worker(stage, executor_pb2.ComputeRequest(executor=executor, value_ref=call),
-                                      executor_pb2.ComputeResponse, context).value
+            value = self._executors.run(terms.sha256, terms.computation, terms.signature.argument(state, refs),
+                                        len(refs), context)
             return terms.signature.read_result(value)
-        except RequestRefused as refused:
-            if refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                grpc.StatusCode.DEADLINE_EXCEEDED):  # the caller may try again; keep the code
-                raise _refused(refused.code, self.site, f"release {release_id}: the worker did not answer at "
-                                                        f"{stage} ({refused.code.name})") from None
-            log.error("site %s: release %s failed in the worker at %s (%s)", self.site, release_id, stage,
-                      refused.code.name)
+        except WorkerStageError as error:
+            if error.code in _TRANSIENT:  # the caller may try again; keep the code
+                raise _refused(error.code, self.site, f"release {release_id}: the worker did not answer at "
+                                                      f"{error.stage} ({error.code.name})") from None
+            log.error("site %s: release %s failed in the worker at %s (%s)", self.site, release_id, error.stage,
+                      error.code.name)
             raise _refused(grpc.StatusCode.INTERNAL, self.site,
-                           f"release {release_id} failed in the worker at {stage} ({refused.code.name}); "
+                           f"release {release_id} failed in the worker at {error.stage} ({error.code.name}); "
                            "the site's log has this id") from None
         except SignatureError as e:
             log.error("site %s: release %s: the worker's result does not match the plan: %s", self.site,
                       release_id, e)
             raise _refused(grpc.StatusCode.INTERNAL, self.site,
                            f"release {release_id}: the worker's result does not match the plan") from None
-        finally:
-            if executor is not None:
-                try:
-                    self._call_worker("DisposeExecutor", executor_pb2.DisposeExecutorRequest(executor=executor),
-                                      executor_pb2.DisposeExecutorResponse, context)
-                except RequestRefused:
-                    pass  # a worker that went away took the executor with it
 
     def _record(self, approval: Approval, request: release_pb2.ReleaseRequest, names: list[str],
                 identity: Optional[str], digest: str) -> tuple[int, bool]:

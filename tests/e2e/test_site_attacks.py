@@ -35,7 +35,7 @@ from tffprod.protocol.terms import ReleaseTerms
 from tffprod.session import plan_session
 from tffprod.spec import SessionSpec
 
-from .conftest import running_federation
+from .conftest import running_federation, worker_children
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +72,17 @@ def attacked(tmp_path_factory):
         finally:
             channel.close()
             rival.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers(attacked):
+    """conftest's leak check, allowing for the worker the site restarts itself (one test kills it)."""
+    fed = attacked[0]
+    before = {p.pid for p in worker_children()}
+    yield
+    site = {p.pid for p in psutil.Process(fed.pids()[SITE]).children(recursive=True) if p.name() == "worker_binary"}
+    assert len(site) == 1
+    assert [p.pid for p in worker_children() if p.pid not in before | site] == []
 
 
 def _add_rival(fed, root):
@@ -243,11 +254,38 @@ def test_rounds_and_plans_outside_the_approval_are_refused(attacked):
         assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_a_release_after_the_worker_was_restarted_runs_on_a_fresh_executor(attacked):
+    """The site keeps its executors between releases; one its restarted worker no longer knows is replaced."""
+    import time
+
+    fed, channel, plan, config, secrets, rival = attacked
+    (worker,) = [p for p in psutil.Process(fed.pids()[SITE]).children(recursive=True) if p.name() == "worker_binary"]
+    worker.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = [p for p in psutil.Process(fed.pids()[SITE]).children(recursive=True)
+                   if p.name() == "worker_binary" and p.pid != worker.pid]
+        if workers:
+            break
+        time.sleep(0.2)
+    served = _served(config, plan)
+    for _ in range(50):  # until the new worker listens
+        try:
+            raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, round_num=2, state=_state(plan, "train", seed=7))
+                                                      .SerializeToString(), timeout=120)
+            break
+        except grpc.RpcError as e:
+            assert e.code() is grpc.StatusCode.UNAVAILABLE, e.details()
+            time.sleep(0.2)
+    assert release_pb2.ReleaseResponse.FromString(raw).round == served + 1
+    TALLY["honest"] += 1
+
+
 def test_nothing_leaked_and_the_site_still_serves(attacked, capsys):
     """After every attack: an honest round 2 is released, the audit log holds no key or data bytes."""
     fed, channel, plan, config, secrets, rival = attacked
     served = _served(config, plan)
-    raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, round_num=2).SerializeToString(), timeout=120)
+    raw = channel.unary_unary(RELEASE_METHOD)(_request(plan, round_num=3).SerializeToString(), timeout=120)
     assert release_pb2.ReleaseResponse.FromString(raw).round == served + 1
     TALLY["honest"] += 1
     charged = _served(config, plan) - TALLY["honest"]
