@@ -67,11 +67,25 @@ class Backend(abc.ABC):
 
     def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
         """Run ``computation`` (a site computation) at ``site`` on ``<state, refs>`` (``refs`` alone when
-        ``state`` is None), as round ``round_num`` (0: not a training round); its partial result."""
+        ``state`` is None), as round ``round_num`` (0: not a training round); its partial result.
+
+        Under a plan (``frozen``) the site is asked for a release of the plan
+        (:mod:`tffprod.backends.release`, through ``release_sender``); otherwise the site's context
+        runs the computation.
+        """
+        if self.frozen is not None:
+            from tffprod.backends.release import ReleaseClient
+
+            return ReleaseClient(self.frozen.plan, self.release_sender(site)).release(
+                self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result)
         import tensorflow_federated as tff
 
         arg = tff.structure.Struct.unnamed(state, refs) if state is not None else refs
         return self.site_context(site).invoke(computation, arg)
+
+    def release_sender(self, site: str) -> Any:
+        """Sends a ``ReleaseRequest`` to ``site`` and returns its ``ReleaseResponse`` (under a plan)."""
+        raise NotImplementedError(f"the {self.name} backend cannot ask sites for releases")
 
     def reconnect(self, site: str) -> None:
         """Replace ``site``'s context after it was unavailable (a no-op where contexts never go stale)."""

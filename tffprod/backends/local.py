@@ -62,14 +62,9 @@ class LocalBackend(Backend):
                     site.name, rows, self.frozen.plan, self._workers[f"site-{site.name}"].address,
                     self._log_dir / f"site-{site.name}-state", self._client_shards)
 
-    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
-        """Under a plan, a release of the plan by the simulated site; otherwise a direct call."""
-        if self.frozen is None:
-            return super().run_site(site, computation, state, refs, round_num=round_num)
-        from tffprod.backends.release import ReleaseClient
-
-        return ReleaseClient(self.frozen.plan, self._sites[site].send).release(
-            self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result)
+    def release_sender(self, site: str) -> Any:
+        """Releases answered by the simulated site."""
+        return self._sites[site].send
 
     def _start_worker(self, name: str) -> WorkerProcess:
         if self._log_dir is None:

@@ -72,15 +72,11 @@ class RemoteBackend(Backend):
         if old is not None:
             old.close()
 
-    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
-        """Under a plan, a release of the plan at ``site``; otherwise the executor protocol."""
-        if self.frozen is None:
-            return super().run_site(site, computation, state, refs, round_num=round_num)
-        from tffprod.backends.release import ReleaseClient, grpc_sender
+    def release_sender(self, site: str) -> Any:
+        """Releases over the site's current channel (replaced when the site was unavailable)."""
+        from tffprod.backends.release import grpc_sender
 
-        client = ReleaseClient(self.frozen.plan, grpc_sender(lambda: self._channels[site]))
-        return client.release(self.frozen.role_of(computation), round_num, state, list(refs),
-                              computation.type_signature.result)
+        return grpc_sender(lambda: self._channels[site])
 
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
