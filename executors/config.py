@@ -268,6 +268,9 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
     computations = fields.string("computations", data.get("computations", "approved"))
     if computations not in COMPUTATION_POLICIES:
         raise SpecError(f"'computations' must be \"approved\" or \"any\" (development only), got {computations!r}")
+    if computations == "any" and not is_loopback(host):
+        raise SpecError(f"'computations' = \"any\" runs any computation a coordinator sends and is refused unless "
+                        f"'listen' is a loopback address (127.0.0.1, ::1 or localhost), got {listen!r}")
     federations = _federations(data["federations"]) if "federations" in data else None
 
     tls = None

@@ -195,6 +195,10 @@ def test_token_sha256_is_stored_lowercase(site_dir: Path) -> None:
         ({"worker": {"max_message_mb": 5000}}, "'worker.max_message_mb' must be an integer between 1 and 2047"),
         ({"worker": {"max_restarts": -1}}, "'worker.max_restarts' must be an integer >= 0"),
         ({"worker": {"restart_window_s": 0}}, "'worker.restart_window_s' must be a number > 0"),
+        ({"worker": {"isolation": "chroot"}}, "'worker.isolation' must be \"netns\" (the default) or \"none\""),
+        ({"computations": "any", "listen": "0.0.0.0:7001"},
+         "'computations' = \"any\" runs any computation a coordinator sends and is refused unless 'listen' is a "
+         "loopback address"),
         ({"coordinators": []}, "'coordinators' must name at least one coordinator"),
         ({"coordinators": [{"identity": "c", "token_sha256": "s3cret-token"}]},
          "'coordinators[0].token_sha256' must be 64 hex digits"),

@@ -254,6 +254,25 @@ def test_rounds_and_plans_outside_the_approval_are_refused(attacked):
         assert err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_a_failure_in_the_worker_comes_back_as_a_release_id_not_as_its_text(attacked):
+    """Class 7: the training file is damaged under the running site (a marker string planted in it), so
+    the worker fails reading it. The caller gets the release id and the stage; neither the worker's
+    message nor the file's bytes reach the response or the audit log."""
+    fed, channel, plan, config, secrets, rival = attacked
+    path = next(d.path for name, d in config.datasets.items() if name == "train")
+    original = path.read_bytes()
+    marker = b"PLANTED-MARKER-" + bytes(range(65, 91))
+    path.write_bytes(original[:40] + marker * 4 + original[40:])
+    try:
+        err = _attack(attacked, "errors", _request(plan, round_num=2, state=_state(plan, "train", seed=3)))
+    finally:
+        path.write_bytes(original)
+    assert err.code() is grpc.StatusCode.INTERNAL and "failed in the worker at" in err.details()
+    assert "the site's log has this id" in err.details() and "corrupt" not in err.details().lower()
+    for text in (err.details().encode(), (config.state_dir / "audit.jsonl").read_bytes()):
+        assert marker not in text and not _leaks(text, [original])
+
+
 def test_a_release_after_the_worker_was_restarted_runs_on_a_fresh_executor(attacked):
     """The site keeps its executors between releases; one its restarted worker no longer knows is replaced."""
     import time
