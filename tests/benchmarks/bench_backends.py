@@ -22,8 +22,9 @@ coordinator worker this process starts):
     absolute path we send. So ``gateway - direct`` is the gateway hop alone (mTLS, token check,
     name rewriting, audit, the Python proxy's copies), while ``direct - local`` shows whether
     the workers themselves differ (it should be noise). A site's ``site.json`` names only the
-    gateway, so the worker's port is read from its command line (``--port=N``), found among
-    the site process's children.
+    gateway, so the worker's address is read from its command line, found among the site
+    process's children: the Unix socket its isolation relay serves (``--socket PATH``, the
+    default), or ``--port=N`` for a worker with ``[worker] isolation = "none"``.
 ``gateway``
     ``RemoteBackend`` through each site's gateway: mTLS, bearer token, datasets by catalog name.
 
@@ -133,7 +134,9 @@ def site_worker_addresses(federation: Any) -> dict[str, str]:
                 cmdline = child.cmdline()
             except psutil.NoSuchProcess:
                 continue
-            if cmdline and cmdline[0].endswith("worker_binary"):
+            if "tffprod.executors.isolation" in cmdline:  # an isolated worker: its relay's Unix socket
+                out[site] = f"unix:{cmdline[cmdline.index('--socket') + 1]}"
+            elif cmdline and cmdline[0].endswith("worker_binary") and site not in out:
                 port = next(arg.split("=", 1)[1] for arg in cmdline if arg.startswith("--port="))
                 out[site] = f"127.0.0.1:{port}"
         if site not in out:
