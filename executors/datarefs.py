@@ -55,6 +55,7 @@ TF-free: only the generated protobuf modules (``protos``) are used.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Collection, Mapping, Optional
 
 import grpc
@@ -138,6 +139,15 @@ def _walk_arrays(value: executor_pb2.Value, visit: Callable[[array_pb2.Array], N
     # "computation" and "sequence" are code: they pass through (see the module docstring).
 
 
+def _stamp(path: str) -> Optional[tuple[int, int]]:
+    """``(size, mtime_ns)`` of a file, or None if there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 class DataRefs:
     """Name <-> path translation for one site's catalog.
 
@@ -164,6 +174,20 @@ class DataRefs:
         # Longest first, so a path that contains another path is replaced whole.
         self._names_by_path = sorted(((p, n) for n, p in every), key=lambda pn: -len(pn[0]))
         self._known = ", ".join(sorted(catalog)) or "none"
+        self._stamps = {name: _stamp(entry.path) for name, entry in catalog.items()}
+
+    def check_unchanged(self, name: str) -> None:
+        """Refuse to read dataset ``name`` if its file changed since the site started (size or
+        modification time): the plans approved its content then, by hash.
+
+        Raises:
+            RequestRefused: FAILED_PRECONDITION.
+        """
+        stamp = self._stamps.get(name)
+        if stamp is not None and _stamp(self._paths[name.encode()].decode()) != stamp:
+            raise RequestRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"site {self.site}: dataset '{name}' changed on disk since the site started; "
+                                 "its operator restarts the site (and syncs it), and plans are made again")
 
     def _resolve(self, ref: bytes, allowed: Optional[set[bytes]]) -> bytes:
         """The local path of ``NAME`` or ``NAME#INDEX``; see the module docstring for refusals."""

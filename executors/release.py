@@ -208,6 +208,7 @@ class ReleaseHandler:
                                    f"{approval.plan_id[:16]} at this site")
             if name in names:
                 raise self._invalid(f"dataset '{name}' is selected twice")
+            self._refs.check_unchanged(name)
             names.append(name)
             clients = list(selection.clients)
             if name in approval.per_client and request.role == "train":

@@ -260,17 +260,34 @@ def test_a_failure_in_the_worker_comes_back_as_a_release_id_not_as_its_text(atta
     message nor the file's bytes reach the response or the audit log."""
     fed, channel, plan, config, secrets, rival = attacked
     path = next(d.path for name, d in config.datasets.items() if name == "train")
-    original = path.read_bytes()
+    original, stat = path.read_bytes(), path.stat()
     marker = b"PLANTED-MARKER-" + bytes(range(65, 91))
-    path.write_bytes(original[:40] + marker * 4 + original[40:])
+    # Same length and modification time: past the site's check that its files did not change.
+    path.write_bytes(original[:40] + (marker * 4)[:160] + original[200:])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     try:
         err = _attack(attacked, "errors", _request(plan, round_num=2, state=_state(plan, "train", seed=3)))
     finally:
         path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert err.code() is grpc.StatusCode.INTERNAL and "failed in the worker at" in err.details()
     assert "the site's log has this id" in err.details() and "corrupt" not in err.details().lower()
     for text in (err.details().encode(), (config.state_dir / "audit.jsonl").read_bytes()):
         assert marker not in text and not _leaks(text, [original])
+
+
+def test_a_dataset_changed_on_disk_is_not_read(attacked):
+    """The plans approved the data's content: a file that changed under the running site is refused."""
+    fed, channel, plan, config, secrets, rival = attacked
+    path = next(d.path for name, d in config.datasets.items() if name == "train")
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(original + b"\0")
+    try:
+        err = _attack(attacked, "data", _request(plan, round_num=2, state=_state(plan, "train", seed=4)))
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION and "changed on disk" in err.details()
 
 
 def test_a_release_after_the_worker_was_restarted_runs_on_a_fresh_executor(attacked):
