@@ -50,7 +50,8 @@ from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
 from tffprod.executors.approvals import ApprovalStore
 from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.protos import executor_pb2
-from tffprod.executors.release import RELEASE_METHOD, RELEASE_SERVICE, ReleaseHandler
+from tffprod.executors.release import (MAX_PIECE_BYTES, RELEASE_METHOD, RELEASE_SERVICE, RELEASE_STREAM_METHOD,
+                                       ReleaseHandler)
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
 
 __all__ = ["EXECUTOR_METHODS", "EXECUTOR_SERVICE", "CatalogEntry", "Gateway", "GatewayError", "is_loopback"]
@@ -75,6 +76,19 @@ def claimed_federation(context: grpc.ServicerContext) -> Optional[str]:
     """The federation a call names in ``x-tffprod-federation`` (None: none, or more than one)."""
     values = {v for k, v in context.invocation_metadata() if k == FEDERATION_HEADER}
     return values.pop() if len(values) == 1 else None
+
+
+class _CountingStream:
+    """A request stream's pieces, counting the bytes read (for the audit log)."""
+
+    def __init__(self, pieces: Any) -> None:
+        self._pieces = pieces
+        self.count = 0
+
+    def __iter__(self) -> Any:
+        for piece in self._pieces:
+            self.count += len(piece)
+            yield piece
 
 
 class GatewayError(TffprodError):
@@ -158,8 +172,11 @@ class Gateway:
                                                                         self._worker_message_call)
         self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
+        # Under approval no message is larger than a streamed piece of a release: gRPC refuses a longer
+        # one before reading it.
+        receive = max_message_bytes if approvals is None else min(max_message_bytes, MAX_PIECE_BYTES)
         self._server_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                ("grpc.max_receive_message_length", max_message_bytes))
+                                ("grpc.max_receive_message_length", receive))
         self._server: Optional[grpc.Server] = None
         self._channel: Optional[grpc.Channel] = None
         self._started_at = 0.0
@@ -187,7 +204,8 @@ class Gateway:
                 executor_handlers = {m: self._executor_method(channel, m) for m in EXECUTOR_METHODS}
                 handlers.append(grpc.method_handlers_generic_handler(EXECUTOR_SERVICE, executor_handlers))
             else:
-                handlers.append(grpc.method_handlers_generic_handler(RELEASE_SERVICE, {"Release": self._release_method()}))
+                handlers.append(grpc.method_handlers_generic_handler(RELEASE_SERVICE, {
+                    "Release": self._release_method(), "ReleaseStream": self._release_stream_method()}))
             server.add_generic_rpc_handlers(handlers)
             try:
                 if self._tls is None:
@@ -259,6 +277,20 @@ class Gateway:
 
         return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(RELEASE_METHOD, req, ctx, release))
 
+    def _release_stream_method(self) -> grpc.RpcMethodHandler:
+        """``tffprod.site.v1.Release/ReleaseStream`` (under approval): a release in pieces."""
+        releases = self._releases
+        assert releases is not None
+
+        def release(stream: "_CountingStream", context: grpc.ServicerContext) -> Any:
+            if not self._worker_health():
+                raise RequestRefused(grpc.StatusCode.UNAVAILABLE, self._worker_down())
+            return releases.release_stream(iter(stream), self._claimed_identity(context),
+                                           claimed_federation(context), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            lambda pieces, ctx: self._serve(RELEASE_STREAM_METHOD, _CountingStream(pieces), ctx, release))
+
     def _site_info_method(self) -> grpc.RpcMethodHandler:
         def info(request: bytes, context: grpc.ServicerContext) -> bytes:
             uptime = time.monotonic() - self._started_at
@@ -271,8 +303,9 @@ class Gateway:
         return grpc.unary_unary_rpc_method_handler(
             lambda req, ctx: self._serve(f"/{SITE_INFO_SERVICE}/Get", req, ctx, info))
 
-    def _serve(self, method: str, request: bytes, context: grpc.ServicerContext, handler: Handler) -> bytes:
-        """Authenticate, run ``handler``, audit, and turn refusals into gRPC statuses."""
+    def _serve(self, method: str, request: Any, context: grpc.ServicerContext, handler: Handler) -> bytes:
+        """Authenticate, run ``handler``, audit, and turn refusals into gRPC statuses (``request``: the
+        request's bytes, or a ``_CountingStream`` of them)."""
         started = time.monotonic()
         identity: Optional[str] = None
         response = b""
@@ -291,7 +324,8 @@ class Gateway:
             log.exception("site %s: gateway error in %s", self.site, method)
             code, detail = grpc.StatusCode.INTERNAL, f"site {self.site}: gateway error (see the site's log)"
         try:
-            self._audit.record(identity=identity, method=method, bytes_in=len(request),
+            bytes_in = request.count if isinstance(request, _CountingStream) else len(request)
+            self._audit.record(identity=identity, method=method, bytes_in=bytes_in,
                                bytes_out=len(response), status=code.name,
                                duration_s=time.monotonic() - started, detail=detail, **extra)
         except Exception:

@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
 
 import grpc
 
@@ -49,12 +52,18 @@ from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError
 from tffprod.protocol.tensors import TensorError
 
-__all__ = ["RELEASE_METHOD", "RELEASE_SERVICE", "ReleaseHandler", "release_digest"]
+__all__ = ["MAX_PIECE_BYTES", "PIECE_BYTES", "RELEASE_METHOD", "RELEASE_SERVICE", "RELEASE_STREAM_METHOD",
+           "ReleaseHandler", "release_digest"]
 
 log = logging.getLogger(__name__)
 
 RELEASE_SERVICE = "tffprod.site.v1.Release"
 RELEASE_METHOD = f"/{RELEASE_SERVICE}/Release"
+RELEASE_STREAM_METHOD = f"/{RELEASE_SERVICE}/ReleaseStream"
+# The largest message a site under approval reads (a whole small release, or one streamed piece):
+# gRPC refuses a longer one before buffering it.
+MAX_PIECE_BYTES = 4 * 2**20 + 64 * 1024
+PIECE_BYTES = 2**20  # what a coordinator streams per piece
 
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 _REQUEST_SLACK = 64 * 1024  # plan id, role, round, dataset selection (client indices) beyond the state
@@ -120,6 +129,61 @@ class ReleaseHandler:
             request = release_pb2.ReleaseRequest.FromString(raw)
         except Exception:
             raise self._invalid("the release request does not parse") from None
+        return self._release(request, identity, federation, context)
+
+    def release_stream(self, chunks: Iterator[bytes], identity: Optional[str], federation: Optional[str],
+                       context: grpc.ServicerContext) -> tuple[bytes, dict[str, Any]]:
+        """Handle a release sent in pieces (``ReleaseChunk``: the request, then its state's contents).
+
+        The plan says how many content bytes its free state has: the site reads the pieces only up
+        to that, and refuses a stream with more before reading on (memory stays within the plan's size).
+
+        Raises:
+            RequestRefused: as for ``release``; RESOURCE_EXHAUSTED for more content than the plan's state.
+        """
+        header = self._chunk(next(chunks, None), "header")
+        approval = self._approval(header.plan_id, identity, federation)
+        terms = self._terms(approval, header.role)
+        sizes = self._content_sizes(terms, header)
+        content = bytearray()
+        for raw in chunks:
+            data = self._chunk(raw, "data")
+            if len(content) + len(data) > sum(sizes):
+                raise _refused(grpc.StatusCode.RESOURCE_EXHAUSTED, self.site,
+                               f"the release streams more than the plan's {sum(sizes)} bytes of state")
+            content += data
+        if len(content) != sum(sizes):
+            raise self._invalid(f"the release streamed {len(content)} bytes of state, the plan's is {sum(sizes)}")
+        offset = 0
+        for tensor, size in zip(header.state, sizes):
+            tensor.content, offset = bytes(content[offset:offset + size]), offset + size
+        return self._release(header, identity, federation, context)
+
+    def _chunk(self, raw: Optional[bytes], part: str) -> Any:
+        """The ``header`` (a ``ReleaseRequest``) or ``data`` (bytes) of one streamed piece."""
+        try:
+            chunk = release_pb2.ReleaseChunk.FromString(raw if raw is not None else b"")
+        except Exception:
+            raise self._invalid("a piece of the release does not parse") from None
+        if chunk.WhichOneof("part") != part:
+            raise self._invalid(f"the release stream has no {part} where one belongs")
+        return getattr(chunk, part)
+
+    def _content_sizes(self, terms: Any, header: release_pb2.ReleaseRequest) -> list[int]:
+        """Each streamed state tensor's content size, from the plan (its declared dtype and shape)."""
+        if len(header.state) != len(terms.free):
+            raise self._invalid(f"the plan's {header.role} state has {len(terms.free)} free tensors, "
+                                f"got {len(header.state)}")
+        sizes = []
+        for tensor, leaf in zip(header.state, terms.free):
+            if tensor.dtype != leaf.dtype or list(tensor.shape) != list(leaf.shape) or tensor.content:
+                raise self._invalid(f"state {leaf.path}: expected {leaf.dtype}{list(leaf.shape)} with its content "
+                                    "streamed after the request")
+            sizes.append(0 if leaf.dtype == "string" else math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize)
+        return sizes
+
+    def _release(self, request: release_pb2.ReleaseRequest, identity: Optional[str], federation: Optional[str],
+                 context: grpc.ServicerContext) -> tuple[bytes, dict[str, Any]]:
         release_id = secrets.token_hex(8)
         approval = self._approval(request.plan_id, identity, federation)
         terms = self._terms(approval, request.role)

@@ -686,6 +686,76 @@ def test_a_release_larger_than_any_approved_plan_allows_is_refused_before_it_is_
     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than any approved plan's" in err.details()
 
 
+def _stream(channel, chunks, **kwargs) -> bytes:
+    return channel.stream_unary("/tffprod.site.v1.Release/ReleaseStream")(
+        iter([c.SerializeToString() for c in chunks]), timeout=30, **kwargs)
+
+
+@pytest.mark.parametrize("data, code, detail", [
+    ([bytes(8), bytes(8)], "RESOURCE_EXHAUSTED", "streams more than the plan's 8 bytes of state"),
+    ([bytes(4)], "INVALID_ARGUMENT", "streamed 4 bytes of state, the plan's is 8"),
+    ([], "INVALID_ARGUMENT", "streamed 0 bytes of state"),
+])
+def test_a_streamed_release_is_read_only_up_to_the_plans_state_size(approved, pki, data, code, detail):
+    from tffprod.protocol import release_pb2
+
+    header = _request(approved.plan_id, state=[release_pb2.Tensor(dtype="float32", shape=[2])])
+    chunks = [release_pb2.ReleaseChunk(header=header)] + [release_pb2.ReleaseChunk(data=d) for d in data]
+    channel = tls_channel(approved, pki)
+    try:
+        err = status_of(_stream, channel, chunks)
+    finally:
+        channel.close()
+    assert err.code().name == code and detail in err.details()
+
+
+@pytest.mark.parametrize("chunks, detail", [
+    ("data first", "has no header where one belongs"),
+    ("content in the header", "with its content streamed after the request"),
+    ("nothing", "has no header where one belongs"),
+])
+def test_a_malformed_release_stream_is_invalid_argument(approved, pki, chunks, detail):
+    import numpy as np
+
+    from tffprod.protocol import release_pb2
+    from tffprod.protocol.tensors import from_numpy
+
+    pieces = {"data first": [release_pb2.ReleaseChunk(data=bytes(8))],
+              "content in the header": [release_pb2.ReleaseChunk(header=_request(
+                  approved.plan_id, state=[from_numpy(np.zeros(2, np.float32))]))],
+              "nothing": []}[chunks]
+    channel = tls_channel(approved, pki)
+    try:
+        err = status_of(_stream, channel, pieces)
+    finally:
+        channel.close()
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and detail in err.details()
+
+
+def test_a_streamed_release_passes_the_same_checks_as_a_whole_one(approved, pki):
+    from tffprod.backends.release import pieces
+
+    channel = tls_channel(approved, pki)
+    try:  # pieces() splits a request as a coordinator does; this one names data outside the plan
+        err = status_of(_stream, channel, list(pieces(_request(approved.plan_id, datasets=[{"name": "eval"}]))))
+    finally:
+        channel.close()
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "is not a train dataset" in err.details()
+    assert approved.records()[-1]["method"] == "/tffprod.site.v1.Release/ReleaseStream"
+
+
+def test_under_approval_no_message_above_a_streamed_piece_is_read(approved, pki):
+    from tffprod.executors.release import MAX_PIECE_BYTES
+
+    channel = tls_channel(approved, pki)
+    try:
+        err = status_of(channel.unary_unary("/tffprod.site.v1.Release/Release"), bytes(MAX_PIECE_BYTES + 1),
+                        timeout=30)
+    finally:
+        channel.close()
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit: refused before it is read
+
+
 def test_garbage_to_the_release_service_is_invalid_argument(approved, pki):
     channel = tls_channel(approved, pki)
     try:

@@ -93,7 +93,7 @@ class SiteConnection:
 
 
 def _headers_interceptor(headers: list[tuple[str, str]]) -> Any:
-    """A unary-unary client interceptor that adds ``headers`` to every call's metadata."""
+    """A client interceptor that adds ``headers`` to every unary call's and request stream's metadata."""
     import grpc
 
     class Details(collections.namedtuple("Details", ("method", "timeout", "metadata", "credentials",
@@ -101,10 +101,15 @@ def _headers_interceptor(headers: list[tuple[str, str]]) -> Any:
                   grpc.ClientCallDetails):
         pass
 
-    class AddHeaders(grpc.UnaryUnaryClientInterceptor):
+    def with_headers(details):
+        return Details(details.method, details.timeout, list(details.metadata or []) + headers,
+                       details.credentials, details.wait_for_ready, details.compression)
+
+    class AddHeaders(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
         def intercept_unary_unary(self, continuation, details, request):
-            metadata = list(details.metadata or []) + headers
-            return continuation(Details(details.method, details.timeout, metadata, details.credentials,
-                                        details.wait_for_ready, details.compression), request)
+            return continuation(with_headers(details), request)
+
+        def intercept_stream_unary(self, continuation, details, request_iterator):
+            return continuation(with_headers(details), request_iterator)
 
     return AddHeaders()

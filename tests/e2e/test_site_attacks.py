@@ -226,8 +226,17 @@ def test_a_release_larger_than_the_plan_allows_is_refused_unread(attacked):
     """Class 6: the plan's types bound a release's size; a larger one is refused before it is parsed."""
     plan = attacked[2]
     huge = release_pb2.Tensor(dtype="float32", shape=[16 * 2**20], content=bytes(64 * 2**20))
-    err = _attack(attacked, "memory", _request(plan, state=[huge]))
+    err = _attack(attacked, "memory", _request(plan, state=[huge]))  # one message: over gRPC's 4 MB limit
     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    fed, channel, plan, config, secrets, rival = attacked
+    header = _request(plan, state=[release_pb2.Tensor(dtype=t.dtype, shape=t.shape) for t in _state(plan, "train")])
+    pieces = [release_pb2.ReleaseChunk(header=header)]
+    pieces += [release_pb2.ReleaseChunk(data=bytes(2**20))] * 64  # 64 MB streamed: refused after the plan's size
+    TALLY["attempts"] += 1
+    with pytest.raises(grpc.RpcError) as info:
+        channel.stream_unary("/tffprod.site.v1.Release/ReleaseStream")(
+            iter([p.SerializeToString() for p in pieces]), timeout=60)
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "more than the plan's" in info.value.details()
 
 
 def test_the_worker_is_reachable_only_through_the_gateway(attacked):

@@ -12,7 +12,7 @@ which are packed back into the structure ``merge`` expects.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -21,7 +21,7 @@ from tffprod.protocol import release_pb2, release_pb2_grpc
 from tffprod.protocol.terms import ReleaseTerms
 from tffprod.protocol.tensors import from_numpy, to_numpy
 
-__all__ = ["ReleaseClient", "grpc_sender", "leaf_at", "selection"]
+__all__ = ["ReleaseClient", "grpc_sender", "leaf_at", "pieces", "selection"]
 
 
 def leaf_at(value: Any, path: str) -> Any:
@@ -100,6 +100,19 @@ class ReleaseClient:
         return _pack(result_type, iter(to_numpy(t) for t in response.result))
 
 
+def pieces(request: release_pb2.ReleaseRequest, size: int = 2**20) -> Iterator[release_pb2.ReleaseChunk]:
+    """``request`` as the pieces of ``ReleaseStream``: the request without its numeric state contents,
+    then those contents, concatenated in order, ``size`` bytes a piece."""
+    header = release_pb2.ReleaseRequest()
+    header.CopyFrom(request)
+    for tensor in header.state:
+        tensor.ClearField("content")
+    yield release_pb2.ReleaseChunk(header=header)
+    content = memoryview(b"".join(tensor.content for tensor in request.state))
+    for start in range(0, len(content), size):
+        yield release_pb2.ReleaseChunk(data=bytes(content[start:start + size]))
+
+
 def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequest], release_pb2.ReleaseResponse]:
     """Sends releases over the site's current channel (``channel()``); UNAVAILABLE becomes
     ``SiteUnavailableError`` (the router retries it), other refusals stay ``grpc.RpcError``."""
@@ -108,7 +121,7 @@ def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequ
         from tffprod.contexts import SiteUnavailableError
 
         try:
-            return release_pb2_grpc.ReleaseStub(channel()).Release(request)
+            return release_pb2_grpc.ReleaseStub(channel()).ReleaseStream(pieces(request))
         except grpc.RpcError as e:
             if e.code() is grpc.StatusCode.UNAVAILABLE:
                 raise SiteUnavailableError(f"site unavailable ({e.code().name}: {e.details()})") from e

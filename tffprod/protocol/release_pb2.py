@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etffprod/protocol/release.proto\x12\x0ftffprod.site.v1\"H\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07strings\x18\x04 \x03(\x0c\"1\n\x10\x44\x61tasetSelection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lients\x18\x02 \x03(\r\"\x9b\x01\n\x0eReleaseRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x33\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32!.tffprod.site.v1.DatasetSelection\x12&\n\x05state\x18\x05 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\"m\n\x0fReleaseResponse\x12\'\n\x06result\x18\x01 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06repeat\x18\x03 \x01(\x08\x12\x12\n\nrelease_id\x18\x04 \x01(\t2W\n\x07Release\x12L\n\x07Release\x12\x1f.tffprod.site.v1.ReleaseRequest\x1a .tffprod.site.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etffprod/protocol/release.proto\x12\x0ftffprod.site.v1\"H\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07strings\x18\x04 \x03(\x0c\"1\n\x10\x44\x61tasetSelection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lients\x18\x02 \x03(\r\"\x9b\x01\n\x0eReleaseRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x33\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32!.tffprod.site.v1.DatasetSelection\x12&\n\x05state\x18\x05 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\"m\n\x0fReleaseResponse\x12\'\n\x06result\x18\x01 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06repeat\x18\x03 \x01(\x08\x12\x12\n\nrelease_id\x18\x04 \x01(\t\"Y\n\x0cReleaseChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.tffprod.site.v1.ReleaseRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xab\x01\n\x07Release\x12L\n\x07Release\x12\x1f.tffprod.site.v1.ReleaseRequest\x1a .tffprod.site.v1.ReleaseResponse\x12R\n\rReleaseStream\x12\x1d.tffprod.site.v1.ReleaseChunk\x1a .tffprod.site.v1.ReleaseResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -29,6 +29,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_RELEASEREQUEST']._serialized_end=332
   _globals['_RELEASERESPONSE']._serialized_start=334
   _globals['_RELEASERESPONSE']._serialized_end=443
-  _globals['_RELEASE']._serialized_start=445
-  _globals['_RELEASE']._serialized_end=532
+  _globals['_RELEASECHUNK']._serialized_start=445
+  _globals['_RELEASECHUNK']._serialized_end=534
+  _globals['_RELEASE']._serialized_start=537
+  _globals['_RELEASE']._serialized_end=708
 # @@protoc_insertion_point(module_scope)

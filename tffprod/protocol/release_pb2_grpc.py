@@ -19,6 +19,11 @@ class ReleaseStub(object):
                 request_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
                 )
+        self.ReleaseStream = channel.stream_unary(
+                '/tffprod.site.v1.Release/ReleaseStream',
+                request_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.SerializeToString,
+                response_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
+                )
 
 
 class ReleaseServicer(object):
@@ -30,12 +35,23 @@ class ReleaseServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReleaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
                     request_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseRequest.FromString,
+                    response_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'ReleaseStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReleaseStream,
+                    request_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.FromString,
                     response_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.SerializeToString,
             ),
     }
@@ -61,6 +77,23 @@ class Release(object):
             metadata=None):
         return grpc.experimental.unary_unary(request, target, '/tffprod.site.v1.Release/Release',
             tffprod_dot_protocol_dot_release__pb2.ReleaseRequest.SerializeToString,
+            tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ReleaseStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/tffprod.site.v1.Release/ReleaseStream',
+            tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.SerializeToString,
             tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
