@@ -60,10 +60,12 @@ def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
     return terms
 
 
-def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None) -> dict[str, Any]:
+def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None,
+            fallback_free: list[str] | None = None) -> dict[str, Any]:
     """A plan's computation entry: the frozen bytes and their release terms (:mod:`tffprod.protocol.terms`).
 
-    Every state leaf outside the ``free`` prefixes is pinned to its value in ``initial_state``.
+    Every state leaf outside the ``free`` prefixes is pinned to its value in ``initial_state``; when a
+    ``free`` prefix names no leaf (a state laid out otherwise), ``fallback_free`` is used instead.
     """
     import tensorflow_federated as tff
 
@@ -75,6 +77,9 @@ def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bo
     proto = tff.framework.serialize_computation(compiled)
     data = proto.SerializeToString(deterministic=True)
     leaves = SiteSignature(proto).state
+    under = lambda path, prefix: path == prefix or path.startswith(prefix + "/")  # noqa: E731
+    if fallback_free is not None and not all(any(under(leaf.path, p) for leaf in leaves) for p in free):
+        free = fallback_free
     pinned = [pinned_entry(leaf, leaf_at(initial_state, leaf.path)) for leaf in leaves
               if not any(leaf.path == p or leaf.path.startswith(p + "/") for p in free)]
     entry = {"role": role, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
@@ -89,6 +94,11 @@ def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bo
 # the coordinator's part of a round reads). Everything else is pinned by the plan.
 FREE_TRAIN_STATE = ["global_model_weights", "finalizer"]
 FREE_EVAL_STATE = ["global_model_weights"]
+# Adaptive clipping moves its clip at the coordinator every round (TFF's quantile estimator): that
+# estimate and the clip derived from it are free too; its target quantile, learning rate and noise
+# multipliers stay pinned.
+ADAPTIVE_MOVING_STATE = ["aggregator/query_state/numerator_state/sum_state",
+                         "aggregator/query_state/numerator_state/quantile_estimator_state/current_estimate"]
 
 
 def _initial_states(*processes: Any) -> list[Any]:
@@ -134,9 +144,10 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
     form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
     evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
     states = _initial_states(*[p for p in (process, evaluation) if p is not None])
-    # Adaptive clipping moves its clip every round at the coordinator: its aggregator state stays free.
-    free = FREE_TRAIN_STATE + (["aggregator"] if spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive" else [])
-    computations = [_freeze("train", form.up_to_merge, states[0], free, _train_bound(plan))]
+    adaptive = spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive"
+    free = FREE_TRAIN_STATE + (ADAPTIVE_MOVING_STATE if adaptive else [])
+    computations = [_freeze("train", form.up_to_merge, states[0], free, _train_bound(plan),
+                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if adaptive else None)]
     if evaluation is not None:
         computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
             evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))

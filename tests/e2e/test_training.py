@@ -143,6 +143,27 @@ def test_adaptive_clipping_on_csv_fraud_data(tmp_path):
         rows = registry.list_rounds(result["id"])
         examples = {p["site"]: p["examples"] for p in rows[0]["participants"]}
         assert examples == {b: registry.get_dataset(f"{b}/train")["num_examples"] for b in paths}
+        # The same through a plan, on the sites' release path (simulated): the moving clip is the
+        # coordinator's to send, the adaptive constants are the plan's.
+        from tffprod.plan import make_plan, train_from_plan, write_plan
+        from tffprod.protocol.terms import ReleaseTerms
+        from tffprod.session import plan_session
+
+        document = make_plan(plan_session(spec, registry=registry))
+        (train_entry,) = [c for c in document["computations"] if c["role"] == "train"]
+        pinned = {e["path"]: e["value"] for e in train_entry["state"]["pinned"]}
+        estimator = "aggregator/query_state/numerator_state/quantile_estimator_state"
+        assert pinned[f"{estimator}/target_quantile"] == 0.5 and f"{estimator}/current_estimate" not in pinned
+        plan_path = write_plan(document, tmp_path / "adaptive.plan.json")
+        planned = train_from_plan(plan_path, registry=registry, backend=LocalBackend(log_dir=tmp_path / "sim"))
+        assert planned["status"] == "finished" and planned["rounds_completed"] == 2
+        import base64
+
+        terms = ReleaseTerms(train_entry, base64.b64decode(train_entry["proto"]))
+        index = [leaf.path for leaf in terms.signature.state].index(f"{estimator}/current_estimate")
+        last = registry.list_rounds(planned["id"])[-1]
+        estimate = float(np.load(last["checkpoint"])[f"leaf{index}"])
+        assert estimate != pytest.approx(0.5)  # the clip adapted, and the sites trained with it
 
 
 def test_custom_process_builder_hook(digits_registry, tmp_path):
