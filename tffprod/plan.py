@@ -186,15 +186,13 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
     from tffprod.model_registry import require_access
     from tffprod.process import build_evaluation_process
     from tffprod.session import resolve_datasets
-    from tffprod.sites import local_versions
     from tffprod.task import load_task
 
     version = registry.get_model_version(model_ref)
     spec = registry.get_session(version["session_id"])["spec"]
     task = load_task(spec["task"])
     rows = resolve_datasets(registry, list(dataset_refs), task)
-    sites = list(dict.fromkeys(row["site"] for row in rows))
-    for site in sites:
+    for site in dict.fromkeys(row["site"] for row in rows):
         require_access(registry, version, site)
     formats = sorted({row["format"] for row in rows})
     if len(formats) != 1:
@@ -203,22 +201,10 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
     (state,) = _initial_states(evaluation)
     entry = _freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(evaluation.next).up_to_merge,
                     state, FREE_EVAL_STATE)
-    body = {
-        "format": PLAN_FORMAT,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": local_versions(),
-        "session": {"name": f"eval-{version['name']}-{version['version']}", "rounds": 0, "seed": 0,
-                    "min_sites": 1, "federation": spec.get("federation")},
-        "model": {"name": version["name"], "version": int(version["version"])},
-        "task": task.summary(),
-        "privacy": {"mechanism": "none", "unit": "none (evaluation metrics are not noised)"},
-        "datasets": [{"role": "eval", "ref": row["ref"], "site": row["site"], "name": row["name"],
-                      "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
-                      "client_id": row.get("client_id")} for row in rows],
-        "coordinators": coordinator_identities(registry, sites),
-        "computations": [entry],
-    }
-    return {**body, "plan_id": canonical_id(body)}
+    return _single_release_plan(
+        registry, entry, rows, name=f"eval-{version['name']}-{version['version']}", federation=spec.get("federation"),
+        task=task.summary(), unit="none (evaluation metrics are not noised)",
+        model={"name": version["name"], "version": int(version["version"])})
 
 
 def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
@@ -233,7 +219,6 @@ def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, serv
     import tensorflow_federated as tff
 
     from tffprod.computations import check_computation, resolve
-    from tffprod.sites import local_versions
 
     check_computation(comp, with_server_arg=server_arg is not None)
     rows = resolve(registry, list(datasets))
@@ -242,15 +227,27 @@ def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, serv
     except (ValueError, TypeError) as e:
         raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
     entry = _freeze("compute", form.up_to_merge, server_arg, [])
+    return _single_release_plan(registry, entry, rows, name="compute", federation=None,
+                                task={"computation": str(comp.type_signature)},
+                                unit="none (the computation's results are not noised)")
+
+
+def _single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
+                         task: dict[str, Any], unit: str, **extra: Any) -> dict[str, Any]:
+    """A plan of one ``eval`` or ``compute`` computation (``entry``) on ``rows``, each dataset released
+    once; no rounds, no DP."""
+    from tffprod.sites import local_versions
+
     sites = list(dict.fromkeys(row["site"] for row in rows))
     body = {
         "format": PLAN_FORMAT,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": local_versions(),
-        "session": {"name": "compute", "rounds": 0, "seed": 0, "min_sites": 1, "federation": None},
-        "task": {"computation": str(comp.type_signature)},
-        "privacy": {"mechanism": "none", "unit": "none (the computation's results are not noised)"},
-        "datasets": [{"role": "compute", "ref": row["ref"], "site": row["site"], "name": row["name"],
+        "session": {"name": name, "rounds": 0, "seed": 0, "min_sites": 1, "federation": federation},
+        **extra,
+        "task": task,
+        "privacy": {"mechanism": "none", "unit": unit},
+        "datasets": [{"role": entry["role"], "ref": row["ref"], "site": row["site"], "name": row["name"],
                       "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
                       "client_id": row.get("client_id")} for row in rows],
         "coordinators": coordinator_identities(registry, sites),

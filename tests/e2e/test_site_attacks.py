@@ -9,6 +9,7 @@ audit log may contain the site's key or data bytes. The module prints one summar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tomllib
@@ -103,6 +104,21 @@ def _rival_channel(fed, registry_address, root):
                                          (rival / "rival.key").read_bytes(), (rival / "rival.crt").read_bytes())
     creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials("rival-token-0123456789"))
     return grpc.secure_channel(registry_address, creds)
+
+
+@contextlib.contextmanager
+def _changed(path, content: bytes, *, keep_mtime: bool):
+    """``path`` holds ``content`` inside the block (with its old modification time if ``keep_mtime``),
+    then exactly what it held before."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(content)
+    if keep_mtime:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        yield original
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def _terms(plan, role):
@@ -268,17 +284,12 @@ def test_a_failure_in_the_worker_comes_back_as_a_release_id_not_as_its_text(atta
     the worker fails reading it. The caller gets the release id and the stage; neither the worker's
     message nor the file's bytes reach the response or the audit log."""
     fed, channel, plan, config, secrets, rival = attacked
-    path = next(d.path for name, d in config.datasets.items() if name == "train")
-    original, stat = path.read_bytes(), path.stat()
+    path = config.datasets["train"].path
+    original = path.read_bytes()
     marker = b"PLANTED-MARKER-" + bytes(range(65, 91))
     # Same length and modification time: past the site's check that its files did not change.
-    path.write_bytes(original[:40] + (marker * 4)[:160] + original[200:])
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    try:
+    with _changed(path, original[:40] + (marker * 4)[:160] + original[200:], keep_mtime=True):
         err = _attack(attacked, "errors", _request(plan, round_num=2, state=_state(plan, "train", seed=3)))
-    finally:
-        path.write_bytes(original)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert err.code() is grpc.StatusCode.INTERNAL and "failed in the worker at" in err.details()
     assert "the site's log has this id" in err.details() and "corrupt" not in err.details().lower()
     for text in (err.details().encode(), (config.state_dir / "audit.jsonl").read_bytes()):
@@ -288,14 +299,9 @@ def test_a_failure_in_the_worker_comes_back_as_a_release_id_not_as_its_text(atta
 def test_a_dataset_changed_on_disk_is_not_read(attacked):
     """The plans approved the data's content: a file that changed under the running site is refused."""
     fed, channel, plan, config, secrets, rival = attacked
-    path = next(d.path for name, d in config.datasets.items() if name == "train")
-    original, stat = path.read_bytes(), path.stat()
-    path.write_bytes(original + b"\0")
-    try:
+    path = config.datasets["train"].path
+    with _changed(path, path.read_bytes() + b"\0", keep_mtime=False):
         err = _attack(attacked, "data", _request(plan, round_num=2, state=_state(plan, "train", seed=4)))
-    finally:
-        path.write_bytes(original)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION and "changed on disk" in err.details()
 
 
