@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import secrets
 from typing import Any, Callable, Iterator, Optional
-
-import numpy as np
 
 import grpc
 
@@ -174,13 +171,11 @@ class ReleaseHandler:
         if len(header.state) != len(terms.free):
             raise self._invalid(f"the plan's {header.role} state has {len(terms.free)} free tensors, "
                                 f"got {len(header.state)}")
-        sizes = []
         for tensor, leaf in zip(header.state, terms.free):
             if tensor.dtype != leaf.dtype or list(tensor.shape) != list(leaf.shape) or tensor.content:
                 raise self._invalid(f"state {leaf.path}: expected {leaf.dtype}{list(leaf.shape)} with its content "
                                     "streamed after the request")
-            sizes.append(0 if leaf.dtype == "string" else math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize)
-        return sizes
+        return terms.content_sizes()
 
     def _release(self, request: release_pb2.ReleaseRequest, identity: Optional[str], federation: Optional[str],
                  context: grpc.ServicerContext) -> tuple[bytes, dict[str, Any]]:

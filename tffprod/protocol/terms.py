@@ -133,11 +133,15 @@ class ReleaseTerms:
             raise TermsError(f"computation '{self.role}': its bound names no result leaf or is not positive")
         return bound
 
+    def content_sizes(self) -> list[int]:
+        """Each free state tensor's content bytes (0 for strings, which travel as a list)."""
+        return [0 if leaf.dtype == "string" else math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+                for leaf in self.free]
+
     @property
     def state_bytes(self) -> int:
         """The largest state a release of this computation carries, in content bytes (no strings)."""
-        return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-                   for leaf in self.free if leaf.dtype != "string")
+        return sum(self.content_sizes())
 
     def full_state(self, sent: Sequence[release_pb2.Tensor]) -> list[release_pb2.Tensor]:
         """Every state leaf: the free ones from ``sent`` (checked exactly), the pinned ones from the plan.
