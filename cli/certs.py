@@ -37,7 +37,7 @@ def init(out_dir: str, name: str, days: int, as_json: bool) -> None:
     Example:
         tffprod certs init --out ./pki/ca --name acme-federation-ca
     """
-    from tffprod.certs import init_ca
+    from tffprod.security.certs import init_ca
 
     with user_errors():
         files = init_ca(out_dir, name=name, days=days)
@@ -70,7 +70,7 @@ def issue(name: str, ca_dir: str, out_dir: str, hosts: tuple[str, ...], days: in
         tffprod certs issue hospital-a --ca ./pki/ca --out ./pki/hospital-a \\
             --host hospital-a.example.org --host 10.0.0.7
     """
-    from tffprod.certs import DEFAULT_HOSTS, issue as issue_cert
+    from tffprod.security.certs import DEFAULT_HOSTS, issue as issue_cert
 
     with user_errors():
         files = issue_cert(name, ca_dir=ca_dir, out_dir=out_dir, hosts=hosts or DEFAULT_HOSTS, days=days)
@@ -92,7 +92,7 @@ def show(file: str, as_json: bool) -> None:
     Example:
         tffprod certs show ./pki/hospital-a/hospital-a.crt --json
     """
-    from tffprod.certs import describe
+    from tffprod.security.certs import describe
 
     with user_errors():
         info = describe(file)

@@ -54,7 +54,7 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
         tffprod dataset register bank-a/train data/bank-a/train.csv \\
             --task tffprod.examples.fraud:task --client-id customer_id
     """
-    from tffprod.datasets import load_schema_file, register_dataset
+    from tffprod.data.register import load_schema_file, register_dataset
     from tffprod.task import load_task
 
     with user_errors():

@@ -28,7 +28,7 @@ def demo(workdir: str, rounds: int, backend: str, as_json: bool) -> None:
     from pathlib import Path
 
     from tffprod.cli.progress import print_round
-    from tffprod.demo import run_demo
+    from tffprod.dev.demo import run_demo
     from tffprod.registry import Registry
 
     watch = interactive() and not as_json

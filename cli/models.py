@@ -103,7 +103,7 @@ def export(ref: str, out: str, fmt: str, for_site: Optional[str], registry_path:
     Example:
         tffprod model export digits-dp@production --out ./digits-savedmodel --for hospital-a
     """
-    from tffprod.export import export_version
+    from tffprod.models.export import export_version
 
     with user_errors(), open_registry(registry_path) as registry:
         result = export_version(registry, ref, out, fmt=fmt, for_site=for_site)
@@ -134,7 +134,7 @@ def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, registry_path:
     import os
 
     with user_errors(), open_registry(registry_path) as registry:
-        from tffprod.plan import make_eval_plan, write_plan
+        from tffprod.sessions.approval import make_eval_plan, write_plan
 
         document = make_eval_plan(registry, ref, list(datasets))
         write_plan(document, out_path)
@@ -164,7 +164,7 @@ def alias(ref: str, alias: str, remove: bool, registry_path: str, as_json: bool)
         tffprod model alias digits-dp:3 production
         tffprod model alias digits-dp production --remove
     """
-    from tffprod.model_registry import remove_alias, set_alias
+    from tffprod.models.access import remove_alias, set_alias
 
     with user_errors(), open_registry(registry_path) as registry:
         row = remove_alias(registry, ref.split(":")[0].split("@")[0], alias) if remove \
@@ -190,7 +190,7 @@ def access(ref: str, allow: tuple[str, ...], revoke: tuple[str, ...], registry_p
     Example:
         tffprod model access digits-dp:1 --allow site:hospital-d --revoke site:hospital-c
     """
-    from tffprod.model_registry import set_access
+    from tffprod.models.access import set_access
 
     with user_errors(), open_registry(registry_path) as registry:
         row = set_access(registry, ref, allow=allow, revoke=revoke) if allow or revoke \
@@ -222,7 +222,7 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, plan_path: s
         tffprod eval digits-dp:1 --dataset hospital-a/test --backend remote --plan eval.plan.json
     """
     from tffprod.backends import create_backend
-    from tffprod.evaluation import evaluate_version
+    from tffprod.training.evaluation import evaluate_version
 
     with user_errors(), open_registry(registry_path) as registry:
         result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry),

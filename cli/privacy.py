@@ -35,7 +35,7 @@ def report(dataset: Optional[str], registry_path: str, as_json: bool) -> None:
     Example:
         tffprod privacy report --dataset hospital-a/train
     """
-    from tffprod.datasets import parse_ref
+    from tffprod.data.register import parse_ref
 
     with user_errors():
         site, name = parse_ref(dataset) if dataset else (None, None)

@@ -49,7 +49,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
 
             backend = backend or load_plan(plan_path).document["spec"].get("backend", "local")
         else:
-            from tffprod.spec import load_spec
+            from tffprod.config.spec import load_spec
 
             spec = load_spec(spec_path)
             backend = backend or spec.backend
@@ -60,11 +60,11 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
         with open_registry(registry_path) as registry:
             site_backend = create_backend(backend, registry=registry)
             if plan_path:
-                from tffprod.plan import train_from_plan
+                from tffprod.sessions.approval import train_from_plan
 
                 result = train_from_plan(plan_path, registry=registry, backend=site_backend, progress=progress)
             else:
-                from tffprod.session import train
+                from tffprod.sessions.runner import train
 
                 result = train(spec, registry=registry, backend=site_backend, progress=progress)
     _report(result, as_json)
@@ -103,12 +103,12 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     Example:
         tffprod session plan --spec digits.toml --out digits.plan.json
     """
-    from tffprod.spec import load_spec
+    from tffprod.config.spec import load_spec
 
     with user_errors():
         spec = load_spec(spec_path)
-        from tffprod.plan import coordinator_identities, make_plan, write_plan
-        from tffprod.session import plan_session
+        from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
+        from tffprod.sessions.runner import plan_session
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
@@ -139,7 +139,7 @@ def list_(status: Optional[str], registry_path: str, as_json: bool) -> None:
     Example:
         tffprod session list --json
     """
-    from tffprod.resume import resumable
+    from tffprod.sessions.resume import resumable
 
     with user_errors(), open_registry(registry_path) as registry:
         rows = registry.list_sessions(status=status)
@@ -164,7 +164,7 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod session show s-20261125-183000-ab12
     """
-    from tffprod.resume import describe_health, resumable
+    from tffprod.sessions.resume import describe_health, resumable
 
     with user_errors(), open_registry(registry_path) as registry:
         row = registry.get_session(session_id)
@@ -199,7 +199,7 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
 
 
 def _resume_hint(row: dict) -> str:
-    from tffprod.resume import resumable
+    from tffprod.sessions.resume import resumable
 
     reason = resumable(row)
     if reason:
@@ -230,7 +230,7 @@ def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], fo
     with user_errors():
         from tffprod.backends import create_backend
         from tffprod.cli.progress import print_round
-        from tffprod.resume import resume_session
+        from tffprod.sessions.resume import resume_session
 
         progress = print_round if interactive() else None
         with open_registry(registry_path) as registry:
@@ -254,7 +254,7 @@ def cancel(session_id: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod session cancel s-20261125-183000-ab12
     """
-    from tffprod.resume import cancel_session
+    from tffprod.sessions.resume import cancel_session
 
     with user_errors(), open_registry(registry_path) as registry:
         row = cancel_session(session_id, registry=registry)
@@ -279,7 +279,7 @@ def export(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> 
         tffprod session export s-20261125-183000-ab12 --out model/
     """
     with user_errors():
-        from tffprod.resume import export_session
+        from tffprod.sessions.resume import export_session
 
         with open_registry(registry_path) as registry:
             result = export_session(session_id, registry=registry, out_dir=out_dir)

@@ -77,7 +77,7 @@ def add(name: str, address: str, ca: str, cert: str, key: str, token_file: str, 
         tffprod site add hospital-a --address 127.0.0.1:7001 --ca certs/ca.crt \\
             --cert certs/coordinator.crt --key certs/coordinator.key --token-file tokens/hospital-a
     """
-    from tffprod.sites import add_site
+    from tffprod.sites.admin import add_site
 
     with user_errors(), open_registry(registry_path) as registry:
         row = add_site(registry, name, address=address, ca=Path(ca), cert=Path(cert), key=Path(key),
@@ -101,7 +101,7 @@ def check(name: Optional[str], check_all: bool, registry_path: str, as_json: boo
         tffprod site check hospital-a
         tffprod site check --all --json
     """
-    from tffprod.sites import SiteCheckError, check_site
+    from tffprod.sites.admin import SiteCheckError, check_site
 
     if bool(name) == check_all:
         raise click.UsageError("give a site NAME or --all")
@@ -141,7 +141,7 @@ def sync(name: str, registry_path: str, as_json: bool) -> None:
     Example:
         tffprod site sync hospital-a
     """
-    from tffprod.sites import sync_site
+    from tffprod.sites.admin import sync_site
 
     with user_errors(), open_registry(registry_path) as registry:
         rows = sync_site(registry, name)

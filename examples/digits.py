@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tffprod.datafiles import write_tfrecord
+from tffprod.data.files import write_tfrecord
 from tffprod.errors import SpecError
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 from tffprod.task import Optimizer, Task
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")

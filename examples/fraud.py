@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from tffprod.datafiles import write_csv
+from tffprod.data.files import write_csv
 from tffprod.errors import SpecError
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 from tffprod.task import Optimizer, Task
 
 FRAUD_RATES = {"bank-a": 0.01, "bank-b": 0.03, "bank-c": 0.08}

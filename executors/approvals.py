@@ -108,7 +108,7 @@ class Plan:
 
     @property
     def computation_only(self) -> bool:
-        """A plan of one custom federated computation (:func:`tffprod.plan.make_computation_plan`)."""
+        """A plan of one custom federated computation (:func:`tffprod.sessions.approval.make_computation_plan`)."""
         return all(c["role"] == "compute" for c in self.computations)
 
     def computation_bytes(self, role: str) -> Optional[bytes]:
@@ -137,7 +137,7 @@ def load_plan(path: os.PathLike | str) -> Plan:
         PlanError: unreadable, malformed, edited (an id or hash does not match its content),
             or a computation that would release CLIENTS-placed values.
     """
-    from tffprod.executors.protos import computation_pb2
+    from tffprod.protocol.protos import computation_pb2
 
     path = Path(path)
     try:

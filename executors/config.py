@@ -1,7 +1,7 @@
 """The site config: the TOML file a site operator writes for ``tffprod site serve``.
 
 Read with the standard library's ``tomllib`` and validated strictly, like session
-specs (:mod:`tffprod.spec`): an unknown key, a wrong type, a missing field or a bad
+specs (:mod:`tffprod.config.spec`): an unknown key, a wrong type, a missing field or a bad
 value raises :class:`tffprod.errors.SpecError` with one line naming the file, the
 key and the problem. Relative paths are resolved against the config file's folder.
 Nothing here imports TensorFlow (a dataset's ``task`` is imported for its schema;
@@ -53,13 +53,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from tffprod import fields
-from tffprod.datafiles import FORMATS, content_hash, detect_format, validate_file
+from tffprod.config import fields
+from tffprod.data.files import FORMATS, content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
-from tffprod.schema import Schema
-from tffprod.spec import federation_name, resolve_task, task_path
-from tffprod.tomlfile import read_toml, write_toml
+from tffprod.data.schema import Schema
+from tffprod.config.spec import federation_name, resolve_task, task_path
+from tffprod.config.toml import read_toml, write_toml
 
 if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
     from tffprod.executors.gateway import CatalogEntry
@@ -183,7 +183,7 @@ class SiteConfig:
         Raises:
             DatasetError: one line naming the config, the dataset and what is wrong with its file.
         """
-        from tffprod.clientdata import split_by_client
+        from tffprod.data.clients import split_by_client
         from tffprod.executors.gateway import CatalogEntry  # imports grpc: only when serving
 
         catalog = {}
@@ -398,7 +398,7 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
         budget = _budget(f"{key}.budget", decl["budget"]) if "budget" in decl else None
         client_id = None
         if "client_id" in decl:
-            from tffprod.datasets import check_client_id
+            from tffprod.data.register import check_client_id
 
             client_id = check_client_id(decl["client_id"], what=f"'{key}.client_id'")
         out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl), budget=budget,
@@ -428,7 +428,7 @@ def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
             return load_task(task).schema
         except TaskLoadError as e:
             raise SpecError(f"'{key}.task': {e}") from None
-    from tffprod.datasets import load_schema_file
+    from tffprod.data.register import load_schema_file
 
     path = _path(folder, f"{key}.schema_file", decl["schema_file"])
     try:

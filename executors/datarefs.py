@@ -60,7 +60,7 @@ from typing import Any, Callable, Collection, Mapping, Optional
 
 import grpc
 
-from tffprod.executors.protos import array_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, data_type_pb2, executor_pb2
 
 __all__ = ["CatalogEntry", "DataRefs", "RequestRefused"]
 

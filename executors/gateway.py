@@ -49,7 +49,7 @@ from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
 from tffprod.executors.approvals import ApprovalStore
 from tffprod.executors.ledger import SiteLedger
-from tffprod.executors.protos import executor_pb2
+from tffprod.protocol.protos import executor_pb2
 from tffprod.executors.release import (MAX_PIECE_BYTES, RELEASE_METHOD, RELEASE_SERVICE, RELEASE_STREAM_METHOD,
                                        ReleaseHandler)
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info

@@ -5,7 +5,7 @@ training computation's result is one round of that plan, written to a SQLite
 file in the site's state folder before the result leaves. Epsilon is recomputed
 from the plan's DP terms (noise multiplier, sampling rate, delta) and the rounds
 served, with the same ``dp_accounting`` accountant the coordinator uses
-(:func:`tffprod.accounting.epsilon_for`). Plans add up per dataset (basic
+(:func:`tffprod.privacy.accounting.epsilon_for`). Plans add up per dataset (basic
 composition: epsilons and deltas sum), like the coordinator's budgets. A plan
 that samples clients or sites is charged all its approved rounds at its first
 release (:func:`charged_rounds`).
@@ -49,7 +49,7 @@ _T = TypeVar("_T")
 @functools.lru_cache(maxsize=1024)
 def _epsilon(noise_multiplier: float, rounds: int, delta: float, sampling_rate: float,
              fixed_sample: Optional[tuple[int, int]]) -> float:
-    from tffprod.accounting import epsilon_for
+    from tffprod.privacy.accounting import epsilon_for
 
     if fixed_sample is not None:
         return epsilon_for(noise_multiplier=noise_multiplier, rounds=rounds, delta=delta, fixed_sample=fixed_sample)

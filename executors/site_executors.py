@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import grpc
 
 from tffprod.executors.datarefs import RequestRefused
-from tffprod.executors.protos import executor_pb2
+from tffprod.protocol.protos import executor_pb2
 
 __all__ = ["SiteExecutors", "WorkerStageError"]
 

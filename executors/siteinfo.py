@@ -74,7 +74,7 @@ def fetch_site_info(channel: Any, token: str, identity: Optional[str] = None, *,
     Raises:
         grpc.RpcError: the site refused or could not be reached (callers translate it).
         ValueError: the answer is not JSON (a ``RecursionError`` if absurdly nested);
-            ``tffprod.sites.check_info`` checks the document's shape.
+            ``tffprod.sites.admin.check_info`` checks the document's shape.
     """
     metadata = [("authorization", f"Bearer {token}")]
     if identity is not None:

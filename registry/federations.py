@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tffprod.errors import NotFoundError
 from tffprod.registry.codec import utc_now
 from tffprod.registry.connection import write_transaction
-from tffprod.spec import federation_name as check_name
+from tffprod.config.spec import federation_name as check_name
 
 if TYPE_CHECKING:
     from sqlite_utils import Database

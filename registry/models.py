@@ -2,7 +2,7 @@
 
 Versions count from 1 per model name. A version records the session that
 trained it, the datasets, task and DP settings it came from, its privacy cost
-and its full lineage (``tffprod.lineage``); evaluations attach metrics on a
+and its full lineage (``tffprod.models.lineage``); evaluations attach metrics on a
 dataset (or overall, over several) to one version.
 
 A model ref is ``NAME`` (the latest version), ``NAME:VERSION`` or ``NAME@ALIAS``;

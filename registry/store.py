@@ -469,7 +469,7 @@ class Registry:
         """Adds the next version (from 1) of model ``name``, with its lineage.
 
         Args:
-            lineage: The full lineage (``tffprod.lineage.build_lineage``); sessions always give one.
+            lineage: The full lineage (``tffprod.models.lineage.build_lineage``); sessions always give one.
             access: Principals (``site:NAME``, ``federation:NAME``) allowed to receive the
                 version; default: the sites of ``datasets`` and the session's federation, if any.
             evaluations: Recorded with the version, as :meth:`add_evaluation` takes them

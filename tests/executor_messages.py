@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 
 
 def string_array(*values: bytes) -> executor_pb2.Value:

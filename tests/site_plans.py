@@ -11,7 +11,7 @@ import base64
 from typing import Optional
 
 from tffprod.executors.approvals import computation_sha256
-from tffprod.executors.protos import computation_pb2, data_type_pb2
+from tffprod.protocol.protos import computation_pb2, data_type_pb2
 
 FLOAT, STRING = data_type_pb2.DT_FLOAT, data_type_pb2.DT_STRING
 

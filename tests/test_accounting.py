@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tffprod.accounting import PrivacyLedger, epsilon_for
+from tffprod.privacy.accounting import PrivacyLedger, epsilon_for
 
 
 # z=1.1, 100 rounds, delta=1e-5 (measured with dp_accounting 0.4.3).

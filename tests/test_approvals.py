@@ -15,13 +15,13 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from tffprod.accounting import epsilon_for
+from tffprod.privacy.accounting import epsilon_for
 from tffprod.cli.main import cli
 from tffprod.executors.approvals import (PLAN_FORMAT, ApprovalStore, PlanError, approve, canonical_id,
                                          computation_sha256, load_plan)
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
 from tffprod.executors.ledger import SiteLedger, charged_rounds, plan_epsilon
-from tffprod.executors.protos import computation_pb2
+from tffprod.protocol.protos import computation_pb2
 from site_plans import computation_entry, site_computation
 
 SITE = "bank-a"
@@ -282,7 +282,7 @@ def test_plan_commands_import_no_tensorflow(tmp_path):
 
 def test_a_dataset_trained_client_by_client_cannot_be_read_whole(tmp_path):
     from tffprod.executors.datarefs import DataRefs
-    from tffprod.executors.protos import array_pb2, data_type_pb2, executor_pb2
+    from tffprod.protocol.protos import array_pb2, data_type_pb2, executor_pb2
 
     document = plan_document()
     body = {k: v for k, v in document.items() if k != "plan_id"}

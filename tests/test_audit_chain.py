@@ -286,8 +286,8 @@ class _Backend:
 def _run(tmp_path: Path, monkeypatch, backend: _Backend) -> list[dict]:
     from types import SimpleNamespace
 
-    from tffprod import session as session_module
-    from tffprod.spec import SessionSpec
+    from tffprod.sessions import runner as session_module
+    from tffprod.config.spec import SessionSpec
     from tffprod.task import load_task
 
     class Trainer:
@@ -307,10 +307,10 @@ def _run(tmp_path: Path, monkeypatch, backend: _Backend) -> list[dict]:
             pass
 
     monkeypatch.setattr(session_module, "_Trainer", Trainer)
-    import tffprod.export
+    import tffprod.models.export
 
     # The real registration, without TensorFlow: no eval datasets, and no SavedModel to write.
-    monkeypatch.setattr(tffprod.export, "save_artifacts", lambda task, weights, directory: Path(directory))
+    monkeypatch.setattr(tffprod.models.export, "save_artifacts", lambda task, weights, directory: Path(directory))
     spec = SessionSpec.from_dict({"name": "m", "task": "tffprod.examples.fraud:task", "rounds": 2,
                                   "datasets": ["bank-a/train"]})
     datasets = ({"ref": "bank-a/train:1", "site": "bank-a", "name": "train", "num_examples": 30},)

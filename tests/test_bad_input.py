@@ -167,8 +167,8 @@ def test_tensorflow_is_blocked() -> None:
 def test_base_spec_passes_validation(registry: Registry, tmp_path: Path) -> None:
     """Each case below changes one thing in a spec that is otherwise valid."""
     from tffprod.registry import Registry as Store
-    from tffprod.session import plan_session
-    from tffprod.spec import load_spec
+    from tffprod.sessions.runner import plan_session
+    from tffprod.config.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path / "spec.toml"))
     with Store.open(registry.path) as store:
@@ -414,7 +414,7 @@ def test_file_changed_after_registration(registry: Registry, digits_data, tmp_pa
 
 
 def fraud_as_tfrecord(source: Path, target: Path) -> None:
-    from tffprod.datafiles import write_tfrecord
+    from tffprod.data.files import write_tfrecord
     from tffprod.examples import fraud
 
     with source.open(newline="") as f:
@@ -469,7 +469,7 @@ DOCUMENT_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4
 
 def toml_inline(value: Any) -> str:
     """Any value from ``DOCUMENT_VALUES`` as TOML (tables inline, so any nesting can be written)."""
-    from tffprod.tomlfile import toml_string, toml_value
+    from tffprod.config.toml import toml_string, toml_value
 
     if isinstance(value, dict):
         return "{" + ", ".join(f"{toml_string(k)} = {toml_inline(v)}" for k, v in value.items()) + "}"
@@ -483,7 +483,7 @@ def toml_text(document: dict) -> str:
 
 
 def toml_inline_key(key: str) -> str:
-    from tffprod.tomlfile import toml_string
+    from tffprod.config.toml import toml_string
 
     return toml_string(key)
 
@@ -547,7 +547,7 @@ VALID_SPEC = {**BASE_SPEC, "dp": {"mechanism": "gaussian_fixed", "noise_multipli
 @PROPERTY
 @given(document=st.dictionaries(KEYS, DOCUMENT_VALUES, max_size=8) | mutated(VALID_SPEC))
 def test_any_spec_document_loads_or_fails_in_one_line(tmp_path: Path, document: dict) -> None:
-    from tffprod.spec import SessionSpec, load_spec
+    from tffprod.config.spec import SessionSpec, load_spec
 
     path = tmp_path / "spec.toml"
     path.write_text(toml_text(document), encoding="utf-8")
@@ -575,7 +575,7 @@ def test_session_plan_with_a_mutated_spec_exits_cleanly_and_writes_nothing(run_c
 
 
 def test_a_spec_nested_too_deeply_is_a_spec_error(tmp_path: Path) -> None:
-    from tffprod.spec import load_spec
+    from tffprod.config.spec import load_spec
 
     path = tmp_path / "spec.toml"
     path.write_text(deep_toml(5000))
@@ -685,7 +685,7 @@ JSON_VALUES = st.recursive(SCALARS | st.none() | st.integers(-10**400, 10**400),
 @given(info=JSON_VALUES | mutated(VALID_INFO) | mutated(VALID_INFO))
 def test_any_site_info_document_is_read_or_refused_in_one_line(info: Any) -> None:
     """What ``site check`` and ``site sync`` read from a site: checked before anything is written."""
-    from tffprod.sites import SiteCheckError, _site_budget, check_info
+    from tffprod.sites.admin import SiteCheckError, _site_budget, check_info
 
     try:
         catalog = check_info("site-a", info)
@@ -697,7 +697,7 @@ def test_any_site_info_document_is_read_or_refused_in_one_line(info: Any) -> Non
 
 
 def test_the_site_info_the_mutations_start_from_is_valid() -> None:
-    from tffprod.sites import check_info
+    from tffprod.sites.admin import check_info
 
     assert check_info("site-a", VALID_INFO) == VALID_INFO["catalog"]
 
@@ -715,7 +715,7 @@ def test_the_site_info_the_mutations_start_from_is_valid() -> None:
 ], ids=["list", "catalog-object", "missing-format", "bad-name", "newline-name", "bool-count", "string-clients",
         "duplicate", "health-string"])
 def test_a_malformed_site_info_document_names_the_field(info: Any, named: str) -> None:
-    from tffprod.sites import SiteCheckError, check_info
+    from tffprod.sites.admin import SiteCheckError, check_info
 
     with pytest.raises(SiteCheckError) as error:
         check_info("site-a", info)
@@ -723,7 +723,7 @@ def test_a_malformed_site_info_document_names_the_field(info: Any, named: str) -
 
 
 def test_a_budget_too_large_for_a_float_is_a_site_check_error() -> None:
-    from tffprod.sites import SiteCheckError, _site_budget
+    from tffprod.sites.admin import SiteCheckError, _site_budget
 
     with pytest.raises(SiteCheckError) as error:
         _site_budget("site-a", {"name": "train", "budget": {"epsilon": 10**400, "delta": 1e-5}})
@@ -738,7 +738,7 @@ def ca_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """A real CA, a certificate it issued, an expired one, and one from another CA (PEM bytes)."""
     import datetime
 
-    from tffprod.certs import init_ca, issue
+    from tffprod.security.certs import init_ca, issue
 
     root = tmp_path_factory.mktemp("pki")
     init_ca(root / "ca")
@@ -776,7 +776,7 @@ def pem_mutations(pem: bytes) -> st.SearchStrategy:
 @PROPERTY
 @given(data=st.data())
 def test_any_certificate_file_is_described_or_refused_in_one_line(ca_files, tmp_path: Path, data) -> None:
-    from tffprod.certs import CertError, describe, identity_of
+    from tffprod.security.certs import CertError, describe, identity_of
 
     pem = data.draw(pem_mutations(ca_files["site.crt"]) | pem_mutations(ca_files["ca.crt"]))
     path = tmp_path / "cert.pem"
@@ -794,7 +794,7 @@ def test_issuing_from_a_damaged_ca_fails_in_one_line_and_writes_nothing(ca_files
     """A CA folder whose key or certificate is garbage, truncated, flipped or from another CA."""
     import uuid
 
-    from tffprod.certs import CertError, issue
+    from tffprod.security.certs import CertError, issue
 
     which = data.draw(st.sampled_from(["ca.key", "ca.crt"]))
     damaged = data.draw(pem_mutations(ca_files[which]) | st.just(ca_files["other.key"] if which == "ca.key"
@@ -816,7 +816,7 @@ def test_issuing_from_a_damaged_ca_fails_in_one_line_and_writes_nothing(ca_files
 def test_an_expired_certificate_is_described_with_its_dates(ca_files, tmp_path: Path) -> None:
     import datetime
 
-    from tffprod.certs import describe
+    from tffprod.security.certs import describe
 
     path = tmp_path / "expired.crt"
     path.write_bytes(ca_files["expired.crt"])

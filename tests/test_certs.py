@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tffprod.certs import CertError, IssuedFiles, describe, identity_of, init_ca, issue
+from tffprod.security.certs import CertError, IssuedFiles, describe, identity_of, init_ca, issue
 from tffprod.errors import TffprodError
 
 UTC = datetime.timezone.utc
@@ -279,7 +279,7 @@ def test_identity_of_and_describe_reject_what_is_not_a_certificate(pki: dict[str
 
 
 def test_the_certs_module_does_not_import_tensorflow() -> None:
-    code = "import sys, tffprod.certs; sys.exit(any(m.startswith('tensorflow') for m in sys.modules))"
+    code = "import sys, tffprod.security.certs; sys.exit(any(m.startswith('tensorflow') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

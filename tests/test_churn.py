@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tffprod.churn import DeadlinePolicy, ReliabilityConfig, SiteHealth
+from tffprod.config.reliability import ReliabilityConfig
+from tffprod.sessions.reliability import DeadlinePolicy, SiteHealth
 from tffprod.errors import SpecError
-from tffprod.spec import SessionSpec, dump_spec, load_spec
+from tffprod.config.spec import SessionSpec, dump_spec, load_spec
 
 BASE = """\
 name = "digits"
@@ -309,7 +310,7 @@ def test_a_reliability_key_at_the_top_level_points_to_the_table(tmp_path):
 
 
 def test_churn_and_spec_stay_free_of_tensorflow():
-    code = ("import sys, tffprod.churn, tffprod.spec\n"
+    code = ("import sys, tffprod.sessions.reliability, tffprod.config.spec\n"
             "print(','.join(m for m in ('tensorflow', 'tensorflow_federated') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ}, timeout=60)
@@ -344,7 +345,7 @@ class _SleepyBackend:
 @pytest.mark.e2e  # importing the router imports TFF (about 20 s)
 def test_router_takes_a_deadline_per_round():
     from tffprod.errors import SessionError
-    from tffprod.router import RoundRouter
+    from tffprod.training.router import RoundRouter
 
     backend = _SleepyBackend({"fast": 0.0, "slow": 3.0})
     router = RoundRouter(backend, form=None, timeout_s=60.0, site_computation="site part")

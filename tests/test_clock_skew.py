@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from tffprod.certs import CLOCK_SKEW, init_ca, issue
+from tffprod.security.certs import CLOCK_SKEW, init_ca, issue
 
 
 @pytest.fixture(scope="module")

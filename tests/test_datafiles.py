@@ -1,4 +1,4 @@
-"""Tests for tffprod.datafiles: TF-free reading, validation, hashing and writing."""
+"""Tests for tffprod.data.files: TF-free reading, validation, hashing and writing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tffprod.datafiles import (
+from tffprod.data.files import (
     FORMATS,
     content_hash,
     crc32c,
@@ -20,7 +20,7 @@ from tffprod.datafiles import (
     write_tfrecord,
 )
 from tffprod.errors import DatasetError
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 
 VECTOR = Schema(
     features=(Feature("pixels", "float32", (2, 3)), Feature("site", "string")),
@@ -205,7 +205,7 @@ def test_garbage_file(tmp_path: Path) -> None:
 
 
 def test_garbage_payload_in_a_valid_frame(tmp_path: Path) -> None:
-    from tffprod.datafiles import _write_record
+    from tffprod.data.files import _write_record
 
     path = tmp_path / "garbage.tfrecord"
     with open(path, "wb") as stream:
@@ -300,7 +300,7 @@ def test_unknown_format(tfrecord: Path) -> None:
 
 
 def test_import_does_not_load_tensorflow() -> None:
-    code = "import sys, tffprod.datafiles, tffprod.clientdata; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+    code = "import sys, tffprod.data.files, tffprod.data.clients; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

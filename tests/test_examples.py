@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tffprod import Task
-from tffprod.datafiles import content_hash, detect_format, iter_examples, validate_file
+from tffprod.data.files import content_hash, detect_format, iter_examples, validate_file
 from tffprod.errors import SpecError
 from tffprod.examples import digits, fraud
-from tffprod.schema import Schema
+from tffprod.data.schema import Schema
 
 N_DIGITS = 1797  # scikit-learn's bundled 8x8 digits
 

@@ -11,7 +11,7 @@ from tffprod.cli.main import cli
 from tffprod.errors import SpecError
 from tffprod.executors.approvals import PlanError, approve, canonical_id, load_plan
 from tffprod.registry import Registry
-from tffprod.spec import SessionSpec
+from tffprod.config.spec import SessionSpec
 
 from test_approvals import SITE, catalog, plan_document, site_toml, write  # noqa: E402
 

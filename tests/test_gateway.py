@@ -2,7 +2,7 @@
 
 Every test here talks to a real worker process through a real gateway on 127.0.0.1. The tests
 not marked e2e never import TensorFlow: they speak the executor protocol with raw gRPC calls and
-protobuf messages loaded by ``tffprod.executors.protos``.
+protobuf messages loaded by ``tffprod.protocol.protos``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tffprod.executors.audit import AuditLog, read_audit_log
 from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.gateway import EXECUTOR_METHODS, EXECUTOR_SERVICE, MESSAGE_LIMITS, CatalogEntry, Gateway
-from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 from tffprod.executors.siteinfo import fetch_site_info
 from tffprod.workers import WorkerProcess
 
@@ -462,7 +462,7 @@ def test_the_gateway_imports_without_tensorflow(capsys):
         import sys, time
         t = time.perf_counter()
         import tffprod.executors.gateway, tffprod.executors.siteinfo
-        from tffprod.executors.protos import executor_pb2
+        from tffprod.protocol.protos import executor_pb2
         elapsed = time.perf_counter() - t
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_federated"))
         print(repr(loaded), elapsed)

@@ -1,6 +1,6 @@
 """Fuzzing a real site gateway: thousands of hostile calls, and it keeps serving its other callers.
 
-One ``tffprod site serve`` process (mTLS with certificates from ``tffprod.certs``, a bearer token,
+One ``tffprod site serve`` process (mTLS with certificates from ``tffprod.security.certs``, a bearer token,
 computations under approval, a supervised ``worker_binary``) is started for the module. Each test
 below throws one kind of hostile input at it, generated with hypothesis (derandomized: CI
 reruns the same inputs):
@@ -39,15 +39,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tffprod.certs import init_ca, issue
-from tffprod.datafiles import write_tfrecord
+from tffprod.security.certs import init_ca, issue
+from tffprod.data.files import write_tfrecord
 from tffprod.executors.config import hash_token, write_site_config
 from tffprod.executors.gateway import EXECUTOR_METHODS, EXECUTOR_SERVICE, MESSAGE_LIMITS
-from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 from tffprod.executors.release import RELEASE_METHOD
 from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_METHOD
 from tffprod.protocol import release_pb2
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 
 from executor_messages import clients_strings, string_array
 
@@ -123,7 +123,7 @@ class FuzzedSite:
     def _approve_a_plan(self, root: Path) -> str:
         """A plan the site approves (a hand-built computation: releases of it reach the worker and fail there)."""
         from site_plans import computation_entry, site_computation
-        from tffprod.datafiles import content_hash
+        from tffprod.data.files import content_hash
         from tffprod.executors.approvals import PLAN_FORMAT, approve_at_site, canonical_id
         from tffprod.executors.config import load_site_config
 

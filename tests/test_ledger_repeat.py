@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tffprod.accounting import epsilon_for
+from tffprod.privacy.accounting import epsilon_for
 from tffprod.executors.approvals import PLAN_FORMAT, approve, canonical_id, load_plan
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
 from tffprod.executors.release import release_digest

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tffprod.errors import AccessDeniedError, NotFoundError, RegistryError, SpecError
-from tffprod.export import SAVED_MODEL_DIR, export_version
-from tffprod.lineage import REQUIRED, build_lineage, missing_fields, task_source
+from tffprod.models.export import SAVED_MODEL_DIR, export_version
+from tffprod.models.lineage import REQUIRED, build_lineage, missing_fields, task_source
 from tffprod.registry import Registry
 
 
@@ -180,7 +180,7 @@ def test_export_for_a_site_not_allowed_writes_nothing(registry, tmp_path):
 
 
 def test_export_writes_a_model_card_with_lineage_access_and_metrics(registry, tmp_path):
-    from tffprod.model_registry import set_alias
+    from tffprod.models.access import set_alias
 
     add_version(registry, tmp_path)
     set_alias(registry, "flu:1", "production")
@@ -262,7 +262,7 @@ def test_cli_alias_access_show_and_refused_export(tmp_path, run_cli):
 def test_eval_refuses_a_site_that_may_not_receive_the_version(registry, tmp_path):
     """The access rule runs before anything (task, data, backend) is touched: no backend is needed."""
     pytest.importorskip("tensorflow_federated")
-    from tffprod.evaluation import evaluate_version
+    from tffprod.training.evaluation import evaluate_version
 
     add_version(registry, tmp_path)
     registry.add_dataset(site="hospital-z", name="test", path="/data/z.csv", format="csv",

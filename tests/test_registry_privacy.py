@@ -286,7 +286,7 @@ def test_privacy_report_filters(registry: Registry) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tffprod.certs import init_ca, issue
+    from tffprod.security.certs import init_ca, issue
 
     root = tmp_path_factory.mktemp("pki")
     init_ca(root / "ca")
@@ -302,7 +302,7 @@ def serving(registry: Registry, pki: dict[str, Path], tmp_path: Path, budgets: d
     """Site ``hospital-a`` with datasets ``visits`` and ``labs`` (budgets as given) behind a real gateway."""
     from tffprod.executors.audit import AuditLog
     from tffprod.executors.gateway import CatalogEntry, Gateway
-    from tffprod.sites import add_site
+    from tffprod.sites.admin import add_site
 
     catalog = {name: CatalogEntry(name=name, path=str(tmp_path / f"{name}.csv"), format="csv", schema=SCHEMA,
                                   num_examples=10, content_hash=f"sha256:{name}", budget=budgets.get(name))
@@ -322,7 +322,7 @@ def serving(registry: Registry, pki: dict[str, Path], tmp_path: Path, budgets: d
 
 
 def test_sync_site_mirrors_site_budgets_which_win(tmp_path: Path, pki: dict[str, Path]) -> None:
-    from tffprod.sites import sync_site
+    from tffprod.sites.admin import sync_site
 
     with Registry.open(tmp_path / "r.db") as registry:
         registry.set_budget("hospital-a", "visits", epsilon=100.0, delta=1e-3, source="coordinator")
@@ -345,7 +345,7 @@ def test_sync_site_mirrors_site_budgets_which_win(tmp_path: Path, pki: dict[str,
 
 
 def test_sync_site_refuses_an_invalid_site_budget_before_writing(tmp_path: Path, pki: dict[str, Path]) -> None:
-    from tffprod.sites import SiteCheckError, sync_site
+    from tffprod.sites.admin import SiteCheckError, sync_site
 
     with Registry.open(tmp_path / "r.db") as registry:
         with serving(registry, pki, tmp_path, {"labs": {"epsilon": -1.0, "delta": 1e-5}}):
@@ -356,9 +356,9 @@ def test_sync_site_refuses_an_invalid_site_budget_before_writing(tmp_path: Path,
 
 
 def test_register_dataset_cannot_override_a_site_budget(tmp_path: Path) -> None:
-    from tffprod.datafiles import write_csv
-    from tffprod.datasets import register_dataset
-    from tffprod.schema import Feature, Schema
+    from tffprod.data.files import write_csv
+    from tffprod.data.register import register_dataset
+    from tffprod.data.schema import Feature, Schema
 
     schema = Schema(features=(Feature("a", "float32"),), label=Feature("y", "int64"))
     data = tmp_path / "visits.csv"

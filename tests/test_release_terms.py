@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tffprod.executors.protos import array_pb2, data_type_pb2
+from tffprod.protocol.protos import array_pb2, data_type_pb2
 from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError, SiteSignature
 from tffprod.protocol.tensors import TensorError, check, from_array_proto, from_numpy, to_array_proto, to_numpy

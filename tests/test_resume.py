@@ -13,7 +13,7 @@ import pytest
 
 from tffprod.errors import CheckpointError, RegistryError
 from tffprod.registry import Registry
-from tffprod.resume import cancel_session, coordinator_alive, resumable
+from tffprod.sessions.resume import cancel_session, coordinator_alive, resumable
 
 ME = {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -105,7 +105,7 @@ def _state(scale: float) -> State:
 
 
 def test_a_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
-    from tffprod.checkpoint import load_checkpoint, save_checkpoint
+    from tffprod.training.checkpoint import load_checkpoint, save_checkpoint
 
     path, digest = save_checkpoint(_state(1.5), tmp_path / "ckpt", 3)
     assert path.name == "round-00003.npz" and not list((tmp_path / "ckpt").glob("*.tmp"))
@@ -118,7 +118,7 @@ def test_a_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
 
 
 def test_a_damaged_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
-    from tffprod.checkpoint import load_checkpoint, save_checkpoint
+    from tffprod.training.checkpoint import load_checkpoint, save_checkpoint
 
     path, digest = save_checkpoint(_state(1.0), tmp_path, 1)
     data = path.read_bytes()
@@ -135,7 +135,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_stale_checkpoints_and_half_written_files_are_removed(tmp_path: Path) -> None:
-    from tffprod.checkpoint import remove_stale, save_checkpoint
+    from tffprod.training.checkpoint import remove_stale, save_checkpoint
 
     paths = [save_checkpoint(_state(float(n)), tmp_path, n)[0] for n in (1, 2, 3)]
     (tmp_path / "round-00004.npz.tmp").write_bytes(b"half")

@@ -1,6 +1,6 @@
 """Site configs: strict validation, relative paths, token hashing, catalog building.
 
-Fast: no TensorFlow, no processes. Data files are real, written with ``tffprod.datafiles``.
+Fast: no TensorFlow, no processes. Data files are real, written with ``tffprod.data.files``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tffprod.datafiles import write_csv, write_tfrecord
+from tffprod.data.files import write_csv, write_tfrecord
 from tffprod.errors import DatasetError, SpecError
 from tffprod.executors.config import (
     DatasetDecl,
@@ -24,14 +24,14 @@ from tffprod.executors.config import (
     load_site_config,
     write_site_config,
 )
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 
 VECTOR = Schema(features=(Feature("x", "float32", (3,)),), label=Feature("y", "int64"))
 SCALAR = Schema(features=(Feature("a", "float32"), Feature("b", "int64")), label=Feature("y", "int64"))
 TOKEN_HASH = hash_token("s3cret-token")
 
 TASK_FILE = '''
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 from tffprod.task import Task
 
 task = Task(name="vec", model_fn=lambda: None, loss_fn=lambda: None,

@@ -23,13 +23,13 @@ import grpc
 import psutil
 import pytest
 
-from tffprod.datafiles import write_tfrecord
+from tffprod.data.files import write_tfrecord
 from tffprod.errors import DatasetError
 from tffprod.executors.config import hash_token, load_site_config, write_site_config
 from tffprod.executors.gateway import GatewayError
 from tffprod.executors.serve import SiteError, serve_site
 from tffprod.executors.siteinfo import IDENTITY_HEADER, fetch_site_info
-from tffprod.schema import Feature, Schema
+from tffprod.data.schema import Feature, Schema
 from tffprod.workers import WorkerError
 
 SCHEMA = Schema(features=(Feature("x", "float32", (3,)),), label=Feature("y", "int64"))

@@ -1,6 +1,6 @@
 """User-level DP: client-id columns, per-client references, client sampling and its accounting.
 
-Fast and TF-free: real files written with ``tffprod.datafiles``, real registries, dp_accounting.
+Fast and TF-free: real files written with ``tffprod.data.files``, real registries, dp_accounting.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from tffprod.accounting import PrivacyLedger, epsilon_for
-from tffprod.budgets import plan_budgets, rounds_that_fit
-from tffprod.clientdata import client_ids, split_by_client
-from tffprod.datafiles import iter_examples, validate_file, write_csv, write_tfrecord
-from tffprod.datasets import register_dataset
+from tffprod.privacy.accounting import PrivacyLedger, epsilon_for
+from tffprod.privacy.budgets import plan_budgets, rounds_that_fit
+from tffprod.data.clients import client_ids, split_by_client
+from tffprod.data.files import iter_examples, validate_file, write_csv, write_tfrecord
+from tffprod.data.register import register_dataset
 from tffprod.errors import DatasetError, SpecError
 from tffprod.executors.config import load_site_config, write_site_config
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
-from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 from tffprod.registry import Registry
-from tffprod.sampling import ClientSampler, Population, check_population
-from tffprod.schema import Feature, Schema
-from tffprod.spec import SamplingConfig, SessionSpec, dump_spec, load_spec
+from tffprod.privacy.sampling import ClientSampler, Population, check_population
+from tffprod.data.schema import Feature, Schema
+from tffprod.config.spec import SamplingConfig, SessionSpec, dump_spec, load_spec
 
 MODEL = Schema(features=(Feature("x", "float32"),), label=Feature("y", "int64"))
 WITH_ID = Schema(features=(Feature("x", "float32"), Feature("cid", "int64")), label=Feature("y", "int64"))
@@ -208,8 +208,7 @@ def test_datasets_outside_the_approved_plan_are_permission_denied(refs: DataRefs
 
 
 def test_sync_site_mirrors_client_id_and_count(tmp_path, monkeypatch) -> None:
-    from tffprod import sites
-
+    from tffprod.sites import admin as sites
     entry = {"name": "train", "format": "csv", "schema": MODEL.to_dict(), "num_examples": 7,
              "content_hash": "sha256:" + "1" * 64, "budget": None, "client_id": "cid", "num_clients": 4}
     monkeypatch.setattr(sites, "fetch_info", lambda registry, name: {"site": name, "catalog": [entry]})
@@ -405,7 +404,7 @@ class _FakeBackend:
 def test_only_sampled_clients_reach_their_sites_and_empty_rounds_still_count(tmp_path, monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from tffprod import session as session_module
+    from tffprod.sessions import runner as session_module
     from tffprod.task import load_task
 
     def site_outcome(site: str, clients: int):
@@ -464,10 +463,10 @@ def test_only_sampled_clients_reach_their_sites_and_empty_rounds_still_count(tmp
 
 
 def test_an_approved_plan_that_samples_must_fit_its_budgets_whole() -> None:
-    from tffprod.budgets import BudgetPlan
+    from tffprod.privacy.budgets import BudgetPlan
     from tffprod.errors import PrivacyBudgetError
-    from tffprod.plan import check_whole_plan_fits
-    from tffprod.session import SessionPlan
+    from tffprod.sessions.approval import check_whole_plan_fits
+    from tffprod.sessions.runner import SessionPlan
     from tffprod.task import load_task
 
     datasets = tuple({"ref": f"{bank}/train:1", "site": bank, "name": "train", "num_examples": 30,

@@ -72,7 +72,7 @@ def test_a_worker_that_cannot_bind_reports_its_log(tmp_path):
 
 
 def _get_executor(address: str) -> str:
-    from tffprod.executors.protos import computation_pb2, executor_pb2
+    from tffprod.protocol.protos import computation_pb2, executor_pb2
 
     request = executor_pb2.GetExecutorRequest(cardinalities=[executor_pb2.Cardinality(
         placement=computation_pb2.Placement(uri="clients"), cardinality=1)])

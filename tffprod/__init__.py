@@ -4,7 +4,7 @@ Importing this package is cheap: it never imports TensorFlow. The parts that
 need TensorFlow import it when they are called.
 """
 
-from tffprod.churn import ReliabilityConfig
+from tffprod.config.reliability import ReliabilityConfig
 from tffprod.errors import (
     AccessDeniedError,
     AuditError,
@@ -19,9 +19,9 @@ from tffprod.errors import (
     TaskLoadError,
     TffprodError,
 )
-from tffprod.schema import Feature, Schema
-from tffprod.dpspec import DPConfig
-from tffprod.spec import SessionSpec, load_spec
+from tffprod.data.schema import Feature, Schema
+from tffprod.privacy.config import DPConfig
+from tffprod.config.spec import SessionSpec, load_spec
 from tffprod.task import Optimizer, Task, load_task
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tffprod.errors import SpecError, TaskLoadError
-from tffprod.schema import Schema
+from tffprod.data.schema import Schema
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -30,7 +30,7 @@ TASK = "tffprod.examples.digits:task"
 
 def _spec(rounds: int):
     from tffprod.examples import digits
-    from tffprod.spec import SessionSpec
+    from tffprod.config.spec import SessionSpec
 
     return SessionSpec.from_dict({
         "name": "bench-approval", "task": TASK, "datasets": [f"{s}/train" for s in digits.SITES],
@@ -65,10 +65,10 @@ def _session(root: Path, paths: dict, policy: str, rounds: int) -> tuple[float, 
     from tffprod.examples import digits
     from tffprod.executors.approvals import approve_at_site
     from tffprod.executors.config import load_site_config
-    from tffprod.federation import LocalFederation
-    from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.dev.local_sites import LocalFederation
+    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
     from tffprod.registry import Registry
-    from tffprod.session import plan_session, train
+    from tffprod.sessions.runner import plan_session, train
 
     datasets = {site: {"train": {"path": paths[site]["train"], "task": TASK}} for site in digits.SITES}
     federation = LocalFederation(root / policy, datasets, computations=policy)

@@ -5,7 +5,7 @@ repository root as ``python -m tests.benchmarks.bench_backends`` (or as a script
 runs in ONE process tree: this process is the coordinator; the site processes are real
 ``tffprod site serve`` processes started by ``LocalFederation`` (gateway + supervised worker each).
 
-Backends compared, each driving the very same round loop (``tffprod.session.train`` ->
+Backends compared, each driving the very same round loop (``tffprod.sessions.runner.train`` ->
 ``RoundRouter``: the per-site part on one thread per site, merge and ``after_merge`` on a
 coordinator worker this process starts):
 
@@ -93,7 +93,7 @@ class DirectBackend(Backend):
         self._coordinator_worker: Optional[WorkerProcess] = None
 
     def open(self, sites: list[SiteTarget]) -> None:
-        from tffprod.contexts import channel_context, insecure_channel
+        from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:
             if self._coordinator is None:
@@ -151,7 +151,7 @@ def prepare_data(root: Path) -> dict[str, dict[str, Path]]:
     """``{site: {dataset name: path}}`` for the hospitals (train, small) and the 8 shards (train)."""
     from sklearn.datasets import load_digits
 
-    from tffprod.datafiles import write_tfrecord
+    from tffprod.data.files import write_tfrecord
     from tffprod.examples import digits
     from tests.benchmarks import big_task
 
@@ -215,11 +215,11 @@ def run_session(config: Config, backend_kind: str, *, root: Path, files: Mapping
                 federation: Any, workers: Mapping[str, str]) -> Result:
     from tffprod.backends import create_backend
     from tffprod.backends.local import LocalBackend
-    from tffprod.datasets import register_dataset
+    from tffprod.data.register import register_dataset
     from tffprod.examples.digits import SCHEMA
     from tffprod.registry import Registry
-    from tffprod.session import train
-    from tffprod.spec import SessionSpec
+    from tffprod.sessions.runner import train
+    from tffprod.config.spec import SessionSpec
 
     tag = f"{config.model}-{len(config.sites)}-{backend_kind}"
     log_dir = root / "logs" / tag
@@ -359,9 +359,9 @@ def measure_throughput(root: Path, federation: Any, workers: Mapping[str, str], 
     import tensorflow_federated as tff
     from tensorflow_federated.python.core.impl.executors import value_serialization
 
-    from tffprod.connections import GRPC_OPTIONS, SiteConnection
+    from tffprod.sites.connection import GRPC_OPTIONS, SiteConnection
     from tffprod.executors.gateway import EXECUTOR_SERVICE
-    from tffprod.executors.protos import computation_pb2, executor_pb2
+    from tffprod.protocol.protos import computation_pb2, executor_pb2
     from tffprod.registry import Registry
 
     n = int(payload_mb * 1e6 // 4)
@@ -514,7 +514,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from tffprod.federation import LocalFederation
+    from tffprod.dev.local_sites import LocalFederation
     from tests.benchmarks import big_task
 
     print(f"tffprod backend benchmark: Python {platform.python_version()}, TF {tf.__version__}, "

@@ -29,7 +29,7 @@ def _state(parameters: int) -> State:
 
 
 def main() -> None:
-    from tffprod.checkpoint import load_checkpoint, save_checkpoint
+    from tffprod.training.checkpoint import load_checkpoint, save_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)

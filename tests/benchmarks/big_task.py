@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tffprod.datafiles import write_tfrecord
+from tffprod.data.files import write_tfrecord
 from tffprod.examples.digits import NUM_CLASSES, SCHEMA, loss_fn, metrics_fn
 from tffprod.task import Optimizer, Task
 

@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def write_spec(path, **fields) -> str:
-    from tffprod.spec import SessionSpec, dump_spec
+    from tffprod.config.spec import SessionSpec, dump_spec
 
     dump_spec(SessionSpec.from_dict(fields), path)
     return str(path)
@@ -67,7 +67,7 @@ def running_federation(root: Path, datasets: dict, *, computations: str = "any",
 
     Yields ``(federation, registry)``; afterwards every site process and its worker are gone.
     """
-    from tffprod.federation import LocalFederation
+    from tffprod.dev.local_sites import LocalFederation
     from tffprod.registry import Registry
 
     workers_before = {p.pid for p in worker_children()}

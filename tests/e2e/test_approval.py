@@ -13,22 +13,22 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from tffprod.accounting import epsilon_for
+from tffprod.privacy.accounting import epsilon_for
 from tffprod.backends import create_backend
 from tffprod.cli.main import cli
-from tffprod.connections import SiteConnection
-from tffprod.contexts import channel_context
+from tffprod.sites.connection import SiteConnection
+from tffprod.backends.contexts import channel_context
 from tffprod.errors import SessionError
 from tffprod.examples import digits
 from tffprod.executors.approvals import ApprovalStore, load_plan
 from tffprod.executors.audit import read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
-from tffprod.export import export_artifact
-from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
-from tffprod.session import plan_session
-from tffprod.sites import check_site
-from tffprod.spec import SessionSpec
+from tffprod.models.export import export_artifact
+from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
+from tffprod.sessions.runner import plan_session
+from tffprod.sites.admin import check_site
+from tffprod.config.spec import SessionSpec
 
 from .conftest import read_file_computation, running_federation
 

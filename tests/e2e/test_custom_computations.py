@@ -1,7 +1,7 @@
-"""Custom federated computations (``tffprod.computations.run_federated``) end to end.
+"""Custom federated computations (``tffprod.sessions.analytics.run_federated``) end to end.
 
 Real TFF, real workers; results are checked against the data files read
-independently (``tffprod.datafiles`` / numpy), and through a real federation
+independently (``tffprod.data.files`` / numpy), and through a real federation
 (site processes, mTLS, gateways) against the local backend.
 """
 
@@ -14,9 +14,9 @@ import pytest
 
 from tffprod.backends import create_backend
 from tffprod.backends.local import LocalBackend
-from tffprod.computations import run_federated
-from tffprod.datafiles import iter_examples
-from tffprod.datasets import register_dataset
+from tffprod.sessions.analytics import run_federated
+from tffprod.data.files import iter_examples
+from tffprod.data.register import register_dataset
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.examples import digits, fraud, stats
 from tffprod.executors.audit import read_audit_log
@@ -89,7 +89,7 @@ def test_a_server_argument_is_broadcast_to_the_clients(registry, data):
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from tffprod.tfdata import read_examples
+    from tffprod.data.tfdata import read_examples
 
     root, _, fraud_paths = data
 
@@ -189,8 +189,8 @@ def test_custom_computations_run_at_approving_sites_only_as_plans_they_approved(
 
     from tffprod.cli.main import cli
     from tffprod.errors import SessionError
-    from tffprod.plan import make_computation_plan, write_plan
-    from tffprod.tfdata import read_examples
+    from tffprod.sessions.approval import make_computation_plan, write_plan
+    from tffprod.data.tfdata import read_examples
 
     root, digit_paths, _ = data
     datasets = {site: {split: {"path": digit_paths[site][split], "task": TASK} for split in SPLITS}

@@ -70,7 +70,7 @@ def test_session_and_model_listing_json(trained):
 
 
 def test_lineage_is_complete_and_export_is_refused_outside_the_access_list(trained):
-    from tffprod.lineage import missing_fields
+    from tffprod.models.lineage import missing_fields
 
     root, result, _ = trained
     shown = json.loads(tffprod("model", "show", "digits:1", "--json", cwd=root).stdout)
@@ -94,7 +94,7 @@ def test_lineage_is_complete_and_export_is_refused_outside_the_access_list(train
 def test_exported_savedmodel_predicts_like_the_trained_model(trained):
     import tensorflow as tf
 
-    from tffprod.export import keras_model_with_weights, load_weights
+    from tffprod.models.export import keras_model_with_weights, load_weights
 
     root, result, _ = trained
     tffprod("model", "export", "digits:1", "--out", "out/sm", cwd=root)
@@ -124,8 +124,8 @@ def test_export_refuses_to_overwrite(trained):
 
 
 def test_eval_command_records_per_site_metrics(trained):
-    from tffprod.export import keras_model_with_weights, load_weights
-    from tffprod.tfdata import read_examples, to_model_input
+    from tffprod.models.export import keras_model_with_weights, load_weights
+    from tffprod.data.tfdata import read_examples, to_model_input
 
     root, result, _ = trained
     proc = tffprod("eval", "digits:1", "--dataset", "hospital-b/test", "--dataset", "hospital-c/test",

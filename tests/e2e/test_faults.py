@@ -1,7 +1,7 @@
 """The fault-injection suite: kill, stop and restart real processes mid-session.
 
 Coordinator faults run ``tffprod session run`` as its own process and SIGKILL it at
-named crash points (``TFFPROD_CRASH_AT``, see ``tffprod.faults``) or from outside,
+named crash points (``TFFPROD_CRASH_AT``, see ``tffprod.sessions.faults``) or from outside,
 mid-round; ``tffprod session resume`` must then finish the session with every round
 recorded exactly once, the same epsilon, and (without DP) the same final weights
 as an uninterrupted run. Site faults SIGKILL and SIGSTOP site workers and gateways
@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tffprod.accounting import epsilon_for
+from tffprod.privacy.accounting import epsilon_for
 from tffprod.examples import digits
 from tffprod.registry import Registry
 
@@ -50,7 +50,7 @@ def tally(fault_tally):
 def workspace(tmp_path_factory):
     """A registry with the digits sites' data, the specs, and an uninterrupted run's weights."""
     root = tmp_path_factory.mktemp("faults")
-    from tffprod.datasets import register_dataset
+    from tffprod.data.register import register_dataset
 
     paths = digits.prepare(root / "data")
     with Registry.open(root / "tffprod.db") as registry:

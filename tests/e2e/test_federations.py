@@ -7,9 +7,9 @@ import pytest
 from tffprod.backends import create_backend
 from tffprod.errors import DatasetError, SchemaMismatchError, SessionError, SpecError
 from tffprod.examples import digits, fraud
-from tffprod.session import train
-from tffprod.sites import check_site, sync_site
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import train
+from tffprod.sites.admin import check_site, sync_site
+from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation
 

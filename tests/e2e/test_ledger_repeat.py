@@ -17,17 +17,17 @@ import tensorflow_federated as tff
 from click.testing import CliRunner
 
 from tffprod.backends import create_backend
-from tffprod.checkpoint import load_checkpoint, save_checkpoint
+from tffprod.training.checkpoint import load_checkpoint, save_checkpoint
 from tffprod.cli.main import cli
 from tffprod.examples import digits
 from tffprod.executors.approvals import ApprovalStore, load_plan
 from tffprod.executors.audit import read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
-from tffprod.plan import coordinator_identities, make_plan, thaw, write_plan
-from tffprod.session import plan_session
-from tffprod.spec import SessionSpec
-from tffprod.trainer import Trainer
+from tffprod.sessions.approval import coordinator_identities, make_plan, thaw, write_plan
+from tffprod.sessions.runner import plan_session
+from tffprod.config.spec import SessionSpec
+from tffprod.training.trainer import Trainer
 
 from .conftest import running_federation
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tffprod.datasets import register_dataset
+from tffprod.data.register import register_dataset
 from tffprod.examples import digits
 from tffprod.registry import Registry
 

@@ -7,14 +7,14 @@ import pytest
 
 from tffprod.backends import create_backend
 from tffprod.backends.local import LocalBackend
-from tffprod.datasets import register_dataset
+from tffprod.data.register import register_dataset
 from tffprod.errors import DatasetError
 from tffprod.examples import digits
-from tffprod.export import load_weights
+from tffprod.models.export import load_weights
 from tffprod.registry import Registry
-from tffprod.session import train
-from tffprod.sites import SiteCheckError, add_site, check_site
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import train
+from tffprod.sites.admin import SiteCheckError, add_site, check_site
+from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation
 
@@ -108,7 +108,7 @@ def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_k
 
     import grpc
 
-    from tffprod.certs import init_ca, issue
+    from tffprod.security.certs import init_ca, issue
     from tffprod.executors.siteinfo import fetch_site_info
 
     fed, registry = federation
@@ -217,8 +217,8 @@ def test_a_plan_simulated_locally_gives_the_weights_its_approving_sites_release(
     from click.testing import CliRunner
 
     from tffprod.cli.main import cli
-    from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
-    from tffprod.session import plan_session
+    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.sessions.runner import plan_session
 
     root, paths = data
     sites = digits.SITES[:2]

@@ -21,20 +21,20 @@ import pytest
 from click.testing import CliRunner
 
 from tffprod.cli.main import cli
-from tffprod.connections import SiteConnection
+from tffprod.sites.connection import SiteConnection
 from tffprod.examples import digits
 from tffprod.executors.approvals import load_plan
-from tffprod.certs import issue
+from tffprod.security.certs import issue
 from tffprod.executors.config import hash_token, load_site_config, write_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
-from tffprod.executors.protos import computation_pb2, executor_pb2
+from tffprod.protocol.protos import computation_pb2, executor_pb2
 from tffprod.executors.release import RELEASE_METHOD
-from tffprod.plan import coordinator_identities, make_plan, write_plan
+from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
 from tffprod.protocol import release_pb2
 from tffprod.protocol.tensors import from_numpy, to_numpy
 from tffprod.protocol.terms import ReleaseTerms
-from tffprod.session import plan_session
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import plan_session
+from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation, worker_children
 

@@ -37,11 +37,12 @@ import psutil
 import pytest
 
 from tffprod.backends import create_backend
-from tffprod.churn import DeadlinePolicy, ReliabilityConfig
+from tffprod.config.reliability import ReliabilityConfig
+from tffprod.sessions.reliability import DeadlinePolicy
 from tffprod.examples import digits
-from tffprod.session import train
-from tffprod.sites import check_site, local_versions
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import train
+from tffprod.sites.admin import check_site, local_versions
+from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation, worker_children
 

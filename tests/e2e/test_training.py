@@ -10,8 +10,8 @@ import pytest
 from tffprod.backends.local import LocalBackend
 from tffprod.examples import digits, fraud
 from tffprod.registry import Registry
-from tffprod.session import train
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import train
+from tffprod.config.spec import SessionSpec
 
 from .conftest import worker_children
 
@@ -22,7 +22,7 @@ ROUNDS = 20
 
 @pytest.fixture(scope="module")
 def digits_registry(tmp_path_factory):
-    from tffprod.datasets import register_dataset
+    from tffprod.data.register import register_dataset
 
     root = tmp_path_factory.mktemp("digits")
     paths = digits.prepare(root / "data")
@@ -60,7 +60,7 @@ def fedavg_session(digits_registry):
 
 
 def test_fedavg_accuracy_is_within_3_points_of_centralized(fedavg_session, digits_registry):
-    from tffprod.centralized import train_centrally
+    from tffprod.dev.centralized import train_centrally
 
     result, _, _ = fedavg_session
     _, root = digits_registry
@@ -110,7 +110,7 @@ def test_backend_workers_are_stopped_after_the_session(fedavg_session):
 
 
 def test_dp_fixed_session_records_epsilon_from_dp_accounting(digits_registry):
-    from tffprod.accounting import epsilon_for
+    from tffprod.privacy.accounting import epsilon_for
 
     registry, root = digits_registry
     dp = {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5}
@@ -126,7 +126,7 @@ def test_dp_fixed_session_records_epsilon_from_dp_accounting(digits_registry):
 
 
 def test_adaptive_clipping_on_csv_fraud_data(tmp_path):
-    from tffprod.datasets import register_dataset
+    from tffprod.data.register import register_dataset
 
     paths = fraud.prepare(tmp_path / "data", n_per_bank=400)
     with Registry.open(tmp_path / "tffprod.db") as registry:
@@ -145,9 +145,9 @@ def test_adaptive_clipping_on_csv_fraud_data(tmp_path):
         assert examples == {b: registry.get_dataset(f"{b}/train")["num_examples"] for b in paths}
         # The same through a plan, on the sites' release path (simulated): the moving clip is the
         # coordinator's to send, the adaptive constants are the plan's.
-        from tffprod.plan import make_plan, train_from_plan, write_plan
+        from tffprod.sessions.approval import make_plan, train_from_plan, write_plan
         from tffprod.protocol.terms import ReleaseTerms
-        from tffprod.session import plan_session
+        from tffprod.sessions.runner import plan_session
 
         document = make_plan(plan_session(spec, registry=registry))
         (train_entry,) = [c for c in document["computations"] if c["role"] == "train"]
@@ -193,7 +193,7 @@ def test_custom_process_builder_hook(digits_registry, tmp_path):
 
 
 def test_same_seed_gives_same_weights(digits_registry):
-    from tffprod.export import load_weights
+    from tffprod.models.export import load_weights
 
     registry, _ = digits_registry
     a = train(_spec("digits-seed", rounds=2), registry=registry, backend=LocalBackend())
@@ -276,9 +276,9 @@ def test_too_few_sites_fail_the_session_with_the_reason(digits_registry):
 def test_a_budget_for_3_rounds_stops_a_10_round_session_with_a_usable_model(digits_registry, tmp_path):
     import tensorflow as tf
 
-    from tffprod.accounting import epsilon_for
+    from tffprod.privacy.accounting import epsilon_for
     from tffprod.errors import PrivacyBudgetError
-    from tffprod.export import export_artifact
+    from tffprod.models.export import export_artifact
 
     registry, _ = digits_registry
     z, delta = 0.5, 1e-5

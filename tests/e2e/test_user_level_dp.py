@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from tffprod.backends.local import LocalBackend
-from tffprod.datasets import register_dataset
+from tffprod.data.register import register_dataset
 from tffprod.examples import fraud
 from tffprod.registry import Registry
-from tffprod.session import train
-from tffprod.spec import SessionSpec
+from tffprod.sessions.runner import train
+from tffprod.config.spec import SessionSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -82,8 +82,8 @@ def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
     from tffprod.executors.approvals import ApprovalStore, approve_at_site
     from tffprod.executors.config import load_site_config
     from tffprod.executors.ledger import LEDGER_FILE, SiteLedger, plan_epsilon
-    from tffprod.plan import coordinator_identities, make_plan, train_from_plan, write_plan
-    from tffprod.session import plan_session
+    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.sessions.runner import plan_session
 
     from .conftest import running_federation
 

@@ -20,7 +20,7 @@ def create_backend(name: str, *, registry=None, **options) -> Backend:
         return LocalBackend(**options)
     if name == "remote":
         from tffprod.backends.remote import RemoteBackend
-        from tffprod.connections import SiteConnection
+        from tffprod.sites.connection import SiteConnection
 
         if registry is None:
             raise SpecError("the remote backend needs the registry's sites")

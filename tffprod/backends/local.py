@@ -32,7 +32,7 @@ class LocalBackend(Backend):
         self._sites: dict[str, Any] = {}  # site -> SimulatedSite, under a plan
 
     def open(self, sites: list[SiteTarget]) -> None:
-        from tffprod.contexts import channel_context, insecure_channel
+        from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:
             names = [f"site-{site.name}" for site in sites if site.name not in self._contexts]
@@ -102,7 +102,7 @@ class LocalBackend(Backend):
         return str(self._client_shards(dataset)[int(dataset["client_index"])])
 
     def _client_shards(self, dataset: Mapping[str, Any]) -> list[Path]:
-        from tffprod.clientdata import split_by_client
+        from tffprod.data.clients import split_by_client
 
         key = (dataset["site"], dataset["name"], dataset["content_hash"])
         if key not in self._shards:

@@ -118,7 +118,7 @@ def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequ
     ``SiteUnavailableError`` (the router retries it), other refusals stay ``grpc.RpcError``."""
 
     def send(request: release_pb2.ReleaseRequest) -> release_pb2.ReleaseResponse:
-        from tffprod.contexts import SiteUnavailableError
+        from tffprod.backends.contexts import SiteUnavailableError
 
         try:
             return release_pb2_grpc.ReleaseStub(channel()).ReleaseStream(pieces(request))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tffprod.backends.base import Backend, SiteTarget, catalog_reference
-from tffprod.connections import SiteConnection
+from tffprod.sites.connection import SiteConnection
 from tffprod.errors import DatasetError, SessionError, TffprodError
 from tffprod.workers import WorkerProcess
 
@@ -34,7 +34,7 @@ class RemoteBackend(Backend):
         self._coordinator_worker: Optional[WorkerProcess] = None
 
     def open(self, sites: list[SiteTarget]) -> None:
-        from tffprod.contexts import channel_context, insecure_channel
+        from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:
             if self._coordinator is None:
@@ -62,7 +62,7 @@ class RemoteBackend(Backend):
     def reconnect(self, site: str) -> None:
         """A fresh channel and context for ``site``, after it was unavailable: a restarted site has
         none of the executors the old context still refers to, and a new channel connects at once."""
-        from tffprod.contexts import channel_context
+        from tffprod.backends.contexts import channel_context
 
         old = self._channels.get(site)
         channel = self._connections[site].channel(federation=self.federation)
@@ -82,7 +82,7 @@ class RemoteBackend(Backend):
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
         site since it was registered."""
         from tffprod.executors.siteinfo import fetch_site_info
-        from tffprod.sites import local_versions, version_problems
+        from tffprod.sites.admin import local_versions, version_problems
 
         import grpc
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator, Sequence
 
-from tffprod.executors.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
+from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, executor_pb2
 from tffprod.protocol import release_pb2
 from tffprod.protocol.tensors import DTYPES, TensorError, check, from_array_proto, to_array_proto
 

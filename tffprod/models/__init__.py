@@ -1,0 +1,1 @@
+"""Trained model versions: who may have a copy, export, lineage and the model card."""

@@ -1,0 +1,170 @@
+"""The session spec's ``[dp]`` and ``[sampling]`` tables: how much noise, and who trains each round.
+
+See :mod:`tffprod.config.spec` for a whole spec; both tables are optional. ``DPConfig()`` is
+``mechanism = "none"``; no ``[sampling]`` table means every client (or site) every round.
+Nothing here imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+from tffprod.config import fields
+from tffprod.errors import SpecError
+
+MECHANISMS = ("none", "gaussian_fixed", "gaussian_adaptive")
+SAMPLING_KEYS = ("client_rate", "clients_per_round")
+_DP_KEYS = {
+    "none": ("mechanism",),
+    "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta", "on_budget"),
+    "gaussian_adaptive": ("mechanism", "noise_multiplier", "clip", "target_quantile", "learning_rate", "delta",
+                          "on_budget"),
+}
+ON_BUDGET = ("refuse", "stop")
+_DP_REQUIRED = ("noise_multiplier", "clip", "delta")
+DP_KEYS = _DP_KEYS["gaussian_adaptive"]
+
+
+# ---------------------------------------------------------------- DPConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+    """How model updates are made differentially private (the spec's ``[dp]`` table).
+
+    Attributes:
+        mechanism: ``"none"``, ``"gaussian_fixed"`` or ``"gaussian_adaptive"``.
+        noise_multiplier: Gaussian noise stddev over the clip norm (>= 0); None for ``none``.
+        clip: the L2 clip norm (fixed) or the initial clip norm (adaptive); > 0.
+        target_quantile: adaptive only: the quantile of update norms the clip tracks, in (0, 1).
+        learning_rate: adaptive only: the clip's learning rate (>= 0).
+        delta: the delta epsilon is reported for, in (0, 1).
+        on_budget: when the planned epsilon exceeds a dataset's remaining privacy budget:
+            ``"refuse"`` to start (the default), or ``"stop"`` after the last round that fits.
+    """
+
+    mechanism: str = "none"
+    noise_multiplier: Optional[float] = None
+    clip: Optional[float] = None
+    target_quantile: Optional[float] = None
+    learning_rate: Optional[float] = None
+    delta: Optional[float] = None
+    on_budget: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        mechanism = fields.choice("dp.mechanism", self.mechanism, MECHANISMS)
+        applicable = _DP_KEYS[mechanism]
+        for key in DP_KEYS:
+            if key not in applicable and getattr(self, key) is not None:
+                raise SpecError(_not_applicable(key, mechanism))
+        if mechanism == "none":
+            return
+        if mechanism == "gaussian_adaptive":
+            if self.target_quantile is None:
+                object.__setattr__(self, "target_quantile", 0.5)
+            if self.learning_rate is None:
+                object.__setattr__(self, "learning_rate", 0.2)
+        object.__setattr__(self, "on_budget", fields.choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
+        for key in _DP_REQUIRED:
+            if getattr(self, key) is None:
+                raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
+        checks = {
+            "noise_multiplier": (lambda v: v >= 0, "a number >= 0"),
+            "clip": (lambda v: v > 0, "a number > 0"),
+            "target_quantile": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+            "learning_rate": (lambda v: v >= 0, "a number >= 0"),
+            "delta": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+        }
+        for key in (k for k in applicable if k in checks):
+            ok, want = checks[key]
+            object.__setattr__(self, key, fields.number(f"dp.{key}", getattr(self, key), ok, want))
+
+    @property
+    def enabled(self) -> bool:
+        """True unless the mechanism is ``none``."""
+        return self.mechanism != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[dp]`` table: the mechanism and only the keys that apply to it."""
+        return {key: getattr(self, key) for key in _DP_KEYS[self.mechanism]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DPConfig":
+        """Builds a config from a ``[dp]`` table.
+
+        Raises:
+            SpecError: on an unknown or inapplicable key, a missing key or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"'dp' must be a table, got {fields.type_name(data)} {data!r}")
+        for key in data:
+            if key not in DP_KEYS:
+                raise SpecError(f"unknown key 'dp.{key}'{fields.did_you_mean(key, DP_KEYS)}")
+        if "mechanism" not in data:
+            raise SpecError("missing required key 'dp.mechanism' (one of " + ", ".join(MECHANISMS) + ")")
+        return cls(**data)
+
+
+def _not_applicable(key: str, mechanism: str) -> str:
+    owners = [m for m, keys in _DP_KEYS.items() if key in keys]
+    return (
+        f"key 'dp.{key}' does not apply to mechanism {mechanism!r} "
+        f"(only to {', '.join(repr(m) for m in owners)})"
+    )
+
+
+# ---------------------------------------------------------------- SamplingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Which clients train each round (the spec's ``[sampling]`` table); exactly one key.
+
+    Sampling draws from every client of every training dataset across sites, so it needs
+    datasets with a client-id column; draws come from a numpy Generator seeded with the
+    spec's ``seed``, so a session is reproducible.
+
+    Attributes:
+        client_rate: Poisson sampling: each client takes part in a round with this
+            probability q, in (0, 1]; DP accounting uses q.
+        clients_per_round: exactly this many clients a round, drawn without replacement;
+            DP accounting uses k of N (replace-one neighbours).
+    """
+
+    client_rate: Optional[float] = None
+    clients_per_round: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if (self.client_rate is None) == (self.clients_per_round is None):
+            raise SpecError("'[sampling]' needs exactly one of 'sampling.client_rate' (Poisson) "
+                            "or 'sampling.clients_per_round' (a fixed number)")
+        if self.client_rate is not None:
+            object.__setattr__(self, "client_rate", fields.number("sampling.client_rate", self.client_rate,
+                                                            lambda v: 0 < v <= 1, "a number with 0 < q <= 1"))
+        else:
+            fields.integer("sampling.clients_per_round", self.clients_per_round, minimum=1)
+
+    @property
+    def mode(self) -> str:
+        """``"poisson"`` or ``"fixed"``."""
+        return "poisson" if self.client_rate is not None else "fixed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``[sampling]`` table: its one key."""
+        return {"client_rate": self.client_rate} if self.mode == "poisson" else \
+            {"clients_per_round": self.clients_per_round}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SamplingConfig":
+        """Builds a config from a ``[sampling]`` table.
+
+        Raises:
+            SpecError: an unknown key, both or neither key, or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"'sampling' must be a table, got {fields.type_name(data)} {data!r}")
+        for key in data:
+            if key not in SAMPLING_KEYS:
+                raise SpecError(f"unknown key 'sampling.{key}'{fields.did_you_mean(key, SAMPLING_KEYS)}")
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""What crosses the coordinator-site wire: the release protocol, its terms, tensors and TFF's protos (TF-free)."""

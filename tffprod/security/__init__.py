@@ -1,0 +1,1 @@
+"""Certificates: the federation's CA, issuing site and coordinator certificates, identities."""

@@ -1,0 +1,378 @@
+"""Session plans: the coordinator's side of computation approval.
+
+``make_plan`` compiles a validated session once and freezes what will run at
+sites (the per-site part of a training round and of evaluation) as
+deterministically serialized ``Computation`` protos with their SHA-256, beside
+the spec, the task and model summary, the DP terms and the datasets. A site
+operator reviews and approves the plan (``tffprod site plan show``, ``tffprod
+site approve``; :mod:`tffprod.executors.approvals` verifies it). ``session run
+--plan`` then ships exactly those bytes: the frozen computations run on site
+contexts without a compiler (``compiler_fn=None``), so the hash a site computes
+on the wire is the hash it approved (shared/design/tff-0.87-facts.md section 6).
+
+Compiling imports TensorFlow and TFF; reading a plan does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError, SpecError
+from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
+
+if TYPE_CHECKING:
+    from tffprod.sessions.runner import SessionPlan
+
+__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_computation_plan",
+           "make_eval_plan", "make_plan",
+           "privacy_terms", "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
+
+
+def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
+    """The DP terms a site's ledger needs: mechanism, noise multiplier, delta, the round's
+    sampling (``sampling_rate`` q, or ``fixed_sample`` [N, k]) and the unit of privacy."""
+    dp = plan.spec.dp
+    if not dp.enabled:
+        return {"mechanism": "none", "unit": "none (no differential privacy)"}
+    from tffprod.privacy.accounting import epsilon_for
+
+    accounting = plan.population.accounting()
+    terms = {
+        "mechanism": dp.mechanism,
+        "noise_multiplier": float(dp.noise_multiplier),
+        "clip": float(dp.clip),
+        "delta": float(dp.delta),
+        "sampling_rate": float(plan.sampling_rate),
+        "accountant": "rdp",
+        "unit": plan.privacy_unit,
+        "planned_epsilon": epsilon_for(noise_multiplier=float(dp.noise_multiplier), rounds=plan.spec.rounds,
+                                       delta=float(dp.delta), **accounting),
+    }
+    if "fixed_sample" in accounting:
+        terms["fixed_sample"] = list(accounting["fixed_sample"])
+    return terms
+
+
+def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None,
+            fallback_free: list[str] | None = None) -> dict[str, Any]:
+    """A plan's computation entry: the frozen bytes and their release terms (:mod:`tffprod.protocol.terms`).
+
+    Every state leaf outside the ``free`` prefixes is pinned to its value in ``initial_state``; when a
+    ``free`` prefix names no leaf (a state laid out otherwise), ``fallback_free`` is used instead.
+    """
+    import tensorflow_federated as tff
+
+    from tffprod.backends.release import leaf_at
+    from tffprod.protocol.signature import SiteSignature
+    from tffprod.protocol.terms import pinned_entry
+
+    compiled = tff.backends.native.desugar_and_transform_to_native(computation)
+    proto = tff.framework.serialize_computation(compiled)
+    data = proto.SerializeToString(deterministic=True)
+    leaves = SiteSignature(proto).state
+    under = lambda path, prefix: path == prefix or path.startswith(prefix + "/")  # noqa: E731
+    if fallback_free is not None and not all(any(under(leaf.path, p) for leaf in leaves) for p in free):
+        free = fallback_free
+    pinned = [pinned_entry(leaf, leaf_at(initial_state, leaf.path)) for leaf in leaves
+              if not any(leaf.path == p or leaf.path.startswith(p + "/") for p in free)]
+    entry = {"role": role, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+             "type_signature": str(compiled.type_signature), "proto": base64.b64encode(data).decode("ascii"),
+             "state": {"free": free, "pinned": pinned}}
+    if bound is not None:
+        entry["bound"] = bound
+    return entry
+
+
+# The state a coordinator chooses each round: the model, and the server optimizer's state (which only
+# the coordinator's part of a round reads). Everything else is pinned by the plan.
+FREE_TRAIN_STATE = ["global_model_weights", "finalizer"]
+FREE_EVAL_STATE = ["global_model_weights"]
+# Adaptive clipping moves its clip at the coordinator every round (TFF's quantile estimator): that
+# estimate and the clip derived from it are free too; its target quantile, learning rate and noise
+# multipliers stay pinned.
+ADAPTIVE_MOVING_STATE = ["aggregator/query_state/numerator_state/sum_state",
+                         "aggregator/query_state/numerator_state/quantile_estimator_state/current_estimate"]
+
+
+def _initial_states(*processes: Any) -> list[Any]:
+    """Each process's initial server state, computed on a worker of its own (stopped after)."""
+    import tempfile
+
+    from tffprod.backends.contexts import channel_context, insecure_channel
+    from tffprod.workers import WorkerProcess
+
+    with tempfile.TemporaryDirectory(prefix="tffprod-plan-") as logs, \
+            WorkerProcess(name="plan", log_path=Path(logs) / "plan-worker.log") as worker:
+        context = channel_context(insecure_channel(worker.address))
+        return [context.invoke(process.initialize, None) for process in processes]
+
+
+def _train_bound(plan: "SessionPlan") -> dict[str, Any] | None:
+    """The fixed-clip DP bound on a training release: the clipped sum (result element 1)."""
+    dp = plan.spec.dp
+    if not dp.enabled or dp.mechanism != "gaussian_fixed":
+        return None
+    return {"result": ["1"], "l2_norm_per_client": float(dp.clip)}
+
+
+def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``).
+
+    ``coordinators`` (site -> certificate CN) binds the plan to this coordinator: a site refuses
+    the plan's computations from any other caller (see :func:`coordinator_identities`).
+
+    Raises:
+        PrivacyBudgetError: the plan samples clients or sites and the budgets cannot hold all
+            its rounds (see :func:`check_whole_plan_fits`).
+    """
+    check_whole_plan_fits(plan)
+    import tensorflow_federated as tff
+
+    from tffprod.training.process import build_evaluation_process
+    from tffprod.training.trainer import training_process
+    from tffprod.sites.admin import local_versions
+
+    spec = plan.spec
+    process = training_process(plan)
+    form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
+    evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
+    states = _initial_states(*[p for p in (process, evaluation) if p is not None])
+    adaptive = spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive"
+    free = FREE_TRAIN_STATE + (ADAPTIVE_MOVING_STATE if adaptive else [])
+    computations = [_freeze("train", form.up_to_merge, states[0], free, _train_bound(plan),
+                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if adaptive else None)]
+    if evaluation is not None:
+        computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
+            evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
+    datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
+                 "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
+                 "client_id": row.get("client_id")}
+                for role, rows in (("train", plan.datasets), ("eval", plan.eval_datasets)) for row in rows]
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": local_versions(),
+        "session": {"name": spec.name, "rounds": spec.rounds, "seed": spec.seed, "min_sites": spec.min_sites,
+                    "federation": spec.federation},
+        "spec": spec.to_dict(),
+        "task": plan.task.summary(),
+        "privacy": privacy_terms(plan),
+        "datasets": datasets,
+        "coordinators": coordinators or {},
+        "computations": computations,
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
+def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> dict[str, Any]:
+    """An evaluation plan: model version ``model_ref`` evaluated on ``dataset_refs`` at their sites.
+
+    Sites approve it like a training plan (``tffprod site approve``); each of its datasets is then
+    evaluated once (``tffprod eval REF --plan PLAN``). Evaluation metrics are not noised.
+
+    Raises:
+        AccessDeniedError: a dataset's site may not receive the version.
+        SessionError: the datasets mix formats.
+    """
+    import tensorflow_federated as tff
+
+    from tffprod.models.access import require_access
+    from tffprod.training.process import build_evaluation_process
+    from tffprod.sessions.runner import resolve_datasets
+    from tffprod.task import load_task
+
+    version = registry.get_model_version(model_ref)
+    spec = registry.get_session(version["session_id"])["spec"]
+    task = load_task(spec["task"])
+    rows = resolve_datasets(registry, list(dataset_refs), task)
+    for site in dict.fromkeys(row["site"] for row in rows):
+        require_access(registry, version, site)
+    formats = sorted({row["format"] for row in rows})
+    if len(formats) != 1:
+        raise SessionError(f"datasets evaluated together must share a format, these mix {', '.join(formats)}")
+    evaluation = build_evaluation_process(task, fmt=formats[0])
+    (state,) = _initial_states(evaluation)
+    entry = _freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(evaluation.next).up_to_merge,
+                    state, FREE_EVAL_STATE)
+    return _single_release_plan(
+        registry, entry, rows, name=f"eval-{version['name']}-{version['version']}", federation=spec.get("federation"),
+        task=task.summary(), unit="none (evaluation metrics are not noised)",
+        model={"name": version["name"], "version": int(version["version"])})
+
+
+def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
+    """A plan of one custom federated computation on registered datasets (see
+    :func:`tffprod.sessions.analytics.run_federated`): its per-site part, with ``server_arg`` (if the
+    computation takes one) pinned by the plan. Sites approve it like any plan; each dataset is then
+    released once (an identical run again is a repeat).
+
+    Raises:
+        SpecError: the computation or the datasets are unfit (as for ``run_federated``).
+    """
+    import tensorflow_federated as tff
+
+    from tffprod.sessions.analytics import check_computation, resolve
+
+    check_computation(comp, with_server_arg=server_arg is not None)
+    rows = resolve(registry, list(datasets))
+    try:
+        form = tff.backends.native.compile_to_mergeable_comp_form(comp)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
+    entry = _freeze("compute", form.up_to_merge, server_arg, [])
+    return _single_release_plan(registry, entry, rows, name="compute", federation=None,
+                                task={"computation": str(comp.type_signature)},
+                                unit="none (the computation's results are not noised)")
+
+
+def _single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
+                         task: dict[str, Any], unit: str, **extra: Any) -> dict[str, Any]:
+    """A plan of one ``eval`` or ``compute`` computation (``entry``) on ``rows``, each dataset released
+    once; no rounds, no DP."""
+    from tffprod.sites.admin import local_versions
+
+    sites = list(dict.fromkeys(row["site"] for row in rows))
+    body = {
+        "format": PLAN_FORMAT,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": local_versions(),
+        "session": {"name": name, "rounds": 0, "seed": 0, "min_sites": 1, "federation": federation},
+        **extra,
+        "task": task,
+        "privacy": {"mechanism": "none", "unit": unit},
+        "datasets": [{"role": entry["role"], "ref": row["ref"], "site": row["site"], "name": row["name"],
+                      "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
+                      "client_id": row.get("client_id")} for row in rows],
+        "coordinators": coordinator_identities(registry, sites),
+        "computations": [entry],
+    }
+    return {**body, "plan_id": canonical_id(body)}
+
+
+def check_whole_plan_fits(plan: "SessionPlan") -> None:
+    """Refuses a sampling plan that the budgets cannot hold whole.
+
+    A site charges a plan that samples all its approved rounds at its first release
+    (:func:`tffprod.executors.ledger.charged_rounds`), so such a plan cut short by
+    ``on_budget = "stop"`` would be refused by every budgeted site at round 1.
+    """
+    from tffprod.executors.ledger import samples
+
+    if samples(plan.population.accounting()) and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
+        tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
+        raise PrivacyBudgetError(
+            f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first "
+            f"release, and dataset {tightest}'s remaining budget holds {plan.budget.max_rounds}; plan "
+            f"{plan.budget.max_rounds} round(s) or raise the budget")
+
+
+def coordinator_identities(registry: Any, sites: list[str]) -> dict[str, str]:
+    """Site -> the identity (certificate CN) this coordinator uses there, for sites it connects to."""
+    from tffprod.security.certs import identity_of
+
+    identities = {}
+    for site in sites:
+        try:
+            cert = (registry.get_site(site).get("info") or {}).get("cert")
+        except NotFoundError:  # a site known only by its datasets (local backend)
+            cert = None
+        if cert and Path(cert).is_file():
+            identities[site] = identity_of(Path(cert).read_bytes())
+    return identities
+
+
+def write_plan(document: Mapping[str, Any], out: os.PathLike | str) -> Path:
+    """Write a plan document atomically; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenComputations:
+    """A plan's site computations, ready to invoke on contexts without a compiler, and the plan."""
+
+    plan_id: str
+    train: Any
+    eval: Any = None
+    plan: Any = None
+    compute: Any = None
+
+    def role_of(self, computation: Any) -> str:
+        """The plan's role for one of its computations (``train``, ``eval`` or ``compute``)."""
+        for role in ("train", "eval", "compute"):
+            if getattr(self, role) is computation:
+                return role
+        raise ValueError("not a computation of this plan")
+
+
+def thaw(plan: Plan) -> FrozenComputations:
+    """Deserialize a verified plan's computations (imports TFF)."""
+    import tensorflow_federated as tff
+
+    from tffprod.protocol.protos import computation_pb2
+
+    def load(role: str) -> Any:
+        data = plan.computation_bytes(role)
+        if data is None:
+            return None
+        return tff.framework.deserialize_computation(computation_pb2.Computation.FromString(data))
+
+    return FrozenComputations(plan.plan_id, load("train"), load("eval"), plan, load("compute"))
+
+
+def check_datasets(plan: Plan, session: "SessionPlan") -> None:
+    """Refuse to run a plan whose datasets are not exactly the session's, with the same content.
+
+    Raises:
+        SessionError: naming the first dataset that differs.
+    """
+    ours = {(role, row["site"], row["name"]): row["content_hash"]
+            for role, rows in (("train", session.datasets), ("eval", session.eval_datasets)) for row in rows}
+    theirs = {(d["role"], d["site"], d["name"]): d["content_hash"] for d in plan.datasets}
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            role, site, name = key
+            raise SessionError(f"plan {plan.plan_id[:16]} does not match {role} dataset {site}/{name} as registered "
+                               "now; make a new plan with 'tffprod session plan'")
+
+
+def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
+    """Refuse a frozen computation whose type differs from what this task compiles to now."""
+    if str(frozen.type_signature) != str(expected.type_signature):
+        raise SessionError(f"plan {plan_id[:16]}: its {role} computation does not match the task as it is now; "
+                           "make a new plan with 'tffprod session plan'")
+
+
+
+def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, artifacts_dir: Any = None,
+                    progress: Any = None) -> dict:
+    """``tffprod session run --plan``: run a plan's session with its frozen computations.
+
+    Raises:
+        PlanError: the plan does not verify.
+        SessionError: the registry's datasets or the task no longer match the plan; training failed.
+    """
+    from tffprod.sessions.runner import artifacts_dir_for, plan_session, run_session
+    from tffprod.config.spec import SessionSpec
+
+    plan = load_plan(path)
+    if plan.evaluation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
+    if plan.computation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is a computation plan: run it with run_federated(..., plan=)")
+    session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
+    check_datasets(plan, session)
+    return run_session(session, registry=registry, backend=backend,
+                       artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
+                       frozen=thaw(plan))

@@ -1,0 +1,188 @@
+"""Continue, cancel and export sessions that did not finish.
+
+A session is resumable when it is ``failed`` or ``cancelled``, or still
+``running`` while the coordinator process that owned it is gone (killed, or
+its machine restarted). Resuming replans it from its recorded spec and
+dataset versions, claims it for this process, and runs the rounds after the
+last committed one from that round's checkpoint (:mod:`tffprod.sessions.rounds`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tffprod.errors import SessionError
+
+__all__ = ["cancel_session", "coordinator_alive", "export_session", "resume_session", "resumable"]
+
+
+def coordinator_alive(coordinator: Optional[dict]) -> bool:
+    """Whether the process recorded as a session's owner still runs (on this host; another
+    host's coordinator is assumed alive, since this host cannot see it)."""
+    if not coordinator:
+        return False
+    if coordinator.get("host") != socket.gethostname():
+        return True
+    pid = int(coordinator.get("pid", 0))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _is_running(pid)
+
+
+def _is_running(pid: int) -> bool:
+    """False for a zombie (killed, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def resumable(session: dict, *, force: bool = False) -> Optional[str]:
+    """Why ``session`` cannot be resumed, or None if it can. ``force`` takes over a running
+    session whose coordinator this host cannot see (on another host) and is known to be dead."""
+    status = session["status"]
+    if status == "finished":
+        return f"session {session['id']} is finished"
+    owner = session.get("coordinator")
+    if status in ("running", "pending") and coordinator_alive(owner):
+        if force and owner.get("host") != socket.gethostname():
+            return None
+        hint = " or, if that host's coordinator is dead, resume with --force" \
+            if owner.get("host") != socket.gethostname() else ""
+        return (f"session {session['id']} is running in process {owner['pid']} on {owner['host']}; "
+                f"cancel it first ('tffprod session cancel {session['id']}'){hint}")
+    return None
+
+
+def _spec(session: dict) -> Any:
+    """The session's spec, on the dataset versions it started with."""
+    from tffprod.config.spec import SessionSpec
+
+    data = {key: value for key, value in session["spec"].items() if key != "plan_id"}
+    data["datasets"] = list(session["datasets"])
+    return SessionSpec.from_dict(data)
+
+
+def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_dir: Optional[Path] = None,
+                   progress: Optional[Callable] = None, plan_path: Optional[str] = None, force: bool = False) -> dict:
+    """Continue ``session_id`` after its last committed round; returns its row as ``run_session`` does.
+
+    A session run from an approved plan resumes only with that plan (``plan_path``). ``force``
+    takes over a session whose coordinator ran on another host (see :func:`resumable`).
+
+    Raises:
+        SessionError: it cannot be resumed (finished, still running, no checkpoint, a damaged
+            checkpoint, the plan is missing or another one).
+    """
+    from tffprod.sessions.runner import artifacts_dir_for, coordinator_identity, drive_session, plan_session
+
+    session = registry.get_session(session_id)
+    reason = resumable(session, force=force)
+    if reason:
+        raise SessionError(f"cannot resume: {reason}")
+    frozen = _frozen(session, plan_path)
+    plan = plan_session(_spec(session), registry=registry, resuming=session_id)
+    if frozen is not None:
+        from tffprod.sessions.approval import check_datasets, load_plan
+
+        check_datasets(load_plan(plan_path), plan)
+    completed = tuple(registry.list_rounds(session_id))
+    if completed and completed[-1].get("checkpoint"):
+        from tffprod.training.checkpoint import verify_checkpoint
+
+        verify_checkpoint(completed[-1]["checkpoint"], completed[-1]["checkpoint_sha256"])
+    with registry.atomic():
+        registry.claim_session(session_id, coordinator=coordinator_identity(), expected=session.get("coordinator"))
+        registry.record_action("session.resume", session_id, {"after_round": len(completed),
+                                                              "previous_status": session["status"]})
+    return drive_session(plan, session_id, registry=registry, backend=backend,
+                         artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
+                         frozen=frozen, completed=completed)
+
+
+def _frozen(session: dict, plan_path: Optional[str]) -> Any:
+    plan_id = session["spec"].get("plan_id")
+    if plan_id is None:
+        if plan_path:
+            raise SessionError(f"session {session['id']} was not run from a plan; resume it without --plan")
+        return None
+    if not plan_path:
+        raise SessionError(f"session {session['id']} runs approved plan {plan_id[:16]}; resume it with "
+                           "--plan PLAN (the same plan file)")
+    from tffprod.sessions.approval import load_plan, thaw
+
+    plan = load_plan(plan_path)
+    if plan.plan_id != plan_id:
+        raise SessionError(f"plan {plan_path} is {plan.plan_id[:16]}, session {session['id']} runs {plan_id[:16]}")
+    return thaw(plan)
+
+
+def cancel_session(session_id: str, *, registry: Any) -> dict:
+    """Stop a session at its next round boundary, audited; a session whose coordinator is
+    gone is cancelled at once. Returns the session row.
+
+    Raises:
+        NotFoundError: unknown session. RegistryError: it is not pending or running.
+    """
+    from tffprod.sessions.runner import end_session  # before taking the registry's write lock
+
+    with registry.atomic():
+        session = registry.request_cancel(session_id)
+        registry.record_action("session.cancel", session_id, {"status": session["status"]})
+        if coordinator_alive(session.get("coordinator")):
+            return session
+        message = f"cancelled after round {session['rounds_completed']} of {session['rounds_planned']} " \
+                  "(its coordinator was gone)"
+        end_session(registry, session_id, "cancelled", message)
+    return registry.get_session(session_id)
+
+
+def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
+    """Write the model of a session's last committed round (SavedModel, Keras file, weights).
+
+    Raises:
+        SessionError: no committed round, or its checkpoint is damaged.
+    """
+    from tffprod.backends.local import LocalBackend
+    from tffprod.training.checkpoint import load_checkpoint
+    from tffprod.models.export import save_artifacts
+    from tffprod.sessions.runner import plan_session
+    from tffprod.training.trainer import training_process
+
+    session = registry.get_session(session_id)
+    rounds = registry.list_rounds(session_id)
+    if not rounds or not rounds[-1].get("checkpoint"):
+        raise SessionError(f"session {session_id} has no committed round with a checkpoint to export")
+    last = rounds[-1]
+    plan = plan_session(_spec(session), registry=registry, verify_files=False, resuming=session_id)
+    process = training_process(plan)
+    with LocalBackend() as backend:
+        backend.open([])
+        ctx = backend.coordinator_context()
+        state = load_checkpoint(last["checkpoint"], last["checkpoint_sha256"], ctx.invoke(process.initialize, None))
+        weights = ctx.invoke(process.get_model_weights, state)
+    path = save_artifacts(plan.task, weights, Path(out_dir))
+    registry.record_action("session.export", session_id, {"round": last["round_num"], "out": str(path)})
+    return {"session": session_id, "round": last["round_num"], "path": str(path)}
+
+
+def describe_health(session: dict, rounds: list[dict]) -> dict:
+    """The sites quarantined in ``session`` by its recorded rounds (see :class:`tffprod.sessions.reliability.SiteHealth`)."""
+    from tffprod.config.reliability import ReliabilityConfig
+    from tffprod.sessions.reliability import SiteHealth
+
+    config = ReliabilityConfig.from_dict(session["spec"].get("reliability") or {})
+    health = SiteHealth(config.quarantine_after)
+    for row in rounds:
+        health.observe(row["round_num"], row["participants"])
+    return dict(health.quarantined)

@@ -1,0 +1,183 @@
+"""The round router: one computation in mergeable form, run across sites.
+
+Each round: the per-site part (``up_to_merge``) runs at every selected site
+concurrently, one daemon thread per site (TFF's remote executor blocks, so
+asyncio would serialize them; facts section 4), each under the round's
+deadline; a site that is unavailable is tried again a bounded number of times
+within it. The partial results are merged and the round finished
+(``after_merge``) at the coordinator, so DP noise and the server optimizer
+never run at a site. A site that misses the deadline is left behind: its
+daemon thread never keeps the process from exiting.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from typing import Any, Mapping, Optional
+
+import tensorflow_federated as tff
+
+from tffprod.backends.base import Backend
+from tffprod.backends.contexts import SiteUnavailableError
+from tffprod.errors import SessionError
+
+Struct = tff.structure.Struct
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a site's failure: a gRPC status as ``CODE: details``, else the exception."""
+    if callable(getattr(error, "code", None)) and callable(getattr(error, "details", None)):
+        try:
+            text = f"{error.code().name}: {error.details()}"
+        except Exception:  # not a real grpc.Call after all
+            text = f"{type(error).__name__}: {error}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:500]
+
+
+@dataclasses.dataclass
+class SiteOutcome:
+    """What one site did in one round."""
+
+    site: str
+    status: str  # "ok" | "timeout" | "error"
+    duration_s: float
+    clients: int
+    examples: int = 0
+    error: Optional[str] = None
+    attempts: int = 1
+    partial: Any = dataclasses.field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 4),
+            "clients": self.clients,
+            "examples": self.examples,
+            "error": self.error,
+            "attempts": self.attempts,
+        }
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    """The coordinator's result of a round and who took part."""
+
+    output: Any
+    sites: list[SiteOutcome]
+    duration_s: float
+
+    @property
+    def ok_sites(self) -> list[SiteOutcome]:
+        return [s for s in self.sites if s.status == "ok"]
+
+
+class RoundRouter:
+    """Runs a ``MergeableCompForm`` over a backend's sites."""
+
+    def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1,
+                 retries: int = 2, backoff_s: float = 0.5, site_computation: Any = None) -> None:
+        self._backend = backend
+        self._form = form
+        # An approved plan's frozen per-site computation, or the form's own.
+        self._site_computation = site_computation if site_computation is not None else form.up_to_merge
+        self._timeout_s = timeout_s
+        self._min_sites = min_sites
+        self._retries = retries
+        self._backoff_s = backoff_s
+
+    def close(self) -> None:
+        """Nothing to release: site threads are daemons and end with their calls."""
+
+    def partials(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
+                 timeout_s: Optional[float] = None, round_num: int = 0) -> list[SiteOutcome]:
+        """Run the per-site part at every site concurrently; never raises for a site's failure.
+
+        ``timeout_s`` overrides the router's deadline for this call; ``round_num`` is the training
+        round it belongs to (0: not a training round).
+        """
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        futures = {site: self._spawn(site, state, refs, deadline, round_num) for site, refs in refs_by_site.items()}
+        outcomes = []
+        for site, future in futures.items():
+            clients = len(refs_by_site[site])
+            try:
+                partial, duration, attempts = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                outcomes.append(SiteOutcome(site, "ok", duration, clients, partial=partial, attempts=attempts))
+            except concurrent.futures.TimeoutError:
+                outcomes.append(SiteOutcome(site, "timeout", time.monotonic() - started, clients,
+                                            error=f"no result within {timeout_s:g} s"))
+            except Exception as e:  # a site's failure is recorded, not raised
+                outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
+                                            error=describe_error(e), attempts=getattr(e, "attempts", 1)))
+        return outcomes
+
+    def _spawn(self, site: str, state: Any, refs: list[str], deadline: float,
+               round_num: int) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline, round_num),
+                                  name=f"tffprod-site-{site}", daemon=True)
+        thread.start()
+        return future
+
+    def _run_site(self, future: concurrent.futures.Future, site: str, state: Any, refs: list[str],
+                  deadline: float, round_num: int) -> None:
+        future.set_running_or_notify_cancel()
+        t0, backoff = time.monotonic(), self._backoff_s
+        for attempt in range(1, self._retries + 2):
+            try:
+                result = self._backend.run_site(site, self._site_computation, state, refs, round_num=round_num)
+                future.set_result((result, time.monotonic() - t0, attempt))
+                return
+            except SiteUnavailableError as e:
+                if attempt > self._retries or time.monotonic() + backoff >= deadline:
+                    e.attempts = attempt
+                    future.set_exception(e)
+                    return
+                time.sleep(backoff)
+                backoff *= 2
+                self._backend.reconnect(site)  # the site may be back, restarted: start afresh
+            except BaseException as e:  # reported through the future
+                future.set_exception(e)
+                return
+
+    def merge(self, partials: list[Any]) -> Any:
+        """Fold partial results with ``merge`` at the coordinator."""
+        ctx = self._backend.coordinator_context()
+        merged = partials[0]
+        for partial in partials[1:]:
+            merged = ctx.invoke(self._form.merge, Struct.unnamed(merged, partial))
+        return merged
+
+    def finish(self, state: Any, merged: Any) -> Any:
+        """Run ``after_merge`` at the coordinator on the merged partials."""
+        ctx = self._backend.coordinator_context()
+        original = Struct.unnamed(state, []) if state is not None else []
+        return ctx.invoke(self._form.after_merge, Struct.unnamed(original, merged))
+
+    def run_round(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
+                  min_sites: Optional[int] = None, timeout_s: Optional[float] = None,
+                  round_num: int = 0) -> RoundOutcome:
+        """One full round; raises SessionError when fewer than ``min_sites`` sites succeed.
+
+        ``min_sites`` overrides the router's for this round (a round that samples clients
+        calls only the sites that hold one); ``timeout_s`` overrides its deadline (an
+        adaptive deadline, ``tffprod.sessions.reliability.DeadlinePolicy``).
+        """
+        t0 = time.monotonic()
+        needed = self._min_sites if min_sites is None else min_sites
+        sites = self.partials(state, refs_by_site, timeout_s=timeout_s, round_num=round_num)
+        ok = [s for s in sites if s.status == "ok"]
+        if len(ok) < needed or not ok:
+            detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")
+            raise SessionError(f"round needs {max(needed, 1)} site(s), {len(ok)} succeeded: {detail}")
+        output = self.finish(state, self.merge([s.partial for s in ok]))
+        return RoundOutcome(output=output, sites=sites, duration_s=time.monotonic() - t0)

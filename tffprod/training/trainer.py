@@ -1,0 +1,114 @@
+"""The coordinator's side of training: the compiled process and its server state.
+
+A :class:`Trainer` compiles the session's learning process once, runs rounds
+through the :class:`tffprod.training.router.RoundRouter`, and saves or restores its
+server state as round checkpoints (:mod:`tffprod.training.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tffprod.backends.base import Backend
+from tffprod.errors import SessionError
+
+
+def initial_weights(task: Any, seed: int) -> Any:
+    """The task model's initial weights, drawn reproducibly from ``seed``."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    tf.keras.utils.set_random_seed(seed)
+    return tff.learning.models.ModelWeights.from_model(task.model_fn())
+
+
+def training_process(plan: Any) -> Any:
+    """The session's TFF learning process over dataset references (imports TFF)."""
+    from tffprod.training.process import build_training_process
+
+    spec = plan.spec
+    return build_training_process(
+        plan.task, spec.dp, fmt=plan.fmt, seed=spec.seed,
+        clients_per_round=plan.population.expected_clients_per_round,
+    )
+
+
+class Trainer:
+    """Holds the compiled process and the server state between rounds.
+
+    With ``frozen`` (a plan's computations), sites run the plan's frozen training
+    computation instead of a fresh compile; its type must match the process's.
+    """
+
+    def __init__(self, plan: Any, backend: Backend, frozen: Any = None) -> None:
+        import tensorflow_federated as tff
+
+        from tffprod.training.router import RoundRouter
+
+        spec = plan.spec
+        self._Struct = tff.structure.Struct
+        self.process = training_process(plan)
+        self.ctx = backend.coordinator_context()
+        form = tff.backends.native.compile_to_mergeable_comp_form(self.process.next)
+        site_computation = None
+        if frozen is not None:
+            from tffprod.sessions.approval import check_signature
+
+            check_signature("train", frozen.train, form.up_to_merge, frozen.plan_id)
+            site_computation = frozen.train
+        self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites,
+                                  site_computation=site_computation)
+        state = self.ctx.invoke(self.process.initialize, None)
+        self.state = self.ctx.invoke(
+            self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
+        )
+        self.min_sites = spec.min_sites
+        self.refs_by_site: dict[str, list[str]] = {}
+        if not plan.population.client_level:
+            for row in plan.datasets:
+                self.refs_by_site.setdefault(row["site"], []).append(backend.reference(row))
+
+    def run_round(self, refs_by_site: Optional[Mapping[str, list[str]]] = None, *,
+                  timeout_s: Optional[float] = None, round_num: int = 0):
+        """Round ``round_num`` over ``refs_by_site`` (default: every dataset, one client each)."""
+        refs = self.refs_by_site if refs_by_site is None else refs_by_site
+        outcome = self.router.run_round(self.state, refs, min_sites=min(self.min_sites, len(refs)),
+                                        timeout_s=timeout_s, round_num=round_num)
+        self.state = outcome.output.state
+        return outcome
+
+    def save(self, directory: Path, round_num: int) -> tuple[Path, str]:
+        """Write the server state as round ``round_num``'s checkpoint; ``(path, sha256)``."""
+        from tffprod.training.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.state, directory, round_num)
+
+    def restore(self, path: str, sha256: str) -> None:
+        """Continue from a committed checkpoint (raises CheckpointError if it is damaged)."""
+        from tffprod.training.checkpoint import load_checkpoint
+
+        self.state = load_checkpoint(path, sha256, self.state)
+
+    def dp_event(self) -> Any:
+        """The DP event TFF's aggregator reports for the last round.
+
+        Raises:
+            SessionError: the process has no TFF DP aggregator state (e.g. a custom
+                ``process_builder`` that ignored the DP aggregator it was given).
+        """
+        from tensorflow_federated.python.aggregators.differential_privacy import extract_dp_event_from_state
+
+        try:
+            return extract_dp_event_from_state(self.state.aggregator)
+        except Exception as e:
+            raise SessionError(
+                "the spec asks for DP but the training process reports no DP event; a custom "
+                f"process_builder must use the aggregator it is given ({type(e).__name__})"
+            ) from e
+
+    def weights(self) -> Any:
+        return self.ctx.invoke(self.process.get_model_weights, self.state)
+
+    def close(self) -> None:
+        self.router.close()
