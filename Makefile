@@ -36,4 +36,4 @@ clean:
 
 # Regenerates the release protocol's Python modules after tffprod/protocol/release.proto changes.
 protos: .venv/.synced
-	.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. tffprod/protocol/release.proto
+	.venv/bin/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. tffprod/protocol/release.proto

@@ -222,7 +222,7 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, plan_path: s
         tffprod eval digits-dp:1 --dataset hospital-a/test --backend remote --plan eval.plan.json
     """
     from tffprod.backends import create_backend
-    from tffprod.training.evaluation import evaluate_version
+    from tffprod.sessions.evaluate import evaluate_version
 
     with user_errors(), open_registry(registry_path) as registry:
         result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry),

@@ -45,7 +45,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
         raise click.UsageError("give either --spec or --plan")
     with user_errors():
         if plan_path:
-            from tffprod.executors.approvals import load_plan
+            from tffprod.protocol.plan_document import load_plan
 
             backend = backend or load_plan(plan_path).document["spec"].get("backend", "local")
         else:
@@ -60,7 +60,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
         with open_registry(registry_path) as registry:
             site_backend = create_backend(backend, registry=registry)
             if plan_path:
-                from tffprod.sessions.approval import train_from_plan
+                from tffprod.sessions.runner import train_from_plan
 
                 result = train_from_plan(plan_path, registry=registry, backend=site_backend, progress=progress)
             else:
@@ -108,7 +108,7 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     with user_errors():
         spec = load_spec(spec_path)
         from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
-        from tffprod.sessions.runner import plan_session
+        from tffprod.sessions.planning import plan_session
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)

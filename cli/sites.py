@@ -210,7 +210,7 @@ def plan_show(plan_path: str, as_json: bool) -> None:
     Example:
         tffprod site plan show digits.plan.json
     """
-    from tffprod.executors.approvals import load_plan
+    from tffprod.protocol.plan_document import load_plan
 
     with user_errors():
         summary = load_plan(plan_path).summary()
@@ -296,7 +296,8 @@ def ledger(config_path: str, as_json: bool) -> None:
     """
     from tffprod.executors.approvals import ApprovalStore
     from tffprod.executors.config import load_site_config
-    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger, plan_epsilon
+    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
+    from tffprod.privacy.terms import plan_epsilon
 
     with user_errors():
         config = load_site_config(config_path)

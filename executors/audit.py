@@ -29,9 +29,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-__all__ = ["UNKNOWN_IDENTITY", "AuditLog", "read_audit_log"]
+__all__ = ["AUDIT_FILE", "UNKNOWN_IDENTITY", "AuditLog", "read_audit_log"]
 
 UNKNOWN_IDENTITY = "?"
+AUDIT_FILE = "audit.jsonl"  # in the site's STATE_DIR
 
 
 class AuditLog:

@@ -51,23 +51,21 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from tffprod.config import fields
 from tffprod.data.files import FORMATS, content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.data.schema import Schema
-from tffprod.config.spec import federation_name, resolve_task, task_path
+from tffprod.config.names import LOWER_NAME, NAME, federation_name
+from tffprod.config.spec import resolve_task, task_path
 from tffprod.config.toml import read_toml, write_toml
 
-if TYPE_CHECKING:  # gateway.py imports grpc; the config must not
-    from tffprod.executors.gateway import CatalogEntry
+from tffprod.executors.datarefs import CatalogEntry
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the registry's rule for names
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_MESSAGE_MB = 2047  # gRPC's message limit is a signed 32-bit byte count
 
@@ -174,17 +172,16 @@ class SiteConfig:
         """The port part of ``listen`` (0 = the gateway picks one)."""
         return _split_address("listen", self.listen)[1]
 
-    def build_catalog(self) -> dict[str, "CatalogEntry"]:
+    def build_catalog(self) -> dict[str, CatalogEntry]:
         """Validate every dataset file against its schema and hash it.
 
         Returns:
-            catalog name -> ``tffprod.executors.gateway.CatalogEntry``.
+            catalog name -> ``tffprod.executors.datarefs.CatalogEntry``.
 
         Raises:
             DatasetError: one line naming the config, the dataset and what is wrong with its file.
         """
         from tffprod.data.clients import split_by_client
-        from tffprod.executors.gateway import CatalogEntry  # imports grpc: only when serving
 
         catalog = {}
         for name, decl in self.datasets.items():
@@ -256,7 +253,7 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
             raise SpecError(f"missing required key {key!r}")
 
     name = fields.string("name", data["name"])
-    if not _SITE_NAME.match(name):
+    if not LOWER_NAME.match(name):
         raise SpecError(
             f"'name' must start with a lowercase letter or digit and hold only "
             f"lowercase letters, digits, '.', '_' and '-', got {name!r}"
@@ -375,7 +372,7 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
     out = {}
     for name, decl in table.items():
         key = f"datasets.{name}"
-        if not _DATASET_NAME.match(name):
+        if not NAME.match(name):
             raise SpecError(f"{key!r}: a dataset name holds only letters, digits, '.', '_' and '-'")
         decl = fields.table(key, decl)
         fields.known_keys(f"{key}.", decl, _DATASET_KEYS)

@@ -38,7 +38,6 @@ from tffprod.workers import WorkerError
 
 SITE_FILE = "site.json"
 LOCK_FILE = "site.lock"
-AUDIT_FILE = "audit.jsonl"
 WORKER_LOG = "worker.log"
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def serve_site(
         WorkerError: the worker did not start, or kept dying and the supervisor gave up.
     """
     from tffprod.executors.approvals import ApprovalStore
-    from tffprod.executors.audit import AuditLog
+    from tffprod.executors.audit import AUDIT_FILE, AuditLog
     from tffprod.executors.gateway import MAX_MESSAGE_BYTES, Gateway
     from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 

@@ -12,9 +12,9 @@ import re
 import secrets
 from typing import Any
 
+from tffprod.config.names import NAME
 from tffprod.errors import NotFoundError, SpecError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DATASET_REF = re.compile(r"^(?P<site>[^/:]+)/(?P<name>[^/:]+)(?::(?P<version>[0-9]+))?$")
 _MODEL_REF = re.compile(r"^(?P<name>[^/:]+)(?::(?P<version>[0-9]+))?$")
 
@@ -72,7 +72,7 @@ def check_name(kind: str, name: str) -> str:
         SpecError: if the name is empty or holds other characters (such as the
             ``/`` and ``:`` that references use as separators).
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise SpecError(
             f"{kind} name {name!r} is invalid: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit"

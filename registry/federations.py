@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tffprod.errors import NotFoundError
 from tffprod.registry.codec import utc_now
 from tffprod.registry.connection import write_transaction
-from tffprod.config.spec import federation_name as check_name
+from tffprod.config.names import federation_name as check_name
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -69,21 +69,3 @@ def remove_site(db: Database, name: str, site: str) -> dict[str, Any]:
     with write_transaction(db):
         db.execute("DELETE FROM federation_sites WHERE federation = ? AND site = ?", [name, site])
     return _row(db, name)
-
-
-MIGRATION_SQL = [
-    """
-    CREATE TABLE federations (
-        name TEXT PRIMARY KEY,
-        created_at TEXT NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE federation_sites (
-        federation TEXT NOT NULL REFERENCES federations(name),
-        site TEXT NOT NULL REFERENCES sites(name),
-        added_at TEXT NOT NULL,
-        PRIMARY KEY (federation, site)
-    )
-    """,
-]

@@ -245,13 +245,30 @@ def m005_model_registry(db: Database) -> None:
 
 
 
+_M006_FEDERATIONS_SQL = [  # as released: never edit (see the module docstring)
+    """
+    CREATE TABLE federations (
+        name TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE federation_sites (
+        federation TEXT NOT NULL REFERENCES federations(name),
+        site TEXT NOT NULL REFERENCES sites(name),
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (federation, site)
+    )
+    """,
+]
+
+
 @migration
 def m006_federations(db: Database) -> None:
     """Federations: named groups of sites (``tffprod.registry.federations``)."""
-    from tffprod.registry.federations import MIGRATION_SQL
-
-    for statement in MIGRATION_SQL:
+    for statement in _M006_FEDERATIONS_SQL:
         db.execute(statement)
+
 
 @migration
 def m007_resumable_sessions(db: Database) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Optional
 
-from tffprod.executors.approvals import computation_sha256
+from tffprod.protocol.plan_document import computation_sha256
 from tffprod.protocol.protos import computation_pb2, data_type_pb2
 
 FLOAT, STRING = data_type_pb2.DT_FLOAT, data_type_pb2.DT_STRING

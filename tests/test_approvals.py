@@ -17,10 +17,12 @@ from click.testing import CliRunner
 
 from tffprod.privacy.accounting import epsilon_for
 from tffprod.cli.main import cli
-from tffprod.executors.approvals import (PLAN_FORMAT, ApprovalStore, PlanError, approve, canonical_id,
-                                         computation_sha256, load_plan)
+from tffprod.protocol.plan_document import PLAN_FORMAT, canonical_id, computation_sha256, load_plan
+from tffprod.executors.approvals import ApprovalStore, approve
+from tffprod.errors import PlanError
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
-from tffprod.executors.ledger import SiteLedger, charged_rounds, plan_epsilon
+from tffprod.executors.ledger import SiteLedger, charged_rounds
+from tffprod.privacy.terms import plan_epsilon
 from tffprod.protocol.protos import computation_pb2
 from site_plans import computation_entry, site_computation
 

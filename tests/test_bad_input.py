@@ -167,7 +167,7 @@ def test_tensorflow_is_blocked() -> None:
 def test_base_spec_passes_validation(registry: Registry, tmp_path: Path) -> None:
     """Each case below changes one thing in a spec that is otherwise valid."""
     from tffprod.registry import Registry as Store
-    from tffprod.sessions.runner import plan_session
+    from tffprod.sessions.planning import plan_session
     from tffprod.config.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path / "spec.toml"))
@@ -830,7 +830,7 @@ def test_an_expired_certificate_is_described_with_its_dates(ca_files, tmp_path: 
 def valid_plan() -> dict:
     """A minimal plan that ``load_plan`` verifies: one train site computation with its release terms."""
     from site_plans import computation_entry, site_computation
-    from tffprod.executors.approvals import PLAN_FORMAT, canonical_id
+    from tffprod.protocol.plan_document import PLAN_FORMAT, canonical_id
 
     body = {
         "format": PLAN_FORMAT,
@@ -843,7 +843,7 @@ def valid_plan() -> dict:
 
 
 def test_the_plan_the_mutations_start_from_is_valid(tmp_path: Path) -> None:
-    from tffprod.executors.approvals import load_plan
+    from tffprod.protocol.plan_document import load_plan
 
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(valid_plan()))
@@ -854,7 +854,8 @@ def test_the_plan_the_mutations_start_from_is_valid(tmp_path: Path) -> None:
 @given(document=JSON_VALUES | mutated(valid_plan()), reseal=st.booleans())
 def test_any_plan_loads_or_fails_in_one_line(tmp_path: Path, document: Any, reseal: bool) -> None:
     """Mutated plans, half of them with a recomputed plan id (so the checks behind the id are reached)."""
-    from tffprod.executors.approvals import Plan, PlanError, canonical_id, load_plan
+    from tffprod.protocol.plan_document import Plan, canonical_id, load_plan
+    from tffprod.errors import PlanError
 
     if reseal and isinstance(document, dict):
         body = {k: v for k, v in document.items() if k != "plan_id"}
@@ -870,7 +871,8 @@ def test_any_plan_loads_or_fails_in_one_line(tmp_path: Path, document: Any, rese
 @pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a": ' * 50000 + "1" + "}" * 50000, "\ufeff{}",
                                   "", "null"], ids=["deep-arrays", "deep-objects", "bom", "empty", "null"])
 def test_an_unreadable_plan_is_a_plan_error(tmp_path: Path, text: str) -> None:
-    from tffprod.executors.approvals import PlanError, load_plan
+    from tffprod.errors import PlanError
+    from tffprod.protocol.plan_document import load_plan
 
     path = tmp_path / "plan.json"
     path.write_text(text, encoding="utf-8")

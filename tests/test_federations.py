@@ -9,7 +9,9 @@ from click.testing import CliRunner
 
 from tffprod.cli.main import cli
 from tffprod.errors import SpecError
-from tffprod.executors.approvals import PlanError, approve, canonical_id, load_plan
+from tffprod.errors import PlanError
+from tffprod.executors.approvals import approve
+from tffprod.protocol.plan_document import canonical_id, load_plan
 from tffprod.registry import Registry
 from tffprod.config.spec import SessionSpec
 

@@ -593,7 +593,8 @@ def approved(tmp_path_factory, site_dir, pki):
     """A site under approval with one approved plan (hand-built computation, ``train`` and ``eval``)."""
     import json
 
-    from tffprod.executors.approvals import PLAN_FORMAT, ApprovalStore, approve, canonical_id, load_plan
+    from tffprod.protocol.plan_document import PLAN_FORMAT, canonical_id, load_plan
+    from tffprod.executors.approvals import ApprovalStore, approve
     from tffprod.executors.ledger import SiteLedger
     from site_plans import computation_entry, site_computation
 

@@ -124,7 +124,8 @@ class FuzzedSite:
         """A plan the site approves (a hand-built computation: releases of it reach the worker and fail there)."""
         from site_plans import computation_entry, site_computation
         from tffprod.data.files import content_hash
-        from tffprod.executors.approvals import PLAN_FORMAT, approve_at_site, canonical_id
+        from tffprod.protocol.plan_document import PLAN_FORMAT, canonical_id
+        from tffprod.executors.approvals import approve_at_site
         from tffprod.executors.config import load_site_config
 
         body = {"format": PLAN_FORMAT, "created_at": "2026-11-30T00:00:00+00:00",

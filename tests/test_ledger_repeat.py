@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from tffprod.privacy.accounting import epsilon_for
-from tffprod.executors.approvals import PLAN_FORMAT, approve, canonical_id, load_plan
+from tffprod.protocol.plan_document import PLAN_FORMAT, canonical_id, load_plan
+from tffprod.executors.approvals import approve
 from tffprod.executors.datarefs import CatalogEntry, RequestRefused
 from tffprod.executors.release import release_digest
 from tffprod.executors.ledger import Release, SiteLedger

@@ -262,7 +262,7 @@ def test_cli_alias_access_show_and_refused_export(tmp_path, run_cli):
 def test_eval_refuses_a_site_that_may_not_receive_the_version(registry, tmp_path):
     """The access rule runs before anything (task, data, backend) is touched: no backend is needed."""
     pytest.importorskip("tensorflow_federated")
-    from tffprod.training.evaluation import evaluate_version
+    from tffprod.sessions.evaluate import evaluate_version
 
     add_version(registry, tmp_path)
     registry.add_dataset(site="hospital-z", name="test", path="/data/z.csv", format="csv",

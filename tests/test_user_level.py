@@ -466,7 +466,7 @@ def test_an_approved_plan_that_samples_must_fit_its_budgets_whole() -> None:
     from tffprod.privacy.budgets import BudgetPlan
     from tffprod.errors import PrivacyBudgetError
     from tffprod.sessions.approval import check_whole_plan_fits
-    from tffprod.sessions.runner import SessionPlan
+    from tffprod.sessions.planning import SessionPlan
     from tffprod.task import load_task
 
     datasets = tuple({"ref": f"{bank}/train:1", "site": bank, "name": "train", "num_examples": 30,

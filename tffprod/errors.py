@@ -95,3 +95,9 @@ class CheckpointError(SessionError):
     """A round checkpoint is missing, damaged, or does not fit the session's training process."""
 
     exit_code = 13
+
+
+class PlanError(TffprodError):
+    """A plan cannot be read, does not verify, or cannot be approved at this site."""
+
+    exit_code = 10

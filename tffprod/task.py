@@ -120,6 +120,8 @@ def load_task(path: str) -> Task:
             if not file.is_file():
                 raise TaskLoadError(f"task {path!r}: file {module_name} does not exist")
             spec = importlib.util.spec_from_file_location(f"_tffprod_task_{file.stem}", file)
+            if spec is None or spec.loader is None:
+                raise TaskLoadError(f"task {path!r}: cannot import {module_name}: not a Python module")
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)

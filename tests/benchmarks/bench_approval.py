@@ -66,9 +66,11 @@ def _session(root: Path, paths: dict, policy: str, rounds: int) -> tuple[float, 
     from tffprod.executors.approvals import approve_at_site
     from tffprod.executors.config import load_site_config
     from tffprod.dev.local_sites import LocalFederation
-    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
+    from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
+    from tffprod.sessions.runner import train_from_plan
     from tffprod.registry import Registry
-    from tffprod.sessions.runner import plan_session, train
+    from tffprod.sessions.planning import plan_session
+    from tffprod.sessions.runner import train
 
     datasets = {site: {"train": {"path": paths[site]["train"], "task": TASK}} for site in digits.SITES}
     federation = LocalFederation(root / policy, datasets, computations=policy)

@@ -329,7 +329,7 @@ def _audit_records(federation: Any, site: str, since: float, until: float) -> li
     import datetime
 
     from tffprod.executors.audit import read_audit_log
-    from tffprod.executors.serve import AUDIT_FILE
+    from tffprod.executors.audit import AUDIT_FILE
 
     path = federation.site_config_path(site).parent / "state" / AUDIT_FILE
     out = []

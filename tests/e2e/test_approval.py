@@ -20,13 +20,15 @@ from tffprod.sites.connection import SiteConnection
 from tffprod.backends.contexts import channel_context
 from tffprod.errors import SessionError
 from tffprod.examples import digits
-from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.approvals import ApprovalStore
+from tffprod.protocol.plan_document import load_plan
 from tffprod.executors.audit import read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.models.export import export_artifact
-from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
-from tffprod.sessions.runner import plan_session
+from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
+from tffprod.sessions.runner import train_from_plan
+from tffprod.sessions.planning import plan_session
 from tffprod.sites.admin import check_site
 from tffprod.config.spec import SessionSpec
 

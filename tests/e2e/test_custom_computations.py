@@ -189,7 +189,8 @@ def test_custom_computations_run_at_approving_sites_only_as_plans_they_approved(
 
     from tffprod.cli.main import cli
     from tffprod.errors import SessionError
-    from tffprod.sessions.approval import make_computation_plan, write_plan
+    from tffprod.sessions.analytics import make_computation_plan
+    from tffprod.sessions.approval import write_plan
     from tffprod.data.tfdata import read_examples
 
     root, digit_paths, _ = data

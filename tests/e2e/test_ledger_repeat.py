@@ -20,12 +20,13 @@ from tffprod.backends import create_backend
 from tffprod.training.checkpoint import load_checkpoint, save_checkpoint
 from tffprod.cli.main import cli
 from tffprod.examples import digits
-from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.approvals import ApprovalStore
+from tffprod.protocol.plan_document import load_plan
 from tffprod.executors.audit import read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.sessions.approval import coordinator_identities, make_plan, thaw, write_plan
-from tffprod.sessions.runner import plan_session
+from tffprod.sessions.planning import plan_session
 from tffprod.config.spec import SessionSpec
 from tffprod.training.trainer import Trainer
 

@@ -21,11 +21,12 @@ from click.testing import CliRunner
 from tffprod.privacy.accounting import epsilon_for
 from tffprod.cli.main import cli
 from tffprod.examples import digits
-from tffprod.executors.approvals import ApprovalStore, load_plan
+from tffprod.executors.approvals import ApprovalStore
+from tffprod.protocol.plan_document import load_plan
 from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
-from tffprod.sessions.runner import plan_session
+from tffprod.sessions.planning import plan_session
 from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation

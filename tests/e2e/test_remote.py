@@ -217,8 +217,9 @@ def test_a_plan_simulated_locally_gives_the_weights_its_approving_sites_release(
     from click.testing import CliRunner
 
     from tffprod.cli.main import cli
-    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
-    from tffprod.sessions.runner import plan_session
+    from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
+    from tffprod.sessions.runner import train_from_plan
+    from tffprod.sessions.planning import plan_session
 
     root, paths = data
     sites = digits.SITES[:2]

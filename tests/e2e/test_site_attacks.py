@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from tffprod.cli.main import cli
 from tffprod.sites.connection import SiteConnection
 from tffprod.examples import digits
-from tffprod.executors.approvals import load_plan
+from tffprod.protocol.plan_document import load_plan
 from tffprod.security.certs import issue
 from tffprod.executors.config import hash_token, load_site_config, write_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
@@ -33,7 +33,7 @@ from tffprod.sessions.approval import coordinator_identities, make_plan, write_p
 from tffprod.protocol import release_pb2
 from tffprod.protocol.tensors import from_numpy, to_numpy
 from tffprod.protocol.terms import ReleaseTerms
-from tffprod.sessions.runner import plan_session
+from tffprod.sessions.planning import plan_session
 from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation, worker_children

@@ -145,9 +145,10 @@ def test_adaptive_clipping_on_csv_fraud_data(tmp_path):
         assert examples == {b: registry.get_dataset(f"{b}/train")["num_examples"] for b in paths}
         # The same through a plan, on the sites' release path (simulated): the moving clip is the
         # coordinator's to send, the adaptive constants are the plan's.
-        from tffprod.sessions.approval import make_plan, train_from_plan, write_plan
+        from tffprod.sessions.approval import make_plan, write_plan
+        from tffprod.sessions.runner import train_from_plan
         from tffprod.protocol.terms import ReleaseTerms
-        from tffprod.sessions.runner import plan_session
+        from tffprod.sessions.planning import plan_session
 
         document = make_plan(plan_session(spec, registry=registry))
         (train_entry,) = [c for c in document["computations"] if c["role"] == "train"]

@@ -81,9 +81,11 @@ def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
     from tffprod.backends import create_backend
     from tffprod.executors.approvals import ApprovalStore, approve_at_site
     from tffprod.executors.config import load_site_config
-    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger, plan_epsilon
-    from tffprod.sessions.approval import coordinator_identities, make_plan, train_from_plan, write_plan
-    from tffprod.sessions.runner import plan_session
+    from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
+    from tffprod.privacy.terms import plan_epsilon
+    from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
+    from tffprod.sessions.runner import train_from_plan
+    from tffprod.sessions.planning import plan_session
 
     from .conftest import running_federation
 

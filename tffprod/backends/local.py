@@ -60,16 +60,20 @@ class LocalBackend(Backend):
                 rows = list({row["name"]: row for row in site.datasets}.values())
                 self._sites[site.name] = SimulatedSite(
                     site.name, rows, self.frozen.plan, self._workers[f"site-{site.name}"].address,
-                    self._log_dir / f"site-{site.name}-state", self._client_shards)
+                    self._logs() / f"site-{site.name}-state", self._client_shards)
 
     def release_sender(self, site: str) -> Any:
         """Releases answered by the simulated site."""
         return self._sites[site].send
 
-    def _start_worker(self, name: str) -> WorkerProcess:
+    def _logs(self) -> Path:
+        """The workers' log directory (a new temporary one unless given)."""
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
-        worker = WorkerProcess(name=name, log_path=self._log_dir / f"{name}.log")
+        return self._log_dir
+
+    def _start_worker(self, name: str) -> WorkerProcess:
+        worker = WorkerProcess(name=name, log_path=self._logs() / f"{name}.log")
         self._workers[name] = worker
         return worker.start()
 
@@ -86,7 +90,7 @@ class LocalBackend(Backend):
     @property
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and monitoring)."""
-        return [w.pid for w in self._workers.values() if w.alive()]
+        return [w.pid for w in self._workers.values() if w.alive() and w.pid is not None]
 
     def reference(self, dataset: Mapping[str, Any]) -> str:
         """The file's path; for one client (``client_index``) of a dataset with a client-id

@@ -69,7 +69,7 @@ class ReleaseClient:
     """Asks one site for releases of one approved plan.
 
     Args:
-        plan: the verified :class:`tffprod.executors.approvals.Plan`.
+        plan: the verified :class:`tffprod.protocol.plan_document.Plan`.
         send: sends a ``ReleaseRequest`` to the site and returns its ``ReleaseResponse``
             (:func:`grpc_sender` over the site's channel; the local backend calls a simulated site).
     """

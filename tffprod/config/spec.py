@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from tffprod.config import fields
+from tffprod.config.names import LOWER_NAME, federation_name
 from tffprod.config.reliability import ReliabilityConfig
 from tffprod.privacy.config import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
 from tffprod.errors import SpecError
@@ -42,7 +43,6 @@ from tffprod.config.toml import read_toml, toml_document
 
 BACKENDS = ("local", "remote")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 # Site and dataset names follow the registry's rule (tffprod.registry.codec.check_name).
 _DATASET_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -56,18 +56,6 @@ _TABLE_KEYS = (("dp", DP_KEYS), ("sampling", SAMPLING_KEYS),
 
 
 # ---------------------------------------------------------------- value checks
-
-
-def federation_name(name: Any) -> str:
-    """A federation name: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit.
-
-    Raises:
-        SpecError: naming the bad name.
-    """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecError(f"federation name {name!r} must start with a lowercase letter or digit and hold only "
-                        "lowercase letters, digits, '.', '_' and '-'")
-    return name
 
 
 MAX_ROUNDS = 1_000_000
@@ -155,7 +143,7 @@ class SessionSpec:
     def _validate(self) -> None:
         set_ = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731
         name = fields.string("name", self.name)
-        if not _NAME.match(name):
+        if not LOWER_NAME.match(name):
             raise SpecError(
                 f"'name' must start with a lowercase letter or digit and hold only "
                 f"lowercase letters, digits, '.', '_' and '-', got {name!r}"

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from tffprod.data.files import FORMATS, PathLike, _write_record, parse_examples
+from tffprod.data.files import FORMATS, PathLike, _write_record, open_data, parse_examples
 from tffprod.errors import DatasetError
 
 
@@ -41,7 +41,7 @@ def _client_rows(path: PathLike, fmt: str, column: str) -> tuple[list[str] | Non
     if fmt not in FORMATS:
         raise DatasetError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     try:
-        stream = open(path, "rb") if fmt == "tfrecord" else open(path, newline="", encoding="utf-8-sig")
+        stream = open_data(path, fmt)
     except OSError as e:
         raise DatasetError(f"{path}: cannot open: {e.strerror or e}") from e
     if fmt == "csv":
@@ -136,7 +136,7 @@ def split_by_client(path: PathLike, fmt: str, column: str, out_dir: PathLike) ->
         width = max(5, len(str(len(ids))))
         for i, key in enumerate(ids):
             shard = tmp / f"{i:0{width}d}{suffix}"
-            if fmt == "csv":
+            if header is not None:  # CSV (a TFRecord file has no header)
                 with open(shard, "w", newline="", encoding="utf-8") as stream:
                     writer = csv.writer(stream, lineterminator="\n")
                     writer.writerow(header)

@@ -23,10 +23,10 @@ import hashlib
 import os
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Union
+from typing import IO, Any, BinaryIO, Iterable, Iterator, Mapping, Union
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from tffprod.errors import DatasetError
 from tffprod.data.schema import Feature, Schema
@@ -123,7 +123,7 @@ def masked_crc32c(data: bytes) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _read_records(path: Path, stream: BinaryIO) -> Iterator[bytes]:
+def _read_records(path: Path, stream: IO[bytes]) -> Iterator[bytes]:
     """Yield the payload of each TFRecord frame; raise DatasetError on a truncated or garbled frame.
 
     The length's CRC is checked (8 bytes a frame, cheap), which catches garbage and
@@ -215,7 +215,7 @@ def iter_examples(path: PathLike, fmt: str, schema: Schema) -> Iterator[dict[str
     if fmt == "csv":
         _check_csv_schema(path, schema)
     try:
-        stream = open(path, "rb") if fmt == "tfrecord" else open(path, newline="", encoding="utf-8-sig")
+        stream = open_data(path, fmt)
     except OSError as e:
         raise DatasetError(f"{path}: cannot open: {e.strerror or e}") from e
     with stream:
@@ -309,7 +309,14 @@ def write_csv(path: PathLike, rows: Iterable[Mapping[str, Any]], schema: Schema)
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def parse_examples(path: Path, stream: BinaryIO) -> Iterator[tuple[int, bytes, Any]]:
+def open_data(path: Path, fmt: str) -> IO[Any]:
+    """A data file opened as its format is read: bytes (TFRecord) or text (CSV, BOM skipped)."""
+    if fmt == "tfrecord":
+        return open(path, "rb")
+    return open(path, newline="", encoding="utf-8-sig")
+
+
+def parse_examples(path: Path, stream: IO[bytes]) -> Iterator[tuple[int, bytes, Any]]:
     """``(number, record bytes, tf.train.Example)`` for each record of a TFRecord stream, from 1.
 
     Raises:
@@ -324,7 +331,7 @@ def parse_examples(path: Path, stream: BinaryIO) -> Iterator[tuple[int, bytes, A
         yield number, data, example
 
 
-def _iter_tfrecord(path: Path, stream: BinaryIO, schema: Schema) -> Iterator[dict[str, Any]]:
+def _iter_tfrecord(path: Path, stream: IO[bytes], schema: Schema) -> Iterator[dict[str, Any]]:
     for number, _, example in parse_examples(path, stream):
         features = example.features.feature
         out: dict[str, Any] = {}
@@ -433,7 +440,8 @@ def _write_atomically(path: Path, mode: str, write: Any) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as stream:
+        text: dict[str, Any] = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
+        with open(tmp, mode, **text) as stream:
             count = write(stream)
         os.replace(tmp, path)
     except OSError as e:

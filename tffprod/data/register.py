@@ -125,7 +125,7 @@ def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schem
         if checked is None:
             return row
         epsilon, delta = checked
-        budget = registry.set_budget(site, name, epsilon=epsilon, delta=delta, source="coordinator")
+        stored = registry.set_budget(site, name, epsilon=epsilon, delta=delta, source="coordinator")
         registry.record_action("privacy.budget", f"{site}/{name}", {
-            key: budget[key] for key in ("epsilon", "delta", "source")})
-    return {**row, "budget": budget}
+            key: stored[key] for key in ("epsilon", "delta", "source")})
+    return {**row, "budget": stored}

@@ -121,7 +121,7 @@ def _plan_and_approve(spec, registry, federation, workdir, say) -> Path:
     from tffprod.executors.approvals import approve_at_site
     from tffprod.executors.config import load_site_config
     from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
-    from tffprod.sessions.runner import plan_session
+    from tffprod.sessions.planning import plan_session
 
     session_plan = plan_session(spec, registry=registry)
     document = make_plan(session_plan, coordinators=coordinator_identities(registry, session_plan.training_sites))
@@ -147,7 +147,7 @@ def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, A
 
 def _train(spec, registry, backend, workdir, progress, say, plan_path=None) -> dict[str, Any]:
     from tffprod.models.export import export_artifact
-    from tffprod.sessions.approval import train_from_plan
+    from tffprod.sessions.runner import train_from_plan
     from tffprod.sessions.runner import train
 
     say(f"training {spec.name}: {spec.rounds} rounds of DP-FedAvg over {len(spec.datasets)} sites ({backend.name})")

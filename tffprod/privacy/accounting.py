@@ -24,6 +24,9 @@ from typing import Any, Mapping, Optional
 
 ACCOUNTANTS = ("rdp", "pld")
 
+# A round's sampling: a Poisson rate q, or (population, sample_size) for a fixed-size sample.
+_Rate = float | tuple[int, int]
+
 
 def _check_noise_multiplier(noise_multiplier: Any) -> float:
     if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)):
@@ -66,7 +69,7 @@ def _check_accountant(accountant: Any) -> str:
 
 
 def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
-             rounds_by_rate: list[tuple[tuple[float, Any], int]]) -> float:
+             rounds_by_rate: list[tuple[tuple[_Rate, Any], int]]) -> float:
     """Epsilon after ``n`` rounds of each ``((q, event), n)`` in ``rounds_by_rate``.
 
     ``q`` is a Poisson sampling rate, or ``(population, sample_size)`` for a fixed-size
@@ -105,7 +108,7 @@ def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
     return float(acct.get_epsilon(delta))
 
 
-def _count_rounds(rates: list[Any], events: list[Any]) -> list[tuple[tuple[float, Any], int]]:
+def _count_rounds(rates: list[Any], events: list[Any]) -> list[tuple[tuple[_Rate, Any], int]]:
     """Rounds per (rate, event) pair; events may be unhashable, so they are told apart by repr."""
     counts: collections.Counter = collections.Counter((q, repr(e)) for q, e in zip(rates, events))
     first = {(q, repr(e)): e for q, e in zip(rates, events)}

@@ -85,12 +85,15 @@ def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, re
         remaining[dataset] = budget["epsilon"] - spent["epsilon"]
     if not remaining:
         return BudgetPlan({}, spec.rounds, None)
-    tightest_name = min(remaining, key=remaining.get)
+    noise_multiplier, delta = dp.noise_multiplier, dp.delta
+    # A budgeted dataset needs DP (refused above), and an enabled [dp] has both keys (DPConfig checks).
+    assert noise_multiplier is not None and delta is not None
+    tightest_name = min(remaining, key=remaining.__getitem__)
     tightest = remaining[tightest_name]
     sampling = Population(tuple(datasets), spec.sampling).accounting()
-    planned = epsilon_for(noise_multiplier=dp.noise_multiplier, rounds=spec.rounds, delta=dp.delta, **sampling)
+    planned = epsilon_for(noise_multiplier=noise_multiplier, rounds=spec.rounds, delta=delta, **sampling)
     fits = spec.rounds if planned <= tightest else rounds_that_fit(
-        noise_multiplier=dp.noise_multiplier, delta=dp.delta, epsilon=tightest, rounds=spec.rounds, **sampling)
+        noise_multiplier=noise_multiplier, delta=delta, epsilon=tightest, rounds=spec.rounds, **sampling)
     if fits < spec.rounds and (dp.on_budget == "refuse" or fits == 0):
         raise PrivacyBudgetError(
             f"planned epsilon {planned:.4g} over {spec.rounds} rounds exceeds dataset {tightest_name}'s "

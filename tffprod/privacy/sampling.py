@@ -23,6 +23,12 @@ from tffprod.privacy.config import SamplingConfig
 SITE_LEVEL_UNIT = "site dataset (site-level)"
 
 
+def _sample_size(sampling: SamplingConfig) -> int:
+    """k of a fixed-size sampling (a SamplingConfig without ``client_rate`` has ``clients_per_round``)."""
+    assert sampling.clients_per_round is not None, "SamplingConfig holds exactly one of its two keys"
+    return sampling.clients_per_round
+
+
 @dataclasses.dataclass(frozen=True)
 class Population:
     """The clients a session trains on: every client of every training dataset.
@@ -59,43 +65,47 @@ class Population:
     def everyone(self) -> bool:
         """True when every client trains every round."""
         s = self.sampling
-        return s is None or (s.mode == "poisson" and s.client_rate == 1.0) or \
-            (s.mode == "fixed" and s.clients_per_round >= self.size)
+        return s is None or (s.client_rate is not None and s.client_rate == 1.0) or \
+            (s.client_rate is None and _sample_size(s) >= self.size)
 
     @property
     def expected_clients_per_round(self) -> float:
         """q * N (Poisson), k (fixed) or N: what TFF's DP aggregator divides the noised sum by."""
-        if self.everyone:
+        s = self.sampling
+        if s is None or self.everyone:
             return float(self.size)
-        if self.sampling.mode == "poisson":
-            return self.sampling.client_rate * self.size
-        return float(self.sampling.clients_per_round)
+        if s.client_rate is not None:
+            return s.client_rate * self.size
+        return float(_sample_size(s))
 
     @property
     def sampling_rate(self) -> float:
         """A client's chance to take part in a round: q, k / N, or 1."""
-        if self.everyone:
+        s = self.sampling
+        if s is None or self.everyone:
             return 1.0
-        if self.sampling.mode == "poisson":
-            return self.sampling.client_rate
-        return self.sampling.clients_per_round / self.size
+        if s.client_rate is not None:
+            return s.client_rate
+        return _sample_size(s) / self.size
 
     def accounting(self) -> dict[str, Any]:
         """Keyword arguments for ``PrivacyLedger.record_round`` / ``epsilon_for``: the round's sampling."""
-        if self.everyone:
+        s = self.sampling
+        if s is None or self.everyone:
             return {"sampling_rate": 1.0}
-        if self.sampling.mode == "poisson":
-            return {"sampling_rate": self.sampling.client_rate}
-        return {"fixed_sample": (self.size, self.sampling.clients_per_round)}
+        if s.client_rate is not None:
+            return {"sampling_rate": s.client_rate}
+        return {"fixed_sample": (self.size, _sample_size(s))}
 
     def describe(self) -> dict[str, Any]:
         """What a session and its model version record about its unit of privacy and sampling."""
-        if self.everyone:
+        s = self.sampling
+        if s is None or self.everyone:
             sampling: dict[str, Any] = {"mode": "all", "sampling_rate": 1.0}
-        elif self.sampling.mode == "poisson":
-            sampling = {"mode": "poisson", "client_rate": self.sampling.client_rate}
+        elif s.mode == "poisson":
+            sampling = {"mode": "poisson", "client_rate": s.client_rate}
         else:
-            sampling = {"mode": "fixed", "clients_per_round": self.sampling.clients_per_round,
+            sampling = {"mode": "fixed", "clients_per_round": s.clients_per_round,
                         "sampling_rate": self.sampling_rate}
         fixed = "fixed_sample" in self.accounting()
         return {
@@ -125,8 +135,9 @@ def check_population(population: Population, *, what: str = "datasets") -> None:
     if sampling is not None and not with_ids:
         raise SpecError("'[sampling]' needs datasets with a client-id column (register with --client-id, or "
                         "client_id in the site's config); site-level datasets train every round")
-    if sampling is not None and sampling.mode == "fixed" and sampling.clients_per_round > population.size:
-        raise SpecError(f"'sampling.clients_per_round' = {sampling.clients_per_round} exceeds the "
+    k = sampling.clients_per_round if sampling is not None else None
+    if k is not None and k > population.size:
+        raise SpecError(f"'sampling.clients_per_round' = {k} exceeds the "
                         f"{population.size} clients of the datasets")
 
 
@@ -164,10 +175,10 @@ class ClientSampler:
     def draw(self) -> list[Client]:
         """The next round's clients, in population order."""
         n, sampling = len(self._owners), self.population.sampling
-        if self.population.everyone:
+        if sampling is None or self.population.everyone:
             chosen: Sequence[int] = range(n)
-        elif sampling.mode == "poisson":
+        elif sampling.client_rate is not None:
             chosen = np.flatnonzero(self._rng.random(n) < sampling.client_rate).tolist()
         else:
-            chosen = sorted(self._rng.choice(n, size=sampling.clients_per_round, replace=False).tolist())
+            chosen = sorted(self._rng.choice(n, size=_sample_size(sampling), replace=False).tolist())
         return [Client(*self._owners[i]) for i in chosen]

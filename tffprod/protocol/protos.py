@@ -37,6 +37,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 __all__ = ["array_pb2", "computation_pb2", "data_type_pb2", "executor_pb2"]
 
@@ -92,7 +93,9 @@ def _load() -> dict[str, types.ModuleType]:
 
 
 _MODULES = _load()
-data_type_pb2 = _MODULES["data_type_pb2"]
-array_pb2 = _MODULES["array_pb2"]
-computation_pb2 = _MODULES["computation_pb2"]
-executor_pb2 = _MODULES["executor_pb2"]
+# Typed Any: mypy cannot see modules loaded by path, and their message classes (``array_pb2.Array``,
+# ``executor_pb2.Value``, ...) are used in annotations elsewhere.
+data_type_pb2: Any = _MODULES["data_type_pb2"]
+array_pb2: Any = _MODULES["array_pb2"]
+computation_pb2: Any = _MODULES["computation_pb2"]
+executor_pb2: Any = _MODULES["executor_pb2"]

@@ -112,6 +112,9 @@ class SiteSignature:
         SignatureError: the computation has another shape, or a leaf is not a fully known tensor.
     """
 
+    state: tuple[Leaf, ...]
+    result: tuple[Leaf, ...]
+
     def __init__(self, computation: Any) -> None:
         if computation.type.WhichOneof("type") != "function":
             raise SignatureError("the computation is not a function")

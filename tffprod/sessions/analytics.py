@@ -28,7 +28,10 @@ from typing import Any, Mapping, Sequence
 
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.data.files import content_hash
-from tffprod.errors import DatasetError, SpecError
+from tffprod.errors import DatasetError, SessionError, SpecError
+from tffprod.protocol.plan_document import load_plan
+from tffprod.sessions.approval import freeze, single_release_plan, thaw
+from tffprod.training.trainer import check_signature
 
 @dataclasses.dataclass
 class FederatedResult:
@@ -130,7 +133,7 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
         timeout_s: deadline for every site's part.
         min_sites: how many sites must succeed.
         plan: the path of a plan of this computation on these datasets
-            (:func:`tffprod.sessions.approval.make_computation_plan`), approved at their sites: needed at sites
+            (:func:`tffprod.sessions.analytics.make_computation_plan`), approved at their sites: needed at sites
             that require approval, which then release its per-site part (with the plan's
             ``server_arg``).
 
@@ -187,8 +190,6 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
 
 def _computation_plan(path: Any, form: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
     """The frozen computations of a computation plan of ``form`` on exactly ``rows``."""
-    from tffprod.errors import SessionError
-    from tffprod.sessions.approval import check_signature, load_plan, thaw
 
     plan = load_plan(path)
     if not plan.computation_only:
@@ -200,3 +201,26 @@ def _computation_plan(path: Any, form: Any, rows: Sequence[Mapping[str, Any]]) -
     frozen = thaw(plan)
     check_signature("compute", frozen.compute, form.up_to_merge, plan.plan_id)
     return frozen
+
+
+def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
+    """A plan of one custom federated computation on registered datasets (see
+    :func:`tffprod.sessions.analytics.run_federated`): its per-site part, with ``server_arg`` (if the
+    computation takes one) pinned by the plan. Sites approve it like any plan; each dataset is then
+    released once (an identical run again is a repeat).
+
+    Raises:
+        SpecError: the computation or the datasets are unfit (as for ``run_federated``).
+    """
+    import tensorflow_federated as tff
+
+    check_computation(comp, with_server_arg=server_arg is not None)
+    rows = resolve(registry, list(datasets))
+    try:
+        form = tff.backends.native.compile_to_mergeable_comp_form(comp)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
+    entry = freeze("compute", form.up_to_merge, server_arg, [])
+    return single_release_plan(registry, entry, rows, name="compute", federation=None,
+                                task={"computation": str(comp.type_signature)},
+                                unit="none (the computation's results are not noised)")

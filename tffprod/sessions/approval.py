@@ -22,20 +22,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError, SpecError
-from tffprod.executors.approvals import PLAN_FORMAT, Plan, canonical_id, load_plan
-
-if TYPE_CHECKING:
-    from tffprod.sessions.runner import SessionPlan
-
-__all__ = ["FrozenComputations", "check_datasets", "check_signature", "load_plan", "make_computation_plan",
-           "make_eval_plan", "make_plan",
-           "privacy_terms", "coordinator_identities", "thaw", "train_from_plan", "write_plan"]
+from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
+from tffprod.protocol.plan_document import PLAN_FORMAT, Plan, canonical_id, load_plan
+from tffprod.sessions.planning import SessionPlan
 
 
-def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
+__all__ = ["FrozenComputations", "check_datasets", "check_whole_plan_fits", "coordinator_identities", "freeze",
+           "load_plan", "make_eval_plan", "make_plan", "privacy_terms", "single_release_plan", "thaw", "write_plan"]
+
+
+def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
     """The DP terms a site's ledger needs: mechanism, noise multiplier, delta, the round's
     sampling (``sampling_rate`` q, or ``fixed_sample`` [N, k]) and the unit of privacy."""
     dp = plan.spec.dp
@@ -60,7 +58,7 @@ def privacy_terms(plan: "SessionPlan") -> dict[str, Any]:
     return terms
 
 
-def _freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None,
+def freeze(role: str, computation: Any, initial_state: Any, free: list[str], bound: Any = None,
             fallback_free: list[str] | None = None) -> dict[str, Any]:
     """A plan's computation entry: the frozen bytes and their release terms (:mod:`tffprod.protocol.terms`).
 
@@ -114,7 +112,7 @@ def _initial_states(*processes: Any) -> list[Any]:
         return [context.invoke(process.initialize, None) for process in processes]
 
 
-def _train_bound(plan: "SessionPlan") -> dict[str, Any] | None:
+def _train_bound(plan: SessionPlan) -> dict[str, Any] | None:
     """The fixed-clip DP bound on a training release: the clipped sum (result element 1)."""
     dp = plan.spec.dp
     if not dp.enabled or dp.mechanism != "gaussian_fixed":
@@ -122,7 +120,7 @@ def _train_bound(plan: "SessionPlan") -> dict[str, Any] | None:
     return {"result": ["1"], "l2_norm_per_client": float(dp.clip)}
 
 
-def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
+def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``).
 
     ``coordinators`` (site -> certificate CN) binds the plan to this coordinator: a site refuses
@@ -146,10 +144,10 @@ def make_plan(plan: "SessionPlan", *, coordinators: Mapping[str, str] | None = N
     states = _initial_states(*[p for p in (process, evaluation) if p is not None])
     adaptive = spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive"
     free = FREE_TRAIN_STATE + (ADAPTIVE_MOVING_STATE if adaptive else [])
-    computations = [_freeze("train", form.up_to_merge, states[0], free, _train_bound(plan),
+    computations = [freeze("train", form.up_to_merge, states[0], free, _train_bound(plan),
                             fallback_free=FREE_TRAIN_STATE + ["aggregator"] if adaptive else None)]
     if evaluation is not None:
-        computations.append(_freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
+        computations.append(freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
             evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
     datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
                  "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
@@ -185,7 +183,7 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
 
     from tffprod.models.access import require_access
     from tffprod.training.process import build_evaluation_process
-    from tffprod.sessions.runner import resolve_datasets
+    from tffprod.sessions.planning import resolve_datasets
     from tffprod.task import load_task
 
     version = registry.get_model_version(model_ref)
@@ -199,40 +197,15 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
         raise SessionError(f"datasets evaluated together must share a format, these mix {', '.join(formats)}")
     evaluation = build_evaluation_process(task, fmt=formats[0])
     (state,) = _initial_states(evaluation)
-    entry = _freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(evaluation.next).up_to_merge,
+    entry = freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(evaluation.next).up_to_merge,
                     state, FREE_EVAL_STATE)
-    return _single_release_plan(
+    return single_release_plan(
         registry, entry, rows, name=f"eval-{version['name']}-{version['version']}", federation=spec.get("federation"),
         task=task.summary(), unit="none (evaluation metrics are not noised)",
         model={"name": version["name"], "version": int(version["version"])})
 
 
-def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
-    """A plan of one custom federated computation on registered datasets (see
-    :func:`tffprod.sessions.analytics.run_federated`): its per-site part, with ``server_arg`` (if the
-    computation takes one) pinned by the plan. Sites approve it like any plan; each dataset is then
-    released once (an identical run again is a repeat).
-
-    Raises:
-        SpecError: the computation or the datasets are unfit (as for ``run_federated``).
-    """
-    import tensorflow_federated as tff
-
-    from tffprod.sessions.analytics import check_computation, resolve
-
-    check_computation(comp, with_server_arg=server_arg is not None)
-    rows = resolve(registry, list(datasets))
-    try:
-        form = tff.backends.native.compile_to_mergeable_comp_form(comp)
-    except (ValueError, TypeError) as e:
-        raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
-    entry = _freeze("compute", form.up_to_merge, server_arg, [])
-    return _single_release_plan(registry, entry, rows, name="compute", federation=None,
-                                task={"computation": str(comp.type_signature)},
-                                unit="none (the computation's results are not noised)")
-
-
-def _single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
+def single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
                          task: dict[str, Any], unit: str, **extra: Any) -> dict[str, Any]:
     """A plan of one ``eval`` or ``compute`` computation (``entry``) on ``rows``, each dataset released
     once; no rounds, no DP."""
@@ -256,14 +229,14 @@ def _single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, na
     return {**body, "plan_id": canonical_id(body)}
 
 
-def check_whole_plan_fits(plan: "SessionPlan") -> None:
+def check_whole_plan_fits(plan: SessionPlan) -> None:
     """Refuses a sampling plan that the budgets cannot hold whole.
 
     A site charges a plan that samples all its approved rounds at its first release
     (:func:`tffprod.executors.ledger.charged_rounds`), so such a plan cut short by
     ``on_budget = "stop"`` would be refused by every budgeted site at round 1.
     """
-    from tffprod.executors.ledger import samples
+    from tffprod.privacy.terms import samples
 
     if samples(plan.population.accounting()) and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
         tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
@@ -331,7 +304,7 @@ def thaw(plan: Plan) -> FrozenComputations:
     return FrozenComputations(plan.plan_id, load("train"), load("eval"), plan, load("compute"))
 
 
-def check_datasets(plan: Plan, session: "SessionPlan") -> None:
+def check_datasets(plan: Plan, session: SessionPlan) -> None:
     """Refuse to run a plan whose datasets are not exactly the session's, with the same content.
 
     Raises:
@@ -345,34 +318,3 @@ def check_datasets(plan: Plan, session: "SessionPlan") -> None:
             role, site, name = key
             raise SessionError(f"plan {plan.plan_id[:16]} does not match {role} dataset {site}/{name} as registered "
                                "now; make a new plan with 'tffprod session plan'")
-
-
-def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
-    """Refuse a frozen computation whose type differs from what this task compiles to now."""
-    if str(frozen.type_signature) != str(expected.type_signature):
-        raise SessionError(f"plan {plan_id[:16]}: its {role} computation does not match the task as it is now; "
-                           "make a new plan with 'tffprod session plan'")
-
-
-
-def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, artifacts_dir: Any = None,
-                    progress: Any = None) -> dict:
-    """``tffprod session run --plan``: run a plan's session with its frozen computations.
-
-    Raises:
-        PlanError: the plan does not verify.
-        SessionError: the registry's datasets or the task no longer match the plan; training failed.
-    """
-    from tffprod.sessions.runner import artifacts_dir_for, plan_session, run_session
-    from tffprod.config.spec import SessionSpec
-
-    plan = load_plan(path)
-    if plan.evaluation_only:
-        raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
-    if plan.computation_only:
-        raise SessionError(f"plan {plan.plan_id[:16]} is a computation plan: run it with run_federated(..., plan=)")
-    session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
-    check_datasets(plan, session)
-    return run_session(session, registry=registry, backend=backend,
-                       artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
-                       frozen=thaw(plan))

@@ -84,7 +84,8 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
         SessionError: it cannot be resumed (finished, still running, no checkpoint, a damaged
             checkpoint, the plan is missing or another one).
     """
-    from tffprod.sessions.runner import artifacts_dir_for, coordinator_identity, drive_session, plan_session
+    from tffprod.sessions.runner import artifacts_dir_for, coordinator_identity, drive_session
+    from tffprod.sessions.planning import plan_session
 
     session = registry.get_session(session_id)
     reason = resumable(session, force=force)
@@ -93,7 +94,8 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
     frozen = _frozen(session, plan_path)
     plan = plan_session(_spec(session), registry=registry, resuming=session_id)
     if frozen is not None:
-        from tffprod.sessions.approval import check_datasets, load_plan
+        from tffprod.sessions.approval import check_datasets
+        from tffprod.protocol.plan_document import load_plan
 
         check_datasets(load_plan(plan_path), plan)
     completed = tuple(registry.list_rounds(session_id))
@@ -119,7 +121,8 @@ def _frozen(session: dict, plan_path: Optional[str]) -> Any:
     if not plan_path:
         raise SessionError(f"session {session['id']} runs approved plan {plan_id[:16]}; resume it with "
                            "--plan PLAN (the same plan file)")
-    from tffprod.sessions.approval import load_plan, thaw
+    from tffprod.protocol.plan_document import load_plan
+    from tffprod.sessions.approval import thaw
 
     plan = load_plan(plan_path)
     if plan.plan_id != plan_id:
@@ -156,7 +159,7 @@ def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
     from tffprod.backends.local import LocalBackend
     from tffprod.training.checkpoint import load_checkpoint
     from tffprod.models.export import save_artifacts
-    from tffprod.sessions.runner import plan_session
+    from tffprod.sessions.planning import plan_session
     from tffprod.training.trainer import training_process
 
     session = registry.get_session(session_id)

@@ -1,124 +1,29 @@
-"""Plan and run a training session: the round loop.
+"""Run a planned session: record it, drive its rounds, finish it.
 
-``plan_session`` checks everything it can before anything is written (task,
-datasets, schemas, files, DP settings), so bad input leaves the registry as it
-was. ``run_session`` records the session, trains round by round through a
-backend, records each round with its participants and epsilon, evaluates,
-saves the model and registers it as a new version.
+``run_session`` records a :class:`~tffprod.sessions.planning.SessionPlan` as a session,
+opens the backend, and drives :class:`~tffprod.sessions.rounds.RoundLoop` (the round
+loop) to the end; :mod:`tffprod.sessions.finish` then evaluates, saves the model and
+registers it as a new version. ``train`` is the whole of ``tffprod session run``;
+``train_from_plan`` runs an approved plan (``session run --plan``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
-from tffprod.backends.base import Backend, SiteTarget
-from tffprod.privacy.budgets import BudgetPlan, plan_budgets
-from tffprod.data.files import content_hash
-from tffprod.errors import DatasetError, SessionError, SpecError, TffprodError
-from tffprod.privacy.sampling import Population, check_population
-from tffprod.data.schema import Schema
+from tffprod.backends.base import Backend
 from tffprod.config.spec import SessionSpec
-from tffprod.task import Task, load_task
+from tffprod.errors import SessionError, TffprodError
+from tffprod.protocol.plan_document import load_plan
+from tffprod.sessions.approval import check_datasets, thaw
+from tffprod.sessions.finish import register_model as _register_model
+from tffprod.sessions.planning import SessionPlan, plan_session
 from tffprod.sessions.rounds import RoundLoop, RoundReport
 from tffprod.training.trainer import Trainer as _Trainer
-from tffprod.sessions.finish import register_model as _register_model
 
-
-@dataclasses.dataclass(frozen=True)
-class SessionPlan:
-    """A validated session: the spec, its task and the registry rows it reads."""
-
-    spec: SessionSpec
-    task: Task
-    datasets: tuple[Mapping[str, Any], ...]
-    eval_datasets: tuple[Mapping[str, Any], ...]
-    fmt: str
-    budget: BudgetPlan = BudgetPlan({}, 0, None)
-
-    @property
-    def sites(self) -> list[SiteTarget]:
-        by_site: dict[str, list] = {}
-        for row in self.datasets + self.eval_datasets:
-            by_site.setdefault(row["site"], []).append(row)
-        return [SiteTarget(name, tuple(rows)) for name, rows in by_site.items()]
-
-    @property
-    def population(self) -> Population:
-        """The clients the session trains on and how each round samples them."""
-        return Population(self.datasets, self.spec.sampling)
-
-    @property
-    def sampling_rate(self) -> float:
-        """A client's chance to train in a round: q (Poisson), k / N (fixed; accounted as k of N
-        without replacement, see ``population.accounting()``), or 1."""
-        return self.population.sampling_rate
-
-    @property
-    def privacy_unit(self) -> str:
-        """``client (column customer_id)`` or ``site dataset (site-level)``."""
-        return self.population.unit
-
-    @property
-    def training_sites(self) -> list[str]:
-        return list(dict.fromkeys(row["site"] for row in self.datasets))
-
-
-def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files: bool = True) -> list[Mapping[str, Any]]:
-    rows = []
-    for ref in refs:
-        row = registry.get_dataset(ref)
-        Schema.from_dict(row["schema"]).check_provides(task.schema, what=f"dataset {row['ref']}")
-        if verify_files and not row["path"].startswith("site://"):  # site data is checked by its site
-            path = Path(row["path"])
-            if not path.is_file():
-                raise DatasetError(f"dataset {row['ref']}: file {path} is missing")
-            if content_hash(path) != row["content_hash"]:
-                raise DatasetError(
-                    f"dataset {row['ref']}: {path} changed since it was registered; register it again"
-                )
-        rows.append(row)
-    return rows
-
-
-def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True,
-                 resuming: Optional[str] = None) -> SessionPlan:
-    """Validate a spec against the registry; writes nothing. ``resuming`` names the session
-    being resumed (its own privacy spend is part of its plan).
-
-    Raises:
-        TaskLoadError, NotFoundError, SchemaMismatchError, DatasetError, SpecError,
-        PrivacyBudgetError.
-    """
-    task = load_task(spec.task)
-    datasets = resolve_datasets(registry, list(spec.datasets), task, verify_files=verify_files)
-    eval_datasets = resolve_datasets(registry, list(spec.eval_datasets), task, verify_files=verify_files)
-    formats = sorted({row["format"] for row in datasets + eval_datasets})
-    if len(formats) != 1:
-        raise DatasetError(f"datasets of one session must share a format, these mix {', '.join(formats)}")
-    sites = {row["site"] for row in datasets}
-    if spec.min_sites > len(sites):
-        raise SpecError(f"min_sites is {spec.min_sites} but the datasets span only {len(sites)} site(s)")
-    if spec.federation is not None:
-        _check_federation(registry, spec.federation, datasets + eval_datasets)
-    population = Population(tuple(datasets), spec.sampling)
-    check_population(population)
-    z, expected = spec.dp.noise_multiplier, population.expected_clients_per_round
-    if population.client_level and spec.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * expected:
-        raise SpecError(f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {expected:g} expected "
-                        f"clients per round: TFF needs noise_multiplier < 0.1 * clients per round")
-    budget = plan_budgets(spec, datasets, registry=registry, resuming=resuming)
-    return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0], budget)
-
-
-def _check_federation(registry: Any, federation: str, rows: list[Mapping[str, Any]]) -> None:
-    """Refuse datasets at sites outside the session's federation."""
-    members = set(registry.get_federation(federation)["sites"])
-    for row in rows:
-        if row["site"] not in members:
-            raise SpecError(f"dataset {row['ref']} is at site {row['site']}, which is not in federation "
-                            f"'{federation}' (add it with 'tffprod federation add-site {federation} {row['site']}')")
+__all__ = ["artifacts_dir_for", "drive_session", "end_session", "run_session", "train", "train_from_plan"]
 
 
 def run_session(
@@ -172,7 +77,6 @@ def end_session(registry: Any, session_id: str, status: str, error: str) -> dict
 
 def coordinator_identity() -> dict:
     """This process, as recorded as a running session's owner."""
-    import os
     import socket
 
     return {"host": socket.gethostname(), "pid": os.getpid()}
@@ -247,3 +151,23 @@ def train(
         artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path),
         progress=progress,
     )
+
+
+def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, artifacts_dir: Any = None,
+                    progress: Any = None) -> dict:
+    """``tffprod session run --plan``: run a plan's session with its frozen computations.
+
+    Raises:
+        PlanError: the plan does not verify.
+        SessionError: the registry's datasets or the task no longer match the plan; training failed.
+    """
+    plan = load_plan(path)
+    if plan.evaluation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
+    if plan.computation_only:
+        raise SessionError(f"plan {plan.plan_id[:16]} is a computation plan: run it with run_federated(..., plan=)")
+    session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
+    check_datasets(plan, session)
+    return run_session(session, registry=registry, backend=backend,
+                       artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path), progress=progress,
+                       frozen=thaw(plan))

@@ -5,11 +5,11 @@ TF-free: talks to the site's gateway with gRPC and its site-info service.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from tffprod.sites.connection import SiteConnection
+from tffprod.config.names import NAME
 from tffprod.errors import TffprodError
 from tffprod.registry.privacy import check_budget
 
@@ -93,7 +93,6 @@ def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
     return info
 
 
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the registry's rule for names
 _ENTRY_FIELDS = {"name": str, "format": str, "schema": dict, "num_examples": int, "content_hash": str}
 
 
@@ -129,7 +128,7 @@ def check_info(site: str, info: Any) -> list[dict]:
             value = entry.get(key)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise wrong(f"catalog[{i}].{key} must be a {kind.__name__}", value)
-        if not _DATASET_NAME.fullmatch(entry["name"]) or entry["name"] in names:
+        if not NAME.fullmatch(entry["name"]) or entry["name"] in names:
             raise wrong(f"catalog[{i}].name must be a unique dataset name (letters, digits, '.', '_', '-')",
                         entry["name"])
         names.add(entry["name"])

@@ -53,8 +53,6 @@ class Trainer:
         form = tff.backends.native.compile_to_mergeable_comp_form(self.process.next)
         site_computation = None
         if frozen is not None:
-            from tffprod.sessions.approval import check_signature
-
             check_signature("train", frozen.train, form.up_to_merge, frozen.plan_id)
             site_computation = frozen.train
         self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites,
@@ -112,3 +110,10 @@ class Trainer:
 
     def close(self) -> None:
         self.router.close()
+
+
+def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
+    """Refuse a frozen computation whose type differs from what this task compiles to now."""
+    if str(frozen.type_signature) != str(expected.type_signature):
+        raise SessionError(f"plan {plan_id[:16]}: its {role} computation does not match the task as it is now; "
+                           "make a new plan with 'tffprod session plan'")
