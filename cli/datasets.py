@@ -54,7 +54,8 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
         tffprod dataset register bank-a/train data/bank-a/train.csv \\
             --task tffprod.examples.fraud:task --client-id customer_id
     """
-    from tffprod.data.register import load_schema_file, register_dataset
+    from tffprod.data.schema import load_schema_file
+    from tffprod.data.register import register_dataset
     from tffprod.task import load_task
 
     with user_errors():
@@ -62,8 +63,12 @@ def register(ref: str, path: str, schema_file: Optional[str], task_path: Optiona
             raise click.UsageError("give exactly one of --schema FILE or --task MODULE:ATTR")
         if (budget_epsilon is None) != (budget_delta is None):
             raise click.UsageError("give both --budget-epsilon and --budget-delta, or neither")
-        budget = None if budget_epsilon is None else (budget_epsilon, budget_delta)
-        schema = load_schema_file(schema_file) if schema_file else load_task(task_path).schema
+        budget = None if budget_epsilon is None or budget_delta is None else (budget_epsilon, budget_delta)
+        if schema_file:
+            schema = load_schema_file(schema_file)
+        else:
+            assert task_path  # exactly one of --schema and --task, checked above
+            schema = load_task(task_path).schema
         with open_registry(registry_path) as registry:
             row = register_dataset(registry, ref, path, schema=schema, fmt=fmt, budget=budget, client_id=client_id)
     if as_json:

@@ -15,7 +15,8 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click annotates exit_code as a ClassVar, yet reads it from the instance (sys.exit(e.exit_code)).
+        self.exit_code = exit_code  # type: ignore[misc]
 
 
 @contextlib.contextmanager

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import click
 
 from tffprod.cli.errors import user_errors
+from tffprod.cli.logs import configure_logging, log_level_option
 from tffprod.cli.options import emit_json, interactive, open_registry, output_options, registry_option, table
 
 
@@ -28,9 +30,10 @@ def session() -> None:
               help="An approved plan ('tffprod session plan'): run exactly its computations.")
 @click.option("--backend", type=click.Choice(["local", "remote"]), help="Where site computations run (default: the spec's).")
 @registry_option
+@log_level_option
 @output_options
 def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[str], registry_path: str,
-        as_json: bool) -> None:
+        log_level: str, as_json: bool) -> None:
     """Train a model as SPEC (or an approved PLAN) describes and record it as a new model version.
 
     Sites that require approval run only plans their operators approved: make one
@@ -39,10 +42,11 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
     \b
     Example:
         tffprod session run --spec demo/digits-dp.toml
-        tffprod session run --plan digits.plan.json --backend remote
+        tffprod session run --plan digits.plan.json --backend remote --log-level info
     """
     if bool(spec_path) == bool(plan_path):
         raise click.UsageError("give either --spec or --plan")
+    configure_logging(log_level)
     with user_errors():
         if plan_path:
             from tffprod.protocol.plan_document import load_plan
@@ -51,6 +55,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
         else:
             from tffprod.config.spec import load_spec
 
+            assert spec_path  # exactly one of --spec and --plan, checked above
             spec = load_spec(spec_path)
             backend = backend or spec.backend
         from tffprod.backends import create_backend
@@ -217,9 +222,10 @@ def _resume_hint(row: dict) -> str:
 @click.option("--force", is_flag=True, help="Take over a session whose coordinator ran on another host and is "
               "known to be dead (this host cannot check).")
 @registry_option
+@log_level_option
 @output_options
 def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], force: bool, registry_path: str,
-           as_json: bool) -> None:
+           log_level: str, as_json: bool) -> None:
     """Continue a session that failed, was cancelled or whose coordinator died, after its last
     committed round.
 
@@ -227,6 +233,7 @@ def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], fo
     Example:
         tffprod session resume s-20261125-183000-ab12
     """
+    configure_logging(log_level)
     with user_errors():
         from tffprod.backends import create_backend
         from tffprod.cli.progress import print_round
@@ -282,7 +289,7 @@ def export(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> 
         from tffprod.sessions.resume import export_session
 
         with open_registry(registry_path) as registry:
-            result = export_session(session_id, registry=registry, out_dir=out_dir)
+            result = export_session(session_id, registry=registry, out_dir=Path(out_dir))
     if as_json:
         emit_json(result)
     else:

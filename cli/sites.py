@@ -8,6 +8,7 @@ from typing import Any, Optional
 import click
 
 from tffprod.cli.errors import user_errors
+from tffprod.cli.logs import configure_logging, log_level_option
 from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, table
 
 
@@ -25,8 +26,9 @@ def site() -> None:
 @site.command("serve")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Site config (TOML).")
+@log_level_option
 @output_options
-def serve(config_path: str, as_json: bool) -> None:
+def serve(config_path: str, log_level: str, as_json: bool) -> None:
     """Serve this site's datasets until SIGTERM or Ctrl-C.
 
     Checks every dataset file of the catalog, starts the supervised worker on
@@ -38,6 +40,7 @@ def serve(config_path: str, as_json: bool) -> None:
     Example:
         tffprod site serve --config site.toml
         tffprod site serve --config site.toml --json
+        TFFPROD_LOG_LEVEL=info tffprod site serve --config site.toml
     """
     from tffprod.executors.config import load_site_config
     from tffprod.executors.serve import serve_site
@@ -48,6 +51,7 @@ def serve(config_path: str, as_json: bool) -> None:
         else:
             click.echo(_ready_line(info))
 
+    configure_logging(log_level)
     with user_errors():
         serve_site(load_site_config(config_path), ready=ready)
 
@@ -101,7 +105,8 @@ def check(name: Optional[str], check_all: bool, registry_path: str, as_json: boo
         tffprod site check hospital-a
         tffprod site check --all --json
     """
-    from tffprod.sites.admin import SiteCheckError, check_site
+    from tffprod.errors import SiteCheckError
+    from tffprod.sites.admin import check_site
 
     if bool(name) == check_all:
         raise click.UsageError("give a site NAME or --all")
@@ -305,7 +310,7 @@ def ledger(config_path: str, as_json: bool) -> None:
         site_ledger = SiteLedger(config.state_dir / LEDGER_FILE, site=config.name,
                                  budgets={name: decl.budget for name, decl in config.datasets.items()})
         try:
-            plans = []
+            plans: list[dict[str, Any]] = []
             for a in approvals:
                 served = site_ledger.served(a.plan_id)
                 epsilon, delta = plan_epsilon(a.privacy, served)

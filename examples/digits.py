@@ -18,10 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tffprod.data.files import write_tfrecord
-from tffprod.errors import SpecError
-from tffprod.data.schema import Feature, Schema
-from tffprod.task import Optimizer, Task
+from tffprod import Feature, Optimizer, Schema, SpecError, Task, write_tfrecord
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 CENTRAL = "central"  # out_dir/central/ holds the union of all sites, for a centralized reference

@@ -25,10 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tffprod.data.files import write_csv
-from tffprod.errors import SpecError
-from tffprod.data.schema import Feature, Schema
-from tffprod.task import Optimizer, Task
+from tffprod import Feature, Optimizer, Schema, SpecError, Task, write_csv
 
 FRAUD_RATES = {"bank-a": 0.01, "bank-b": 0.03, "bank-c": 0.08}
 # Each feature with the rough scale the model divides it by (so inputs are near [0, 1]).

@@ -6,8 +6,7 @@ few numbers there, and only the sums over clients reach the coordinator.
 Importing this module does not import TensorFlow; the builders do.
 
 Example:
-    >>> from tffprod.backends import create_backend
-    >>> from tffprod.sessions.analytics import run_federated
+    >>> from tffprod import create_backend, run_federated
     >>> from tffprod.examples import fraud, stats
     >>> mean = stats.feature_mean(fraud.SCHEMA, "csv", "amount")
     >>> run_federated(mean, ["bank-a/train", "bank-b/train"], registry=registry,
@@ -19,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tffprod.errors import SpecError
-from tffprod.data.schema import Schema
+from tffprod import Schema, SpecError
 
 
 def _column(schema: Schema, name: str):
@@ -56,7 +54,7 @@ def feature_mean(schema: Schema, fmt: str, feature: str) -> Any:
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from tffprod.data.tfdata import read_examples
+    from tffprod import read_examples
 
     @tff.tensorflow.computation(np.str_)
     def sum_and_count(ref):
@@ -102,7 +100,7 @@ def label_histogram(schema: Schema, fmt: str, num_classes: int) -> Any:
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from tffprod.data.tfdata import read_examples
+    from tffprod import read_examples
 
     @tff.tensorflow.computation(np.str_)
     def count(ref):

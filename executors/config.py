@@ -395,7 +395,7 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
         budget = _budget(f"{key}.budget", decl["budget"]) if "budget" in decl else None
         client_id = None
         if "client_id" in decl:
-            from tffprod.data.register import check_client_id
+            from tffprod.data.clients import check_client_id
 
             client_id = check_client_id(decl["client_id"], what=f"'{key}.client_id'")
         out[name] = DatasetDecl(path=path, format=fmt, schema=_schema(folder, key, decl), budget=budget,
@@ -425,7 +425,7 @@ def _schema(folder: Path, key: str, decl: Mapping[str, Any]) -> Schema:
             return load_task(task).schema
         except TaskLoadError as e:
             raise SpecError(f"'{key}.task': {e}") from None
-    from tffprod.data.register import load_schema_file
+    from tffprod.data.schema import load_schema_file
 
     path = _path(folder, f"{key}.schema_file", decl["schema_file"])
     try:

@@ -39,11 +39,11 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Collection, Mapping, Optional
+from typing import Any, Callable, Collection, Mapping, Optional, TypeVar
 
 import grpc
 
-from tffprod.errors import TffprodError
+from tffprod.errors import GatewayError
 from tffprod.executors.addresses import is_loopback
 from tffprod.executors.audit import AuditLog
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
@@ -52,7 +52,7 @@ from tffprod.executors.ledger import SiteLedger
 from tffprod.protocol.protos import executor_pb2
 from tffprod.executors.release import (MAX_PIECE_BYTES, RELEASE_METHOD, RELEASE_SERVICE, RELEASE_STREAM_METHOD,
                                        ReleaseHandler)
-from tffprod.executors.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
+from tffprod.protocol.siteinfo import FEDERATION_HEADER, IDENTITY_HEADER, SITE_INFO_SERVICE, site_info
 
 __all__ = ["EXECUTOR_METHODS", "EXECUTOR_SERVICE", "CatalogEntry", "Gateway", "GatewayError", "is_loopback"]
 
@@ -68,8 +68,6 @@ MESSAGE_LIMITS = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remaining is far beyond this
 
-# A handler returns the response, or the response and extra audit fields.
-Handler = Callable[[bytes, grpc.ServicerContext], Any]
 
 
 def claimed_federation(context: grpc.ServicerContext) -> Optional[str]:
@@ -91,8 +89,10 @@ class _CountingStream:
             yield piece
 
 
-class GatewayError(TffprodError):
-    """The gateway cannot start (for instance, its address cannot be bound)."""
+# A handler gets the request (its bytes, or a _CountingStream of them) and returns the response, or the
+# response and extra audit fields.
+_Request = TypeVar("_Request", bytes, _CountingStream)
+Handler = Callable[[_Request, grpc.ServicerContext], Any]
 
 
 def _listen_host(listen: str) -> str:
@@ -166,10 +166,11 @@ class Gateway:
         self._tls = tls
         self._audit = audit
         self._worker_health = worker_health
-        if approvals is not None and ledger is None:
-            raise ValueError("a gateway under approval needs the site's privacy ledger")
-        self._releases = None if approvals is None else ReleaseHandler(site, approvals, ledger, self._refs,
-                                                                        self._worker_message_call)
+        self._releases: Optional[ReleaseHandler] = None
+        if approvals is not None:
+            if ledger is None:
+                raise ValueError("a gateway under approval needs the site's privacy ledger")
+            self._releases = ReleaseHandler(site, approvals, ledger, self._refs, self._worker_message_call)
         self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
         # Under approval no message is larger than a streamed piece of a release: gRPC refuses a longer
@@ -303,7 +304,8 @@ class Gateway:
         return grpc.unary_unary_rpc_method_handler(
             lambda req, ctx: self._serve(f"/{SITE_INFO_SERVICE}/Get", req, ctx, info))
 
-    def _serve(self, method: str, request: Any, context: grpc.ServicerContext, handler: Handler) -> bytes:
+    def _serve(self, method: str, request: _Request, context: grpc.ServicerContext,
+               handler: Handler[_Request]) -> bytes:
         """Authenticate, run ``handler``, audit, and turn refusals into gRPC statuses (``request``: the
         request's bytes, or a ``_CountingStream`` of them)."""
         started = time.monotonic()
@@ -324,7 +326,10 @@ class Gateway:
             log.exception("site %s: gateway error in %s", self.site, method)
             code, detail = grpc.StatusCode.INTERNAL, f"site {self.site}: gateway error (see the site's log)"
         try:
-            bytes_in = request.count if isinstance(request, _CountingStream) else len(request)
+            if isinstance(request, _CountingStream):
+                bytes_in = request.count
+            else:
+                bytes_in = len(request)
             self._audit.record(identity=identity, method=method, bytes_in=bytes_in,
                                bytes_out=len(response), status=code.name,
                                duration_s=time.monotonic() - started, detail=detail, **extra)
@@ -395,7 +400,8 @@ class Gateway:
         channel = self._channel
         if channel is None:
             raise RequestRefused(grpc.StatusCode.UNAVAILABLE, f"site {self.site}: the gateway is stopping")
-        upstream = channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}", request_serializer=type(request).SerializeToString,
+        upstream = channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}",
+                                       request_serializer=type(request).SerializeToString,
                                        response_deserializer=response_type.FromString)
         return self._call_worker(upstream, request, context)
 

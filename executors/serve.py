@@ -31,10 +31,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from tffprod.errors import TffprodError
+from tffprod.errors import SiteError
 from tffprod.executors.config import SiteConfig
 from tffprod.executors.supervisor import WorkerSupervisor
-from tffprod.workers import WorkerError
+from tffprod.errors import WorkerError
 
 SITE_FILE = "site.json"
 LOCK_FILE = "site.lock"
@@ -42,10 +42,6 @@ WORKER_LOG = "worker.log"
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0  # how long calls in flight may finish when the site stops
-
-
-class SiteError(TffprodError):
-    """A site cannot be served (its state folder is in use by another site process)."""
 
 
 def serve_site(

@@ -2,7 +2,7 @@
 
 The gateway talks to one worker: by default isolated in a network namespace of its
 own behind a Unix socket (``[worker] isolation = "netns"``,
-:mod:`tffprod.executors.isolation`), else on a loopback port. When the worker dies (a
+:mod:`tffprod.workers.isolation`), else on a loopback port. When the worker dies (a
 crash, the OOM killer, an operator's ``kill``), a watcher thread starts a new one
 at the SAME address, so the gateway's gRPC channel simply reconnects. A worker that
 keeps dying is not restarted forever: after ``max_restarts`` restarts within
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tffprod.executors.config import SiteConfig
-from tffprod.workers import WorkerError, WorkerProcess, free_port
+from tffprod.errors import WorkerError
+from tffprod.workers.process import WorkerProcess, free_port
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class WorkerSupervisor:
     @property
     def address(self) -> str:
         """The worker's gRPC target (the same across restarts): ``unix:PATH`` when it is isolated
-        (the default, :mod:`tffprod.executors.isolation`), else ``127.0.0.1:PORT``."""
+        (the default, :mod:`tffprod.workers.isolation`), else ``127.0.0.1:PORT``."""
         if self._worker is None:
             raise WorkerError("the worker supervisor has not been started")
         return self._worker.address
@@ -106,7 +107,7 @@ class WorkerSupervisor:
             return self
         settings = self.config.worker
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._worker = WorkerProcess(
+        worker = self._worker = WorkerProcess(
             name=f"{self.config.name}-worker",
             port=settings.port or free_port(),
             cwd=self.config.state_dir,
@@ -114,8 +115,9 @@ class WorkerSupervisor:
             max_message_mb=settings.max_message_mb,
             isolated=settings.isolation == "netns",
         )
-        self._worker.start()
-        self._watcher = threading.Thread(target=self._watch, name=f"{self.config.name}-worker-watcher", daemon=True)
+        worker.start()
+        self._watcher = threading.Thread(target=self._watch, args=(worker,), name=f"{self.config.name}-worker-watcher",
+                                         daemon=True)
         self._watcher.start()
         return self
 
@@ -135,19 +137,19 @@ class WorkerSupervisor:
 
     # ------------------------------------------------------------ the watcher
 
-    def _watch(self) -> None:
+    def _watch(self, worker: WorkerProcess) -> None:
         try:
             while not self._stopping.wait(self.poll_interval_s):
-                if not self._worker.alive():
-                    if not self._restart():
+                if not worker.alive():
+                    if not self._restart(worker):
                         return
         except Exception as e:  # never die silently: a dead watcher means an unwatched worker
             log.exception("worker watcher crashed")
             self._give_up(f"site {self.config.name}: the worker watcher crashed: {type(e).__name__}: {e}")
 
-    def _restart(self) -> bool:
-        """Restart the dead worker; False when the supervisor gives up (or is stopping)."""
-        worker, settings = self._worker, self.config.worker
+    def _restart(self, worker: WorkerProcess) -> bool:
+        """Restart the dead ``worker``; False when the supervisor gives up (or is stopping)."""
+        settings = self.config.worker
         code = worker.returncode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         while not self._stopping.is_set():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
 BUSY_TIMEOUT_S = 5.0
+# How many write_transaction blocks are open on each connection (0 or absent: none).
+_WRITE_DEPTH: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictionary()
 
 _HINTS = {
     "unable to open database file": "does the directory exist, and is the path writable and not a directory?",
@@ -70,10 +73,10 @@ def write_transaction(db: Database) -> Iterator[None]:
     Raises:
         Whatever the block raises, after rolling the transaction (or savepoint) back.
     """
-    depth = getattr(db, "_write_depth", 0)
+    depth = _WRITE_DEPTH.get(db, 0)
     savepoint = f"tffprod_{depth}"
     db.conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
-    db._write_depth = depth + 1
+    _WRITE_DEPTH[db] = depth + 1
     try:
         yield
         db.conn.execute(f"RELEASE {savepoint}" if depth else "COMMIT")
@@ -85,7 +88,7 @@ def write_transaction(db: Database) -> Iterator[None]:
             db.conn.execute(f"RELEASE {savepoint}")
         raise
     finally:
-        db._write_depth = depth
+        _WRITE_DEPTH[db] = depth
 
 
 def connect(path: str) -> Database:

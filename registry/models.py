@@ -122,6 +122,7 @@ def resolve_model_ref(db: Database, ref: str) -> tuple[str, int | None]:
 def get_model_version(db: Database, ref: str) -> dict[str, Any]:
     """Returns the version ``NAME:VERSION`` or ``NAME@ALIAS`` names, or the latest for ``NAME``."""
     name, version = resolve_model_ref(db, ref)
+    params: list[Any]
     if version is None:
         sql, params = "SELECT * FROM model_versions WHERE name = ? ORDER BY version DESC LIMIT 1", [name]
     else:
@@ -163,7 +164,8 @@ def _insert_evaluation(db: Database, *, model: str, version: int, dataset: str, 
     return row
 
 
-def list_evaluations(db: Database, model: str, version: int | None, kind: str | None = "dataset") -> list[dict[str, Any]]:
+def list_evaluations(db: Database, model: str, version: int | None,
+                     kind: str | None = "dataset") -> list[dict[str, Any]]:
     """Returns the evaluations of a model (or one version), oldest first; only ``kind`` unless None.
 
     Raises:

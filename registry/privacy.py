@@ -193,8 +193,8 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
             "epsilon": math.fsum(s["epsilon"] for s in sessions),
             "delta": math.fsum(s["delta"] for s in sessions),
         }
-        row = budgets.get(key)
-        budget = None if row is None else {k: row[k] for k in ("epsilon", "delta", "source")}
+        budget_row = budgets.get(key)
+        budget = None if budget_row is None else {k: budget_row[k] for k in ("epsilon", "delta", "source")}
         remaining = None if budget is None else {k: budget[k] - spent[k] for k in ("epsilon", "delta")}
         if sessions and all("epsilon_pld" in s for s in sessions):
             spent["epsilon_pld"] = math.fsum(s["epsilon_pld"] for s in sessions)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tffprod.registry import audit, datasets, federations, models, privacy, sessions
@@ -584,7 +584,7 @@ class Registry:
         return models.list_aliases(self._db, name)
 
     @_translated
-    def set_model_access(self, ref: str, *, allow: list[str] = (), revoke: list[str] = ()) -> dict:
+    def set_model_access(self, ref: str, *, allow: Sequence[str] = (), revoke: Sequence[str] = ()) -> dict:
         """Adds ``allow`` to and removes ``revoke`` from the principals that may receive a version.
 
         Principals are ``site:NAME`` or ``federation:NAME``.

@@ -1,7 +1,8 @@
-"""Shared fixtures: real registry files, real example data, and a CLI runner.
+"""Shared fixtures: real registry files, real example data, and a CLI runner; the run's fault tally.
 
 Everything here is TF-free, so tests that must stay fast (and must prove that
-registry commands never import TensorFlow) can use it.
+registry commands never import TensorFlow) can use it: tests/unit (no TensorFlow),
+tests/integration (TensorFlow or real worker processes) and tests/e2e (whole sessions).
 """
 
 from __future__ import annotations
@@ -62,3 +63,27 @@ def run_cli() -> RunCli:
                                   prog_name="tffprod")
 
     return invoke
+
+
+# ---------------------------------------------------------------- the fault-injection tally (tests/e2e)
+
+FAULT_TALLY = {"faults": 0, "completed": 0, "lost": 0, "double": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Sums the ``fault_tally`` fixture's counts (tests/e2e/conftest.py) from the teardown reports, which
+    reach this process from xdist workers too (so this hook lives here, in the conftest every run loads)."""
+    if report.when != "teardown":
+        return
+    for name, counts in report.user_properties:
+        if name == "fault_tally":
+            for key, value in counts.items():
+                FAULT_TALLY[key] += value
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    counts = FAULT_TALLY
+    if counts["faults"]:
+        terminalreporter.write_line(
+            f"fault injection: {counts['faults']} faults injected, {counts['completed']} sessions completed, "
+            f"{counts['lost']} rounds lost beyond the one in flight, {counts['double']} rounds double-counted")

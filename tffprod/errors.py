@@ -1,21 +1,31 @@
-"""The tffprod exception tree.
+"""The tffprod exception tree: every error tffprod raises on purpose, with its exit code.
 
 Every error a user can cause or meet is one of these; the CLI maps them to
-messages and exit codes in exactly one place (``tffprod.cli.errors``).
+messages and exit codes in exactly one place (``tffprod.cli.errors``), and a
+test keeps this tree, the classes and ``tffprod.__all__`` in step.
 
-    TffprodError
-    ├── SpecError            a session spec is malformed (unknown key, wrong type, missing field)
-    ├── TaskLoadError        a ``module:attribute`` task path does not import or is not a Task
-    ├── NotFoundError        an unknown dataset, session, site or model version
-    ├── DatasetError         a data file is missing, corrupt, or does not match its schema
-    │   └── SchemaMismatchError  a dataset's schema does not match the task's
-    ├── RegistryError        the registry file cannot be opened or written
-    ├── SessionError         training failed after the session was recorded
-    ├── PrivacyBudgetError   a session would exceed a dataset's remaining privacy budget
-    ├── AuditError           the coordinator's audit log does not verify (an entry edited, inserted or deleted)
-    └── AccessDeniedError    a site is not on a model version's access list
+    TffprodError                      exit 1 unless noted
+    ├── SpecError                  2  a session spec is malformed (unknown key, wrong type, missing field)
+    ├── TaskLoadError              2  a ``module:attribute`` task path does not import or is not a Task
+    ├── NotFoundError              3  an unknown dataset, session, site or model version
+    ├── DatasetError               4  a data file is missing, corrupt, or does not match its schema
+    │   └── SchemaMismatchError    4  a dataset's schema does not match the task's
+    ├── RegistryError              5  the registry file cannot be opened or written
+    ├── SessionError               6  training failed after the session was recorded
+    │   └── CheckpointError       13  a round checkpoint is missing, damaged or does not fit
+    ├── CertError                  7  a certificate or key cannot be created, read or written
+    ├── SiteCheckError             8  a site cannot be reached, refuses this coordinator, or is incompatible
+    ├── PrivacyBudgetError         9  a session would exceed a dataset's remaining privacy budget
+    ├── PlanError                 10  a plan cannot be read, does not verify, or cannot be approved here
+    ├── AuditError                11  the coordinator's audit log does not verify (an entry edited, inserted or deleted)
+    ├── AccessDeniedError         12  a site is not on a model version's access list
+    ├── SiteUnavailableError          a site's service did not answer (the round router retries, then gives up)
+    ├── ReleaseRefusedError           a (simulated) site refused or failed a release
+    ├── WorkerError                   a TFF worker process could not be started or died
+    ├── GatewayError                  a site's gateway cannot start (e.g. its address cannot be bound)
+    ├── SiteError                     a site cannot be served (its state folder is in use)
+    └── FederationError               a site process of the local (demo/test) federation failed to start
 """
-
 from __future__ import annotations
 
 
@@ -101,3 +111,41 @@ class PlanError(TffprodError):
     """A plan cannot be read, does not verify, or cannot be approved at this site."""
 
     exit_code = 10
+
+
+class FederationError(TffprodError):
+    """A site process of the local federation failed to start."""
+
+
+class SiteCheckError(TffprodError):
+    """A site cannot be reached, refuses this coordinator, or is incompatible."""
+
+    exit_code = 8
+
+
+class SiteUnavailableError(TffprodError):
+    """An executor service did not answer (gRPC UNAVAILABLE or FAILED_PRECONDITION)."""
+
+    attempts: int  # set by the round router when it gives up: how often the site was tried
+
+
+class ReleaseRefusedError(TffprodError):
+    """A simulated site refused or failed a release; the message is the site's one-line reason."""
+
+
+class WorkerError(TffprodError):
+    """A worker could not be started or died."""
+
+
+class CertError(TffprodError):
+    """A certificate or key cannot be created, read or written."""
+
+    exit_code = 7
+
+
+class GatewayError(TffprodError):
+    """The gateway cannot start (for instance, its address cannot be bound)."""
+
+
+class SiteError(TffprodError):
+    """A site cannot be served (its state folder is in use by another site process)."""

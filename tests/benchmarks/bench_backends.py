@@ -63,7 +63,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests.benchmarks`` impo
 import numpy as np  # noqa: E402
 
 from tffprod.backends.base import Backend, SiteTarget  # noqa: E402
-from tffprod.workers import WorkerProcess  # noqa: E402
+from tffprod.workers.process import WorkerProcess  # noqa: E402
 
 DIGITS_TASK = "tffprod.examples.digits:task"
 BIG_TASK = "tests.benchmarks.big_task:task"
@@ -92,7 +92,7 @@ class DirectBackend(Backend):
         self._channels: dict[str, Any] = {}
         self._coordinator_worker: Optional[WorkerProcess] = None
 
-    def open(self, sites: list[SiteTarget]) -> None:
+    def _open(self, sites: list[SiteTarget]) -> None:
         from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:
@@ -134,7 +134,7 @@ def site_worker_addresses(federation: Any) -> dict[str, str]:
                 cmdline = child.cmdline()
             except psutil.NoSuchProcess:
                 continue
-            if "tffprod.executors.isolation" in cmdline:  # an isolated worker: its relay's Unix socket
+            if "tffprod.workers.isolation" in cmdline:  # an isolated worker: its relay's Unix socket
                 out[site] = f"unix:{cmdline[cmdline.index('--socket') + 1]}"
             elif cmdline and cmdline[0].endswith("worker_binary") and site not in out:
                 port = next(arg.split("=", 1)[1] for arg in cmdline if arg.startswith("--port="))

@@ -15,7 +15,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 def worker_children() -> list[psutil.Process]:
     """worker_binary processes descended from this test process (an isolated site worker's relay,
-    ``tffprod.executors.isolation``, lives and dies with its worker and is not listed)."""
+    ``tffprod.workers.isolation``, lives and dies with its worker and is not listed)."""
     out = []
     for child in psutil.Process().children(recursive=True):
         try:
@@ -35,21 +35,16 @@ def no_leaked_workers():
     assert not leaked, f"test left worker processes running: {[p.pid for p in leaked]}"
 
 
-FAULT_TALLY = {"faults": 0, "completed": 0, "lost": 0, "double": 0}
-
-
 @pytest.fixture
-def fault_tally():
-    """The fault-injection suite's counts (tests/e2e/test_*faults.py), printed as one line at the end."""
-    return FAULT_TALLY
+def fault_tally(request):
+    """The fault-injection suite's counts (tests/e2e/test_*faults.py), printed as one line at the end.
 
-
-def pytest_terminal_summary(terminalreporter):
-    counts = FAULT_TALLY
-    if counts["faults"]:
-        terminalreporter.write_line(
-            f"fault injection: {counts['faults']} faults injected, {counts['completed']} sessions completed, "
-            f"{counts['lost']} rounds lost beyond the one in flight, {counts['double']} rounds double-counted")
+    Each test counts into its own dict, handed to the report as a user property at teardown: the
+    run's total is summed from the reports (tests/conftest.py), so it holds with xdist workers too.
+    """
+    tally = {"faults": 0, "completed": 0, "lost": 0, "double": 0}
+    yield tally
+    request.node.user_properties.append(("fault_tally", tally))
 
 
 def write_spec(path, **fields) -> str:

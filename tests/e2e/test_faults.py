@@ -1,7 +1,7 @@
 """The fault-injection suite: kill, stop and restart real processes mid-session.
 
 Coordinator faults run ``tffprod session run`` as its own process and SIGKILL it at
-named crash points (``TFFPROD_CRASH_AT``, see ``tffprod.sessions.faults``) or from outside,
+named crash points (``TFFPROD_CRASH_AT``, see ``tffprod.training.faults``) or from outside,
 mid-round; ``tffprod session resume`` must then finish the session with every round
 recorded exactly once, the same epsilon, and (without DP) the same final weights
 as an uninterrupted run. Site faults SIGKILL and SIGSTOP site workers and gateways

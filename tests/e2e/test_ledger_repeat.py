@@ -41,8 +41,7 @@ SITE = digits.SITES[0]
 def _coordinator(registry, session, frozen):
     """A new coordinator's connection to the site, asking for releases of the plan."""
     backend = create_backend("remote", registry=registry)
-    backend.frozen = frozen
-    backend.open(session.sites)
+    backend.open(session.sites, frozen=frozen)
     return backend
 
 

@@ -13,7 +13,8 @@ from tffprod.examples import digits
 from tffprod.models.export import load_weights
 from tffprod.registry import Registry
 from tffprod.sessions.runner import train
-from tffprod.sites.admin import SiteCheckError, add_site, check_site
+from tffprod.errors import SiteCheckError
+from tffprod.sites.admin import add_site, check_site
 from tffprod.config.spec import SessionSpec
 
 from .conftest import running_federation
@@ -109,7 +110,7 @@ def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_k
     import grpc
 
     from tffprod.security.certs import init_ca, issue
-    from tffprod.executors.siteinfo import fetch_site_info
+    from tffprod.protocol.siteinfo import fetch_site_info
 
     fed, registry = federation
     address = fed.addresses["hospital-a"]

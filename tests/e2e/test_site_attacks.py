@@ -267,7 +267,7 @@ def test_the_worker_is_reachable_only_through_the_gateway(attacked):
         with pytest.raises(OSError):
             socket.create_connection((host, port), timeout=2).close()
     assert os.readlink(f"/proc/{worker.pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    relay = worker.parent().cmdline()  # python -m tffprod.executors.isolation --socket PATH ...
+    relay = worker.parent().cmdline()  # python -m tffprod.workers.isolation --socket PATH ...
     sock = relay[relay.index("--socket") + 1]
     assert os.stat(os.path.dirname(sock)).st_mode & 0o077 == 0
 

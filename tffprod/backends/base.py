@@ -31,9 +31,9 @@ def catalog_reference(dataset: Mapping[str, Any]) -> str:
 class Backend(abc.ABC):
     """Runs TFF computations at sites and at the coordinator.
 
-    Use as a context manager: ``__enter__`` connects (or starts) what it needs,
-    ``__exit__`` releases it, ending every process it started. Implementations
-    fill ``_contexts`` (site name -> context) and ``_coordinator`` in ``open``.
+    ``open`` connects (or starts) what a session needs, ``close`` (or leaving a ``with`` block)
+    releases it, ending every process it started. Implementations fill ``_contexts`` (site
+    name -> context) and ``_coordinator`` in ``_open``.
     """
 
     name: str = "abstract"
@@ -41,11 +41,11 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self._contexts: dict[str, Any] = {}
         self._coordinator: Any = None
-        # Set before ``open`` to an approved plan's ``FrozenComputations``: sites then run its
-        # computations as given (the remote backend asks sites for releases of the plan),
-        # without TFF's compiler; the coordinator context always compiles.
+        # Set by ``open``: an approved plan's ``FrozenComputations``, whose computations the sites
+        # then run as given (the remote backend asks sites for releases of the plan), without
+        # TFF's compiler; the coordinator context always compiles.
         self.frozen: Any = None
-        # Set before ``open``: the federation a session belongs to; remote calls name it.
+        # Set by ``open``: the federation a session belongs to; remote calls name it.
         self.federation: str | None = None
 
     @property
@@ -53,9 +53,20 @@ class Backend(abc.ABC):
         """The ``compiler_fn`` of site contexts: None for frozen computations."""
         return None if self.frozen is not None else "default"
 
+    def open(self, sites: list[SiteTarget], *, frozen: Any = None, federation: str | None = None) -> None:
+        """Prepare a context for each site and the coordinator.
+
+        Args:
+            sites: the sites a session uses, with their datasets.
+            frozen: an approved plan's ``FrozenComputations``: the sites run only its computations.
+            federation: the session's federation; calls to sites name it.
+        """
+        self.frozen, self.federation = frozen, federation
+        self._open(sites)
+
     @abc.abstractmethod
-    def open(self, sites: list[SiteTarget]) -> None:
-        """Prepare a context for each site and the coordinator."""
+    def _open(self, sites: list[SiteTarget]) -> None:
+        """Connect to (or start) what ``sites`` need, and the coordinator's context."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -15,11 +15,8 @@ import grpc
 import tensorflow_federated as tff
 
 from tffprod.sites.connection import GRPC_OPTIONS
-from tffprod.errors import TffprodError
-
-
-class SiteUnavailableError(TffprodError):
-    """An executor service did not answer (gRPC UNAVAILABLE or FAILED_PRECONDITION)."""
+from tffprod.sites.rpc_errors import status_line
+from tffprod.errors import SiteUnavailableError
 
 
 class FailFastStub(tff.framework.RemoteExecutorStub):
@@ -33,7 +30,7 @@ class FailFastStub(tff.framework.RemoteExecutorStub):
             return getattr(self._inner, method)(request)
         except tff.framework.RetryableError as e:
             call = getattr(e, "_grpc_call", None)
-            detail = f"{call.code().name}: {call.details()}" if call is not None else str(e)
+            detail = status_line(call) if call is not None else str(e)
             raise SiteUnavailableError(f"executor service unavailable ({detail})") from e
 
     def get_executor(self, request):

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.backends.base import Backend, SiteTarget, catalog_reference
 from tffprod.errors import DatasetError
-from tffprod.workers import WorkerProcess
+from tffprod.workers.process import WorkerProcess
 
 
 class LocalBackend(Backend):
@@ -31,7 +31,7 @@ class LocalBackend(Backend):
         self._shards: dict[tuple, list[Path]] = {}
         self._sites: dict[str, Any] = {}  # site -> SimulatedSite, under a plan
 
-    def open(self, sites: list[SiteTarget]) -> None:
+    def _open(self, sites: list[SiteTarget]) -> None:
         from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:

@@ -20,6 +20,7 @@ import numpy as np
 from tffprod.protocol import release_pb2, release_pb2_grpc
 from tffprod.protocol.terms import ReleaseTerms
 from tffprod.protocol.tensors import from_numpy, to_numpy
+from tffprod.sites.rpc_errors import site_error
 
 __all__ = ["ReleaseClient", "grpc_sender", "leaf_at", "pieces", "selection"]
 
@@ -88,7 +89,7 @@ class ReleaseClient:
 
         Raises:
             SiteUnavailableError: the site did not answer (UNAVAILABLE).
-            grpc.RpcError: the site refused or failed the release (its one-line reason).
+            ReleaseRefusedError: the site refused or failed the release (its one-line reason).
         """
         terms = self._terms[role]
         request = release_pb2.ReleaseRequest(
@@ -115,16 +116,13 @@ def pieces(request: release_pb2.ReleaseRequest, size: int = 2**20) -> Iterator[r
 
 def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequest], release_pb2.ReleaseResponse]:
     """Sends releases over the site's current channel (``channel()``); UNAVAILABLE becomes
-    ``SiteUnavailableError`` (the router retries it), other refusals stay ``grpc.RpcError``."""
+    ``SiteUnavailableError`` (the router retries it), any other refusal ``ReleaseRefusedError``
+    with the site's one-line reason (:mod:`tffprod.sites.rpc_errors`)."""
 
     def send(request: release_pb2.ReleaseRequest) -> release_pb2.ReleaseResponse:
-        from tffprod.backends.contexts import SiteUnavailableError
-
         try:
             return release_pb2_grpc.ReleaseStub(channel()).ReleaseStream(pieces(request))
         except grpc.RpcError as e:
-            if e.code() is grpc.StatusCode.UNAVAILABLE:
-                raise SiteUnavailableError(f"site unavailable ({e.code().name}: {e.details()})") from e
-            raise
+            raise site_error(e, what="site") from e
 
     return send

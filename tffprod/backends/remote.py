@@ -9,6 +9,7 @@ policy ``computations = "any"``) it runs through TFF's executor protocol.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -16,7 +17,10 @@ from typing import Any, Mapping, Optional
 from tffprod.backends.base import Backend, SiteTarget, catalog_reference
 from tffprod.sites.connection import SiteConnection
 from tffprod.errors import DatasetError, SessionError, TffprodError
-from tffprod.workers import WorkerProcess
+from tffprod.sites.rpc_errors import site_error
+from tffprod.workers.process import WorkerProcess
+
+log = logging.getLogger(__name__)
 
 
 class RemoteBackend(Backend):
@@ -33,7 +37,7 @@ class RemoteBackend(Backend):
         self._channels: dict[str, Any] = {}
         self._coordinator_worker: Optional[WorkerProcess] = None
 
-    def open(self, sites: list[SiteTarget]) -> None:
+    def _open(self, sites: list[SiteTarget]) -> None:
         from tffprod.backends.contexts import channel_context, insecure_channel
 
         try:
@@ -64,6 +68,7 @@ class RemoteBackend(Backend):
         none of the executors the old context still refers to, and a new channel connects at once."""
         from tffprod.backends.contexts import channel_context
 
+        log.info("site %s: reconnecting to %s", site, self._connections[site].address)
         old = self._channels.get(site)
         channel = self._connections[site].channel(federation=self.federation)
         self._channels[site] = channel
@@ -81,7 +86,7 @@ class RemoteBackend(Backend):
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
         site since it was registered."""
-        from tffprod.executors.siteinfo import fetch_site_info
+        from tffprod.protocol.siteinfo import fetch_site_info
         from tffprod.sites.admin import local_versions, version_problems
 
         import grpc
@@ -89,7 +94,8 @@ class RemoteBackend(Backend):
         try:
             info = fetch_site_info(channel, connection.token())
         except grpc.RpcError as e:  # one line: the site's own reason
-            raise SessionError(f"site {site.name} refused the session: {e.code().name}: {e.details()}") from None
+            raise site_error(e, what="site", refused=SessionError, prefix=f"site {site.name} refused the session: ",
+                             retryable=False) from None
         if self.frozen is None and info.get("computations") == "approved":
             raise SessionError(f"site {site.name} runs only plans it approved: make a plan ('tffprod session plan', "
                                "or 'tffprod model eval-plan' to evaluate a model version), have the site approve it "

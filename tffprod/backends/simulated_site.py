@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
-from tffprod.errors import TffprodError
+from tffprod.errors import ReleaseRefusedError
 from tffprod.executors.approvals import ApprovalStore, approve
 from tffprod.executors.datarefs import CatalogEntry, DataRefs, RequestRefused
 from tffprod.executors.gateway import EXECUTOR_SERVICE, MESSAGE_LIMITS
@@ -26,10 +26,6 @@ from tffprod.executors.release import ReleaseHandler
 from tffprod.protocol import release_pb2
 
 __all__ = ["ReleaseRefusedError", "SimulatedSite"]
-
-
-class ReleaseRefusedError(TffprodError):
-    """A simulated site refused or failed a release; the message is the site's one-line reason."""
 
 
 class SimulatedSite:

@@ -1,3 +1,3 @@
 """Declarative inputs shared by the coordinator and the sites: TOML files, field checks, the session spec.
 
-TF-free. Imports only :mod:`tffprod.errors` and the :mod:`tffprod.privacy.config` tables it embeds."""
+TF-free. Imports only :mod:`tffprod.errors` and the :mod:`tffprod.config.privacy` tables it embeds."""

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Union
 from tffprod.config import fields
 from tffprod.config.names import LOWER_NAME, federation_name
 from tffprod.config.reliability import ReliabilityConfig
-from tffprod.privacy.config import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
+from tffprod.config.privacy import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
 from tffprod.errors import SpecError
 from tffprod.config.toml import read_toml, toml_document
 

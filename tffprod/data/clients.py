@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tffprod.data.files import FORMATS, PathLike, _write_record, open_data, parse_examples
-from tffprod.errors import DatasetError
+from tffprod.errors import DatasetError, SpecError
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def _client_key(value: Any) -> str:
@@ -151,3 +154,14 @@ def split_by_client(path: PathLike, fmt: str, column: str, out_dir: PathLike) ->
         if not out.is_dir():  # another process may have won the race
             raise DatasetError(f"{out}: cannot write client shards: {e.strerror or e}") from e
     return sorted(out.glob(f"*{suffix}"))
+
+
+def check_client_id(column: Any, *, what: str = "client_id") -> str:
+    """A client-id column name: letters, digits, '_', '.', '-' (it travels inside references).
+
+    Raises:
+        SpecError: anything else.
+    """
+    if not isinstance(column, str) or not _COLUMN.match(column):
+        raise SpecError(f"{what} must be a column name of letters, digits, '_', '.' and '-', got {column!r}")
+    return column

@@ -5,18 +5,15 @@ TF-free: files are read by ``tffprod.data.files``.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any, Optional
 
-from tffprod.data.clients import client_ids
+from tffprod.data.clients import check_client_id, client_ids
 from tffprod.data.files import content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.registry.privacy import check_budget
 from tffprod.data.schema import Schema
 
-_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -25,17 +22,6 @@ def parse_ref(ref: str) -> tuple[str, str]:
     if not sep or not site or not name or "/" in name or ":" in name:
         raise NotFoundError(f"dataset reference {ref!r} is not of the form SITE/NAME")
     return site, name
-
-
-def load_schema_file(path: str | Path) -> Schema:
-    """Read a schema from a JSON file (``{"features": [...], "label": {...}}``)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise SpecError(f"schema file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise SpecError(f"schema file {path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    return Schema.from_dict(data)
 
 
 def _coordinator_budget(registry: Any, site: str, name: str,
@@ -52,17 +38,6 @@ def _coordinator_budget(registry: Any, site: str, name: str,
             "is set by the site's config and a coordinator cannot override it; change it at the site"
         )
     return epsilon, delta
-
-
-def check_client_id(column: Any, *, what: str = "client_id") -> str:
-    """A client-id column name: letters, digits, '_', '.', '-' (it travels inside references).
-
-    Raises:
-        SpecError: anything else.
-    """
-    if not isinstance(column, str) or not _COLUMN.match(column):
-        raise SpecError(f"{what} must be a column name of letters, digits, '_', '.' and '-', got {column!r}")
-    return column
 
 
 def count_clients(path: str | Path, fmt: str, column: str) -> int:

@@ -6,6 +6,8 @@ Pure Python (no TensorFlow) so the CLI and the registry can use it cheaply.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from tffprod.errors import SchemaMismatchError, SpecError
@@ -109,3 +111,14 @@ class Schema:
                     f"{what}: column {col.name!r} is {have.dtype}{list(have.shape)}, "
                     f"the task expects {col.dtype}{list(col.shape)}"
                 )
+
+
+def load_schema_file(path: str | Path) -> Schema:
+    """Read a schema from a JSON file (``{"features": [...], "label": {...}}``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SpecError(f"schema file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"schema file {path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    return Schema.from_dict(data)

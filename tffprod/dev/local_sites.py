@@ -19,14 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tffprod.errors import TffprodError
-from tffprod.workers import free_port
+from tffprod.errors import FederationError
+from tffprod.workers.process import free_port
 
 COORDINATOR = "coordinator"
-
-
-class FederationError(TffprodError):
-    """A site process of the local federation failed to start."""
 
 
 def _tffprod_executable() -> str:
@@ -123,15 +119,18 @@ class LocalFederation:
         return info["address"]
 
     def _read_ready(self, site: str, proc: subprocess.Popen, timeout_s: float) -> dict:
+        import io
         import selectors
 
+        stdout = proc.stdout
+        assert isinstance(stdout, io.BufferedReader)  # started with stdout=PIPE, binary and buffered
         selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(stdout, selectors.EVENT_READ)
         text, deadline = b"", time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
                 if selector.select(timeout=0.5):
-                    chunk = proc.stdout.read1(65536)
+                    chunk = stdout.read1(65536)
                     if not chunk:
                         break
                     text += chunk

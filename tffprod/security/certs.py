@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tffprod.errors import TffprodError
+from tffprod.errors import CertError
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,12 +43,6 @@ DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 # NAME becomes a file name and a CN (at most 64 characters).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class CertError(TffprodError):
-    """A certificate or key cannot be created, read or written."""
-
-    exit_code = 7
 
 
 @dataclasses.dataclass(frozen=True)

@@ -168,10 +168,10 @@ def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend:
     except (ValueError, TypeError) as e:
         raise SpecError(f"the computation cannot be split into per-site and coordinator parts: {e}") from e
     frozen = None if plan is None else _computation_plan(plan, form, rows)
-    backend.frozen = frozen  # under a plan, datasets are named as at their sites
-    refs_by_site = {site: [backend.reference(row) for row in site_rows] for site, site_rows in by_site.items()}
     try:
-        backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()])
+        backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()], frozen=frozen)
+        # Under a plan, datasets are named as at their sites: references come from the opened backend.
+        refs_by_site = {site: [backend.reference(row) for row in site_rows] for site, site_rows in by_site.items()}
         router = RoundRouter(backend, form, timeout_s=timeout_s, min_sites=min_sites,
                              site_computation=None if frozen is None else frozen.compute)
         outcome = router.run_round(server_arg, refs_by_site)

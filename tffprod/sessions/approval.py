@@ -41,17 +41,20 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
         return {"mechanism": "none", "unit": "none (no differential privacy)"}
     from tffprod.privacy.accounting import epsilon_for
 
+    noise_multiplier, clip, delta = dp.noise_multiplier, dp.clip, dp.delta
+    # An enabled [dp] has all three (DPConfig checks).
+    assert noise_multiplier is not None and clip is not None and delta is not None
     accounting = plan.population.accounting()
     terms = {
         "mechanism": dp.mechanism,
-        "noise_multiplier": float(dp.noise_multiplier),
-        "clip": float(dp.clip),
-        "delta": float(dp.delta),
+        "noise_multiplier": float(noise_multiplier),
+        "clip": float(clip),
+        "delta": float(delta),
         "sampling_rate": float(plan.sampling_rate),
         "accountant": "rdp",
         "unit": plan.privacy_unit,
-        "planned_epsilon": epsilon_for(noise_multiplier=float(dp.noise_multiplier), rounds=plan.spec.rounds,
-                                       delta=float(dp.delta), **accounting),
+        "planned_epsilon": epsilon_for(noise_multiplier=float(noise_multiplier), rounds=plan.spec.rounds,
+                                       delta=float(delta), **accounting),
     }
     if "fixed_sample" in accounting:
         terms["fixed_sample"] = list(accounting["fixed_sample"])
@@ -104,7 +107,7 @@ def _initial_states(*processes: Any) -> list[Any]:
     import tempfile
 
     from tffprod.backends.contexts import channel_context, insecure_channel
-    from tffprod.workers import WorkerProcess
+    from tffprod.workers.process import WorkerProcess
 
     with tempfile.TemporaryDirectory(prefix="tffprod-plan-") as logs, \
             WorkerProcess(name="plan", log_path=Path(logs) / "plan-worker.log") as worker:
@@ -117,6 +120,7 @@ def _train_bound(plan: SessionPlan) -> dict[str, Any] | None:
     dp = plan.spec.dp
     if not dp.enabled or dp.mechanism != "gaussian_fixed":
         return None
+    assert dp.clip is not None  # DPConfig requires it for gaussian_fixed
     return {"result": ["1"], "l2_norm_per_client": float(dp.clip)}
 
 
@@ -239,7 +243,7 @@ def check_whole_plan_fits(plan: SessionPlan) -> None:
     from tffprod.privacy.terms import samples
 
     if samples(plan.population.accounting()) and plan.budget.limited and plan.budget.max_rounds < plan.spec.rounds:
-        tightest = min(plan.budget.remaining, key=plan.budget.remaining.get)
+        tightest = min(plan.budget.remaining, key=plan.budget.remaining.__getitem__)
         raise PrivacyBudgetError(
             f"the plan samples clients or sites, so each site charges all {plan.spec.rounds} rounds at its first "
             f"release, and dataset {tightest}'s remaining budget holds {plan.budget.max_rounds}; plan "

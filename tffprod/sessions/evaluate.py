@@ -56,8 +56,7 @@ def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str],
     for row in rows:
         by_site.setdefault(row["site"], []).append(row)
     with backend:
-        backend.frozen = frozen
-        backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()])
+        backend.open([SiteTarget(site, tuple(site_rows)) for site, site_rows in by_site.items()], frozen=frozen)
         from tffprod.training.evaluation import evaluate  # TF
 
         result = evaluate(task, weights, rows, backend=backend, fmt=formats[0], timeout_s=timeout_s,

@@ -54,7 +54,7 @@ def resumable(session: dict, *, force: bool = False) -> Optional[str]:
     if status == "finished":
         return f"session {session['id']} is finished"
     owner = session.get("coordinator")
-    if status in ("running", "pending") and coordinator_alive(owner):
+    if status in ("running", "pending") and owner is not None and coordinator_alive(owner):
         if force and owner.get("host") != socket.gethostname():
             return None
         hint = " or, if that host's coordinator is dead, resume with --force" \
@@ -97,6 +97,7 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
         from tffprod.sessions.approval import check_datasets
         from tffprod.protocol.plan_document import load_plan
 
+        assert plan_path is not None  # _frozen returns a plan only when given its path
         check_datasets(load_plan(plan_path), plan)
     completed = tuple(registry.list_rounds(session_id))
     if completed and completed[-1].get("checkpoint"):
@@ -180,7 +181,8 @@ def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
 
 
 def describe_health(session: dict, rounds: list[dict]) -> dict:
-    """The sites quarantined in ``session`` by its recorded rounds (see :class:`tffprod.sessions.reliability.SiteHealth`)."""
+    """The sites quarantined in ``session`` by its recorded rounds
+    (see :class:`tffprod.sessions.reliability.SiteHealth`)."""
     from tffprod.config.reliability import ReliabilityConfig
     from tffprod.sessions.reliability import SiteHealth
 

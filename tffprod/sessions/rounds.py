@@ -4,11 +4,12 @@ Every round's server state goes to a checkpoint file before the round's
 registry rows (metrics, participants, epsilon and privacy spend) are committed
 in one transaction, so a crash at any moment loses at most the round in
 flight and never counts one twice. Crash points for the fault-injection suite
-are marked with :func:`tffprod.sessions.faults.crash_point`.
+are marked with :func:`tffprod.training.faults.crash_point`.
 """
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -17,6 +18,8 @@ from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
 from tffprod.privacy.sampling import ClientSampler
 from tffprod.config.spec import SessionSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +38,7 @@ class RoundReport:
 
 def _participants(outcome: Any, plan: Any) -> list[dict]:
     """One record per called site; ``examples`` is None for sampled clients (their sizes stay at the site)."""
-    examples = {}
+    examples: dict[str, int] = {}
     for row in plan.datasets:
         examples[row["site"]] = examples.get(row["site"], 0) + int(row["num_examples"])
     client_level = plan.population.client_level
@@ -142,7 +145,7 @@ class RoundLoop:
         return False
 
     def _round(self, round_num: int, progress: Optional[Callable[[RoundReport], None]]) -> None:
-        from tffprod.sessions.faults import crash_point
+        from tffprod.training.faults import crash_point
         from tffprod.training.metrics import plain_metrics
 
         crash_point("round-start", round_num)
@@ -182,8 +185,17 @@ class RoundLoop:
         from tffprod.training.checkpoint import remove_stale
 
         remove_stale(self.checkpoints, set(self.kept))
+        quarantined = set(self.health.quarantined)
         self.health.observe(round_num, participants)
+        for site in sorted(set(self.health.quarantined) - quarantined):
+            failure = self.health.quarantined[site]
+            log.warning("round %d: site %s quarantined for the rest of session %s after %d failed rounds: %s",
+                        round_num, site, self.session_id, failure["failures"], failure["reason"])
         self.deadlines.observe(participants)
+        log.info("session %s: round %d of %d committed in %.2f s: %d of %d site(s) ok, %d client(s)%s",
+                 self.session_id, round_num, self.plan.spec.rounds, duration_s,
+                 sum(p["status"] == "ok" for p in participants), len(participants), clients,
+                 f", epsilon {epsilon:.4g}" if epsilon is not None else "")
         if progress:
             progress(RoundReport(round_num, self.plan.spec.rounds, self.train_metrics, participants, duration_s,
                                  epsilon, clients, epsilon_pld))
@@ -201,4 +213,7 @@ def _ledger(spec: SessionSpec):
         return None
     from tffprod.privacy.accounting import PrivacyLedger
 
-    return PrivacyLedger(noise_multiplier=spec.dp.noise_multiplier, delta=spec.dp.delta)
+    noise_multiplier, delta = spec.dp.noise_multiplier, spec.dp.delta
+    # An enabled [dp] has both (DPConfig checks).
+    assert noise_multiplier is not None and delta is not None
+    return PrivacyLedger(noise_multiplier=noise_multiplier, delta=delta)

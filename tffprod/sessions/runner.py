@@ -9,6 +9,7 @@ registers it as a new version. ``train`` is the whole of ``tffprod session run``
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -22,6 +23,8 @@ from tffprod.sessions.finish import register_model as _register_model
 from tffprod.sessions.planning import SessionPlan, plan_session
 from tffprod.sessions.rounds import RoundLoop, RoundReport
 from tffprod.training.trainer import Trainer as _Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["artifacts_dir_for", "drive_session", "end_session", "run_session", "train", "train_from_plan"]
 
@@ -60,6 +63,8 @@ def run_session(
         )
         session_id = session["id"]
         registry.start_session(session_id, coordinator=coordinator_identity())
+        log.info("session %s (%s) started: %d rounds on %s, backend %s", session_id, spec.name, spec.rounds,
+                 ", ".join(plan.training_sites), backend.name)
         registry.record_action("session.run", session_id, {
             "name": spec.name, "plan_id": frozen.plan_id if frozen is not None else None, "backend": backend.name,
             "datasets": session["datasets"], "rounds_planned": spec.rounds})
@@ -72,6 +77,7 @@ def end_session(registry: Any, session_id: str, status: str, error: str) -> dict
     with registry.atomic():
         registry.finish_session(session_id, status=status, error=error)
         registry.record_action("session.end", session_id, {"status": status, "error": error})
+    log.log(logging.INFO if status == "cancelled" else logging.ERROR, "session %s %s: %s", session_id, status, error)
     return registry.get_session(session_id)
 
 
@@ -97,9 +103,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
     spec = plan.spec
     trainer = None
     try:
-        backend.frozen = frozen
-        backend.federation = spec.federation
-        backend.open(plan.sites)
+        backend.open(plan.sites, frozen=frozen, federation=spec.federation)
         trainer = _Trainer(plan, backend, frozen)
         loop = RoundLoop(plan, session_id, registry, backend, trainer,
                           checkpoint_dir(artifacts_dir, spec, session_id), completed)
@@ -109,10 +113,11 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
             return end_session(registry, session_id, "cancelled", f"cancelled after round {done} of {spec.rounds}")
         stopped = None if loop.last_round == spec.rounds else (
             f"stopped after round {loop.last_round} of {spec.rounds}: one more would exceed the remaining privacy "
-            f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.get)}")
+            f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.__getitem__)}")
         weights = trainer.weights()
         version = _register_model(plan, registry, backend, session_id, weights, loop.train_metrics, loop.ledger,
                                   artifacts_dir, stopped, frozen)  # and ends the session as finished
+        log.info("session %s finished: model %s:%s", session_id, version.get("name"), version.get("version"))
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
         status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"

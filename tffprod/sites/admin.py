@@ -9,17 +9,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tffprod.sites.connection import SiteConnection
+from tffprod.sites.rpc_errors import site_error
 from tffprod.config.names import NAME
-from tffprod.errors import TffprodError
+from tffprod.errors import SiteCheckError, TffprodError
 from tffprod.registry.privacy import check_budget
 
 SITE_PATH_PREFIX = "site://"
-
-
-class SiteCheckError(TffprodError):
-    """A site cannot be reached, refuses this coordinator, or is incompatible."""
-
-    exit_code = 8
 
 
 def add_site(registry: Any, name: str, *, address: str, ca: Path, cert: Path, key: Path, token_file: Path) -> dict:
@@ -46,11 +41,11 @@ def version_problems(ours: dict, theirs: dict) -> list[str]:
     return problems
 
 
-def local_versions() -> dict[str, str]:
-    """Installed versions of tffprod, TFF and TF (read from metadata; nothing imported)."""
+def local_versions() -> dict[str, str | None]:
+    """Installed versions of tffprod, TFF and TF (read from metadata; None if not installed; nothing imported)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out: dict[str, str | None] = {}
     for key, dist in (("tffprod", "tffprod"), ("tensorflow_federated", "tensorflow-federated"),
                       ("tensorflow", "tensorflow")):
         try:
@@ -68,7 +63,7 @@ def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
     """
     import grpc
 
-    from tffprod.executors.siteinfo import fetch_site_info
+    from tffprod.protocol.siteinfo import fetch_site_info
 
     connection = SiteConnection.from_registry(registry.get_site(name))
     channel = connection.channel()
@@ -81,7 +76,7 @@ def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
         try:
             info = fetch_site_info(channel, connection.token(), timeout_s=timeout_s)
         except grpc.RpcError as e:
-            raise SiteCheckError(f"site {name}: {e.code().name}: {e.details()}") from None
+            raise site_error(e, what="site", refused=SiteCheckError, prefix=f"site {name}: ", retryable=False) from None
         except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), or nested absurdly
             raise SiteCheckError(f"site {name}: the server at {connection.address} answered with site info "
                                  "that is not a JSON document") from None
@@ -97,7 +92,7 @@ _ENTRY_FIELDS = {"name": str, "format": str, "schema": dict, "num_examples": int
 
 
 def check_info(site: str, info: Any) -> list[dict]:
-    """Check the shape of a site-info document (see ``tffprod.executors.siteinfo``); return its catalog.
+    """Check the shape of a site-info document (see ``tffprod.protocol.siteinfo``); return its catalog.
 
     Only what this module reads is checked: an object whose ``versions`` and ``health`` are
     objects and whose ``catalog`` is a list of entries with a string ``name``, ``format`` and

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tffprod.errors import NotFoundError, SpecError
-from tffprod.executors.siteinfo import FEDERATION_HEADER
+from tffprod.protocol.siteinfo import FEDERATION_HEADER
 
 # Large models travel as single messages; gRPC's Python side caps at 2 GB.
 GRPC_OPTIONS = (

@@ -50,7 +50,7 @@ def save_checkpoint(state: Any, directory: Path, round_num: int) -> tuple[Path, 
     """Write ``state`` durably as round ``round_num``'s checkpoint; returns ``(path, sha256)``."""
     import numpy as np
 
-    from tffprod.sessions.faults import crash_point
+    from tffprod.training.faults import crash_point
 
     leaves = _flatten(state)
     buffer = io.BytesIO()

@@ -12,6 +12,7 @@ daemon thread never keeps the process from exiting.
 
 from __future__ import annotations
 
+import logging
 import concurrent.futures
 import dataclasses
 import threading
@@ -21,23 +22,12 @@ from typing import Any, Mapping, Optional
 import tensorflow_federated as tff
 
 from tffprod.backends.base import Backend
-from tffprod.backends.contexts import SiteUnavailableError
-from tffprod.errors import SessionError
+from tffprod.errors import SessionError, SiteUnavailableError
+from tffprod.sites.rpc_errors import status_line
+
+log = logging.getLogger(__name__)
 
 Struct = tff.structure.Struct
-
-
-def describe_error(error: BaseException) -> str:
-    """One line for a site's failure: a gRPC status as ``CODE: details``, else the exception."""
-    if callable(getattr(error, "code", None)) and callable(getattr(error, "details", None)):
-        try:
-            text = f"{error.code().name}: {error.details()}"
-        except Exception:  # not a real grpc.Call after all
-            text = f"{type(error).__name__}: {error}"
-    else:
-        text = f"{type(error).__name__}: {error}"
-    lines = text.strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:500]
 
 
 @dataclasses.dataclass
@@ -117,7 +107,7 @@ class RoundRouter:
                                             error=f"no result within {timeout_s:g} s"))
             except Exception as e:  # a site's failure is recorded, not raised
                 outcomes.append(SiteOutcome(site, "error", time.monotonic() - started, clients,
-                                            error=describe_error(e), attempts=getattr(e, "attempts", 1)))
+                                            error=status_line(e), attempts=getattr(e, "attempts", 1)))
         return outcomes
 
     def _spawn(self, site: str, state: Any, refs: list[str], deadline: float,
@@ -139,9 +129,12 @@ class RoundRouter:
                 return
             except SiteUnavailableError as e:
                 if attempt > self._retries or time.monotonic() + backoff >= deadline:
+                    log.warning("round %d: site %s gave up after %d attempt(s): %s", round_num, site, attempt, e)
                     e.attempts = attempt
                     future.set_exception(e)
                     return
+                log.warning("round %d: site %s unavailable (attempt %d of %d), retrying in %.1f s: %s",
+                            round_num, site, attempt, self._retries + 1, backoff, e)
                 time.sleep(backoff)
                 backoff *= 2
                 self._backend.reconnect(site)  # the site may be back, restarted: start afresh
