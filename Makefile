@@ -7,7 +7,7 @@ WORKDIR ?= demo-workdir
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast bench clean protos
+.PHONY: demo test test-fast check bench clean protos
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -20,17 +20,19 @@ $(UV):
 demo: .venv/.synced
 	.venv/bin/tffprod demo --workdir $(WORKDIR)
 
-# `make test`: the unit tests, then tests/integration and tests/e2e on $(PYTEST_WORKERS) xdist workers (a file's
-# tests stay on one worker, so a module's sites start once). Exit status 5 (PYTEST_ARGS selected no test in a
-# step) does not stop the other step.
-test: .venv/.synced
-	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	.venv/bin/python -m pytest tests/integration tests/e2e -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || [ $$? -eq 5 ]
+# `make test`: tests/unit, then the rest (tests/integration, tests/e2e, any other folder); `make test-fast`:
+# tests/unit only (no TensorFlow, no worker processes: tests/unit/conftest.py checks), under 30 s. On
+# $(PYTEST_WORKERS) xdist workers (PYTEST_WORKERS=0: one process); the second run keeps a file's tests on one
+# worker (--dist loadfile), so its module fixtures (sites, workers) start once. Exit status 5 (PYTEST_ARGS
+# selected no test in one of the two runs) does not stop `make test`.
+PYTEST := .venv/bin/python -m pytest -n $(PYTEST_WORKERS)
 
-# `make test-fast`: tests/unit only, no TensorFlow and no worker processes (tests/unit/conftest.py checks both
-# ends of the run), about half a minute.
+test: .venv/.synced
+	$(PYTEST) tests/unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) --dist loadfile tests --ignore=tests/unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
 test-fast: .venv/.synced
-	.venv/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 # Prints median seconds per round for the local, direct and gateway backends, then the site protocol's
 # seconds, bytes per round per site and site memory (benchmarks, no assertions).

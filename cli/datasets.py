@@ -8,6 +8,7 @@ import click
 
 from tffprod.cli.errors import user_errors
 from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, table
+from tffprod.data.formats import FORMATS
 
 
 @click.group()
@@ -27,7 +28,7 @@ def dataset() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--schema", "schema_file", type=click.Path(dir_okay=False), help="Schema as a JSON file.")
 @click.option("--task", "task_path", help="Take the schema from this task (module:attr).")
-@click.option("--format", "fmt", type=click.Choice(["tfrecord", "csv"]), help="File format (default: by suffix).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), help="File format (default: by suffix).")
 @click.option("--budget-epsilon", type=float, metavar="FLOAT",
               help="Privacy budget: total epsilon for this dataset (every version); needs --budget-delta.")
 @click.option("--budget-delta", type=float, metavar="FLOAT",

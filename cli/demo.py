@@ -9,7 +9,8 @@ from tffprod.cli.options import emit_json, interactive, output_options
 
 
 @click.command()
-@click.option("--workdir", required=True, type=click.Path(file_okay=False), help="Folder for data, registry, spec and model.")
+@click.option("--workdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for data, registry, spec and model.")
 @click.option("--rounds", default=25, show_default=True, type=click.IntRange(1, 1000), help="Training rounds.")
 @click.option("--backend", type=click.Choice(["remote", "local"]), default="remote", show_default=True,
               help="remote: real site processes over mTLS; local: simulated sites.")

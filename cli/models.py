@@ -71,8 +71,8 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
     if lineage:
         session, task = lineage["session"], lineage["task"]
         click.echo("lineage")
-        click.echo(f"  session      {session['id']} ({session['rounds_completed']} of {session['rounds_planned']} rounds,"
-                   f" backend {session['backend']})")
+        click.echo(f"  session      {session['id']} ({session['rounds_completed']} of "
+                   f"{session['rounds_planned']} rounds, backend {session['backend']})")
         click.echo(f"  sites        {', '.join(lineage['sites'])}")
         for ds in lineage["datasets"]:
             click.echo(f"  {ds['role']:12} {ds['ref']} ({ds['num_examples']} examples, {ds['content_hash']})")
@@ -117,7 +117,8 @@ def export(ref: str, out: str, fmt: str, for_site: Optional[str], registry_path:
 @model.command("eval-plan")
 @click.argument("ref")
 @click.option("--dataset", "datasets", multiple=True, required=True, help="SITE/NAME[:VERSION]; repeat for more.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The plan file to write (JSON).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The plan file to write (JSON).")
 @registry_option
 @output_options
 def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, registry_path: str, as_json: bool) -> None:
@@ -233,6 +234,7 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, plan_path: s
     click.echo(f"{result['model']}:{result['version']}")
     for ds, metrics in result["datasets"].items():
         click.echo(f"  {ds:24} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    click.echo(f"  {'overall':24} " + "  ".join(f"{k} {v:.4f}" for k, v in result["overall"].items() if isinstance(v, float)))
+    click.echo(f"  {'overall':24} "
+               + "  ".join(f"{k} {v:.4f}" for k, v in result["overall"].items() if isinstance(v, float)))
     for ds, reason in result["errors"].items():
         click.echo(f"  {ds:24} not evaluated: {reason}")

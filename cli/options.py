@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 
@@ -44,7 +44,7 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def table(rows: list[dict], columns: list[str]) -> None:
+def table(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
     """Print rows as a plain aligned text table."""
     if not rows:
         click.echo("(none)")

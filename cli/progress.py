@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-_SHORT = {"sparse_categorical_accuracy": "acc", "binary_accuracy": "acc", "accuracy": "acc", "loss": "loss", "auc": "auc"}
+_SHORT = {"sparse_categorical_accuracy": "acc", "binary_accuracy": "acc", "accuracy": "acc", "loss": "loss",
+          "auc": "auc"}
 
 
 def print_round(report) -> None:

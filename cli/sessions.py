@@ -28,7 +28,8 @@ def session() -> None:
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="Session spec (TOML).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="An approved plan ('tffprod session plan'): run exactly its computations.")
-@click.option("--backend", type=click.Choice(["local", "remote"]), help="Where site computations run (default: the spec's).")
+@click.option("--backend", type=click.Choice(["local", "remote"]),
+              help="Where site computations run (default: the spec's).")
 @registry_option
 @log_level_option
 @output_options
@@ -53,7 +54,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
 
             backend = backend or load_plan(plan_path).document["spec"].get("backend", "local")
         else:
-            from tffprod.config.spec import load_spec
+            from tffprod.sessions.spec import load_spec
 
             assert spec_path  # exactly one of --spec and --plan, checked above
             spec = load_spec(spec_path)
@@ -93,7 +94,8 @@ def _report(result: dict, as_json: bool) -> None:
 
 @session.command("plan")
 @click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="Session spec (TOML).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The plan file to write (JSON).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="The plan file to write (JSON).")
 @registry_option
 @output_options
 def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> None:
@@ -108,7 +110,7 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     Example:
         tffprod session plan --spec digits.toml --out digits.plan.json
     """
-    from tffprod.config.spec import load_spec
+    from tffprod.sessions.spec import load_spec
 
     with user_errors():
         spec = load_spec(spec_path)
@@ -117,7 +119,8 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
-            document = make_plan(session_plan, coordinators=coordinator_identities(registry, session_plan.training_sites))
+            document = make_plan(session_plan,
+                                 coordinators=coordinator_identities(registry, session_plan.training_sites))
             write_plan(document, out_path)
             summary = {"plan_id": document["plan_id"], "path": out_path,
                        "sites": sorted({d["site"] for d in document["datasets"]}),

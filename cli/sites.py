@@ -66,10 +66,12 @@ def _ready_line(info: dict[str, Any]) -> str:
 @site.command("add")
 @click.argument("name")
 @click.option("--address", required=True, help="The site gateway's HOST:PORT.")
-@click.option("--ca", required=True, type=click.Path(dir_okay=False), help="CA certificate that signed the site's certificate.")
+@click.option("--ca", required=True, type=click.Path(dir_okay=False),
+              help="CA certificate that signed the site's certificate.")
 @click.option("--cert", required=True, type=click.Path(dir_okay=False), help="This coordinator's certificate.")
 @click.option("--key", required=True, type=click.Path(dir_okay=False), help="This coordinator's private key.")
-@click.option("--token-file", required=True, type=click.Path(dir_okay=False), help="File holding the bearer token for this site.")
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
+              help="File holding the bearer token for this site.")
 @registry_option
 @output_options
 def add(name: str, address: str, ca: str, cert: str, key: str, token_file: str, registry_path: str,
@@ -241,7 +243,8 @@ def plan_show(plan_path: str, as_json: bool) -> None:
                    f"planned epsilon {privacy['planned_epsilon']:.4g}; unit of privacy: {privacy['unit']}")
     click.echo("  datasets:")
     for d in summary["datasets"]:
-        click.echo(f"    {d['role']:5} {d['site']}/{d['name']} ({d['num_examples']} examples, {d['content_hash'][:19]})")
+        click.echo(f"    {d['role']:5} {d['site']}/{d['name']} "
+                   f"({d['num_examples']} examples, {d['content_hash'][:19]})")
     click.echo("  computations run at sites (each site returns only their aggregate results):")
     for c in summary["computations"]:
         click.echo(f"    {c['role']:5} sha256 {c['sha256']} ({c['size_bytes']} bytes)")

@@ -1,7 +1,7 @@
 """The site config: the TOML file a site operator writes for ``tffprod site serve``.
 
 Read with the standard library's ``tomllib`` and validated strictly, like session
-specs (:mod:`tffprod.config.spec`): an unknown key, a wrong type, a missing field or a bad
+specs (:mod:`tffprod.sessions.spec`): an unknown key, a wrong type, a missing field or a bad
 value raises :class:`tffprod.errors.SpecError` with one line naming the file, the
 key and the problem. Relative paths are resolved against the config file's folder.
 Nothing here imports TensorFlow (a dataset's ``task`` is imported for its schema;
@@ -59,7 +59,7 @@ from tffprod.errors import DatasetError, SpecError, TaskLoadError
 from tffprod.executors.addresses import is_loopback
 from tffprod.data.schema import Schema
 from tffprod.config.names import LOWER_NAME, NAME, federation_name
-from tffprod.config.spec import resolve_task, task_path
+from tffprod.task import resolve_task, task_path
 from tffprod.config.toml import read_toml, write_toml
 
 from tffprod.executors.datarefs import CatalogEntry
@@ -307,7 +307,8 @@ def _parse(data: Mapping[str, Any], source: Path) -> SiteConfig:
 
 def _federations(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"'federations' must be a non-empty list of federation names, got {fields.type_name(value)} {value!r}")
+        raise SpecError("'federations' must be a non-empty list of federation names, "
+                        f"got {fields.type_name(value)} {value!r}")
     return tuple(federation_name(v) for v in value)
 
 
@@ -383,14 +384,15 @@ def _datasets(folder: Path, table: Mapping[str, Any]) -> dict[str, DatasetDecl]:
             fmt = fields.string(f"{key}.format", decl["format"])
             if fmt not in FORMATS:
                 options = ", ".join(repr(f) for f in FORMATS)
-                raise SpecError(f"'{key}.format' must be one of {options}, got {fmt!r}{fields.did_you_mean(fmt, FORMATS)}")
+                raise SpecError(f"'{key}.format' must be one of {options}, "
+                                f"got {fmt!r}{fields.did_you_mean(fmt, tuple(FORMATS))}")
         else:
             try:
                 fmt = detect_format(path)
             except DatasetError:
                 raise SpecError(
                     f"'{key}.format' is needed: the suffix of {path.name!r} names no format "
-                    f"(use .tfrecord or .csv, or set format)"
+                    f"(use {' or '.join(f.suffixes[0] for f in FORMATS.values())}, or set format)"
                 ) from None
         budget = _budget(f"{key}.budget", decl["budget"]) if "budget" in decl else None
         client_id = None

@@ -165,7 +165,8 @@ class SiteLedger:
             if budget is None:
                 continue
             if approval.privacy.get("mechanism", "none") == "none":
-                return f"site {self.site}: dataset '{name}' has a privacy budget; plan {approval.plan_id[:16]} uses no DP"
+                return (f"site {self.site}: dataset '{name}' has a privacy budget; "
+                        f"plan {approval.plan_id[:16]} uses no DP")
             others = [a for a in approvals if a.plan_id != approval.plan_id]
             other_eps, other_delta = self.spent(name, others)
             eps, delta = plan_epsilon(approval.privacy, charged_rounds(approval, served + 1))

@@ -7,7 +7,8 @@
 2. takes ``state_dir/site.lock`` so two site processes never share a state folder;
 3. starts the supervised ``worker_binary`` on a loopback port;
 4. starts the gateway on the public ``listen`` address (mTLS, or plaintext with
-   ``insecure_dev``; messages up to the worker's ``max_message_mb``), auditing every call to ``state_dir/audit.jsonl``; with
+   ``insecure_dev``; messages up to the worker's ``max_message_mb``), auditing every call to
+   ``state_dir/audit.jsonl``; with
    ``computations = "approved"`` (the default) it serves only releases of plans approved in
    ``state_dir/approvals/`` (``release``) and keeps the privacy ledger
    ``state_dir/privacy-ledger.sqlite``; ``"any"`` is logged as a warning;

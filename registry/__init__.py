@@ -9,6 +9,9 @@ One SQLite file (via ``sqlite-utils``), schema managed by migrations::
                              format="csv", schema={...}, num_examples=1200, content_hash="sha256:...")
         registry.get_dataset("hospital-a/visits")      # latest version; "hospital-a/visits:1" for one
 
+Library code takes any ``RegistryStore`` (``tffprod.registry.protocol``): what it needs of a
+registry, which ``Registry`` provides.
+
 Importing this package is cheap: SQLite libraries load when a registry is
 opened, and TensorFlow never does.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import os
 
+from tffprod.registry.protocol import RegistryStore
 from tffprod.registry.store import Registry
 
-__all__ = ["Registry", "default_path"]
+__all__ = ["Registry", "RegistryStore", "default_path"]
 
 ENV_VAR = "TFFPROD_REGISTRY"
 

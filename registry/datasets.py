@@ -7,7 +7,7 @@ content, schema or path adds version ``latest + 1``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tffprod.errors import NotFoundError
 from tffprod.registry.codec import (
@@ -19,19 +19,23 @@ from tffprod.registry.codec import (
     utc_now,
 )
 from tffprod.registry.connection import first_row, write_transaction
+from tffprod.registry.protocol import DatasetRow, SiteRow
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
 
-def _site(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "info": from_json(row["info"])}
+def _site(row: dict[str, Any]) -> SiteRow:
+    # SELECT * of the sites table: every SiteRow key (info decoded).
+    return cast(SiteRow, {**row, "info": from_json(row["info"])})
 
 
-def _dataset(row: dict[str, Any]) -> dict[str, Any]:
+def _dataset(row: dict[str, Any]) -> DatasetRow:
     ref = dataset_ref(row["site"], row["name"], row["version"])
+    # SELECT * of a migrated datasets table: every DatasetRow key (schema decoded).
     # Versions registered before client ids existed are one client each (site-level).
-    return {"ref": ref, **row, "schema": from_json(row["schema"]), "num_clients": row.get("num_clients") or 1}
+    return cast(DatasetRow, {"ref": ref, **row, "schema": from_json(row["schema"]),
+                             "num_clients": row.get("num_clients") or 1})
 
 
 def _ensure_site(db: Database, name: str, now: str) -> None:
@@ -41,7 +45,7 @@ def _ensure_site(db: Database, name: str, now: str) -> None:
     )
 
 
-def add_site(db: Database, name: str, address: str | None, info: dict | None) -> dict[str, Any]:
+def add_site(db: Database, name: str, address: str | None, info: dict | None) -> SiteRow:
     """Inserts or updates a site; ``None`` arguments keep the stored values."""
     check_name("site", name)
     now = utc_now()
@@ -55,7 +59,7 @@ def add_site(db: Database, name: str, address: str | None, info: dict | None) ->
     return get_site(db, name)
 
 
-def get_site(db: Database, name: str) -> dict[str, Any]:
+def get_site(db: Database, name: str) -> SiteRow:
     """Returns one site. Raises NotFoundError if unknown."""
     row = first_row(db, "SELECT * FROM sites WHERE name = ?", [name])
     if row is None:
@@ -63,7 +67,7 @@ def get_site(db: Database, name: str) -> dict[str, Any]:
     return _site(row)
 
 
-def list_sites(db: Database) -> list[dict[str, Any]]:
+def list_sites(db: Database) -> list[SiteRow]:
     """Returns every site, sorted by name."""
     return [_site(row) for row in db.query("SELECT * FROM sites ORDER BY name")]
 
@@ -73,7 +77,7 @@ def _latest(db: Database, site: str, name: str) -> dict[str, Any] | None:
     return first_row(db, sql, [site, name])
 
 
-def add_dataset(db: Database, **fields: Any) -> dict[str, Any]:
+def add_dataset(db: Database, **fields: Any) -> DatasetRow:
     """Registers a dataset version; see ``Registry.add_dataset``."""
     site, name = check_name("site", fields["site"]), check_name("dataset", fields["name"])
     now = utc_now()
@@ -109,7 +113,7 @@ def add_dataset(db: Database, **fields: Any) -> dict[str, Any]:
     return get_dataset(db, dataset_ref(site, name, version))
 
 
-def get_dataset(db: Database, ref: str) -> dict[str, Any]:
+def get_dataset(db: Database, ref: str) -> DatasetRow:
     """Returns the dataset version ``ref`` names (the latest without ``:N``)."""
     site, name, version = parse_dataset_ref(ref)
     if version is None:
@@ -122,7 +126,7 @@ def get_dataset(db: Database, ref: str) -> dict[str, Any]:
     return _dataset(row)
 
 
-def list_datasets(db: Database, site: str | None) -> list[dict[str, Any]]:
+def list_datasets(db: Database, site: str | None) -> list[DatasetRow]:
     """Returns the latest version of each dataset (of one site if given), sorted by ref."""
     sql = (
         "SELECT d.* FROM datasets d WHERE d.version = "
@@ -139,7 +143,7 @@ def list_versions(db: Database, ref: str) -> list[dict[str, Any]]:
     """Every version of the dataset ``ref`` names (any ``:N`` is ignored), oldest first, each with
     ``sessions``: ``{"id", "status"}`` of each session that used exactly that version for training."""
     site, name, _ = parse_dataset_ref(ref)
-    rows = [_dataset(r) for r in db.query(
+    rows: list[dict[str, Any]] = [dict(_dataset(r)) for r in db.query(  # each gains "sessions" below
         "SELECT * FROM datasets WHERE site = ? AND name = ? ORDER BY version", [site, name])]
     if not rows:
         raise NotFoundError(f"unknown dataset {ref!r}")

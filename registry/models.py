@@ -12,11 +12,12 @@ the principals allowed to receive it: ``site:NAME`` and ``federation:NAME``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tffprod.errors import NotFoundError, RegistryError, SpecError
 from tffprod.registry.codec import check_name, from_json, parse_model_ref, to_json, utc_now
 from tffprod.registry.connection import first_row, write_transaction
+from tffprod.registry.protocol import ModelVersionRow
 from tffprod.registry.sessions import mark_finished, require_session
 
 if TYPE_CHECKING:
@@ -26,12 +27,12 @@ _JSON_COLUMNS = ("metrics", "dp", "datasets", "task", "access")
 PRINCIPAL_KINDS = ("site", "federation")
 
 
-def _model_version(db: Database, row: dict[str, Any]) -> dict[str, Any]:
+def _model_version(db: Database, row: dict[str, Any]) -> ModelVersionRow:
     out = {**row, **{key: from_json(row[key]) for key in _JSON_COLUMNS}}
     out["lineage"] = from_json(row["lineage"]) if row.get("lineage") else {}
     out["aliases"] = [r["alias"] for r in db.query(
         "SELECT alias FROM model_aliases WHERE name = ? AND version = ? ORDER BY alias", [row["name"], row["version"]])]
-    return out
+    return cast(ModelVersionRow, out)  # SELECT * of a migrated model_versions table, plus its aliases
 
 
 def check_principal(principal: str) -> str:
@@ -59,7 +60,7 @@ def _evaluation(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "metrics": from_json(row["metrics"])}
 
 
-def add_model_version(db: Database, **fields: Any) -> dict[str, Any]:
+def add_model_version(db: Database, **fields: Any) -> ModelVersionRow:
     """Adds version ``latest + 1`` of a model; see ``Registry.add_model_version``."""
     name = check_name("model", fields["name"])
     with write_transaction(db):
@@ -119,7 +120,7 @@ def resolve_model_ref(db: Database, ref: str) -> tuple[str, int | None]:
     return parse_model_ref(ref)
 
 
-def get_model_version(db: Database, ref: str) -> dict[str, Any]:
+def get_model_version(db: Database, ref: str) -> ModelVersionRow:
     """Returns the version ``NAME:VERSION`` or ``NAME@ALIAS`` names, or the latest for ``NAME``."""
     name, version = resolve_model_ref(db, ref)
     params: list[Any]
@@ -133,7 +134,7 @@ def get_model_version(db: Database, ref: str) -> dict[str, Any]:
     return _model_version(db, row)
 
 
-def list_model_versions(db: Database, name: str | None) -> list[dict[str, Any]]:
+def list_model_versions(db: Database, name: str | None) -> list[ModelVersionRow]:
     """Returns every version (of one model if given), sorted by name then version."""
     where, params = ("WHERE name = ?", [name]) if name is not None else ("", [])
     sql = f"SELECT * FROM model_versions {where} ORDER BY name, version"
@@ -183,7 +184,7 @@ def list_evaluations(db: Database, model: str, version: int | None,
     return [_evaluation(row) for row in db.query(sql + " ORDER BY created_at, id", params)]
 
 
-def set_alias(db: Database, ref: str, alias: str) -> dict[str, Any]:
+def set_alias(db: Database, ref: str, alias: str) -> ModelVersionRow:
     """Points ``alias`` of the model ``ref`` names at that version (moving it if set elsewhere).
 
     Raises:
@@ -203,7 +204,7 @@ def set_alias(db: Database, ref: str, alias: str) -> dict[str, Any]:
     return get_model_version(db, f"{version['name']}:{version['version']}")
 
 
-def remove_alias(db: Database, name: str, alias: str) -> dict[str, Any]:
+def remove_alias(db: Database, name: str, alias: str) -> ModelVersionRow:
     """Removes ``alias`` of model ``name``; returns the version it named.
 
     Raises:
@@ -224,7 +225,7 @@ def list_aliases(db: Database, name: str | None = None) -> dict[str, dict[str, i
     return out
 
 
-def set_access(db: Database, ref: str, allow: list[str], revoke: list[str]) -> dict[str, Any]:
+def set_access(db: Database, ref: str, allow: list[str], revoke: list[str]) -> ModelVersionRow:
     """Adds the ``allow`` principals to a version's access list and removes the ``revoke`` ones.
 
     Raises:

@@ -6,12 +6,13 @@ each round is recorded once, together with the session's progress counter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tffprod.errors import NotFoundError, RegistryError
 from tffprod.registry import privacy
 from tffprod.registry.codec import from_json, new_session_id, seconds_between, to_json, utc_now
 from tffprod.registry.connection import first_row, write_transaction
+from tffprod.registry.protocol import RoundRow, SessionRow
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -21,15 +22,17 @@ FINAL_STATUSES = ("finished", "failed", "cancelled")
 PARTICIPANT_STATUSES = ("ok", "timeout", "error")
 
 
-def _session(row: dict[str, Any]) -> dict[str, Any]:
+def _session(row: dict[str, Any]) -> SessionRow:
     decoded = {key: from_json(row[key]) for key in ("spec", "task", "datasets")}
     decoded["privacy"] = from_json(row["privacy"]) if row.get("privacy") else None
     decoded["coordinator"] = from_json(row["coordinator"]) if row.get("coordinator") else None
-    return {**row, **decoded, "duration_s": seconds_between(row["started_at"], row["finished_at"])}
+    # SELECT * of a migrated sessions table: every SessionRow key (the JSON columns decoded).
+    return cast(SessionRow, {**row, **decoded, "duration_s": seconds_between(row["started_at"], row["finished_at"])})
 
 
-def _round(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "metrics": from_json(row["metrics"]), "participants": from_json(row["participants"])}
+def _round(row: dict[str, Any]) -> RoundRow:
+    # SELECT * of a migrated rounds table: every RoundRow key (the JSON columns decoded).
+    return cast(RoundRow, {**row, "metrics": from_json(row["metrics"]), "participants": from_json(row["participants"])})
 
 
 def require_session(db: Database, session_id: str) -> None:
@@ -38,7 +41,7 @@ def require_session(db: Database, session_id: str) -> None:
         raise NotFoundError(f"unknown session {session_id!r}")
 
 
-def create_session(db: Database, **fields: Any) -> dict[str, Any]:
+def create_session(db: Database, **fields: Any) -> SessionRow:
     """Records a new pending session; see ``Registry.create_session``."""
     now = utc_now()
     with write_transaction(db):
@@ -63,7 +66,7 @@ def create_session(db: Database, **fields: Any) -> dict[str, Any]:
     return get_session(db, session_id)
 
 
-def start_session(db: Database, session_id: str, coordinator: dict[str, Any] | None = None) -> dict[str, Any]:
+def start_session(db: Database, session_id: str, coordinator: dict[str, Any] | None = None) -> SessionRow:
     """Marks a session running, stamps ``started_at`` and records its coordinator process."""
     with write_transaction(db):
         require_session(db, session_id)
@@ -75,7 +78,7 @@ def start_session(db: Database, session_id: str, coordinator: dict[str, Any] | N
 
 
 def claim_session(db: Database, session_id: str, coordinator: dict[str, Any], expected: dict[str, Any] | None
-                  ) -> dict[str, Any]:
+                  ) -> SessionRow:
     """Make ``coordinator`` the owner of a session being resumed; see ``Registry.claim_session``."""
     with write_transaction(db):
         row = first_row(db, "SELECT status, coordinator FROM sessions WHERE id = ?", [session_id])
@@ -94,7 +97,7 @@ def claim_session(db: Database, session_id: str, coordinator: dict[str, Any], ex
     return get_session(db, session_id)
 
 
-def request_cancel(db: Database, session_id: str) -> dict[str, Any]:
+def request_cancel(db: Database, session_id: str) -> SessionRow:
     """Ask a running session to stop at its next round boundary; see ``Registry.request_cancel``."""
     with write_transaction(db):
         row = first_row(db, "SELECT status FROM sessions WHERE id = ?", [session_id])
@@ -107,7 +110,7 @@ def request_cancel(db: Database, session_id: str) -> dict[str, Any]:
     return get_session(db, session_id)
 
 
-def finish_session(db: Database, session_id: str, status: str, error: str | None) -> dict[str, Any]:
+def finish_session(db: Database, session_id: str, status: str, error: str | None) -> SessionRow:
     """Ends a session with a final status; see ``Registry.finish_session``."""
     if status not in FINAL_STATUSES:
         raise ValueError(f"final session status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
@@ -123,7 +126,7 @@ def mark_finished(db: Database, session_id: str, status: str, error: str | None)
                [status, error, utc_now(), session_id])
 
 
-def get_session(db: Database, session_id: str) -> dict[str, Any]:
+def get_session(db: Database, session_id: str) -> SessionRow:
     """Returns one session. Raises NotFoundError if unknown."""
     row = first_row(db, "SELECT * FROM sessions WHERE id = ?", [session_id])
     if row is None:
@@ -131,7 +134,7 @@ def get_session(db: Database, session_id: str) -> dict[str, Any]:
     return _session(row)
 
 
-def list_sessions(db: Database, status: str | None) -> list[dict[str, Any]]:
+def list_sessions(db: Database, status: str | None) -> list[SessionRow]:
     """Returns sessions newest first, optionally only those with ``status``."""
     if status is not None and status not in STATUSES:
         raise ValueError(f"session status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -149,7 +152,7 @@ def _check_participants(participants: list[dict]) -> list[dict]:
     return list(participants)
 
 
-def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]:
+def record_round(db: Database, session_id: str, **fields: Any) -> RoundRow:
     """Records one round, its privacy spend and the session's progress in one transaction."""
     round_num = int(fields["round_num"])
     if round_num < 1:
@@ -192,7 +195,7 @@ def record_round(db: Database, session_id: str, **fields: Any) -> dict[str, Any]
     return _round(row)
 
 
-def list_rounds(db: Database, session_id: str) -> list[dict[str, Any]]:
+def list_rounds(db: Database, session_id: str) -> list[RoundRow]:
     """Returns a session's rounds in order. Raises NotFoundError if the session is unknown."""
     require_session(db, session_id)
     sql = "SELECT * FROM rounds WHERE session_id = ? ORDER BY round_num"

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tffprod.registry import audit, datasets, federations, models, privacy, sessions
 from tffprod.registry.connection import connect, translate_errors, write_transaction
+from tffprod.registry.protocol import DatasetRow, ModelVersionRow, RegistryStore, RoundRow, SessionRow, SiteRow
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -104,7 +105,7 @@ class Registry:
     # Sites and datasets.
 
     @_translated
-    def add_site(self, name: str, *, address: str | None = None, info: dict | None = None) -> dict:
+    def add_site(self, name: str, *, address: str | None = None, info: dict | None = None) -> SiteRow:
         """Adds a site or updates it; arguments left as None keep their stored values.
 
         Raises:
@@ -113,7 +114,7 @@ class Registry:
         return datasets.add_site(self._db, name, address, info)
 
     @_translated
-    def get_site(self, name: str) -> dict:
+    def get_site(self, name: str) -> SiteRow:
         """Returns a site: name, address, info, created_at, updated_at.
 
         Raises:
@@ -122,7 +123,7 @@ class Registry:
         return datasets.get_site(self._db, name)
 
     @_translated
-    def list_sites(self) -> list[dict]:
+    def list_sites(self) -> list[SiteRow]:
         """Returns every site, sorted by name."""
         return datasets.list_sites(self._db)
 
@@ -166,7 +167,7 @@ class Registry:
         content_hash: str,
         client_id: str | None = None,
         num_clients: int | None = None,
-    ) -> dict:
+    ) -> DatasetRow:
         """Registers a dataset of a site (adding the site if missing).
 
         ``client_id`` names the column whose values say which client (customer,
@@ -207,7 +208,7 @@ class Registry:
         return datasets.list_versions(self._db, ref)
 
     @_translated
-    def get_dataset(self, ref: str) -> dict:
+    def get_dataset(self, ref: str) -> DatasetRow:
         """Returns ``"SITE/NAME:VERSION"``, or the latest version for ``"SITE/NAME"``.
 
         Raises:
@@ -216,7 +217,7 @@ class Registry:
         return datasets.get_dataset(self._db, ref)
 
     @_translated
-    def list_datasets(self, site: str | None = None) -> list[dict]:
+    def list_datasets(self, site: str | None = None) -> list[DatasetRow]:
         """Returns the latest version of every dataset (of ``site`` if given), sorted by ref."""
         return datasets.list_datasets(self._db, site)
 
@@ -233,7 +234,7 @@ class Registry:
         rounds_planned: int,
         datasets: list[str],
         privacy: dict | None = None,
-    ) -> dict:
+    ) -> SessionRow:
         """Records a new ``pending`` session with a fresh id like ``s-20261125-183000-ab12``.
 
         ``privacy`` describes the session's DP accounting (unit of privacy, sampling).
@@ -253,7 +254,7 @@ class Registry:
         )
 
     @_translated
-    def start_session(self, session_id: str, *, coordinator: dict | None = None) -> dict:
+    def start_session(self, session_id: str, *, coordinator: dict | None = None) -> SessionRow:
         """Sets a session ``running``, stamps ``started_at`` and records ``coordinator``
         (``{"host", "pid"}`` of the process running it).
 
@@ -263,7 +264,7 @@ class Registry:
         return sessions.start_session(self._db, session_id, coordinator)
 
     @_translated
-    def claim_session(self, session_id: str, *, coordinator: dict, expected: dict | None) -> dict:
+    def claim_session(self, session_id: str, *, coordinator: dict, expected: dict | None) -> SessionRow:
         """Sets a session being resumed ``running`` under ``coordinator``; bumps ``resumed``.
 
         ``expected`` is the owner the caller saw (and found dead); if a running session
@@ -276,7 +277,7 @@ class Registry:
         return sessions.claim_session(self._db, session_id, coordinator, expected)
 
     @_translated
-    def request_cancel(self, session_id: str) -> dict:
+    def request_cancel(self, session_id: str) -> SessionRow:
         """Stamps ``cancel_requested_at``; the coordinator stops at its next round boundary.
 
         Raises:
@@ -286,7 +287,7 @@ class Registry:
         return sessions.request_cancel(self._db, session_id)
 
     @_translated
-    def finish_session(self, session_id: str, *, status: str, error: str | None = None) -> dict:
+    def finish_session(self, session_id: str, *, status: str, error: str | None = None) -> SessionRow:
         """Ends a session: ``finished``, ``failed`` or ``cancelled``; stamps ``finished_at``.
 
         Raises:
@@ -296,7 +297,7 @@ class Registry:
         return sessions.finish_session(self._db, session_id, status, error)
 
     @_translated
-    def get_session(self, session_id: str) -> dict:
+    def get_session(self, session_id: str) -> SessionRow:
         """Returns a session.
 
         Returns:
@@ -310,7 +311,7 @@ class Registry:
         return sessions.get_session(self._db, session_id)
 
     @_translated
-    def list_sessions(self, *, status: str | None = None) -> list[dict]:
+    def list_sessions(self, *, status: str | None = None) -> list[SessionRow]:
         """Returns sessions (only those with ``status`` if given), newest first."""
         return sessions.list_sessions(self._db, status)
 
@@ -330,7 +331,7 @@ class Registry:
         epsilon_pld: float | None = None,
         checkpoint: str | None = None,
         checkpoint_sha256: str | None = None,
-    ) -> dict:
+    ) -> RoundRow:
         """Records a finished round, its privacy spend and the session's ``rounds_completed``, atomically.
 
         The round row, every ``spend`` item and the progress counter are
@@ -384,7 +385,7 @@ class Registry:
         )
 
     @_translated
-    def list_rounds(self, session_id: str) -> list[dict]:
+    def list_rounds(self, session_id: str) -> list[RoundRow]:
         """Returns a session's rounds by round number.
 
         Raises:
@@ -465,7 +466,7 @@ class Registry:
         access: list[str] | None = None,
         evaluations: list[dict] | None = None,
         finishes_session: bool = False,
-    ) -> dict:
+    ) -> ModelVersionRow:
         """Adds the next version (from 1) of model ``name``, with its lineage.
 
         Args:
@@ -504,7 +505,7 @@ class Registry:
         )
 
     @_translated
-    def get_model_version(self, ref: str) -> dict:
+    def get_model_version(self, ref: str) -> ModelVersionRow:
         """Returns ``"NAME:VERSION"`` or ``"NAME@ALIAS"``, or the latest version for ``"NAME"``.
 
         Raises:
@@ -513,7 +514,7 @@ class Registry:
         return models.get_model_version(self._db, ref)
 
     @_translated
-    def list_model_versions(self, name: str | None = None) -> list[dict]:
+    def list_model_versions(self, name: str | None = None) -> list[ModelVersionRow]:
         """Returns all versions (of model ``name`` if given), by name then version."""
         return models.list_model_versions(self._db, name)
 
@@ -557,7 +558,7 @@ class Registry:
         return models.list_evaluations(self._db, model, version, kind)
 
     @_translated
-    def set_model_alias(self, ref: str, alias: str) -> dict:
+    def set_model_alias(self, ref: str, alias: str) -> ModelVersionRow:
         """Points ``alias`` at the version ``ref`` names (moving it from another version of the model).
 
         Returns:
@@ -570,7 +571,7 @@ class Registry:
         return models.set_alias(self._db, ref, alias)
 
     @_translated
-    def remove_model_alias(self, name: str, alias: str) -> dict:
+    def remove_model_alias(self, name: str, alias: str) -> ModelVersionRow:
         """Removes ``alias`` of model ``name``; returns the version it named.
 
         Raises:
@@ -584,7 +585,8 @@ class Registry:
         return models.list_aliases(self._db, name)
 
     @_translated
-    def set_model_access(self, ref: str, *, allow: Sequence[str] = (), revoke: Sequence[str] = ()) -> dict:
+    def set_model_access(self, ref: str, *, allow: Sequence[str] = (),
+                         revoke: Sequence[str] = ()) -> ModelVersionRow:
         """Adds ``allow`` to and removes ``revoke`` from the principals that may receive a version.
 
         Principals are ``site:NAME`` or ``federation:NAME``.
@@ -596,7 +598,7 @@ class Registry:
         return models.set_access(self._db, ref, list(allow), list(revoke))
 
     @_translated
-    def site_may_receive(self, version: dict, site: str) -> bool:
+    def site_may_receive(self, version: Mapping[str, Any], site: str) -> bool:
         """Whether ``site`` is on ``version``'s access list, itself or through a listed federation."""
         return models.site_allowed(self._db, version["access"], site)
 
@@ -647,3 +649,12 @@ class Registry:
                 ``"unlinked"``, ``"head"`` or ``"expected-head"``, ``seq`` and ``message``).
         """
         return audit.verify(self._db, expect_head)
+
+
+if TYPE_CHECKING:
+
+    def _registry_is_a_store(registry: Registry) -> RegistryStore:
+        """Never called, never defined at run time: mypy checks here, structurally, that ``Registry``
+        has every member of ``RegistryStore`` with a compatible signature (``RegistryStore`` lists
+        what the library calls; ``tests/unit/test_registry_protocol.py`` checks the same at run time)."""
+        return registry

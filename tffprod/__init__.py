@@ -15,9 +15,9 @@ from tffprod.data.schema import Feature, Schema
 from tffprod.task import Optimizer, Task, load_task
 
 # Configure a session.
-from tffprod.config.privacy import DPConfig, SamplingConfig
+from tffprod.privacy.config import DPConfig, SamplingConfig
 from tffprod.config.reliability import ReliabilityConfig
-from tffprod.config.spec import SessionSpec, load_spec
+from tffprod.sessions.spec import SessionSpec, load_spec
 
 # Errors: every error tffprod raises on purpose (tffprod.errors draws the tree with exit codes).
 from tffprod.errors import (

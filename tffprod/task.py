@@ -9,12 +9,15 @@ TensorFlow; the callables a task holds do, when they are called.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tffprod.config import fields
 from tffprod.errors import SpecError, TaskLoadError
 from tffprod.data.schema import Schema
 
@@ -137,3 +140,27 @@ def load_task(path: str) -> Task:
     if not isinstance(task, Task):
         raise TaskLoadError(f"task {path!r}: {attr} is a {type(task).__name__}, not a tffprod.Task")
     return task
+
+
+# ---------------------------------------------------------------- task paths
+
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def task_path(key: str, value: Any) -> str:
+    """Checks a task path (``package.module:attribute`` or ``file.py:attribute``) under ``key``."""
+    fields.string(key, value)
+    module, sep, attr = value.rpartition(":")
+    is_file = module.endswith(".py")
+    if not sep or not module or not _IDENTIFIER.match(attr) or not (is_file or _MODULE.match(module)):
+        raise SpecError(f"{key!r} must look like 'package.module:attribute' or 'file.py:attribute', got {value!r}")
+    return value
+
+
+def resolve_task(task: str, source: Optional[str]) -> str:
+    """Makes a relative ``file.py:attr`` task path absolute against the spec file's folder."""
+    module, _, attr = task.rpartition(":")
+    if source is None or not module.endswith(".py") or os.path.isabs(module):
+        return task
+    return f"{os.path.abspath(os.path.join(os.path.dirname(source), module))}:{attr}"

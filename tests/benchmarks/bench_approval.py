@@ -30,7 +30,7 @@ TASK = "tffprod.examples.digits:task"
 
 def _spec(rounds: int):
     from tffprod.examples import digits
-    from tffprod.config.spec import SessionSpec
+    from tffprod.sessions.spec import SessionSpec
 
     return SessionSpec.from_dict({
         "name": "bench-approval", "task": TASK, "datasets": [f"{s}/train" for s in digits.SITES],

@@ -219,7 +219,7 @@ def run_session(config: Config, backend_kind: str, *, root: Path, files: Mapping
     from tffprod.examples.digits import SCHEMA
     from tffprod.registry import Registry
     from tffprod.sessions.runner import train
-    from tffprod.config.spec import SessionSpec
+    from tffprod.sessions.spec import SessionSpec
 
     tag = f"{config.model}-{len(config.sites)}-{backend_kind}"
     log_dir = root / "logs" / tag

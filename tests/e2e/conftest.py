@@ -48,7 +48,7 @@ def fault_tally(request):
 
 
 def write_spec(path, **fields) -> str:
-    from tffprod.config.spec import SessionSpec, dump_spec
+    from tffprod.sessions.spec import SessionSpec, dump_spec
 
     dump_spec(SessionSpec.from_dict(fields), path)
     return str(path)

@@ -30,7 +30,7 @@ from tffprod.sessions.approval import coordinator_identities, make_plan, write_p
 from tffprod.sessions.runner import train_from_plan
 from tffprod.sessions.planning import plan_session
 from tffprod.sites.admin import check_site
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import read_file_computation, running_federation
 

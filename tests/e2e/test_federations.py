@@ -9,7 +9,7 @@ from tffprod.errors import DatasetError, SchemaMismatchError, SessionError, Spec
 from tffprod.examples import digits, fraud
 from tffprod.sessions.runner import train
 from tffprod.sites.admin import check_site, sync_site
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import running_federation
 

@@ -27,7 +27,7 @@ from tffprod.executors.config import load_site_config
 from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
 from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
 from tffprod.sessions.planning import plan_session
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import running_federation
 

@@ -15,7 +15,7 @@ from tffprod.registry import Registry
 from tffprod.sessions.runner import train
 from tffprod.errors import SiteCheckError
 from tffprod.sites.admin import add_site, check_site
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import running_federation
 

@@ -34,7 +34,7 @@ from tffprod.protocol import release_pb2
 from tffprod.protocol.tensors import from_numpy, to_numpy
 from tffprod.protocol.terms import ReleaseTerms
 from tffprod.sessions.planning import plan_session
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import running_federation, worker_children
 

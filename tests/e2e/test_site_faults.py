@@ -42,7 +42,7 @@ from tffprod.sessions.reliability import DeadlinePolicy
 from tffprod.examples import digits
 from tffprod.sessions.runner import train
 from tffprod.sites.admin import check_site, local_versions
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import running_federation, worker_children
 

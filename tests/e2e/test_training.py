@@ -11,7 +11,7 @@ from tffprod.backends.local import LocalBackend
 from tffprod.examples import digits, fraud
 from tffprod.registry import Registry
 from tffprod.sessions.runner import train
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from .conftest import worker_children
 

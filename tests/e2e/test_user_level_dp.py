@@ -13,7 +13,7 @@ from tffprod.data.register import register_dataset
 from tffprod.examples import fraud
 from tffprod.registry import Registry
 from tffprod.sessions.runner import train
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 pytestmark = pytest.mark.e2e
 

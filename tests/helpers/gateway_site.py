@@ -52,7 +52,8 @@ def _make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-def _issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], cn: str, *, server: bool = False) -> tuple[bytes, bytes]:
+def _issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], cn: str, *,
+           server: bool = False) -> tuple[bytes, bytes]:
     """``(key_pem, cert_pem)`` for ``cn`` signed by ``ca``; EKU serverAuth + clientAuth."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
@@ -95,8 +96,8 @@ class Site:
             tokens={"coordinator": hashlib.sha256(TOKEN.encode()).hexdigest(),
                     "stranger-without-token": "0" * 64},
             tls=None if insecure_dev else (pki["server_key"], pki["server_cert"], pki["ca"]),
-            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, approvals=approvals, ledger=ledger,
-            federations=federations)
+            audit=self.audit, insecure_dev=insecure_dev, worker_health=self.worker.alive, approvals=approvals,
+            ledger=ledger, federations=federations)
         try:
             self.port = self.gateway.start()
         except BaseException:

@@ -15,7 +15,8 @@ SITE = "bank-a"
 Z, DELTA = 1.1, 1e-5
 
 
-def computation(result_placement: str = "server", all_equal: bool = True, name: str = "x") -> computation_pb2.Computation:
+def computation(result_placement: str = "server", all_equal: bool = True,
+                name: str = "x") -> computation_pb2.Computation:
     return site_computation(name, result_placement=result_placement, result_all_equal=all_equal)
 
 

@@ -36,7 +36,7 @@ def _run(tmp_path: Path, monkeypatch, backend: _Backend) -> list[dict]:
     from types import SimpleNamespace
 
     from tffprod.sessions import runner as session_module
-    from tffprod.config.spec import SessionSpec
+    from tffprod.sessions.spec import SessionSpec
     from tffprod.task import load_task
 
     class Trainer:

@@ -158,3 +158,13 @@ def test_the_module_level_scan_sees_imports_under_if_and_try_but_not_in_function
     path.write_text("import os\ntry:\n    import tensorflow as tf\nexcept ImportError:\n    pass\n"
                     "if TYPE_CHECKING:\n    import keras\ndef f():\n    import tensorflow_federated\n")
     assert sorted(module_level_imports(path)) == ["os", "tensorflow"]
+
+
+def test_the_readme_tree_shows_every_subpackage_of_the_library() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## How it fits together"):]
+    section = section[:section.index("\n## ", 1)]
+    packages = sorted(path.parent.name for path in (ROOT / "tffprod").glob("*/__init__.py"))
+    assert len(packages) >= 10
+    missing = [name for name in packages if f"  {name}/ " not in section]
+    assert missing == [], f"README 'How it fits together' does not show {missing}"

@@ -168,7 +168,7 @@ def test_base_spec_passes_validation(registry: Registry, tmp_path: Path) -> None
     """Each case below changes one thing in a spec that is otherwise valid."""
     from tffprod.registry import Registry as Store
     from tffprod.sessions.planning import plan_session
-    from tffprod.config.spec import load_spec
+    from tffprod.sessions.spec import load_spec
 
     spec = load_spec(write_spec(tmp_path / "spec.toml"))
     with Store.open(registry.path) as store:
@@ -547,7 +547,7 @@ VALID_SPEC = {**BASE_SPEC, "dp": {"mechanism": "gaussian_fixed", "noise_multipli
 @PROPERTY
 @given(document=st.dictionaries(KEYS, DOCUMENT_VALUES, max_size=8) | mutated(VALID_SPEC))
 def test_any_spec_document_loads_or_fails_in_one_line(tmp_path: Path, document: dict) -> None:
-    from tffprod.config.spec import SessionSpec, load_spec
+    from tffprod.sessions.spec import SessionSpec, load_spec
 
     path = tmp_path / "spec.toml"
     path.write_text(toml_text(document), encoding="utf-8")
@@ -575,7 +575,7 @@ def test_session_plan_with_a_mutated_spec_exits_cleanly_and_writes_nothing(run_c
 
 
 def test_a_spec_nested_too_deeply_is_a_spec_error(tmp_path: Path) -> None:
-    from tffprod.config.spec import load_spec
+    from tffprod.sessions.spec import load_spec
 
     path = tmp_path / "spec.toml"
     path.write_text(deep_toml(5000))

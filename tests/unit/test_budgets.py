@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tffprod.privacy.accounting import epsilon_for
-from tffprod.privacy.budgets import plan_budgets, rounds_that_fit
+from tffprod.sessions.budgets import plan_budgets, rounds_that_fit
 from tffprod.errors import PrivacyBudgetError
 from tffprod.registry import Registry
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 Z, DELTA = 1.0, 1e-5
 ROWS = [{"site": "bank-a", "name": "train"}, {"site": "bank-b", "name": "train"}]

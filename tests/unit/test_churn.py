@@ -15,7 +15,7 @@ import pytest
 from tffprod.config.reliability import ReliabilityConfig
 from tffprod.sessions.reliability import DeadlinePolicy, SiteHealth
 from tffprod.errors import SpecError
-from tffprod.config.spec import SessionSpec, dump_spec, load_spec
+from tffprod.sessions.spec import SessionSpec, dump_spec, load_spec
 
 BASE = """\
 name = "digits"
@@ -309,7 +309,7 @@ def test_a_reliability_key_at_the_top_level_points_to_the_table(tmp_path):
 
 
 def test_churn_and_spec_stay_free_of_tensorflow():
-    code = ("import sys, tffprod.sessions.reliability, tffprod.config.spec\n"
+    code = ("import sys, tffprod.sessions.reliability, tffprod.sessions.spec\n"
             "print(','.join(m for m in ('tensorflow', 'tensorflow_federated') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ}, timeout=60)

@@ -12,13 +12,13 @@ import pytest
 from tffprod.data.files import (
     FORMATS,
     content_hash,
-    crc32c,
     detect_format,
     iter_examples,
     validate_file,
     write_csv,
     write_tfrecord,
 )
+from tffprod.data.formats.tfrecord import crc32c, write_record
 from tffprod.errors import DatasetError
 from tffprod.data.schema import Feature, Schema
 from tests.helpers.records import VECTOR, vector_rows
@@ -195,11 +195,9 @@ def test_garbage_file(tmp_path: Path) -> None:
 
 
 def test_garbage_payload_in_a_valid_frame(tmp_path: Path) -> None:
-    from tffprod.data.files import _write_record
-
     path = tmp_path / "garbage.tfrecord"
     with open(path, "wb") as stream:
-        _write_record(stream, b"\x0a\xff\xff\xff\xff\x0f")  # field 1, length far beyond the payload
+        write_record(stream, b"\x0a\xff\xff\xff\xff\x0f")  # field 1, length far beyond the payload
     with pytest.raises(DatasetError) as excinfo:
         validate_file(path, "tfrecord", VECTOR)
     assert_one_line_error(excinfo, path, "example 1", "unparseable record")
@@ -290,6 +288,7 @@ def test_unknown_format(tfrecord: Path) -> None:
 
 
 def test_import_does_not_load_tensorflow() -> None:
-    code = "import sys, tffprod.data.files, tffprod.data.clients; print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
+    code = ("import sys, tffprod.data.files, tffprod.data.clients, tffprod.data.formats; "
+            "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

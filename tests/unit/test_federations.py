@@ -13,7 +13,7 @@ from tffprod.errors import PlanError
 from tffprod.executors.approvals import approve
 from tffprod.protocol.plan_document import canonical_id, load_plan
 from tffprod.registry import Registry
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 
 from tests.helpers.plans import SITE, catalog, plan_document, site_toml, write
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tffprod.errors import SpecError
-from tffprod.config.spec import DPConfig, SessionSpec, dump_spec, load_spec
+from tffprod.sessions.spec import DPConfig, SessionSpec, dump_spec, load_spec
 
 BASE = """\
 name = "digits-dp"
@@ -368,7 +368,7 @@ def test_adaptive_noise_must_be_below_tenth_of_clients(tmp_path):
 
 def test_importing_spec_and_accounting_stays_light():
     code = (
-        "import sys, tffprod.config.spec, tffprod.privacy.accounting\n"
+        "import sys, tffprod.sessions.spec, tffprod.privacy.accounting\n"
         "heavy = [m for m in ('tensorflow', 'tensorflow_federated', 'dp_accounting', 'scipy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

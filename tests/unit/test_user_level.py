@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from tffprod.privacy.accounting import PrivacyLedger, epsilon_for
-from tffprod.privacy.budgets import plan_budgets, rounds_that_fit
+from tffprod.sessions.budgets import plan_budgets, rounds_that_fit
 from tffprod.data.clients import client_ids, split_by_client
 from tffprod.data.files import iter_examples, validate_file, write_csv, write_tfrecord
 from tffprod.data.register import register_dataset
@@ -24,7 +24,7 @@ from tffprod.protocol.protos import array_pb2, computation_pb2, data_type_pb2, e
 from tffprod.registry import Registry
 from tffprod.privacy.sampling import ClientSampler, Population, check_population
 from tffprod.data.schema import Feature, Schema
-from tffprod.config.spec import SamplingConfig, SessionSpec, dump_spec, load_spec
+from tffprod.sessions.spec import SamplingConfig, SessionSpec, dump_spec, load_spec
 
 MODEL = Schema(features=(Feature("x", "float32"),), label=Feature("y", "int64"))
 WITH_ID = Schema(features=(Feature("x", "float32"), Feature("cid", "int64")), label=Feature("y", "int64"))
@@ -463,7 +463,7 @@ def test_only_sampled_clients_reach_their_sites_and_empty_rounds_still_count(tmp
 
 
 def test_an_approved_plan_that_samples_must_fit_its_budgets_whole() -> None:
-    from tffprod.privacy.budgets import BudgetPlan
+    from tffprod.sessions.budgets import BudgetPlan
     from tffprod.errors import PrivacyBudgetError
     from tffprod.sessions.approval import check_whole_plan_fits
     from tffprod.sessions.planning import SessionPlan

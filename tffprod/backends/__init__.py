@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.errors import SpecError
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 BACKENDS = ("local", "remote")
 
 
-def create_backend(name: str, *, registry=None, **options) -> Backend:
+def create_backend(name: str, *, registry: RegistryStore | None = None, **options) -> Backend:
     """The backend called ``name``; ``remote`` reaches the sites recorded in ``registry``.
 
     Raises:

@@ -100,6 +100,7 @@ class Backend(abc.ABC):
 
     def reconnect(self, site: str) -> None:
         """Replace ``site``'s context after it was unavailable (a no-op where contexts never go stale)."""
+        return None
 
     def coordinator_context(self) -> Any:
         """The synchronous TFF context at the coordinator."""

@@ -1,3 +1,6 @@
-"""Declarative inputs shared by the coordinator and the sites: TOML files, field checks, the session spec.
+"""The ground floor of configuration, shared by the coordinator, the sites and the registry: TOML files,
+field checks with one-line errors, the naming rules, and the ``[reliability]`` table.
 
-TF-free. Imports only :mod:`tffprod.errors` and the :mod:`tffprod.config.privacy` tables it embeds."""
+TF-free. The session spec itself is :mod:`tffprod.sessions.spec` (it embeds the privacy tables);
+a site's config is :mod:`tffprod.executors.config`.
+"""

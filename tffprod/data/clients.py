@@ -1,26 +1,23 @@
 """Client-id columns: the distinct clients of a data file, and one shard of rows per client.
 
 A client's index (what coordinators address it by) is its position in :func:`client_ids`.
-TF-free, like :mod:`tffprod.data.files`, whose TFRecord framing it reuses.
+TF-free, like :mod:`tffprod.data.files`; each format (:mod:`tffprod.data.formats`) reads its
+client-id column and writes its shards.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from tffprod.data.files import FORMATS, PathLike, _write_record, open_data, parse_examples
+from tffprod.data.files import PathLike
+from tffprod.data.formats import get_format
 from tffprod.errors import DatasetError, SpecError
 
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-
-
-def _client_key(value: Any) -> str:
-    return str(value) if isinstance(value, int) else value.decode("utf-8", errors="backslashreplace")
 
 
 def _sorted_ids(ids: Iterable[str]) -> list[str]:
@@ -35,62 +32,17 @@ def _is_integer(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
 
-def _client_rows(path: PathLike, fmt: str, column: str) -> tuple[list[str] | None, Iterator[tuple[str, Any]]]:
-    """The CSV header (None for TFRecord) and ``(client id, raw row)`` pairs, in file order.
-
-    A raw row is the record's bytes (TFRecord) or its list of cells (CSV), copied as is.
+def _client_rows(path: PathLike, fmt: str, column: str) -> tuple[Any, Iterator[tuple[str, Any]]]:
+    """The file's header (the format's; None for TFRecord) and ``(client id, raw row)`` pairs, in
+    file order. A raw row is the example as stored (a TFRecord record's bytes, a CSV row's cells).
     """
     path = Path(path)
-    if fmt not in FORMATS:
-        raise DatasetError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    data_format = get_format(fmt, path)
     try:
-        stream = open_data(path, fmt)
+        stream = data_format.open(path)
     except OSError as e:
         raise DatasetError(f"{path}: cannot open: {e.strerror or e}") from e
-    if fmt == "csv":
-        reader = csv.reader(stream)
-        try:
-            header = next(reader)
-        except (StopIteration, csv.Error, UnicodeDecodeError):
-            stream.close()
-            raise DatasetError(f"{path}: header row: missing or unreadable") from None
-        names = [name.strip() for name in header]
-        if column not in names:
-            stream.close()
-            raise DatasetError(f"{path}: header row: missing client-id column {column!r} "
-                               f"(header has {', '.join(names)})")
-        index = names.index(column)
-
-        def csv_rows() -> Iterator[tuple[str, Any]]:
-            with stream:
-                for number, row in enumerate(reader, start=1):
-                    if len(row) != len(header):
-                        raise DatasetError(f"{path}: row {number}: has {len(row)} cells, the header has "
-                                           f"{len(header)}")
-                    value = row[index].strip()
-                    if not value:
-                        raise DatasetError(f"{path}: row {number}: client-id column {column!r} is empty")
-                    yield value, row
-
-        return header, csv_rows()
-
-    def tfrecord_rows() -> Iterator[tuple[str, Any]]:
-        with stream:
-            for number, data, example in parse_examples(path, stream):
-                where = f"{path}: example {number}: client-id column {column!r}"
-                features = example.features.feature
-                if column not in features:
-                    raise DatasetError(f"{where}: missing")
-                kind = features[column].WhichOneof("kind")
-                if kind not in ("int64_list", "bytes_list"):
-                    raise DatasetError(f"{where}: holds a {kind or 'feature with no value'}; "
-                                       "a client id is an int64 or a string")
-                values = list(getattr(features[column], kind).value)
-                if len(values) != 1:
-                    raise DatasetError(f"{where}: has {len(values)} values, a client id has one")
-                yield _client_key(values[0]), data
-
-    return None, tfrecord_rows()
+    return data_format.client_rows(path, stream, column)
 
 
 def client_ids(path: PathLike, fmt: str, column: str) -> list[str]:
@@ -124,7 +76,8 @@ def split_by_client(path: PathLike, fmt: str, column: str, out_dir: PathLike) ->
         DatasetError: as :func:`client_ids`, or a shard cannot be written.
     """
     out = Path(out_dir)
-    suffix = ".csv" if fmt == "csv" else ".tfrecord"
+    data_format = get_format(fmt, path)
+    suffix = data_format.suffixes[0]
     if out.is_dir():
         shards = sorted(out.glob(f"*{suffix}"))
         return shards
@@ -138,16 +91,7 @@ def split_by_client(path: PathLike, fmt: str, column: str, out_dir: PathLike) ->
         tmp.mkdir(parents=True, exist_ok=True)
         width = max(5, len(str(len(ids))))
         for i, key in enumerate(ids):
-            shard = tmp / f"{i:0{width}d}{suffix}"
-            if header is not None:  # CSV (a TFRecord file has no header)
-                with open(shard, "w", newline="", encoding="utf-8") as stream:
-                    writer = csv.writer(stream, lineterminator="\n")
-                    writer.writerow(header)
-                    writer.writerows(by_client[key])
-            else:
-                with open(shard, "wb") as stream:
-                    for data in by_client[key]:
-                        _write_record(stream, data)
+            data_format.write_shard(tmp / f"{i:0{width}d}{suffix}", header, by_client[key])
         os.replace(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,13 +6,16 @@ TF-free: files are read by ``tffprod.data.files``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from tffprod.data.clients import check_client_id, client_ids
 from tffprod.data.files import content_hash, detect_format, validate_file
 from tffprod.errors import DatasetError, NotFoundError, SpecError
 from tffprod.registry.privacy import check_budget
 from tffprod.data.schema import Schema
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 
 
@@ -24,7 +27,7 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return site, name
 
 
-def _coordinator_budget(registry: Any, site: str, name: str,
+def _coordinator_budget(registry: RegistryStore, site: str, name: str,
                         budget: tuple[float, float]) -> tuple[float, float]:
     """Check a coordinator-set budget before anything is written."""
     try:
@@ -49,9 +52,9 @@ def count_clients(path: str | Path, fmt: str, column: str) -> int:
     return len(client_ids(path, fmt, column))
 
 
-def register_dataset(registry: Any, ref: str, path: str | Path, *, schema: Schema,
+def register_dataset(registry: RegistryStore, ref: str, path: str | Path, *, schema: Schema,
                      fmt: Optional[str] = None, budget: Optional[tuple[float, float]] = None,
-                     client_id: Optional[str] = None) -> dict:
+                     client_id: Optional[str] = None) -> Mapping[str, Any]:
     """Validate the file at ``path`` against ``schema`` and record it as dataset ``ref``.
 
     Args:

@@ -2,7 +2,8 @@
 
 The coordinator only ever sends the reference (a string); the file is opened
 by whatever executor runs the computation (shared/design/tff-0.87-facts.md
-section 3). All datasets of one session share the task's schema and one format.
+section 3). All datasets of one session share the task's schema and one format; each format
+(:mod:`tffprod.data.formats`) builds its own tf.data reader.
 """
 
 from __future__ import annotations
@@ -14,49 +15,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tffprod.data.formats import get_format
 from tffprod.data.schema import Feature, Schema
 
 _TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "string": tf.string}
 
 
-def _example_parser(schema: Schema):
-    spec = {c.name: tf.io.FixedLenFeature(c.shape, _TF_DTYPES[c.dtype]) for c in schema.columns}
-
-    def parse(record):
-        return tf.io.parse_single_example(record, spec)
-
-    return parse
-
-
-def _read_tfrecord(ref, schema: Schema) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(ref).map(_example_parser(schema))
-
-
-def _read_csv(ref, schema: Schema) -> tf.data.Dataset:
-    """Numeric CSV with a header; columns are found by name, in any order."""
-    header = tf.strings.split(
-        tf.strings.strip(tf.data.TextLineDataset(ref).take(1).get_single_element()), ","
-    )
-    header = tf.strings.strip(header)
-    index = {
-        c.name: tf.reshape(tf.where(tf.equal(header, c.name)), [-1])[0] for c in schema.columns
-    }
-
-    def parse(line):
-        fields = tf.strings.strip(tf.strings.split(line, ","))
-        row = {}
-        for c in schema.columns:
-            raw = tf.gather(fields, index[c.name])
-            row[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, _TF_DTYPES[c.dtype])
-        return row
-
-    lines = tf.data.TextLineDataset(ref).skip(1)
-    return lines.filter(lambda l: tf.strings.length(tf.strings.strip(l)) > 0).map(parse)
-
-
 def read_examples(ref, schema: Schema, fmt: str) -> tf.data.Dataset:
-    """Dataset of dicts column name -> value, one per example."""
-    return _read_tfrecord(ref, schema) if fmt == "tfrecord" else _read_csv(ref, schema)
+    """Dataset of dicts column name -> value, one per example (read by the format's ``tf_dataset``).
+
+    Raises:
+        DatasetError: ``fmt`` is not a registered format (:data:`tffprod.data.formats.FORMATS`).
+    """
+    return get_format(fmt).tf_dataset(ref, schema)
 
 
 def to_model_input(schema: Schema):

@@ -12,9 +12,12 @@ stops; every file it makes stays in the workdir.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from tffprod.config.spec import SessionSpec, dump_spec
+from tffprod.sessions.spec import SessionSpec, dump_spec
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 TASK_PATH = "tffprod.examples.digits:task"
 SPEC_FILE = "digits-dp.toml"
@@ -93,7 +96,7 @@ def _repeat_commands(summary: dict, spec_path: Path, registry_path: Path) -> lis
             + [f"{run} --plan {plan}"])
 
 
-def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
+def _train_with_sites(workdir, paths, spec, registry: RegistryStore, progress, say) -> dict[str, Any]:
     from tffprod.backends import create_backend
     from tffprod.examples import digits
     from tffprod.dev.local_sites import LocalFederation
@@ -116,7 +119,7 @@ def _train_with_sites(workdir, paths, spec, registry, progress, say) -> dict[str
     return summary
 
 
-def _plan_and_approve(spec, registry, federation, workdir, say) -> Path:
+def _plan_and_approve(spec, registry: RegistryStore, federation, workdir, say) -> Path:
     """Compile the session into a plan and approve it at every site, as their operators would."""
     from tffprod.executors.approvals import approve_at_site
     from tffprod.executors.config import load_site_config
@@ -132,7 +135,7 @@ def _plan_and_approve(spec, registry, federation, workdir, say) -> Path:
     return plan_path
 
 
-def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, Any]:
+def _train_locally(workdir, paths, spec, registry: RegistryStore, progress, say) -> dict[str, Any]:
     from tffprod.backends import create_backend
     from tffprod.data.register import register_dataset
     from tffprod.examples import digits
@@ -145,7 +148,7 @@ def _train_locally(workdir, paths, spec, registry, progress, say) -> dict[str, A
     return _train(spec, registry, backend, workdir, progress, say)
 
 
-def _train(spec, registry, backend, workdir, progress, say, plan_path=None) -> dict[str, Any]:
+def _train(spec, registry: RegistryStore, backend, workdir, progress, say, plan_path=None) -> dict[str, Any]:
     from tffprod.models.export import export_artifact
     from tffprod.sessions.runner import train_from_plan
     from tffprod.sessions.runner import train

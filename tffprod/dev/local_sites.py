@@ -17,10 +17,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from tffprod.errors import FederationError
 from tffprod.workers.process import free_port
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import DatasetRow, RegistryStore
 
 COORDINATOR = "coordinator"
 
@@ -147,7 +150,7 @@ class LocalFederation:
         last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise FederationError(f"site {site} did not start: {last[0] if last else 'no output'} (log: {log})")
 
-    def register(self, registry: Any) -> list[dict]:
+    def register(self, registry: RegistryStore) -> list[DatasetRow]:
         """Add every site to ``registry`` and import its catalog; returns the dataset rows."""
         from tffprod.sites.admin import add_site, sync_site
 

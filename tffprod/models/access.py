@@ -11,16 +11,19 @@ session's federation, if any.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tffprod.errors import AccessDeniedError
 
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import ModelVersionRow, RegistryStore
 
-def _subject(version: dict) -> str:
+
+def _subject(version: ModelVersionRow) -> str:
     return f"{version['name']}:{version['version']}"
 
 
-def require_access(registry: Any, version: dict, site: str) -> None:
+def require_access(registry: RegistryStore, version: ModelVersionRow, site: str) -> None:
     """Raises ``AccessDeniedError`` unless ``site`` may receive ``version``."""
     if not registry.site_may_receive(version, site):
         allowed = ", ".join(version["access"]) or "nobody"
@@ -29,7 +32,7 @@ def require_access(registry: Any, version: dict, site: str) -> None:
             f"grant it with 'tffprod model access {_subject(version)} --allow site:{site}'")
 
 
-def set_alias(registry: Any, ref: str, alias: str) -> dict:
+def set_alias(registry: RegistryStore, ref: str, alias: str) -> ModelVersionRow:
     """Points ``alias`` at the version ``ref`` names and audits it; returns the version."""
     with registry.atomic():
         version = registry.set_model_alias(ref, alias)
@@ -37,7 +40,7 @@ def set_alias(registry: Any, ref: str, alias: str) -> dict:
     return version
 
 
-def remove_alias(registry: Any, name: str, alias: str) -> dict:
+def remove_alias(registry: RegistryStore, name: str, alias: str) -> ModelVersionRow:
     """Removes ``alias`` of model ``name`` and audits it; returns the version it named."""
     with registry.atomic():
         version = registry.remove_model_alias(name, alias)
@@ -45,7 +48,8 @@ def remove_alias(registry: Any, name: str, alias: str) -> dict:
     return version
 
 
-def set_access(registry: Any, ref: str, *, allow: Sequence[str] = (), revoke: Sequence[str] = ()) -> dict:
+def set_access(registry: RegistryStore, ref: str, *, allow: Sequence[str] = (),
+               revoke: Sequence[str] = ()) -> ModelVersionRow:
     """Edits a version's access list and audits it; returns the version."""
     with registry.atomic():
         version = registry.set_model_access(ref, allow=list(allow), revoke=list(revoke))

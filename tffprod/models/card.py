@@ -63,15 +63,18 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"- Session: {_fmt(session.get('id'))} ({_fmt(session.get('name'))}, backend {_fmt(session.get('backend'))})",
+        (f"- Session: {_fmt(session.get('id'))} ({_fmt(session.get('name'))}, "
+         f"backend {_fmt(session.get('backend'))})"),
         f"- Rounds: {_fmt(session.get('rounds_completed'))} of {_fmt(session.get('rounds_planned'))} planned",
         f"- Sites: {', '.join(lineage.get('sites', [])) or '-'}",
-        f"- Task: {_fmt(lineage.get('task', {}).get('path'))} (source sha256 {_fmt(lineage.get('task', {}).get('sha256'))})",
+        (f"- Task: {_fmt(lineage.get('task', {}).get('path'))} "
+         f"(source sha256 {_fmt(lineage.get('task', {}).get('sha256'))})"),
         "- Versions: " + ", ".join(f"{k} {_fmt(v)}" for k, v in lineage.get("versions", {}).items()),
         "",
         "| dataset | role | examples | content hash |",
         "|---|---|---|---|",
-        *(f"| {d['ref']} | {d['role']} | {d['num_examples']} | {d['content_hash']} |" for d in lineage.get("datasets", [])),
+        *(f"| {d['ref']} | {d['role']} | {d['num_examples']} | {d['content_hash']} |"
+          for d in lineage.get("datasets", [])),
         "",
         "## Privacy",
         "",
@@ -82,7 +85,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Metrics",
         "",
-        f"- Training (last round): {_metrics_line(lineage.get('metrics', {}).get('train') or card['metrics'].get('train'))}",
+        ("- Training (last round): "
+         f"{_metrics_line(lineage.get('metrics', {}).get('train') or card['metrics'].get('train'))}"),
         f"- Evaluation, overall: {_metrics_line(lineage.get('metrics', {}).get('overall'))}",
     ]
     for site, per_dataset in sorted(lineage.get("metrics", {}).get("per_site", {}).items()):
@@ -90,7 +94,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
             lines.append(f"- Evaluation at {site}, {ref}: {_metrics_line(metrics)}")
     if card["evaluations"]:
         lines += ["", "## Evaluations recorded", "", "| dataset | kind | metrics | at |", "|---|---|---|---|"]
-        lines += [f"| {ev['dataset']} | {ev.get('kind') or 'dataset'} | {_metrics_line(ev['metrics'])} | {ev['created_at']} |"
+        lines += [f"| {ev['dataset']} | {ev.get('kind') or 'dataset'} | "
+                  f"{_metrics_line(ev['metrics'])} | {ev['created_at']} |"
                   for ev in card["evaluations"]]
     return "\n".join(lines) + "\n"
 

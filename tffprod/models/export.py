@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tffprod.errors import TffprodError
 from tffprod.task import Task
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 FORMATS = ("savedmodel", "keras")
 SAVED_MODEL_DIR = "saved_model"
@@ -113,7 +116,7 @@ def export_artifact(artifact_dir: str | Path, out: str | Path, *, fmt: str = "sa
     return out
 
 
-def export_version(registry: Any, ref: str, out: str | Path, *, fmt: str = "savedmodel",
+def export_version(registry: RegistryStore, ref: str, out: str | Path, *, fmt: str = "savedmodel",
                    for_site: str | None = None) -> dict[str, Any]:
     """Export a registered model version with its model card, for ``for_site`` if given.
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 # Every key a complete lineage has (values may be None where they do not apply, e.g. epsilon
 # without DP, but the key is always there).
@@ -68,7 +71,7 @@ def _dataset_entry(row: Mapping[str, Any], role: str) -> dict[str, Any]:
 
 
 def build_lineage(
-    registry: Any,
+    registry: RegistryStore,
     *,
     session_id: str,
     datasets: Sequence[str],

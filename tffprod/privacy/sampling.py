@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tffprod.errors import SpecError
-from tffprod.config.privacy import SamplingConfig
+from tffprod.privacy.config import SamplingConfig
 
 SITE_LEVEL_UNIT = "site dataset (site-level)"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.data.files import content_hash
@@ -32,6 +32,9 @@ from tffprod.errors import DatasetError, SessionError, SpecError
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import freeze, single_release_plan, thaw
 from tffprod.training.trainer import check_signature
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 @dataclasses.dataclass
 class FederatedResult:
@@ -90,7 +93,7 @@ def check_computation(comp: Any, *, with_server_arg: bool) -> None:
                         "release per-client values; aggregate them to SERVER (e.g. tff.federated_sum)")
 
 
-def resolve(registry: Any, refs: Sequence[str]) -> list[Mapping[str, Any]]:
+def resolve(registry: RegistryStore, refs: Sequence[str]) -> list[Mapping[str, Any]]:
     """The registry rows of ``refs``; a local file must still hold what was registered.
 
     Raises:
@@ -100,7 +103,7 @@ def resolve(registry: Any, refs: Sequence[str]) -> list[Mapping[str, Any]]:
     """
     if not refs:
         raise SpecError("run_federated needs at least one dataset")
-    rows = [registry.get_dataset(ref) for ref in refs]
+    rows: list[Mapping[str, Any]] = [registry.get_dataset(ref) for ref in refs]
     seen: set[str] = set()
     for row in rows:
         if row["ref"] in seen:
@@ -116,7 +119,7 @@ def resolve(registry: Any, refs: Sequence[str]) -> list[Mapping[str, Any]]:
     return rows
 
 
-def run_federated(comp: Any, datasets: Sequence[str], *, registry: Any, backend: Backend,
+def run_federated(comp: Any, datasets: Sequence[str], *, registry: RegistryStore, backend: Backend,
                   server_arg: Any = None, timeout_s: float = 600.0, min_sites: int = 1,
                   plan: Any = None) -> FederatedResult:
     """Run ``comp`` over registered datasets, each site's part at that site.
@@ -203,7 +206,8 @@ def _computation_plan(path: Any, form: Any, rows: Sequence[Mapping[str, Any]]) -
     return frozen
 
 
-def make_computation_plan(comp: Any, datasets: list[str], *, registry: Any, server_arg: Any = None) -> dict[str, Any]:
+def make_computation_plan(comp: Any, datasets: list[str], *, registry: RegistryStore,
+                          server_arg: Any = None) -> dict[str, Any]:
     """A plan of one custom federated computation on registered datasets (see
     :func:`tffprod.sessions.analytics.run_federated`): its per-site part, with ``server_arg`` (if the
     computation takes one) pinned by the plan. Sites approve it like any plan; each dataset is then

@@ -22,11 +22,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
+from tffprod.privacy.mechanisms import get_mechanism
 from tffprod.protocol.plan_document import PLAN_FORMAT, Plan, canonical_id, load_plan
 from tffprod.sessions.planning import SessionPlan
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 
 __all__ = ["FrozenComputations", "check_datasets", "check_whole_plan_fits", "coordinator_identities", "freeze",
@@ -95,13 +99,6 @@ def freeze(role: str, computation: Any, initial_state: Any, free: list[str], bou
 # the coordinator's part of a round reads). Everything else is pinned by the plan.
 FREE_TRAIN_STATE = ["global_model_weights", "finalizer"]
 FREE_EVAL_STATE = ["global_model_weights"]
-# Adaptive clipping moves its clip at the coordinator every round (TFF's quantile estimator): that
-# estimate and the clip derived from it are free too; its target quantile, learning rate and noise
-# multipliers stay pinned.
-ADAPTIVE_MOVING_STATE = ["aggregator/query_state/numerator_state/sum_state",
-                         "aggregator/query_state/numerator_state/quantile_estimator_state/current_estimate"]
-
-
 def _initial_states(*processes: Any) -> list[Any]:
     """Each process's initial server state, computed on a worker of its own (stopped after)."""
     import tempfile
@@ -118,10 +115,8 @@ def _initial_states(*processes: Any) -> list[Any]:
 def _train_bound(plan: SessionPlan) -> dict[str, Any] | None:
     """The fixed-clip DP bound on a training release: the clipped sum (result element 1)."""
     dp = plan.spec.dp
-    if not dp.enabled or dp.mechanism != "gaussian_fixed":
-        return None
-    assert dp.clip is not None  # DPConfig requires it for gaussian_fixed
-    return {"result": ["1"], "l2_norm_per_client": float(dp.clip)}
+    bound = get_mechanism(dp.mechanism).release_bound(dp)
+    return None if bound is None else {"result": ["1"], "l2_norm_per_client": bound}
 
 
 def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -146,10 +141,9 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
     form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
     evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
     states = _initial_states(*[p for p in (process, evaluation) if p is not None])
-    adaptive = spec.dp.enabled and spec.dp.mechanism == "gaussian_adaptive"
-    free = FREE_TRAIN_STATE + (ADAPTIVE_MOVING_STATE if adaptive else [])
-    computations = [freeze("train", form.up_to_merge, states[0], free, _train_bound(plan),
-                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if adaptive else None)]
+    moving = list(get_mechanism(spec.dp.mechanism).moving_state)
+    computations = [freeze("train", form.up_to_merge, states[0], FREE_TRAIN_STATE + moving, _train_bound(plan),
+                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if moving else None)]
     if evaluation is not None:
         computations.append(freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
             evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
@@ -173,7 +167,7 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
     return {**body, "plan_id": canonical_id(body)}
 
 
-def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> dict[str, Any]:
+def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[str]) -> dict[str, Any]:
     """An evaluation plan: model version ``model_ref`` evaluated on ``dataset_refs`` at their sites.
 
     Sites approve it like a training plan (``tffprod site approve``); each of its datasets is then
@@ -209,7 +203,7 @@ def make_eval_plan(registry: Any, model_ref: str, dataset_refs: list[str]) -> di
         model={"name": version["name"], "version": int(version["version"])})
 
 
-def single_release_plan(registry: Any, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
+def single_release_plan(registry: RegistryStore, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
                          task: dict[str, Any], unit: str, **extra: Any) -> dict[str, Any]:
     """A plan of one ``eval`` or ``compute`` computation (``entry``) on ``rows``, each dataset released
     once; no rounds, no DP."""
@@ -250,7 +244,7 @@ def check_whole_plan_fits(plan: SessionPlan) -> None:
             f"{plan.budget.max_rounds} round(s) or raise the budget")
 
 
-def coordinator_identities(registry: Any, sites: list[str]) -> dict[str, str]:
+def coordinator_identities(registry: RegistryStore, sites: list[str]) -> dict[str, str]:
     """Site -> the identity (certificate CN) this coordinator uses there, for sites it connects to."""
     from tffprod.security.certs import identity_of
 

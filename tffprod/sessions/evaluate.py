@@ -7,7 +7,7 @@ one is given, and records the results against the version.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.errors import SessionError
@@ -18,10 +18,13 @@ from tffprod.sessions.approval import thaw
 from tffprod.sessions.planning import resolve_datasets
 from tffprod.task import load_task
 
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
+
 __all__ = ["evaluate_version"]
 
 
-def evaluate_version(registry: Any, model_ref: str, dataset_refs: Sequence[str], *, backend: Backend,
+def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequence[str], *, backend: Backend,
                      timeout_s: float = 600.0, plan_path: Any = None) -> dict[str, Any]:
     """Evaluate a registered model version on registered datasets and record the results.
 

@@ -8,7 +8,10 @@ a coordinator killed before that commit leaves a resumable session and no versio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import ModelVersionRow, RegistryStore
 
 
 def model_dp(plan: Any, ledger: Any) -> dict:
@@ -26,8 +29,8 @@ def model_dp(plan: Any, ledger: Any) -> dict:
     return {**dp, "privacy": privacy}
 
 
-def register_model(plan, registry, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
-                    stopped, frozen=None) -> dict:
+def register_model(plan, registry: RegistryStore, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
+                    stopped, frozen=None) -> ModelVersionRow:
     from tffprod.training.evaluation import evaluate
     from tffprod.models.export import save_artifacts
 

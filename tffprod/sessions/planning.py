@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from tffprod.backends.base import SiteTarget
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 from tffprod.data.files import content_hash
 from tffprod.data.schema import Schema
 from tffprod.errors import DatasetError, SpecError
-from tffprod.privacy.budgets import BudgetPlan, plan_budgets
+from tffprod.sessions.budgets import BudgetPlan, plan_budgets
+from tffprod.privacy.mechanisms import get_mechanism
 from tffprod.privacy.sampling import Population, check_population
 from tffprod.task import Task, load_task
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 __all__ = ["SessionPlan", "plan_session", "resolve_datasets"]
 
@@ -62,8 +66,9 @@ class SessionPlan:
         return list(dict.fromkeys(row["site"] for row in self.datasets))
 
 
-def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files: bool = True) -> list[Mapping[str, Any]]:
-    rows = []
+def resolve_datasets(registry: RegistryStore, refs: list[str], task: Task, *,
+                     verify_files: bool = True) -> list[Mapping[str, Any]]:
+    rows: list[Mapping[str, Any]] = []
     for ref in refs:
         row = registry.get_dataset(ref)
         Schema.from_dict(row["schema"]).check_provides(task.schema, what=f"dataset {row['ref']}")
@@ -79,7 +84,7 @@ def resolve_datasets(registry: Any, refs: list[str], task: Task, *, verify_files
     return rows
 
 
-def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True,
+def plan_session(spec: SessionSpec, *, registry: RegistryStore, verify_files: bool = True,
                  resuming: Optional[str] = None) -> SessionPlan:
     """Validate a spec against the registry; writes nothing. ``resuming`` names the session
     being resumed (its own privacy spend is part of its plan).
@@ -101,15 +106,14 @@ def plan_session(spec: SessionSpec, *, registry: Any, verify_files: bool = True,
         _check_federation(registry, spec.federation, datasets + eval_datasets)
     population = Population(tuple(datasets), spec.sampling)
     check_population(population)
-    z, expected = spec.dp.noise_multiplier, population.expected_clients_per_round
-    if population.client_level and spec.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * expected:
-        raise SpecError(f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {expected:g} expected "
-                        f"clients per round: TFF needs noise_multiplier < 0.1 * clients per round")
+    if population.client_level:
+        get_mechanism(spec.dp.mechanism).check_clients(spec.dp, population.expected_clients_per_round,
+                                                       "expected clients per round")
     budget = plan_budgets(spec, datasets, registry=registry, resuming=resuming)
     return SessionPlan(spec, task, tuple(datasets), tuple(eval_datasets), formats[0], budget)
 
 
-def _check_federation(registry: Any, federation: str, rows: list[Mapping[str, Any]]) -> None:
+def _check_federation(registry: RegistryStore, federation: str, rows: list[Mapping[str, Any]]) -> None:
     """Refuse datasets at sites outside the session's federation."""
     members = set(registry.get_federation(federation)["sites"])
     for row in rows:

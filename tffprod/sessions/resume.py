@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from tffprod.errors import SessionError
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore, RoundRow, SessionRow
 
 __all__ = ["cancel_session", "coordinator_alive", "export_session", "resume_session", "resumable"]
 
@@ -47,7 +50,7 @@ def _is_running(pid: int) -> bool:
         return True
 
 
-def resumable(session: dict, *, force: bool = False) -> Optional[str]:
+def resumable(session: Mapping[str, Any], *, force: bool = False) -> Optional[str]:
     """Why ``session`` cannot be resumed, or None if it can. ``force`` takes over a running
     session whose coordinator this host cannot see (on another host) and is known to be dead."""
     status = session["status"]
@@ -64,16 +67,16 @@ def resumable(session: dict, *, force: bool = False) -> Optional[str]:
     return None
 
 
-def _spec(session: dict) -> Any:
+def _spec(session: SessionRow) -> Any:
     """The session's spec, on the dataset versions it started with."""
-    from tffprod.config.spec import SessionSpec
+    from tffprod.sessions.spec import SessionSpec
 
     data = {key: value for key, value in session["spec"].items() if key != "plan_id"}
     data["datasets"] = list(session["datasets"])
     return SessionSpec.from_dict(data)
 
 
-def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_dir: Optional[Path] = None,
+def resume_session(session_id: str, *, registry: RegistryStore, backend: Any, artifacts_dir: Optional[Path] = None,
                    progress: Optional[Callable] = None, plan_path: Optional[str] = None, force: bool = False) -> dict:
     """Continue ``session_id`` after its last committed round; returns its row as ``run_session`` does.
 
@@ -100,10 +103,11 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
         assert plan_path is not None  # _frozen returns a plan only when given its path
         check_datasets(load_plan(plan_path), plan)
     completed = tuple(registry.list_rounds(session_id))
-    if completed and completed[-1].get("checkpoint"):
+    checkpoint = completed[-1].get("checkpoint") if completed else None
+    if checkpoint:
         from tffprod.training.checkpoint import verify_checkpoint
 
-        verify_checkpoint(completed[-1]["checkpoint"], completed[-1]["checkpoint_sha256"])
+        verify_checkpoint(checkpoint, _committed_sha256(session_id, completed[-1]))
     with registry.atomic():
         registry.claim_session(session_id, coordinator=coordinator_identity(), expected=session.get("coordinator"))
         registry.record_action("session.resume", session_id, {"after_round": len(completed),
@@ -113,7 +117,16 @@ def resume_session(session_id: str, *, registry: Any, backend: Any, artifacts_di
                          frozen=frozen, completed=completed)
 
 
-def _frozen(session: dict, plan_path: Optional[str]) -> Any:
+def _committed_sha256(session_id: str, row: RoundRow) -> str:
+    """The SHA-256 committed with a round's checkpoint: without one, the file cannot be verified."""
+    sha256 = row["checkpoint_sha256"]
+    if sha256 is None:
+        raise SessionError(f"session {session_id}: the checkpoint of round {row['round_num']} has no recorded "
+                           "SHA-256, so it cannot be verified")
+    return sha256
+
+
+def _frozen(session: SessionRow, plan_path: Optional[str]) -> Any:
     plan_id = session["spec"].get("plan_id")
     if plan_id is None:
         if plan_path:
@@ -131,7 +144,7 @@ def _frozen(session: dict, plan_path: Optional[str]) -> Any:
     return thaw(plan)
 
 
-def cancel_session(session_id: str, *, registry: Any) -> dict:
+def cancel_session(session_id: str, *, registry: RegistryStore) -> SessionRow:
     """Stop a session at its next round boundary, audited; a session whose coordinator is
     gone is cancelled at once. Returns the session row.
 
@@ -151,7 +164,7 @@ def cancel_session(session_id: str, *, registry: Any) -> dict:
     return registry.get_session(session_id)
 
 
-def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
+def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path) -> dict:
     """Write the model of a session's last committed round (SavedModel, Keras file, weights).
 
     Raises:
@@ -165,7 +178,8 @@ def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
 
     session = registry.get_session(session_id)
     rounds = registry.list_rounds(session_id)
-    if not rounds or not rounds[-1].get("checkpoint"):
+    checkpoint = rounds[-1].get("checkpoint") if rounds else None
+    if not checkpoint:
         raise SessionError(f"session {session_id} has no committed round with a checkpoint to export")
     last = rounds[-1]
     plan = plan_session(_spec(session), registry=registry, verify_files=False, resuming=session_id)
@@ -173,7 +187,7 @@ def export_session(session_id: str, *, registry: Any, out_dir: Path) -> dict:
     with LocalBackend() as backend:
         backend.open([])
         ctx = backend.coordinator_context()
-        state = load_checkpoint(last["checkpoint"], last["checkpoint_sha256"], ctx.invoke(process.initialize, None))
+        state = load_checkpoint(checkpoint, _committed_sha256(session_id, last), ctx.invoke(process.initialize, None))
         weights = ctx.invoke(process.get_model_weights, state)
     path = save_artifacts(plan.task, weights, Path(out_dir))
     registry.record_action("session.export", session_id, {"round": last["round_num"], "out": str(path)})

@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
 from tffprod.privacy.sampling import ClientSampler
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore, RoundRow
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,8 @@ class RoundLoop:
     committed rounds left it.
     """
 
-    def __init__(self, plan: Any, session_id: str, registry: Any, backend: Backend, trainer: Any,
-                 checkpoints: Path, completed: tuple[dict, ...]) -> None:
+    def __init__(self, plan: Any, session_id: str, registry: RegistryStore, backend: Backend, trainer: Any,
+                 checkpoints: Path, completed: tuple[RoundRow, ...]) -> None:
         from tffprod.sessions.reliability import DeadlinePolicy, SiteHealth
 
         spec = plan.spec
@@ -90,17 +93,18 @@ class RoundLoop:
         self.kept: list[Path] = []
         self._replay(completed)
 
-    def _replay(self, completed: tuple[dict, ...]) -> None:
+    def _replay(self, completed: tuple[RoundRow, ...]) -> None:
         """Bring every piece of round-to-round state to the end of ``completed``."""
         self.first_round = len(completed) + 1
         if not completed:
             return
         last = completed[-1]
-        if not last.get("checkpoint"):
+        checkpoint = last.get("checkpoint")
+        if not checkpoint:
             raise SessionError(f"session {self.session_id}: round {last['round_num']} has no checkpoint "
                                "(recorded by a tffprod without resume); it cannot be resumed")
-        self.trainer.restore(last["checkpoint"], last["checkpoint_sha256"])
-        self.kept = [Path(last["checkpoint"])]
+        self.trainer.restore(checkpoint, last["checkpoint_sha256"])
+        self.kept = [Path(checkpoint)]
         # The restored state reports the DP event of the last round that ran (none if no round did).
         event = self.trainer.dp_event() if self.ledger and any(row["participants"] for row in completed) else None
         for row in completed:

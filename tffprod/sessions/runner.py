@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tffprod.backends.base import Backend
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
 from tffprod.errors import SessionError, TffprodError
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import check_datasets, thaw
@@ -23,6 +23,9 @@ from tffprod.sessions.finish import register_model as _register_model
 from tffprod.sessions.planning import SessionPlan, plan_session
 from tffprod.sessions.rounds import RoundLoop, RoundReport
 from tffprod.training.trainer import Trainer as _Trainer
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore, RoundRow, SessionRow
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ __all__ = ["artifacts_dir_for", "drive_session", "end_session", "run_session", "
 def run_session(
     plan: SessionPlan,
     *,
-    registry: Any,
+    registry: RegistryStore,
     backend: Backend,
     artifacts_dir: Path,
     progress: Optional[Callable[[RoundReport], None]] = None,
@@ -72,7 +75,7 @@ def run_session(
                          progress=progress, frozen=frozen)
 
 
-def end_session(registry: Any, session_id: str, status: str, error: str) -> dict:
+def end_session(registry: RegistryStore, session_id: str, status: str, error: str) -> SessionRow:
     """Ends a session as ``cancelled`` or ``failed`` and audits it, in one transaction."""
     with registry.atomic():
         registry.finish_session(session_id, status=status, error=error)
@@ -92,9 +95,9 @@ def checkpoint_dir(artifacts_dir: Path, spec: SessionSpec, session_id: str) -> P
     return Path(artifacts_dir) / spec.name / session_id / "checkpoints"
 
 
-def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend: Backend, artifacts_dir: Path,
+def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore, backend: Backend, artifacts_dir: Path,
                   progress: Optional[Callable[[RoundReport], None]] = None, frozen: Any = None,
-                  completed: tuple[dict, ...] = ()) -> dict:
+                  completed: tuple[RoundRow, ...] = ()) -> dict:
     """Run a recorded, running session from after its ``completed`` rounds to its end.
 
     Ends the session as ``finished`` (with a new model version), ``cancelled`` (a cancel was
@@ -110,7 +113,8 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
         cancelled = loop.run(progress)
         if cancelled:
             done = len(completed) + loop.rounds_run
-            return end_session(registry, session_id, "cancelled", f"cancelled after round {done} of {spec.rounds}")
+            ended = end_session(registry, session_id, "cancelled", f"cancelled after round {done} of {spec.rounds}")
+            return dict(ended)  # a plain dict, as a finished session's result below
         stopped = None if loop.last_round == spec.rounds else (
             f"stopped after round {loop.last_round} of {spec.rounds}: one more would exceed the remaining privacy "
             f"budget of {min(plan.budget.remaining, key=plan.budget.remaining.__getitem__)}")
@@ -129,9 +133,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: Any, backend:
         if trainer:
             trainer.close()
         backend.close()
-    result = registry.get_session(session_id)
-    result["model_version"] = version
-    return result
+    return {**registry.get_session(session_id), "model_version": version}  # the row plus a key it lacks
 
 
 def artifacts_dir_for(registry_path: str | Path) -> Path:
@@ -142,7 +144,7 @@ def artifacts_dir_for(registry_path: str | Path) -> Path:
 def train(
     spec: SessionSpec,
     *,
-    registry: Any,
+    registry: RegistryStore,
     backend: Backend,
     artifacts_dir: Optional[Path] = None,
     progress: Optional[Callable[[RoundReport], None]] = None,
@@ -158,7 +160,7 @@ def train(
     )
 
 
-def train_from_plan(path: os.PathLike | str, *, registry: Any, backend: Any, artifacts_dir: Any = None,
+def train_from_plan(path: os.PathLike | str, *, registry: RegistryStore, backend: Any, artifacts_dir: Any = None,
                     progress: Any = None) -> dict:
     """``tffprod session run --plan``: run a plan's session with its frozen computations.
 

@@ -6,7 +6,7 @@ TF-free: talks to the site's gateway with gRPC and its site-info service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tffprod.sites.connection import SiteConnection
 from tffprod.sites.rpc_errors import site_error
@@ -14,10 +14,14 @@ from tffprod.config.names import NAME
 from tffprod.errors import SiteCheckError, TffprodError
 from tffprod.registry.privacy import check_budget
 
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import DatasetRow, RegistryStore, SiteRow
+
 SITE_PATH_PREFIX = "site://"
 
 
-def add_site(registry: Any, name: str, *, address: str, ca: Path, cert: Path, key: Path, token_file: Path) -> dict:
+def add_site(registry: RegistryStore, name: str, *, address: str, ca: Path, cert: Path, key: Path,
+             token_file: Path) -> SiteRow:
     """Record a site and where this coordinator's TLS files and token for it live."""
     connection = SiteConnection(name, address, Path(ca), Path(cert), Path(key), Path(token_file))
     for path in (connection.ca, connection.cert, connection.key, connection.token_file):
@@ -55,7 +59,7 @@ def local_versions() -> dict[str, str | None]:
     return out
 
 
-def fetch_info(registry: Any, name: str, *, timeout_s: float = 10.0) -> dict:
+def fetch_info(registry: RegistryStore, name: str, *, timeout_s: float = 10.0) -> dict:
     """The site's own description (name, versions, catalog, health), over mTLS with the token.
 
     Raises:
@@ -137,7 +141,7 @@ def check_info(site: str, info: Any) -> list[dict]:
     return catalog
 
 
-def check_site(registry: Any, name: str) -> dict:
+def check_site(registry: RegistryStore, name: str) -> dict:
     """Prove the TLS handshake, the token, version compatibility and the catalog.
 
     Returns:
@@ -179,7 +183,7 @@ def _site_budget(site: str, entry: dict) -> Optional[tuple[float, float]]:
         raise SiteCheckError(f"site {site}: dataset {entry.get('name')!r} has an invalid budget: {e}") from None
 
 
-def sync_site(registry: Any, name: str) -> list[dict]:
+def sync_site(registry: RegistryStore, name: str) -> list[DatasetRow]:
     """Import the site's catalog metadata into the registry's datasets and budgets.
 
     A dataset whose content and schema are unchanged keeps its version; a changed
@@ -209,7 +213,7 @@ def sync_site(registry: Any, name: str) -> list[dict]:
     return rows
 
 
-def _import_catalog(registry: Any, name: str, catalog: list[dict], budgets: dict) -> list[dict]:
+def _import_catalog(registry: RegistryStore, name: str, catalog: list[dict], budgets: dict) -> list[DatasetRow]:
     rows = []
     for entry in catalog:
         ref = f"{name}/{entry['name']}"

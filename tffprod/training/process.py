@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import tensorflow_federated as tff
 
+from tffprod.privacy.mechanisms import get_mechanism
 from tffprod.task import Task
 from tffprod.data.tfdata import element_spec, evaluation_dataset_computation, training_dataset_computation
 
 if TYPE_CHECKING:
-    from tffprod.config.privacy import DPConfig
+    from tffprod.privacy.config import DPConfig
 
 
 def tff_model_fn(task: Task) -> Callable[[], Any]:
@@ -30,30 +31,8 @@ def tff_model_fn(task: Task) -> Callable[[], Any]:
 
 
 def model_aggregator(dp: "DPConfig", *, clients_per_round: int) -> Optional[Any]:
-    """The TFF aggregation factory for model updates: None (weighted mean) or a DP factory."""
-    factory = tff.aggregators.DifferentiallyPrivateFactory
-    noise_multiplier, clip = dp.noise_multiplier, dp.clip
-    if dp.mechanism == "gaussian_fixed":
-        # DPConfig requires both for every mechanism but "none".
-        assert noise_multiplier is not None and clip is not None
-        return factory.gaussian_fixed(
-            noise_multiplier=float(noise_multiplier),
-            clients_per_round=float(clients_per_round),
-            clip=float(clip),
-        )
-    if dp.mechanism == "gaussian_adaptive":
-        target_quantile, learning_rate = dp.target_quantile, dp.learning_rate
-        # DPConfig requires these two and defaults the adaptive ones for gaussian_adaptive.
-        assert noise_multiplier is not None and clip is not None
-        assert target_quantile is not None and learning_rate is not None
-        return factory.gaussian_adaptive(
-            noise_multiplier=float(noise_multiplier),
-            clients_per_round=float(clients_per_round),
-            initial_l2_norm_clip=float(clip),
-            target_unclipped_quantile=float(target_quantile),
-            learning_rate=float(learning_rate),
-        )
-    return None
+    """The TFF aggregation factory for model updates: the mechanism's (None: the weighted mean)."""
+    return get_mechanism(dp.mechanism).aggregator(dp, clients_per_round=clients_per_round)
 
 
 def build_training_process(task: Task, dp: "DPConfig", *, fmt: str, seed: int, clients_per_round: int) -> Any:

@@ -1,6 +1,6 @@
 """The session spec's ``[dp]`` and ``[sampling]`` tables: how much noise, and who trains each round.
 
-See :mod:`tffprod.config.spec` for a whole spec; both tables are optional. ``DPConfig()`` is
+See :mod:`tffprod.sessions.spec` for a whole spec; both tables are optional. ``DPConfig()`` is
 ``mechanism = "none"``; no ``[sampling]`` table means every client (or site) every round.
 Nothing here imports anything heavy.
 """
@@ -12,18 +12,14 @@ from typing import Any, Mapping, Optional
 
 from tffprod.config import fields
 from tffprod.errors import SpecError
+from tffprod.privacy.mechanisms import MECHANISMS as REGISTERED
+from tffprod.privacy.mechanisms import get_mechanism
 
-MECHANISMS = ("none", "gaussian_fixed", "gaussian_adaptive")
+MECHANISMS = tuple(REGISTERED)  # the names, in the registry's order
 SAMPLING_KEYS = ("client_rate", "clients_per_round")
-_DP_KEYS = {
-    "none": ("mechanism",),
-    "gaussian_fixed": ("mechanism", "noise_multiplier", "clip", "delta", "on_budget"),
-    "gaussian_adaptive": ("mechanism", "noise_multiplier", "clip", "target_quantile", "learning_rate", "delta",
-                          "on_budget"),
-}
+_DP_KEYS = {name: ("mechanism", *mechanism.keys) for name, mechanism in REGISTERED.items()}
 ON_BUDGET = ("refuse", "stop")
-_DP_REQUIRED = ("noise_multiplier", "clip", "delta")
-DP_KEYS = _DP_KEYS["gaussian_adaptive"]
+DP_KEYS = tuple(dict.fromkeys(key for keys in reversed(list(_DP_KEYS.values())) for key in keys))
 
 
 # ---------------------------------------------------------------- DPConfig
@@ -34,7 +30,8 @@ class DPConfig:
     """How model updates are made differentially private (the spec's ``[dp]`` table).
 
     Attributes:
-        mechanism: ``"none"``, ``"gaussian_fixed"`` or ``"gaussian_adaptive"``.
+        mechanism: a name in :data:`tffprod.privacy.mechanisms.MECHANISMS`: ``"none"``,
+            ``"gaussian_fixed"`` or ``"gaussian_adaptive"``.
         noise_multiplier: Gaussian noise stddev over the clip norm (>= 0); None for ``none``.
         clip: the L2 clip norm (fixed) or the initial clip norm (adaptive); > 0.
         target_quantile: adaptive only: the quantile of update norms the clip tracks, in (0, 1).
@@ -58,15 +55,13 @@ class DPConfig:
         for key in DP_KEYS:
             if key not in applicable and getattr(self, key) is not None:
                 raise SpecError(_not_applicable(key, mechanism))
-        if mechanism == "none":
+        if not self.enabled:
             return
-        if mechanism == "gaussian_adaptive":
-            if self.target_quantile is None:
-                object.__setattr__(self, "target_quantile", 0.5)
-            if self.learning_rate is None:
-                object.__setattr__(self, "learning_rate", 0.2)
+        for key, default in get_mechanism(mechanism).defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
         object.__setattr__(self, "on_budget", fields.choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
-        for key in _DP_REQUIRED:
+        for key in get_mechanism(mechanism).required:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
         checks = {
@@ -82,8 +77,8 @@ class DPConfig:
 
     @property
     def enabled(self) -> bool:
-        """True unless the mechanism is ``none``."""
-        return self.mechanism != "none"
+        """True unless the mechanism adds no noise (``none``)."""
+        return get_mechanism(self.mechanism).private
 
     def to_dict(self) -> dict[str, Any]:
         """The ``[dp]`` table: the mechanism and only the keys that apply to it."""

@@ -37,16 +37,16 @@ from typing import Any, Mapping, Optional, Union
 from tffprod.config import fields
 from tffprod.config.names import LOWER_NAME, federation_name
 from tffprod.config.reliability import ReliabilityConfig
-from tffprod.config.privacy import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
+from tffprod.privacy.mechanisms import get_mechanism
+from tffprod.privacy.config import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
 from tffprod.errors import SpecError
+from tffprod.task import resolve_task, task_path
 from tffprod.config.toml import read_toml, toml_document
 
 BACKENDS = ("local", "remote")
 
 # Site and dataset names follow the registry's rule (tffprod.registry.codec.check_name).
 _DATASET_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
-_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 
 _TOP_REQUIRED = ("name", "task", "datasets", "rounds")
 _TOP_KEYS = _TOP_REQUIRED + ("eval_datasets", "seed", "backend", "min_sites", "round_timeout_s", "federation", "dp",
@@ -75,23 +75,6 @@ def _dataset_refs(key: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]
             raise SpecError(f"{key!r} names dataset {site_name!r} more than once")
         seen.add(site_name)
     return tuple(value)
-
-
-def task_path(key: str, value: Any) -> str:
-    fields.string(key, value)
-    module, sep, attr = value.rpartition(":")
-    is_file = module.endswith(".py")
-    if not sep or not module or not _IDENTIFIER.match(attr) or not (is_file or _MODULE.match(module)):
-        raise SpecError(f"{key!r} must look like 'package.module:attribute' or 'file.py:attribute', got {value!r}")
-    return value
-
-
-def resolve_task(task: str, source: Optional[str]) -> str:
-    """Makes a relative ``file.py:attr`` task path absolute against the spec file's folder."""
-    module, _, attr = task.rpartition(":")
-    if source is None or not module.endswith(".py") or os.path.isabs(module):
-        return task
-    return f"{os.path.abspath(os.path.join(os.path.dirname(source), module))}:{attr}"
 
 
 # ---------------------------------------------------------------- SessionSpec
@@ -169,15 +152,9 @@ class SessionSpec:
         if not isinstance(self.reliability, ReliabilityConfig):
             raise SpecError(f"'reliability' must be a ReliabilityConfig, got {type(self.reliability).__name__}")
         self.reliability.check_timeout(self.round_timeout_s)
-        z, n = self.dp.noise_multiplier, self.clients_per_round
         # With sampling, clients per round are known only with the datasets (checked when planning).
-        if self.sampling is None and self.dp.mechanism == "gaussian_adaptive" and z and z >= 0.1 * n:
-            raise SpecError(
-                f"'dp.noise_multiplier' = {z} is too large for gaussian_adaptive with {n} dataset(s) per round: "
-                f"TFF's adaptive clipping also noises the clipped-count estimate (stddev 0.05 * clients per "
-                f"round) and needs noise_multiplier < 0.1 * clients per round = {0.1 * n:g}; "
-                f"add datasets, lower the noise or use gaussian_fixed"
-            )
+        if self.sampling is None:
+            get_mechanism(self.dp.mechanism).check_clients(self.dp, self.clients_per_round, "dataset(s) per round")
 
     @property
     def sites(self) -> tuple[str, ...]:

@@ -12,12 +12,15 @@ sampling at rate q, a fixed k of N clients, or every client (q = 1). TF-free.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from tffprod.privacy.accounting import epsilon_for
 from tffprod.errors import PrivacyBudgetError
 from tffprod.privacy.sampling import Population
-from tffprod.config.spec import SessionSpec
+from tffprod.sessions.spec import SessionSpec
+
+if TYPE_CHECKING:
+    from tffprod.registry.protocol import RegistryStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +56,7 @@ def rounds_that_fit(*, noise_multiplier: float, delta: float, epsilon: float, ro
     return low
 
 
-def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, registry: Any,
+def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, registry: RegistryStore,
                  resuming: Optional[str] = None) -> BudgetPlan:
     """Check the session against every training dataset's remaining budget; writes nothing.
 

@@ -1,0 +1,1 @@
+"""Contract suites: every implementation of a plug-point through the same cases."""

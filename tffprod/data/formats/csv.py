@@ -1,0 +1,152 @@
+"""``csv``: a header row, then one example per row; scalar columns only (TF-free)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Mapping
+
+from tffprod.data.formats.base import INT64_MAX, INT64_MIN, DataFormat, row_values, write_atomically
+from tffprod.data.schema import Feature, Schema
+from tffprod.errors import DatasetError
+
+
+def _parse_cell(where: str, col: Feature, text: str) -> Any:
+    if col.dtype == "string":
+        return text.encode("utf-8")
+    try:
+        value: Any = float(text) if col.dtype == "float32" else int(text)
+    except ValueError:
+        raise DatasetError(f"{where}: column {col.name!r}: {text!r} is not a {col.dtype}") from None
+    if col.dtype == "int64" and not INT64_MIN <= value <= INT64_MAX:
+        raise DatasetError(f"{where}: column {col.name!r}: {text} is out of the int64 range")
+    return value
+
+
+class CSVFormat(DataFormat):
+    """CSV with a header row; columns are found by name, in any order; scalar columns only."""
+
+    name = "csv"
+    suffixes = (".csv",)
+
+    def check_schema(self, path: Path, schema: Schema) -> None:
+        for col in schema.columns:
+            if col.shape:
+                raise DatasetError(
+                    f"{path}: column {col.name!r} has shape {list(col.shape)}; "
+                    "CSV holds scalar columns only, vector features need TFRecord"
+                )
+
+    def open(self, path: Path) -> IO[Any]:
+        """Text, BOM skipped."""
+        return open(path, newline="", encoding="utf-8-sig")
+
+    def examples(self, path: Path, stream: IO[Any], schema: Schema) -> Iterator[dict[str, Any]]:
+        reader = csv.reader(stream)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DatasetError(f"{path}: file is empty") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DatasetError(f"{path}: header row: unreadable CSV: {e}") from e
+        index = {name.strip(): i for i, name in enumerate(header)}
+        for col in schema.columns:
+            if col.name not in index:
+                raise DatasetError(f"{path}: header row: missing column {col.name!r} (header has {', '.join(header)})")
+        number = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise DatasetError(f"{path}: row {number + 1} (line {reader.line_num}): unreadable CSV: {e}") from e
+            number += 1
+            where = f"{path}: row {number} (line {reader.line_num})"
+            if len(row) != len(header):
+                raise DatasetError(f"{where}: has {len(row)} cells, the header has {len(header)}")
+            yield {col.name: _parse_cell(where, col, row[index[col.name]]) for col in schema.columns}
+        if number == 0:
+            raise DatasetError(f"{path}: has a header but no rows")
+
+    def write(self, path: Path, rows: Iterable[Mapping[str, Any]], schema: Schema) -> int:
+        """Features first, then the label; the schema must be scalar columns only."""
+        self.check_schema(path, schema)
+
+        def write(stream: Any) -> int:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow([c.name for c in schema.columns])
+            count = 0
+            for count, row in enumerate(rows, start=1):
+                cells = []
+                for col in schema.columns:
+                    (value,) = row_values(path, count, row, col)
+                    if col.dtype == "float32":
+                        cells.append(format(value, ".9g"))  # enough digits to round-trip a float32
+                    elif col.dtype == "string":
+                        cells.append(value.decode("utf-8") if isinstance(value, bytes) else value)
+                    else:
+                        cells.append(str(value))
+                writer.writerow(cells)
+            return count
+
+        return write_atomically(path, "w", write)
+
+    def client_rows(self, path: Path, stream: IO[Any], column: str) -> tuple[Any, Iterator[tuple[str, Any]]]:
+        reader = csv.reader(stream)
+        try:
+            header = next(reader)
+        except (StopIteration, csv.Error, UnicodeDecodeError):
+            stream.close()
+            raise DatasetError(f"{path}: header row: missing or unreadable") from None
+        names = [name.strip() for name in header]
+        if column not in names:
+            stream.close()
+            raise DatasetError(f"{path}: header row: missing client-id column {column!r} "
+                               f"(header has {', '.join(names)})")
+        index = names.index(column)
+
+        def csv_rows() -> Iterator[tuple[str, Any]]:
+            with stream:
+                for number, row in enumerate(reader, start=1):
+                    if len(row) != len(header):
+                        raise DatasetError(f"{path}: row {number}: has {len(row)} cells, the header has "
+                                           f"{len(header)}")
+                    value = row[index].strip()
+                    if not value:
+                        raise DatasetError(f"{path}: row {number}: client-id column {column!r} is empty")
+                    yield value, row
+
+        return header, csv_rows()
+
+    def write_shard(self, path: Path, header: Any, rows: list[Any]) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    def tf_dataset(self, ref: Any, schema: Schema) -> Any:
+        """Numeric CSV with a header; columns are found by name, in any order."""
+        import tensorflow as tf
+
+        header = tf.strings.split(
+            tf.strings.strip(tf.data.TextLineDataset(ref).take(1).get_single_element()), ","
+        )
+        header = tf.strings.strip(header)
+        index = {
+            c.name: tf.reshape(tf.where(tf.equal(header, c.name)), [-1])[0] for c in schema.columns
+        }
+
+        def parse(line):
+            fields = tf.strings.strip(tf.strings.split(line, ","))
+            row = {}
+            for c in schema.columns:
+                raw = tf.gather(fields, index[c.name])
+                row[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
+            return row
+
+        lines = tf.data.TextLineDataset(ref).skip(1)
+        return lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0).map(parse)
+
+
+CSV = CSVFormat()
