@@ -33,6 +33,17 @@ test: .venv/.synced
 
 test-fast: .venv/.synced
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/contract -m "not e2e" $(PYTEST_ARGS)
+
+# ruff, mypy and the import contracts (pyproject.toml). mypy and import-linter cannot follow the package-dir
+# mapping, so the package is laid out under .check/ as installed (symlinks) and checked there.
+check: .venv/.synced
+	.venv/bin/ruff check tffprod executors registry cli examples tests setup.py
+	rm -rf .check && mkdir -p .check/tffprod
+	for entry in tffprod/*; do ln -s ../../$$entry .check/tffprod/$$(basename $$entry); done
+	for dir in executors registry cli examples; do ln -s ../../$$dir .check/tffprod/$$dir; done
+	cd .check && ../.venv/bin/mypy --config-file ../pyproject.toml tffprod
+	cd .check && PYTHONPATH=. ../.venv/bin/lint-imports --config ../pyproject.toml
 
 # Prints median seconds per round for the local, direct and gateway backends, then the site protocol's
 # seconds, bytes per round per site and site memory (benchmarks, no assertions).

@@ -7,11 +7,30 @@ tests/integration (TensorFlow or real worker processes) and tests/e2e (whole ses
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import pytest
 from click.testing import CliRunner, Result
+
+
+@pytest.fixture(autouse=True)
+def _tffprod_logger_restored():
+    """Undoes what an in-process ``session run``/``site serve`` does to the ``tffprod`` logger (cli/logs.py:
+    a stderr handler, a level, ``propagate`` off), so no later test in the process inherits it (with
+    ``propagate`` off, pytest also attaches its capture handlers to that logger: caplog would see a record
+    twice once a test turns ``propagate`` back on)."""
+    logger = logging.getLogger("tffprod")
+
+    def pytests(handlers: list) -> list:  # pytest's capture handlers, attached and removed by pytest per phase
+        return [h for h in handlers if type(h).__module__.startswith("_pytest.")]
+
+    saved = ([h for h in logger.handlers if h not in pytests(logger.handlers)], logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = [*saved[0], *pytests(logger.handlers)]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from tffprod.data.schema import Feature, Schema
 from tffprod.errors import DatasetError
 
 TENSORFLOW = ("tensorflow", "tensorflow_federated")
-LOADED_AT_IMPORT = [name for name in TENSORFLOW if name in sys.modules]
 
 
 # --- a format the product code does not know ------------------------------------------------------
@@ -320,11 +319,3 @@ def test_the_cli_offers_every_registered_format() -> None:
 
     (option,) = [p for p in register.params if p.name == "fmt"]
     assert list(option.type.choices) == list(FORMATS)
-
-
-def test_tensorflow_is_not_loaded_at_the_end_of_the_module() -> None:
-    """Last: nothing here (collection, fixtures, cases) loaded TensorFlow."""
-    if LOADED_AT_IMPORT:
-        pytest.skip(f"{', '.join(LOADED_AT_IMPORT)} was loaded before this module (by other tests in the run)")
-    assert "tensorflow" not in sys.modules
-    assert "tensorflow_federated" not in sys.modules

@@ -104,7 +104,6 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
     requested, or Ctrl-C) or ``failed``; the last committed checkpoint is kept in every case.
     """
     spec = plan.spec
-    trainer = None
     try:
         backend.open(plan.sites, frozen=frozen, federation=spec.federation)
         trainer = _Trainer(plan, backend, frozen)
@@ -130,8 +129,6 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
             raise
         raise SessionError(f"session {session_id} failed: {reason.splitlines()[0]}") from e
     finally:
-        if trainer:
-            trainer.close()
         backend.close()
     return {**registry.get_session(session_id), "model_version": version}  # the row plus a key it lacks
 

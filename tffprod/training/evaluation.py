@@ -62,18 +62,15 @@ def evaluate(
 
         check_signature("eval", site_computation, form.up_to_merge, "of this session")
     router = RoundRouter(backend, form, timeout_s=timeout_s, site_computation=site_computation)
-    try:
-        per_dataset, partials, errors = {}, [], {}
-        for row in datasets:
-            (outcome,) = router.partials(state, {row["site"]: [backend.reference(row)]})
-            if outcome.status != "ok":
-                errors[row["ref"]] = f"site {row['site']}: {outcome.status}: {outcome.error}"
-                continue
-            partials.append(outcome.partial)
-            per_dataset[row["ref"]] = _eval_metrics(router.finish(state, outcome.partial))
-        if not partials:
-            raise SessionError(f"evaluation failed on every dataset: {'; '.join(errors.values())}")
-        overall = _eval_metrics(router.finish(state, router.merge(partials)))
-    finally:
-        router.close()
+    per_dataset, partials, errors = {}, [], {}
+    for row in datasets:
+        (outcome,) = router.partials(state, {row["site"]: [backend.reference(row)]})
+        if outcome.status != "ok":
+            errors[row["ref"]] = f"site {row['site']}: {outcome.status}: {outcome.error}"
+            continue
+        partials.append(outcome.partial)
+        per_dataset[row["ref"]] = _eval_metrics(router.finish(state, outcome.partial))
+    if not partials:
+        raise SessionError(f"evaluation failed on every dataset: {'; '.join(errors.values())}")
+    overall = _eval_metrics(router.finish(state, router.merge(partials)))
     return {"overall": overall, "datasets": per_dataset, "errors": errors}

@@ -82,9 +82,6 @@ class RoundRouter:
         self._retries = retries
         self._backoff_s = backoff_s
 
-    def close(self) -> None:
-        """Nothing to release: site threads are daemons and end with their calls."""
-
     def partials(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
                  timeout_s: Optional[float] = None, round_num: int = 0) -> list[SiteOutcome]:
         """Run the per-site part at every site concurrently; never raises for a site's failure.

@@ -108,9 +108,6 @@ class Trainer:
     def weights(self) -> Any:
         return self.ctx.invoke(self.process.get_model_weights, self.state)
 
-    def close(self) -> None:
-        self.router.close()
-
 
 def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
     """Refuse a frozen computation whose type differs from what this task compiles to now."""
