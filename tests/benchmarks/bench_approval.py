@@ -54,7 +54,7 @@ def _wire_and_memory(federation, sites, rounds: int) -> tuple[float, float, floa
     peaks = []
     for pid in federation.pids().values():
         status = Path(f"/proc/{pid}/status").read_text()
-        peaks.append(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024)
+        peaks.append(int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024)
     per = rounds * len(sites)
     return total_in / per, total_out / per, max(peaks)
 

@@ -398,7 +398,7 @@ def measure_throughput(root: Path, federation: Any, workers: Mapping[str, str], 
         channels = {"direct": grpc.insecure_channel(workers[site], options=GRPC_OPTIONS),
                     "gateway": SiteConnection.from_registry(registry.get_site(site)).channel()}
         try:
-            for kind, channel in channels.items():  # warm-up: connect, TLS handshake
+            for channel in channels.values():  # warm-up: connect, TLS handshake
                 once(channel)
             for _ in range(reps):
                 for kind, channel in channels.items():

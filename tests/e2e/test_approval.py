@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 
 TASK = "tffprod.examples.digits:task"
 SITES = digits.SITES[:2]
+ALL_SITES = len(SITES)
 Z, DELTA = 1.0, 1e-5
 BUDGET_ROUNDS = 3
 
@@ -68,7 +69,7 @@ def _site_context(registry, site):
     return channel_context(SiteConnection.from_registry(registry.get_site(site)).channel())
 
 
-def _plan(registry, path, *, rounds, on_budget="stop", min_sites=len(SITES)):
+def _plan(registry, path, *, rounds, on_budget="stop", min_sites=ALL_SITES):
     spec = SessionSpec.from_dict({
         "name": "digits-approved", "task": TASK, "datasets": [f"{s}/train" for s in SITES],
         "eval_datasets": [f"{s}/test" for s in SITES], "rounds": rounds, "seed": 0, "min_sites": min_sites,
@@ -209,6 +210,7 @@ def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, 
     for site in SITES:
         assert _site_spent(fed, site) == before[site]  # nothing more released
         _, state_dir = _site_state(fed, site)
-        refusal = [line for line in read_audit_log(state_dir / "audit.jsonl") if line["status"] == "PERMISSION_DENIED"][-1]
+        audit = read_audit_log(state_dir / "audit.jsonl")
+        refusal = [line for line in audit if line["status"] == "PERMISSION_DENIED"][-1]
         assert "privacy budget of dataset 'train' exhausted" in refusal["detail"]  # audited
         assert check_site(registry, site)["ok"]  # and the site keeps serving

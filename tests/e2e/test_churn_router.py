@@ -73,7 +73,8 @@ def test_a_retry_and_a_site_given_up_are_logged_as_warnings(caplog, monkeypatch)
 
     from tffprod.training.router import RoundRouter
 
-    monkeypatch.setattr(logging.getLogger("tffprod"), "propagate", True)  # the CLI's handler stops it; caplog is on root
+    # the CLI's handler stops it; caplog is on root
+    monkeypatch.setattr(logging.getLogger("tffprod"), "propagate", True)
     caplog.set_level(logging.WARNING, logger="tffprod")
     backend = _FlakyBackend(failures=1)
     router = RoundRouter(backend, form=None, timeout_s=60.0, site_computation="site part", retries=2, backoff_s=0.01)

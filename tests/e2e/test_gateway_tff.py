@@ -42,7 +42,8 @@ def test_tensorflow_federated_still_imports_after_the_protos_were_loaded():
         import tensorflow_federated as tff
         from tensorflow_federated.proto.v0 import executor_pb2
         assert tff.framework.RemoteExecutor is not None
-        assert executor_pb2.CreateValueRequest.DESCRIPTOR.full_name == protos.executor_pb2.CreateValueRequest.DESCRIPTOR.full_name
+        assert (executor_pb2.CreateValueRequest.DESCRIPTOR.full_name
+                == protos.executor_pb2.CreateValueRequest.DESCRIPTOR.full_name)
         ours = protos.executor_pb2.GetExecutorRequest(cardinalities=[protos.executor_pb2.Cardinality(cardinality=3)])
         assert executor_pb2.GetExecutorRequest.FromString(ours.SerializeToString()).cardinalities[0].cardinality == 3
         print("ok")

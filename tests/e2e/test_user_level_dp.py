@@ -106,8 +106,10 @@ def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
             "sampling": {"clients_per_round": 8},
         })
         session = plan_session(spec, registry=registry)
-        plan_path = write_plan(make_plan(session, coordinators=coordinator_identities(registry, session.training_sites)),
-                               tmp_path / "plan.json")
+        plan_path = write_plan(
+            make_plan(session, coordinators=coordinator_identities(registry, session.training_sites)),
+            tmp_path / "plan.json",
+        )
         for bank in BANKS[:2]:
             approve_at_site(plan_path, load_site_config(fed.site_config_path(bank)))
         result = train_from_plan(plan_path, registry=registry, backend=create_backend("remote", registry=registry))

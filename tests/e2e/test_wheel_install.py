@@ -44,7 +44,8 @@ def test_the_installed_wheel_serves_a_site_and_stops_cleanly(tmp_path: Path) -> 
     subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env, timeout=120)
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
                     "--override", str(overrides), str(wheel)], check=True, env=env, timeout=900)
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import tffprod.executors.serve as m; print(m.__file__)"],
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import tffprod.executors.serve as m; print(m.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path, env=env).stdout
     assert where.startswith(str(venv)), where  # the wheel's code, not the checkout's
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -25,6 +26,9 @@ from tffprod.protocol.siteinfo import fetch_site_info
 from tests.helpers.executor_messages import clients_strings, string_array
 from tests.helpers.gateway_site import (SITE, TOKEN, Site, dispose_executor, get_executor, make_pki, make_site_dir, rpc,
                                         site_catalog, status_of, tls_channel)
+
+if TYPE_CHECKING:
+    from tffprod.protocol import release_pb2
 
 pytestmark = pytest.mark.integration
 

@@ -534,7 +534,8 @@ def metadata_sets() -> st.SearchStrategy:
         st.builds(lambda t: ("authorization", t), HEADER_TEXT),
     )
     other = st.one_of(
-        st.builds(lambda f: (FEDERATION_HEADER, f), st.sampled_from(["fuzzers", "others", "", "FUZZERS"]) | HEADER_TEXT),
+        st.builds(lambda f: (FEDERATION_HEADER, f),
+                  st.sampled_from(["fuzzers", "others", "", "FUZZERS"]) | HEADER_TEXT),
         st.builds(lambda i: (IDENTITY_HEADER, i), st.sampled_from(["coordinator", "stranger", "root"])),
         st.builds(lambda k, v: (k, v), st.from_regex(r"\Ax-[a-z0-9-]{1,20}\Z"), HEADER_TEXT),
         st.builds(lambda v: ("x-fuzz-bin", v), st.binary(max_size=200)),

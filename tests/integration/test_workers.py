@@ -131,7 +131,8 @@ def test_isolation_works_for_an_operator_who_is_not_root(request):
     request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
     repo = str(Path(__file__).resolve().parents[2])
     code = (f"import pathlib, sys; sys.path.insert(0, {repo!r}); from tests.integration import test_workers; "
-            f"test_workers._isolated_worker_checks(pathlib.Path({str(folder)!r})); print('isolated as', __import__('os').geteuid())")
+            f"test_workers._isolated_worker_checks(pathlib.Path({str(folder)!r})); "
+            "print('isolated as', __import__('os').geteuid())")
     result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
                             capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(folder)})
     assert result.returncode == 0, result.stderr[-2000:]

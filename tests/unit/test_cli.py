@@ -67,7 +67,9 @@ def sha256(path: Path) -> str:
 def dataset_rows(registry: str) -> list[tuple]:
     conn = sqlite3.connect(registry)
     try:
-        return conn.execute("SELECT site, name, version, num_examples FROM datasets ORDER BY site, name, version").fetchall()
+        return conn.execute(
+            "SELECT site, name, version, num_examples FROM datasets ORDER BY site, name, version"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -165,7 +167,8 @@ def test_init_creates_a_registry(run_cli, registry_path: str) -> None:
 
 def test_register_with_task(run_cli, registry_path: str, digits_data) -> None:
     path = digits_data["hospital-a"]["train"]
-    out = ok(run_cli("dataset", "register", "hospital-a/train", path, "--task", DIGITS_TASK, "--registry", registry_path))
+    out = ok(run_cli("dataset", "register", "hospital-a/train", path, "--task", DIGITS_TASK,
+                     "--registry", registry_path))
     n = tfrecord_frames(path)
     assert out.startswith(f"registered hospital-a/train:1: {n} examples (tfrecord, sha256:")
     assert dataset_rows(registry_path) == [("hospital-a", "train", 1, n)]
@@ -178,7 +181,8 @@ def test_register_with_schema_file(run_cli, registry_path: str, fraud_data, tmp_
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(FRAUD_SUBSET_SCHEMA))
     path = fraud_data["bank-a"]["train"]
-    result = run_cli("dataset", "register", "bank-a/train", path, "--schema", schema, "--registry", registry_path, "--json")
+    result = run_cli("dataset", "register", "bank-a/train", path, "--schema", schema,
+                     "--registry", registry_path, "--json")
     row = json.loads(ok(result))
     assert row["ref"] == "bank-a/train:1"
     assert row["format"] == "csv"
@@ -204,7 +208,8 @@ def test_reregistering_keeps_the_version_until_the_file_changes(run_cli, registr
     path = tmp_path / "train.csv"
     shutil.copyfile(fraud_data["bank-a"]["train"], path)
     n = csv_rows(path)
-    register = ("dataset", "register", "bank-a/train", path, "--task", FRAUD_TASK, "--registry", registry_path, "--json")
+    register = ("dataset", "register", "bank-a/train", path, "--task", FRAUD_TASK,
+                "--registry", registry_path, "--json")
 
     first = json.loads(ok(run_cli(*register)))
     again = json.loads(ok(run_cli(*register)))
@@ -232,7 +237,8 @@ def two_datasets(run_cli, registry_path: str, digits_data, fraud_data, tmp_path:
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(FRAUD_SUBSET_SCHEMA))
     digits_path, fraud_path = digits_data["hospital-a"]["train"], fraud_data["bank-a"]["train"]
-    ok(run_cli("dataset", "register", "hospital-a/train", digits_path, "--task", DIGITS_TASK, "--registry", registry_path))
+    ok(run_cli("dataset", "register", "hospital-a/train", digits_path, "--task", DIGITS_TASK,
+               "--registry", registry_path))
     ok(run_cli("dataset", "register", "bank-a/train", fraud_path, "--schema", schema, "--registry", registry_path))
     return {"hospital-a/train:1": digits_path, "bank-a/train:1": fraud_path}
 
@@ -267,7 +273,8 @@ def test_dataset_list_text(run_cli, registry_path: str, two_datasets) -> None:
 def test_dataset_show_text_and_json(run_cli, registry_path: str, two_datasets) -> None:
     path = two_datasets["hospital-a/train:1"]
     text = ok(run_cli("dataset", "show", "hospital-a/train", "--registry", registry_path))
-    fields = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in text.splitlines() if len(line.split(None, 1)) == 2}
+    fields = {line.split(None, 1)[0]: line.split(None, 1)[1]
+              for line in text.splitlines() if len(line.split(None, 1)) == 2}
     assert fields["ref"] == "hospital-a/train:1"
     assert fields["path"] == str(path.resolve())
     assert fields["num_examples"] == str(tfrecord_frames(path))
@@ -290,7 +297,8 @@ def test_registry_env_var_is_honoured(run_cli, digits_data, tmp_path: Path, monk
     env = {"TFFPROD_REGISTRY": env_registry}
 
     assert ok(run_cli("init", env=env)).strip() == f"registry ready: {env_registry}"
-    ok(run_cli("dataset", "register", "hospital-a/train", digits_data["hospital-a"]["train"], "--task", DIGITS_TASK, env=env))
+    ok(run_cli("dataset", "register", "hospital-a/train", digits_data["hospital-a"]["train"],
+               "--task", DIGITS_TASK, env=env))
     assert [r["ref"] for r in json.loads(ok(run_cli("dataset", "list", "--json", env=env)))] == ["hospital-a/train:1"]
     assert dataset_rows(env_registry)[0][:3] == ("hospital-a", "train", 1)
     assert not (workdir / "tffprod.db").exists()
@@ -401,7 +409,8 @@ def test_help_is_fast_and_does_not_import_tensorflow(tmp_path: Path, capsys) -> 
     traced = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=tmp_path,
                             env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, timeout=60)
     assert traced.returncode == 0, traced.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    imported = {line.rsplit("|", 1)[-1].strip()
+                for line in traced.stderr.splitlines() if line.startswith("import time:")}
     assert {"click", "tffprod.cli.main"} <= imported, "the import log is not what we expect"
     assert not sorted(m for m in imported if m.split(".")[0] in TF_MODULES)
 

@@ -38,7 +38,7 @@ def test_a_lazy_name_is_imported_on_first_use_and_an_unknown_name_is_an_attribut
     assert "write_csv" in dir(tffprod)
     assert tffprod.write_csv.__module__ == "tffprod.data.files"
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
-        tffprod.no_such_name
+        _ = tffprod.no_such_name
 
 
 def test_no_unlisted_public_members():
@@ -49,7 +49,8 @@ def test_no_unlisted_public_members():
 
 
 def test_import_is_cheap():
-    code = "import sys, tffprod; print(sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'tensorflow_federated', 'sqlite_utils', 'dp_accounting'}))"
+    code = ("import sys, tffprod; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'tensorflow', 'tensorflow_federated', 'sqlite_utils', 'dp_accounting'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
