@@ -124,7 +124,8 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
             write_plan(document, out_path)
             summary = {"plan_id": document["plan_id"], "path": out_path,
                        "sites": sorted({d["site"] for d in document["datasets"]}),
-                       "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
+                       "computations": {c["role"]: c["sha256"] for c in document["computations"]},
+                       "privacy": document["privacy"]}
             registry.record_action("session.plan", document["plan_id"], {
                 **summary, "path": os.path.abspath(out_path), "name": spec.name})
     if as_json:
@@ -133,7 +134,16 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     click.echo(f"plan {summary['plan_id']} written to {out_path}")
     for role, digest in summary["computations"].items():
         click.echo(f"  {role} computation sha256 {digest}")
+    click.echo(f"  privacy: {_planned_privacy(summary['privacy'], spec.rounds)}")
     click.echo(f"  sites to approve it: {', '.join(summary['sites'])} ('tffprod site approve {out_path} --config ...')")
+
+
+def _planned_privacy(terms: dict, rounds: int) -> str:
+    """``epsilon 4.98 at delta 1e-05 after all 100 rounds (gaussian_fixed; unit: ...)``, or no DP."""
+    if terms.get("mechanism", "none") == "none":
+        return f"no differential privacy ({terms.get('unit', 'none')})"
+    return (f"epsilon {terms['planned_epsilon']:.4g} at delta {terms['delta']:g} after all {rounds} rounds "
+            f"({terms['mechanism']}, noise_multiplier {terms['noise_multiplier']:g}; unit: {terms['unit']})")
 
 
 @session.command("list")

@@ -32,7 +32,7 @@ from tffprod.sessions.planning import plan_session
 from tffprod.sites.admin import check_site
 from tffprod.sessions.spec import SessionSpec
 
-from .conftest import read_file_computation, running_federation
+from .conftest import read_file_computation, running_federation, write_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -214,3 +214,18 @@ def test_a_coordinator_that_ignores_its_ledger_is_stopped_by_the_site(approved, 
         refusal = [line for line in audit if line["status"] == "PERMISSION_DENIED"][-1]
         assert "privacy budget of dataset 'train' exhausted" in refusal["detail"]  # audited
         assert check_site(registry, site)["ok"]  # and the site keeps serving
+
+
+def test_session_plan_prints_the_epsilon_the_plan_will_spend_before_anyone_approves_it(approved, tmp_path):
+    fed, registry = approved
+    spec = write_spec(tmp_path / "spec.toml", name="digits-planned", task=TASK, datasets=[f"{s}/train" for s in SITES],
+                      rounds=2, seed=0, min_sites=ALL_SITES, backend="remote",
+                      dp={"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA})
+    result = CliRunner().invoke(cli, ["session", "plan", "--spec", spec, "--out", str(tmp_path / "p.json"),
+                                      "--registry", str(registry.path)])
+    assert result.exit_code == 0, result.output
+    expected = epsilon_for(noise_multiplier=Z, rounds=2, delta=DELTA)
+    (line,) = [line for line in result.output.splitlines() if line.startswith("  privacy: ")]
+    assert line.startswith(f"  privacy: epsilon {expected:.4g} at delta {DELTA:g} after all 2 rounds "
+                           f"(gaussian_fixed, noise_multiplier {Z:g}; unit: "), line
+    assert json.loads((tmp_path / "p.json").read_text())["privacy"]["planned_epsilon"] == pytest.approx(expected)
