@@ -11,16 +11,6 @@ Two small pieces, all pure (no TensorFlow, no registry, no clock), configured by
 Both trackers learn only from what the session records per round (the
 participants' ``site``, ``status`` and ``duration_s``), so feeding a resumed
 session's recorded rounds to fresh ones rebuilds the same state.
-
-Example::
-
-    [reliability]
-    quarantine_after = 3        # failures in a row; 0 never quarantines
-    deadline = "adaptive"       # or "fixed": every round gets round_timeout_s
-    deadline_factor = 3.0       # x the slowest successful site of recent rounds
-    deadline_window = 5         # recent = this many rounds
-    deadline_min_s = 10.0
-    deadline_max_s = 300.0      # default: round_timeout_s
 """
 
 from __future__ import annotations
