@@ -84,9 +84,16 @@ def run_cli() -> RunCli:
     return invoke
 
 
+@pytest.fixture
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report_line(text)``: a result line printed at the end of the run (from xdist workers too)."""
+    return lambda text: request.node.user_properties.append(("summary_line", text))
+
+
 # ---------------------------------------------------------------- the fault-injection tally (tests/e2e)
 
 FAULT_TALLY = {"faults": 0, "completed": 0, "lost": 0, "double": 0}
+SUMMARY_LINES: list[str] = []  # one-line results a suite reports as user property "summary_line"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -98,9 +105,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         if name == "fault_tally":
             for key, value in counts.items():
                 FAULT_TALLY[key] += value
+        elif name == "summary_line":
+            SUMMARY_LINES.append(counts)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    for line in SUMMARY_LINES:
+        terminalreporter.write_line(line)
     counts = FAULT_TALLY
     if counts["faults"]:
         terminalreporter.write_line(

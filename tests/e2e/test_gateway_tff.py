@@ -94,7 +94,7 @@ def test_a_tff_computation_reads_a_dataset_by_catalog_name_through_the_gateway(s
     assert any(r["status"] == "NOT_FOUND" and "'secrets'" in r["detail"] for r in site.records())
 
 
-def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
+def test_forwarding_throughput_of_a_50_mb_value(site, pki, report_line):
     """Benchmark (printed, not asserted): a 50 MB float32 CreateValue plus its Compute, gateway vs direct.
 
     The value is real (the worker stores it and sends it back), so the numbers include the
@@ -134,7 +134,6 @@ def test_forwarding_throughput_of_a_50_mb_value(site, pki, capsys):
         direct_channel.close()
         gateway_channel.close()
     mb = n * 4 / 1e6
-    with capsys.disabled():
-        print("\n50 MB value, median of 5 (CreateValue up / Compute down):")
-        for label, (up, down) in (("direct to worker   ", direct), ("through mTLS gateway", gateway)):
-            print(f"  {label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)")
+    report_line("50 MB value, median of 5 (CreateValue up / Compute down): " + "; ".join(
+        f"{label}: {up:.3f} s ({mb / up:.0f} MB/s) / {down:.3f} s ({mb / down:.0f} MB/s)"
+        for label, (up, down) in (("direct to worker", direct), ("through mTLS gateway", gateway))))

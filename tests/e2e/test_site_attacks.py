@@ -4,7 +4,7 @@ One real ``tffprod site serve`` process (mTLS, ``computations = "approved"``) wi
 plan (clip 1.0, train and eval). The attacker talks to it with the coordinator's own credentials.
 Each attack must be refused (or, for the state attack, released only within the plan's bound), the
 site must keep serving an honest release, nothing may be charged, and no response or the site's
-audit log may contain the site's key or data bytes. The module prints one summary line.
+audit log may contain the site's key or data bytes. The module reports one summary line, printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def test_a_release_after_the_worker_was_restarted_runs_on_a_fresh_executor(attac
     TALLY["honest"] += 1
 
 
-def test_nothing_leaked_and_the_site_still_serves(attacked, capsys):
+def test_nothing_leaked_and_the_site_still_serves(attacked, request):
     """After every attack: an honest round 2 is released, the audit log holds no key or data bytes."""
     fed, channel, plan, config, secrets, rival = attacked
     served = _served(config, plan)
@@ -343,7 +343,8 @@ def test_nothing_leaked_and_the_site_still_serves(attacked, capsys):
     audit = (config.state_dir / "audit.jsonl").read_bytes()
     if _leaks(audit, secrets):
         TALLY["leaked"] += 1
-    with capsys.disabled():
-        print(f"\nsite attacks: {len(TALLY['classes'])} classes, {TALLY['attempts']} attempts, "
-              f"{TALLY['released']} released, {charged} charged, {TALLY['leaked']} leaked bytes, site serving")
+    # Printed at the end of the run (tests/conftest.py), from an xdist worker too.
+    request.node.user_properties.append(("summary_line", (
+        f"site attacks: {len(TALLY['classes'])} classes, {TALLY['attempts']} attempts, "
+        f"{TALLY['released']} released, {charged} charged, {TALLY['leaked']} leaked bytes, site serving")))
     assert TALLY["released"] == 0 and TALLY["leaked"] == 0 and charged == 0

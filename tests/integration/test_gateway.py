@@ -324,7 +324,7 @@ def test_site_info_needs_the_token(site, pki):
 # ---------------------------------------------------------------- no TensorFlow
 
 
-def test_the_gateway_imports_without_tensorflow(capsys):
+def test_the_gateway_imports_without_tensorflow(report_line):
     code = textwrap.dedent("""
         import sys, time
         t = time.perf_counter()
@@ -337,8 +337,7 @@ def test_the_gateway_imports_without_tensorflow(capsys):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     loaded, elapsed = out.stdout.strip().rsplit(" ", 1)
     assert loaded == "[]"
-    with capsys.disabled():
-        print(f"\nimporting the gateway and the protos (no TensorFlow): {float(elapsed):.3f} s")
+    report_line(f"importing the gateway and the protos (no TensorFlow): {float(elapsed):.3f} s")
 
 
 # ---------------------------------------------------------------- under approval: releases only (TF-free refusals)

@@ -632,14 +632,13 @@ def test_plaintext_against_the_tls_port(site: FuzzedSite) -> None:
 # ---------------------------------------------------------------- the summary
 
 
-def test_fuzz_summary(site: FuzzedSite, capsys: pytest.CaptureFixture) -> None:
+def test_fuzz_summary(site: FuzzedSite, report_line) -> None:
     """Printed to the terminal (CI logs show it): how many hostile inputs, and the site still serves."""
     total = sum(COUNTS.values())
     site.check_still_serving()
     statuses = ", ".join(f"{name} {n}" for name, n in sorted(STATUSES.items(), key=lambda kv: -kv[1]))
-    with capsys.disabled():
-        print(f"\ngateway fuzz: {total} inputs, {len(PROBLEMS)} problems, site process and worker alive, "
-              f"still serving ({statuses})")
+    report_line(f"gateway fuzz: {total} inputs, {len(PROBLEMS)} problems, site process and worker alive, "
+                f"still serving ({statuses})")
     assert not PROBLEMS, PROBLEMS[:5]
     if len(COUNTS) == 7:  # every batch ran (not a -k selection): random bytes ... certificates
         assert total >= 3000, COUNTS

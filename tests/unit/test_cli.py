@@ -392,7 +392,7 @@ def test_registry_commands_do_not_import_tensorflow(digits_data, tmp_path: Path)
     assert '"ref": "hospital-a/train:1"' in proc.stdout
 
 
-def test_help_is_fast_and_does_not_import_tensorflow(tmp_path: Path, capsys) -> None:
+def test_help_is_fast_and_does_not_import_tensorflow(tmp_path: Path, report_line) -> None:
     exe = Path(sys.executable).parent / "tffprod"
     assert exe.is_file(), f"{exe} is not installed (pip install -e .)"
     env = _subprocess_env()
@@ -402,8 +402,7 @@ def test_help_is_fast_and_does_not_import_tensorflow(tmp_path: Path, capsys) -> 
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert "Commands:" in proc.stdout
-    with capsys.disabled():
-        print(f"\n[benchmark] `tffprod --help` took {elapsed:.3f} s (wall, fresh process)")
+    report_line(f"[benchmark] `tffprod --help` took {elapsed:.3f} s (wall, fresh process)")
 
     # Python's own import log (-X importtime) names every module the process imported.
     traced = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=tmp_path,
