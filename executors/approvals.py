@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.errors import PlanError, TffprodError
 from tffprod.executors.audit import AUDIT_FILE, AuditLog
+from tffprod.privacy.placement import AT_SITES, PLACEMENTS
 from tffprod.protocol.plan_document import ROLES, Plan, load_plan
 
 __all__ = ["Approval", "ApprovalStore", "approve", "approve_at_site"]
@@ -119,6 +120,7 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
         if entry.content_hash != d["content_hash"]:
             raise PlanError(f"plan {plan.plan_id[:16]}: dataset '{d['name']}' changed at site {site} since the "
                             "plan was made; make a new plan")
+    _check_noise(plan)
     approval = Approval(
         plan_id=plan.plan_id,
         site=site,
@@ -141,6 +143,28 @@ def approve(plan: Plan, *, site: str, catalog: Mapping[str, Any], state_dir: os.
     target = folder / f"{plan.plan_id}.json"
     _write_atomically(target, (json.dumps(approval.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return approval
+
+
+def _check_noise(plan: Plan) -> None:
+    """Refuse a plan whose noise placement the site cannot carry out as stated: an unknown one, or
+    noise at the sites without a fixed clip the site checks, or split over more sites than train."""
+    privacy = plan.privacy
+    placement = privacy.get("noise_placement", "coordinator")
+    if placement not in PLACEMENTS:
+        raise PlanError(f"plan {plan.plan_id[:16]}: unknown noise placement {str(placement)[:32]!r} "
+                        f"(this site knows {', '.join(PLACEMENTS)})")
+    if placement not in AT_SITES:
+        return
+    bound = next((c.get("bound") for c in plan.computations if c["role"] == "train"), None)
+    clip = privacy.get("clip")
+    if not isinstance(bound, Mapping) or bound.get("l2_norm_per_client") != clip:
+        raise PlanError(f"plan {plan.plan_id[:16]} puts the noise at the sites, but its training release is not "
+                        "bounded by the plan's clip")
+    sites = {d["site"] for d in plan.datasets if d["role"] == "train"}
+    shares = privacy.get("noise_sites")
+    if isinstance(shares, bool) or not isinstance(shares, int) or not 1 <= shares <= len(sites):
+        raise PlanError(f"plan {plan.plan_id[:16]}: its noise is split over {shares!r} site(s); it needs a whole "
+                        f"number from 1 to its {len(sites)} training site(s)")
 
 
 def computation_file(plan_id: str, role: str) -> str:

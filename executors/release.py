@@ -22,7 +22,11 @@ executor id. For each request the site:
    (:mod:`tffprod.executors.site_executors`; no caller ever sees, shares or disposes one);
 6. checks the result against the computation's result type and, for a DP plan,
    the L2 norm of the clipped sum against clients x clip, before it leaves;
-7. records the release in the ledger and returns the result tensors.
+7. for a plan with the noise at the sites (``noise_placement`` distributed or local), adds
+   Gaussian noise at the plan's multiplier times the clip to every coordinate of the clipped sum,
+   drawn from a stream keyed by the site's secret and the request's digest
+   (:mod:`tffprod.privacy.noise`): unpredictable to the caller, identical for an identical request;
+8. records the release in the ledger and returns the result tensors.
 
 Errors name the step that failed in one line; what the worker said is never
 passed on (it could quote data): the caller gets the release id to ask the
@@ -39,15 +43,19 @@ import secrets
 from typing import Any, Callable, Iterator, Optional
 
 import grpc
+import numpy as np
 
 from tffprod.errors import TffprodError
 from tffprod.executors.approvals import Approval, ApprovalStore
 from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.site_executors import SiteExecutors, WorkerStageError
+from tffprod.executors.site_secret import load_or_create
+from tffprod.privacy.noise import derive_key, standard_normal
+from tffprod.privacy.placement import AT_SITES, site_stddev
 from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError
-from tffprod.protocol.tensors import TensorError
+from tffprod.protocol.tensors import TensorError, from_numpy, to_numpy
 
 __all__ = ["MAX_PIECE_BYTES", "PIECE_BYTES", "RELEASE_METHOD", "RELEASE_SERVICE", "RELEASE_STREAM_METHOD",
            "ReleaseHandler", "release_digest"]
@@ -104,6 +112,7 @@ class ReleaseHandler:
         self.ledger = ledger
         self._refs = refs
         self._executors = SiteExecutors(call_worker)
+        self._secret: Optional[bytes] = None  # the site's noise secret, read when a plan first needs it
 
     def _denied(self, detail: str) -> RequestRefused:
         return _refused(grpc.StatusCode.PERMISSION_DENIED, self.site, detail)
@@ -200,11 +209,16 @@ class ReleaseHandler:
         except TensorError as e:
             log.warning("site %s: release %s of plan %s withheld: %s", self.site, release_id, approval.plan_id[:16], e)
             raise self._denied(f"release {release_id} withheld: {e}") from None
+        stddev = self._noise_stddev(approval, terms) if request.role == "train" else None
+        if stddev is not None:
+            result = self._noised(terms, result, stddev, digest)
         round_num, repeat = self._record(approval, request, names, identity, digest)
         audit = {"plan": approval.plan_id, "role": request.role, "round": round_num, "id": release_id,
                  "datasets": names, "clients": len(refs)}
         if norm is not None:
             audit["norm"] = round(norm, 6)
+        if stddev is not None:
+            audit["noise_stddev"] = stddev
         if repeat:
             audit["repeat"] = True
         response = release_pb2.ReleaseResponse(result=result, round=round_num, repeat=repeat, release_id=release_id)
@@ -281,6 +295,35 @@ class ReleaseHandler:
             else:
                 refs.append(self._refs.local_path(name))
         return refs, names
+
+    # -- noise at the site ---------------------------------------------------------------------
+
+    def _noise_stddev(self, approval: Approval, terms: Any) -> Optional[float]:
+        """The stddev this site adds to a training release of ``approval`` (None: the plan adds none here)."""
+        if approval.privacy.get("noise_placement", "coordinator") not in AT_SITES:
+            return None
+        if terms.bound is None:  # approval refuses such a plan; never release un-noised instead
+            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, f"plan {approval.plan_id[:16]} puts the "
+                           "noise at the sites but bounds no release")
+        return site_stddev(approval.privacy, terms.bound.l2_norm_per_client)
+
+    def _noised(self, terms: Any, result: list, stddev: float, digest: str) -> list:
+        """``result`` with N(0, stddev^2) added to each coordinate of its bounded (clipped-sum) tensors."""
+        if self._secret is None:
+            self._secret = load_or_create(self.store.folder.parent)
+        bounded = terms.bounded_indices()
+        arrays = {i: to_numpy(result[i]) for i in bounded}
+        normals = standard_normal(derive_key(self._secret, bytes.fromhex(digest)),
+                                  sum(a.size for a in arrays.values()))
+        out, offset = list(result), 0
+        for i, array in arrays.items():
+            if array.dtype.kind != "f":
+                raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site,
+                               "the plan's clipped sum is not floating point; the site cannot noise it")
+            noise = normals[offset:offset + array.size].reshape(array.shape) * stddev
+            out[i] = from_numpy((array.astype(np.float64) + noise).astype(array.dtype))
+            offset += array.size
+        return out
 
     # -- the worker ----------------------------------------------------------------------------
 

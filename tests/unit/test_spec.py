@@ -87,7 +87,7 @@ round_timeout_s = 30
     assert spec.dp == DPConfig("gaussian_fixed", noise_multiplier=0.5, clip=1.0, delta=1e-5)
     assert spec.dp.enabled
     assert spec.dp.to_dict() == {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5,
-                                "on_budget": "refuse"}
+                                "on_budget": "refuse", "noise_placement": "coordinator"}
 
 
 def test_adaptive_defaults(tmp_path):
@@ -344,6 +344,34 @@ def test_dp_bad_values(tmp_path, key, value, problem):
     values = {"noise_multiplier": 0.1, "clip": 1.0, "delta": 1e-5, key: value}
     message = spec_error(tmp_path, dp_text("gaussian_adaptive", **values))
     assert f"'dp.{key}'" in message and problem in message
+
+
+@pytest.mark.parametrize("placement", ["coordinator", "distributed", "local"])
+def test_dp_noise_placement(tmp_path, placement):
+    text = dp_text("gaussian_fixed", noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_placement=f'"{placement}"')
+    assert load_spec(write(tmp_path, text)).dp.noise_placement == placement
+
+
+def test_dp_noise_placement_unknown(tmp_path):
+    text = dp_text("gaussian_fixed", noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_placement='"sites"')
+    message = spec_error(tmp_path, text)
+    assert "'dp.noise_placement'" in message and "distributed" in message
+
+
+def test_dp_noise_placement_needs_a_fixed_clip(tmp_path):
+    text = dp_text("gaussian_adaptive", noise_multiplier=0.1, clip=1.0, delta=1e-5, noise_placement='"local"')
+    message = spec_error(tmp_path, text)
+    assert "'dp.noise_placement' does not apply to mechanism 'gaussian_adaptive'" in message
+
+
+def test_model_noise_multiplier_by_placement(tmp_path):
+    def spec(placement: str):
+        text = dp_text("gaussian_fixed", noise_multiplier=1.2, clip=1.0, delta=1e-5, noise_placement=f'"{placement}"')
+        return load_spec(write(tmp_path, text.replace("rounds = ", "min_sites = 2\nrounds = ", 1)))
+
+    assert spec("coordinator").model_noise_multiplier == 1.2
+    assert spec("distributed").model_noise_multiplier == 1.2
+    assert spec("local").model_noise_multiplier == pytest.approx(1.2 * 2**0.5)
 
 
 def test_dp_zero_noise_is_allowed(tmp_path):

@@ -14,6 +14,7 @@ from tffprod.config import fields
 from tffprod.errors import SpecError
 from tffprod.privacy.mechanisms import MECHANISMS as REGISTERED
 from tffprod.privacy.mechanisms import get_mechanism
+from tffprod.privacy.placement import PLACEMENTS
 
 MECHANISMS = tuple(REGISTERED)  # the names, in the registry's order
 SAMPLING_KEYS = ("client_rate", "clients_per_round")
@@ -39,6 +40,8 @@ class DPConfig:
         delta: the delta epsilon is reported for, in (0, 1).
         on_budget: when the planned epsilon exceeds a dataset's remaining privacy budget:
             ``"refuse"`` to start (the default), or ``"stop"`` after the last round that fits.
+        noise_placement: fixed clip only: where the noise is added, ``"coordinator"`` (the default),
+            ``"distributed"`` or ``"local"`` (at each site; :mod:`tffprod.privacy.placement`).
     """
 
     mechanism: str = "none"
@@ -48,6 +51,7 @@ class DPConfig:
     learning_rate: Optional[float] = None
     delta: Optional[float] = None
     on_budget: Optional[str] = None
+    noise_placement: Optional[str] = None
 
     def __post_init__(self) -> None:
         mechanism = fields.choice("dp.mechanism", self.mechanism, MECHANISMS)
@@ -61,6 +65,9 @@ class DPConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, default)
         object.__setattr__(self, "on_budget", fields.choice("dp.on_budget", self.on_budget or "refuse", ON_BUDGET))
+        if "noise_placement" in applicable:
+            object.__setattr__(self, "noise_placement", fields.choice(
+                "dp.noise_placement", self.noise_placement or "coordinator", PLACEMENTS))
         for key in get_mechanism(mechanism).required:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")

@@ -10,7 +10,9 @@ import functools
 import math
 from typing import Any, Mapping, Optional
 
-__all__ = ["plan_epsilon", "samples"]
+from tffprod.privacy.placement import model_noise_multiplier, release_noise_multiplier
+
+__all__ = ["placement_line", "plan_epsilon", "release_epsilon", "samples"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -35,11 +37,37 @@ def plan_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]
         return math.inf, 0.0
     delta = float(privacy["delta"])
     fixed = privacy.get("fixed_sample")
-    return _epsilon(float(privacy["noise_multiplier"]), rounds, delta, float(privacy.get("sampling_rate", 1.0)),
+    return _epsilon(model_noise_multiplier(privacy), rounds, delta, float(privacy.get("sampling_rate", 1.0)),
                     tuple(int(v) for v in fixed) if fixed else None), delta
+
+
+def release_epsilon(privacy: Mapping[str, Any], rounds: int) -> tuple[float, float]:
+    """``(epsilon, delta)`` of one site's ``rounds`` releases as the coordinator sees them: ``(inf, 0)``
+    when the site adds no noise; else its releases' Gaussian composed without sampling (the coordinator
+    chooses whom a release reads). :mod:`tffprod.privacy.placement` has the noise of each placement."""
+    if rounds <= 0:
+        return 0.0, 0.0
+    z = release_noise_multiplier(privacy) if privacy.get("mechanism", "none") != "none" else None
+    if not z:
+        return math.inf, 0.0
+    delta = float(privacy["delta"])
+    return _epsilon(z, rounds, delta, 1.0, None), delta
 
 
 def samples(privacy: Mapping[str, Any]) -> bool:
     """Whether a round draws a sample: Poisson at ``sampling_rate`` < 1, or ``fixed_sample`` k of N with k < N."""
     fixed = privacy.get("fixed_sample")
     return int(fixed[1]) < int(fixed[0]) if fixed else float(privacy.get("sampling_rate", 1.0)) < 1.0
+
+
+def placement_line(privacy: Mapping[str, Any], rounds: int) -> str:
+    """Where a DP plan adds its noise and what one site's releases then give the coordinator, in words."""
+    placement = privacy.get("noise_placement", "coordinator")
+    if placement == "coordinator":
+        return ("noise added by the coordinator: each site's release leaves un-noised "
+                "(private only in the published model)")
+    epsilon, delta = release_epsilon(privacy, rounds)
+    share = f"a share for at least {privacy.get('noise_sites', 1)} site(s)" if placement == "distributed" else \
+        "the full noise at each site"
+    return (f"noise added at the sites ({placement}: {share}); against the coordinator a site's {rounds} "
+            f"release(s) give epsilon {epsilon:.4g} at delta {delta:g}")

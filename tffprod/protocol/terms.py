@@ -157,6 +157,12 @@ class ReleaseTerms:
         return [self._pinned[leaf.path] if leaf.path in self._pinned else next(given)
                 for leaf in self.signature.state]
 
+    def bounded_indices(self) -> list[int]:
+        """Positions of the result tensors under the bound (the clipped sum); none without a bound."""
+        if self.bound is None:
+            return []
+        return [i for i, leaf in enumerate(self.signature.result) if _under(leaf.path, self.bound.prefixes)]
+
     def check_result(self, result: Sequence[release_pb2.Tensor], clients: int) -> Optional[float]:
         """The bounded leaves' L2 norm (None without a bound).
 

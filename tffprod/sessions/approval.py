@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
 from tffprod.privacy.mechanisms import get_mechanism
+from tffprod.privacy.placement import AT_SITES, model_noise_multiplier
 from tffprod.protocol.plan_document import PLAN_FORMAT, Plan, canonical_id, load_plan
 from tffprod.sessions.planning import SessionPlan
 
@@ -49,7 +50,7 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
     # An enabled [dp] has all three (DPConfig checks).
     assert noise_multiplier is not None and clip is not None and delta is not None
     accounting = plan.population.accounting()
-    terms = {
+    terms: dict[str, Any] = {
         "mechanism": dp.mechanism,
         "noise_multiplier": float(noise_multiplier),
         "clip": float(clip),
@@ -57,9 +58,11 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
         "sampling_rate": float(plan.sampling_rate),
         "accountant": "rdp",
         "unit": plan.privacy_unit,
-        "planned_epsilon": epsilon_for(noise_multiplier=float(noise_multiplier), rounds=plan.spec.rounds,
-                                       delta=float(delta), **accounting),
     }
+    if dp.noise_placement in AT_SITES:
+        terms.update(noise_placement=dp.noise_placement, noise_sites=plan.spec.min_sites)
+    terms["planned_epsilon"] = epsilon_for(noise_multiplier=model_noise_multiplier(terms), rounds=plan.spec.rounds,
+                                           delta=float(delta), **accounting)
     if "fixed_sample" in accounting:
         terms["fixed_sample"] = list(accounting["fixed_sample"])
     return terms

@@ -88,7 +88,7 @@ def plan_budgets(spec: SessionSpec, datasets: Sequence[Mapping[str, Any]], *, re
         remaining[dataset] = budget["epsilon"] - spent["epsilon"]
     if not remaining:
         return BudgetPlan({}, spec.rounds, None)
-    noise_multiplier, delta = dp.noise_multiplier, dp.delta
+    noise_multiplier, delta = spec.model_noise_multiplier, dp.delta
     # A budgeted dataset needs DP (refused above), and an enabled [dp] has both keys (DPConfig checks).
     assert noise_multiplier is not None and delta is not None
     tightest_name = min(remaining, key=remaining.__getitem__)

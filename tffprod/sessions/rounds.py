@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
+from tffprod.privacy.placement import AT_SITES
 from tffprod.privacy.sampling import ClientSampler
 from tffprod.sessions.spec import SessionSpec
 
@@ -106,7 +107,7 @@ class RoundLoop:
         self.trainer.restore(checkpoint, last["checkpoint_sha256"])
         self.kept = [Path(checkpoint)]
         # The restored state reports the DP event of the last round that ran (none if no round did).
-        event = self.trainer.dp_event() if self.ledger and any(row["participants"] for row in completed) else None
+        event = self._dp_event() if self.ledger and any(row["participants"] for row in completed) else None
         for row in completed:
             if self.sampler:
                 self.sampler.draw()
@@ -123,6 +124,11 @@ class RoundLoop:
                 abs(self.ledger.epsilon() - last["epsilon"]) > 1e-6 * max(1.0, abs(last["epsilon"])):
             raise SessionError(f"session {self.session_id}: replaying {len(completed)} rounds gives epsilon "
                                f"{self.ledger.epsilon():.6g}, the registry recorded {last['epsilon']:.6g}")
+
+    def _dp_event(self) -> Any:
+        """TFF's DP event of the last round; None (the plan's Gaussian at the model's noise multiplier)
+        when the sites add the noise, which TFF's aggregator at the coordinator does not see."""
+        return None if self.plan.spec.dp.noise_placement in AT_SITES else self.trainer.dp_event()
 
     def _cancel_requested(self) -> bool:
         return bool(self.registry.get_session(self.session_id).get("cancel_requested_at"))
@@ -158,7 +164,7 @@ class RoundLoop:
         outcome = self.trainer.run_round(refs, timeout_s=self.deadlines.next_deadline(),
                                          round_num=round_num) if refs else None
         ledger, population = self.ledger, self.population
-        self.event = self.trainer.dp_event() if ledger and outcome else self.event
+        self.event = self._dp_event() if ledger and outcome else self.event
         epsilon = ledger.record_round(event=self.event, **population.accounting()) if ledger else None
         epsilon_pld = ledger.epsilon("pld") if ledger and population.client_level and ledger.supports("pld") \
             else None
@@ -217,7 +223,7 @@ def _ledger(spec: SessionSpec):
         return None
     from tffprod.privacy.accounting import PrivacyLedger
 
-    noise_multiplier, delta = spec.dp.noise_multiplier, spec.dp.delta
+    noise_multiplier, delta = spec.model_noise_multiplier, spec.dp.delta
     # An enabled [dp] has both (DPConfig checks).
     assert noise_multiplier is not None and delta is not None
     return PrivacyLedger(noise_multiplier=noise_multiplier, delta=delta)

@@ -38,6 +38,7 @@ from tffprod.config import fields
 from tffprod.config.names import LOWER_NAME, federation_name
 from tffprod.config.reliability import ReliabilityConfig
 from tffprod.privacy.mechanisms import get_mechanism
+from tffprod.privacy.placement import model_noise_multiplier
 from tffprod.privacy.config import DP_KEYS, SAMPLING_KEYS, DPConfig, SamplingConfig  # noqa: F401 (re-exported)
 from tffprod.errors import SpecError
 from tffprod.task import resolve_task, task_path
@@ -160,6 +161,15 @@ class SessionSpec:
     def sites(self) -> tuple[str, ...]:
         """The distinct sites of ``datasets``, in order of first appearance."""
         return tuple(dict.fromkeys(ref.split("/")[0] for ref in self.datasets))
+
+    @property
+    def model_noise_multiplier(self) -> Optional[float]:
+        """The noise multiplier of a round's sum, which the model's epsilon is accounted at (None
+        without DP): ``dp.noise_multiplier``, times sqrt(min_sites) when each site adds it locally."""
+        if not self.dp.enabled or self.dp.noise_multiplier is None:
+            return None
+        return model_noise_multiplier({"noise_multiplier": self.dp.noise_multiplier, "noise_sites": self.min_sites,
+                                       "noise_placement": self.dp.noise_placement})
 
     @property
     def clients_per_round(self) -> int:

@@ -62,6 +62,9 @@ class Trainer:
             self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
         )
         self.min_sites = spec.min_sites
+        # Distributed noise: each site adds 1/min_sites of the noise's variance, so a round's sum
+        # carries the planned noise only with at least min_sites releases, sampled or not.
+        self.noise_shares = spec.min_sites if spec.dp.noise_placement == "distributed" else None
         self.refs_by_site: dict[str, list[str]] = {}
         if not plan.population.client_level:
             for row in plan.datasets:
@@ -71,7 +74,11 @@ class Trainer:
                   timeout_s: Optional[float] = None, round_num: int = 0):
         """Round ``round_num`` over ``refs_by_site`` (default: every dataset, one client each)."""
         refs = self.refs_by_site if refs_by_site is None else refs_by_site
-        outcome = self.router.run_round(self.state, refs, min_sites=min(self.min_sites, len(refs)),
+        if self.noise_shares and len(refs) < self.noise_shares:
+            raise SessionError(f"round {round_num}: {len(refs)} site(s) take part, but the plan's distributed noise "
+                               f"needs the releases of min_sites = {self.noise_shares} to add up to its noise")
+        needed = self.noise_shares or min(self.min_sites, len(refs))
+        outcome = self.router.run_round(self.state, refs, min_sites=needed,
                                         timeout_s=timeout_s, round_num=round_num)
         self.state = outcome.output.state
         return outcome

@@ -29,6 +29,8 @@ class DPSettings(Protocol):
     def learning_rate(self) -> Optional[float]: ...
     @property
     def delta(self) -> Optional[float]: ...
+    @property
+    def noise_placement(self) -> Optional[str]: ...
 
 
 class Mechanism(abc.ABC):
@@ -37,7 +39,7 @@ class Mechanism(abc.ABC):
     name: ClassVar[str]
     keys: ClassVar[tuple[str, ...]] = ()  # the [dp] keys it takes besides 'mechanism'
     required: ClassVar[tuple[str, ...]] = ()  # of those, the ones a spec must set
-    defaults: ClassVar[Mapping[str, float]] = {}  # of those, the ones with a default
+    defaults: ClassVar[Mapping[str, Any]] = {}  # of those, the ones with a default
     # Prefixes of the training computation's aggregator state the coordinator moves between rounds
     # (free in a plan); the rest of the aggregator's state is pinned to the plan's values.
     moving_state: ClassVar[tuple[str, ...]] = ()

@@ -1,7 +1,9 @@
 """The Gaussian mechanisms: DP-FedAvg with a fixed clip, or with a clip that tracks a quantile.
 
 Both are TFF's ``DifferentiallyPrivateFactory`` (unweighted: each client's update is clipped to the
-L2 norm ``clip`` and Gaussian noise of stddev ``noise_multiplier * clip`` is added to the sum).
+L2 norm ``clip`` and Gaussian noise of stddev ``noise_multiplier * clip`` is added to the sum). With a
+fixed clip the noise may be added at the sites instead (``noise_placement``, see
+:mod:`tffprod.privacy.placement`): the coordinator's factory then only clips and averages.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any, Optional
 
 from tffprod.errors import SpecError
 from tffprod.privacy.mechanisms.base import DPSettings, Mechanism
+from tffprod.privacy.placement import AT_SITES
 
 __all__ = ["GaussianAdaptive", "GaussianFixed"]
 
@@ -25,17 +28,20 @@ def _float(dp: DPSettings, key: str) -> float:
 
 
 class GaussianFixed(Mechanism):
-    """``gaussian_fixed``: a fixed clip, so a site can check each release against it."""
+    """``gaussian_fixed``: a fixed clip, so a site can check each release against it, and add the
+    noise itself."""
 
     name = "gaussian_fixed"
-    keys = _COMMON
+    keys = (*_COMMON, "noise_placement")
     required = _REQUIRED
+    defaults = {"noise_placement": "coordinator"}
 
     def aggregator(self, dp: DPSettings, *, clients_per_round: int) -> Any:
         import tensorflow_federated as tff
 
+        at_sites = dp.noise_placement in AT_SITES  # the sites' releases arrive noised
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=_float(dp, "noise_multiplier"),
+            noise_multiplier=0.0 if at_sites else _float(dp, "noise_multiplier"),
             clients_per_round=float(clients_per_round),
             clip=_float(dp, "clip"),
         )
