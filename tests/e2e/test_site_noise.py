@@ -205,3 +205,18 @@ def test_a_session_with_distributed_noise_trains_through_three_sites(federation,
         assert noised == [pytest.approx(SIGMA)] * 2, site
     report_line(f"[site noise] 2 rounds with distributed noise over 3 real sites: epsilon {expected:.4g} "
                 f"(the model's, at z {Z}); each site added stddev {SIGMA:.4f} per release")
+
+
+def test_noise_at_the_sites_without_a_plan_is_refused_before_anything_is_recorded(federation):
+    from tffprod.errors import SessionError
+    from tffprod.sessions.runner import train
+
+    _, registry, _, _ = federation
+    spec = SessionSpec.from_dict({
+        "name": "no-plan", "task": DATA_TASK, "datasets": [f"{s}/train" for s in SITES], "rounds": 1,
+        "backend": "remote", "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": CLIP,
+                                    "delta": DELTA, "noise_placement": "distributed"}})
+    before = len(registry.list_sessions())
+    with pytest.raises(SessionError, match="which they do only under a plan they approved"):
+        train(spec, registry=registry, backend=create_backend("remote", registry=registry))
+    assert len(registry.list_sessions()) == before

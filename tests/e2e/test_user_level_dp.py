@@ -69,6 +69,38 @@ def test_user_level_dp_on_fraud_reports_the_independent_epsilon(tmp_path):
     assert report[0]["spent"]["epsilon_pld"] == pytest.approx(pld_eps, rel=1e-9)
 
 
+def test_noise_at_each_site_on_the_local_backend_is_accounted_for_every_sites_noise(tmp_path):
+    """``noise_placement = "local"``: each simulated site noises its own release under a plan made for the
+    session; the model's sum over at least min_sites = 3 releases is accounted at z * sqrt(3)."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    q = 0.1
+    paths = fraud.prepare(tmp_path / "data", n_per_bank=1000, customers_per_bank=100)
+    with Registry.open(tmp_path / "tffprod.db") as registry:
+        for bank in BANKS:
+            register_dataset(registry, f"{bank}/train", paths[bank]["train"], schema=fraud.SCHEMA,
+                             client_id=fraud.CUSTOMER_ID)
+        spec = SessionSpec.from_dict({
+            "name": "fraud-local-noise", "task": "tffprod.examples.fraud:task", "rounds": 2, "seed": 3,
+            "datasets": [f"{b}/train" for b in BANKS], "min_sites": len(BANKS),
+            "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+                   "noise_placement": "local"},
+            "sampling": {"client_rate": q},
+        })
+        result = train(spec, registry=registry, backend=LocalBackend(log_dir=tmp_path / "logs"),
+                       artifacts_dir=tmp_path / "artifacts")
+        rounds = registry.list_rounds(result["id"])
+    assert result["status"] == "finished" and result["spec"]["plan_id"]
+    assert list((tmp_path / "artifacts" / "fraud-local-noise").glob("plan-*.json"))
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(Z * len(BANKS) ** 0.5)), 2)
+    assert rounds[-1]["epsilon"] == pytest.approx(rdp.RdpAccountant().compose(event).get_epsilon(DELTA), rel=1e-9)
+    # Each simulated site drew its releases' noise from its own secret.
+    assert sorted(p.parent.name for p in (tmp_path / "logs").glob("site-*-state/site-noise.key")) == \
+        sorted(f"site-{b}-state" for b in BANKS)
+
+
 def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
     """Real site processes declare ``client_id``; the coordinator sends ``NAME#INDEX`` for k of N customers.
 

@@ -107,3 +107,23 @@ def test_a_site_refuses_an_unknown_placement_or_noise_without_the_plans_clip(tmp
     unbound = load_plan(write(tmp_path, plan_document(privacy=adaptive), "b.json"))
     with pytest.raises(PlanError, match="not bounded by the plan's clip"):
         approve(unbound, site=SITE, catalog=catalog(), state_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize("placement, model_z, release_z", [
+    ("coordinator", 1.5, None), ("distributed", 1.5, 1.5 / 3**0.5), ("local", 1.5 * 3**0.5, 1.5)])
+def test_every_placements_epsilons_equal_an_independent_dp_accounting_computation(placement, model_z, release_z):
+    import dp_accounting
+    from dp_accounting import rdp
+
+    terms = dict(privacy(placement, sites=3, z=1.5), sampling_rate=0.02)
+    rounds = 40
+    model = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(model_z)), rounds)
+    assert plan_epsilon(terms, rounds)[0] == pytest.approx(rdp.RdpAccountant().compose(model).get_epsilon(DELTA),
+                                                           rel=1e-6)
+    if release_z is None:
+        assert release_epsilon(terms, rounds)[0] == math.inf
+        return
+    release = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(release_z), rounds)
+    assert release_epsilon(terms, rounds)[0] == pytest.approx(
+        rdp.RdpAccountant().compose(release).get_epsilon(DELTA), rel=1e-6)

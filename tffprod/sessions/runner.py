@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from tffprod.backends.base import Backend
 from tffprod.sessions.spec import SessionSpec
 from tffprod.errors import SessionError, TffprodError
+from tffprod.privacy.placement import AT_SITES
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import check_datasets, thaw
 from tffprod.sessions.finish import register_model as _register_model
@@ -54,6 +55,10 @@ def run_session(
         SessionError: training failed; the session is recorded as failed with the reason.
     """
     spec = plan.spec
+    if spec.dp.noise_placement in AT_SITES and frozen is None:
+        raise SessionError(f"[dp] noise_placement = {spec.dp.noise_placement!r}: the sites add the noise, which they "
+                           "do only under a plan they approved; make one with 'tffprod session plan', have the sites "
+                           "approve it, and run it with 'tffprod session run --plan'")
     with registry.atomic():
         session = registry.create_session(
             name=spec.name,
@@ -146,15 +151,23 @@ def train(
     artifacts_dir: Optional[Path] = None,
     progress: Optional[Callable[[RoundReport], None]] = None,
 ) -> dict:
-    """Plan, record and run a session from ``spec``: the whole of ``tffprod session run``."""
+    """Plan, record and run a session from ``spec``: the whole of ``tffprod session run``.
+
+    With the noise at the sites on the local backend, the session runs under a plan made here
+    (written beside its artifacts), which each simulated site approves and noises its releases by.
+    """
     plan = plan_session(spec, registry=registry)
-    return run_session(
-        plan,
-        registry=registry,
-        backend=backend,
-        artifacts_dir=artifacts_dir or artifacts_dir_for(registry.path),
-        progress=progress,
-    )
+    artifacts_dir = artifacts_dir or artifacts_dir_for(registry.path)
+    frozen = None
+    if spec.dp.noise_placement in AT_SITES and backend.name == "local":
+        from tffprod.sessions.approval import make_plan, write_plan
+
+        document = make_plan(plan)
+        path = write_plan(document, Path(artifacts_dir) / spec.name / f"plan-{document['plan_id'][:16]}.json")
+        log.info("noise at the simulated sites: session %s runs under plan %s", spec.name, path)
+        frozen = thaw(load_plan(path))
+    return run_session(plan, registry=registry, backend=backend, artifacts_dir=artifacts_dir, progress=progress,
+                       frozen=frozen)
 
 
 def train_from_plan(path: os.PathLike | str, *, registry: RegistryStore, backend: Any, artifacts_dir: Any = None,

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
+from tffprod.privacy.placement import AT_SITES
 
 
 def initial_weights(task: Any, seed: int) -> Any:
@@ -62,9 +63,9 @@ class Trainer:
             self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
         )
         self.min_sites = spec.min_sites
-        # Distributed noise: each site adds 1/min_sites of the noise's variance, so a round's sum
-        # carries the planned noise only with at least min_sites releases, sampled or not.
-        self.noise_shares = spec.min_sites if spec.dp.noise_placement == "distributed" else None
+        # Noise at the sites: a round's sum carries the noise its epsilon is accounted at only with at
+        # least min_sites releases, sampled or not (tffprod.privacy.placement).
+        self.noise_shares = spec.min_sites if spec.dp.noise_placement in AT_SITES else None
         self.refs_by_site: dict[str, list[str]] = {}
         if not plan.population.client_level:
             for row in plan.datasets:
@@ -75,8 +76,8 @@ class Trainer:
         """Round ``round_num`` over ``refs_by_site`` (default: every dataset, one client each)."""
         refs = self.refs_by_site if refs_by_site is None else refs_by_site
         if self.noise_shares and len(refs) < self.noise_shares:
-            raise SessionError(f"round {round_num}: {len(refs)} site(s) take part, but the plan's distributed noise "
-                               f"needs the releases of min_sites = {self.noise_shares} to add up to its noise")
+            raise SessionError(f"round {round_num}: {len(refs)} site(s) take part, but with the noise at the sites "
+                               f"the releases of min_sites = {self.noise_shares} must add up to the planned noise")
         needed = self.noise_shares or min(self.min_sites, len(refs))
         outcome = self.router.run_round(self.state, refs, min_sites=needed,
                                         timeout_s=timeout_s, round_num=round_num)
