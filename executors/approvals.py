@@ -165,6 +165,36 @@ def _check_noise(plan: Plan) -> None:
     if isinstance(shares, bool) or not isinstance(shares, int) or not 1 <= shares <= len(sites):
         raise PlanError(f"plan {plan.plan_id[:16]}: its noise is split over {shares!r} site(s); it needs a whole "
                         f"number from 1 to its {len(sites)} training site(s)")
+    if "secure_aggregation" in privacy:
+        _check_secure_aggregation(plan, sites)
+
+
+def _check_secure_aggregation(plan: Plan, sites: set[str]) -> None:
+    """Refuse secure-aggregation terms this site would not carry out as stated: other sites than the
+    plan's, another modulus or quantization than this version's, or an effective noise multiplier
+    that does not follow from the plan's noise and its computation."""
+    from tffprod.privacy.secagg import SecAggError
+    from tffprod.privacy.secagg.settings import BITS, FIXED_SCALE, LEVELS, layout_of, round_settings
+    from tffprod.protocol.terms import ReleaseTerms, TermsError
+
+    where = f"plan {plan.plan_id[:16]}"
+    secure = plan.privacy["secure_aggregation"]
+    if not isinstance(secure, Mapping) or plan.privacy.get("noise_placement") != "distributed":
+        raise PlanError(f"{where}: secure aggregation needs the noise distributed over the sites")
+    if sorted(secure.get("sites") or ()) != sorted(sites) or \
+            (secure.get("bits"), secure.get("levels"), secure.get("fixed_scale")) != (BITS, LEVELS, FIXED_SCALE):
+        raise PlanError(f"{where}: its secure aggregation is over other sites than its training sites, or uses a "
+                        "modulus or quantization this site does not know")
+    entry = next(c for c in plan.computations if c["role"] == "train")
+    try:
+        terms = ReleaseTerms(entry, plan.computation_bytes("train") or b"")
+        settings = round_settings(plan.privacy, sorted(sites), layout_of(terms.result_slots()))
+    except (TermsError, SecAggError) as e:
+        raise PlanError(f"{where}: {e}") from None
+    stated = secure.get("noise_multiplier")
+    if not isinstance(stated, float) or abs(stated - settings.noise_multiplier) > 1e-9 * settings.noise_multiplier:
+        raise PlanError(f"{where}: its secure aggregation states noise multiplier {stated!r}; its noise and "
+                        f"computation give {settings.noise_multiplier:.12g}")
 
 
 def computation_file(plan_id: str, role: str) -> str:

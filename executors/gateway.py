@@ -70,6 +70,9 @@ _NO_DEADLINE_S = 1e8  # what a call without a deadline reports as its time remai
 
 
 
+SECAGG_STEPS = ("advertise", "share", "unmask")  # Release/SecAgg{Advertise,Share,Unmask}
+
+
 def claimed_federation(context: grpc.ServicerContext) -> Optional[str]:
     """The federation a call names in ``x-tffprod-federation`` (None: none, or more than one)."""
     values = {v for k, v in context.invocation_metadata() if k == FEDERATION_HEADER}
@@ -170,7 +173,8 @@ class Gateway:
         if approvals is not None:
             if ledger is None:
                 raise ValueError("a gateway under approval needs the site's privacy ledger")
-            self._releases = ReleaseHandler(site, approvals, ledger, self._refs, self._worker_message_call)
+            self._releases = ReleaseHandler(site, approvals, ledger, self._refs, self._worker_message_call,
+                                            credentials=tls)
         self._federations = None if federations is None else frozenset(federations)
         self._max_workers = max_workers
         # Under approval no message is larger than a streamed piece of a release: gRPC refuses a longer
@@ -206,7 +210,8 @@ class Gateway:
                 handlers.append(grpc.method_handlers_generic_handler(EXECUTOR_SERVICE, executor_handlers))
             else:
                 handlers.append(grpc.method_handlers_generic_handler(RELEASE_SERVICE, {
-                    "Release": self._release_method(), "ReleaseStream": self._release_stream_method()}))
+                    "Release": self._release_method(), "ReleaseStream": self._release_stream_method(),
+                    **{f"SecAgg{step.title()}": self._secagg_method(step) for step in SECAGG_STEPS}}))
             server.add_generic_rpc_handlers(handlers)
             try:
                 if self._tls is None:
@@ -291,6 +296,17 @@ class Gateway:
 
         return grpc.stream_unary_rpc_method_handler(
             lambda pieces, ctx: self._serve(RELEASE_STREAM_METHOD, _CountingStream(pieces), ctx, release))
+
+    def _secagg_method(self, step: str) -> grpc.RpcMethodHandler:
+        """``tffprod.site.v1.Release/SecAgg{Advertise,Share,Unmask}``: a step of secure aggregation."""
+        releases = self._releases
+        assert releases is not None
+        method = f"/{RELEASE_SERVICE}/SecAgg{step.title()}"
+
+        def secagg(request: bytes, context: grpc.ServicerContext) -> Any:
+            return releases.secagg(step, request, self._claimed_identity(context), claimed_federation(context))
+
+        return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._serve(method, req, ctx, secagg))
 
     def _site_info_method(self) -> grpc.RpcMethodHandler:
         def info(request: bytes, context: grpc.ServicerContext) -> bytes:

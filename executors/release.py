@@ -26,7 +26,10 @@ executor id. For each request the site:
    Gaussian noise at the plan's multiplier times the clip to every coordinate of the clipped sum,
    drawn from a stream keyed by the site's secret and the request's digest
    (:mod:`tffprod.privacy.noise`): unpredictable to the caller, identical for an identical request;
-8. records the release in the ledger and returns the result tensors.
+8. for a plan with secure aggregation, instead quantizes the result, adds a discrete Gaussian
+   noise share to the clipped sum, and masks it all for the round's sum
+   (:mod:`tffprod.executors.secagg_site`): the release then reveals nothing on its own;
+9. records the release in the ledger and returns the result tensors.
 
 Errors name the step that failed in one line; what the worker said is never
 passed on (it could quote data): the caller gets the release id to ask the
@@ -50,7 +53,12 @@ from tffprod.executors.approvals import Approval, ApprovalStore
 from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.site_executors import SiteExecutors, WorkerStageError
+from tffprod.executors.secagg_site import SiteSecAgg
 from tffprod.executors.site_secret import load_or_create
+from tffprod.privacy import discrete_gaussian
+from tffprod.privacy.secagg import SecAggError
+from tffprod.privacy.secagg.codec import encode, reduce
+from tffprod.privacy.secagg.settings import layout_of, round_settings
 from tffprod.privacy.noise import derive_key, standard_normal
 from tffprod.privacy.placement import AT_SITES, site_stddev
 from tffprod.protocol import release_pb2
@@ -103,15 +111,17 @@ class ReleaseHandler:
         ledger: the site's privacy ledger.
         refs: the catalog's name -> path mapping.
         call_worker: runs one executor-protocol call on the site's worker.
+        credentials: the site's TLS ``(key, certificate, CA)`` PEM bytes (None: no secure aggregation).
     """
 
     def __init__(self, site: str, store: ApprovalStore, ledger: SiteLedger, refs: DataRefs,
-                 call_worker: WorkerCall) -> None:
+                 call_worker: WorkerCall, credentials: Optional[tuple[bytes, bytes, bytes]] = None) -> None:
         self.site = site
         self.store = store
         self.ledger = ledger
         self._refs = refs
         self._executors = SiteExecutors(call_worker)
+        self._secagg = SiteSecAgg(site, credentials)
         self._secret: Optional[bytes] = None  # the site's noise secret, read when a plan first needs it
 
     def _denied(self, detail: str) -> RequestRefused:
@@ -198,6 +208,9 @@ class ReleaseHandler:
         except TensorError as e:
             raise self._invalid(str(e)) from None
         digest = release_digest(request, terms.sha256)
+        secure = request.role == "train" and "secure_aggregation" in approval.privacy
+        if secure:
+            self._check_secure_release(approval, request, digest)
         if request.role == "train":
             self.ledger.admit([approval], self.store.all(), digest)
         for name in names if request.role != "train" else ():
@@ -212,6 +225,8 @@ class ReleaseHandler:
         stddev = self._noise_stddev(approval, terms) if request.role == "train" else None
         if stddev is not None:
             result = self._noised(terms, result, stddev, digest)
+        if secure:
+            result = self._masked(approval, terms, request, result, digest)
         round_num, repeat = self._record(approval, request, names, identity, digest)
         audit = {"plan": approval.plan_id, "role": request.role, "round": round_num, "id": release_id,
                  "datasets": names, "clients": len(refs)}
@@ -324,6 +339,88 @@ class ReleaseHandler:
             out[i] = from_numpy((array.astype(np.float64) + noise).astype(array.dtype))
             offset += array.size
         return out
+
+    # -- secure aggregation --------------------------------------------------------------------
+
+    def secagg(self, step: str, raw: bytes, identity: Optional[str], federation: Optional[str]
+               ) -> tuple[bytes, dict[str, Any]]:
+        """One step of a round's secure aggregation: ``advertise``, ``share`` or ``unmask``
+        (:mod:`tffprod.executors.secagg_site`); the serialized answer and the audit fields.
+
+        Raises:
+            RequestRefused: the plan or round is not approved for the caller, the participants are not
+                the plan's sites, or the step is out of order (one line).
+        """
+        message: Any = {"advertise": release_pb2.SecAggRound, "share": release_pb2.SecAggShareRequest,
+                        "unmask": release_pb2.SecAggUnmaskRequest}[step]
+        try:
+            request = message.FromString(raw)
+        except Exception:
+            raise self._invalid(f"the secure aggregation {step} request does not parse") from None
+        round_msg = request if step == "advertise" else request.round
+        approval, settings = self._round_settings(round_msg, identity, federation)
+        plan_id, round_num = approval.plan_id, round_msg.round
+        if step == "advertise":
+            answer: Any = self._secagg.advertise(plan_id, round_num, settings)
+        elif step == "share":
+            answer = self._secagg.share(plan_id, round_num, settings, list(request.advertisements))
+        else:
+            answer = self._secagg.unmask(plan_id, round_num, settings, request)
+        audit = {"plan": plan_id, "round": round_num, "step": step, "sites": list(settings.participants)}
+        return answer.SerializeToString(), {"secagg": audit}
+
+    def _round_settings(self, round_msg: Any, identity: Optional[str], federation: Optional[str]) -> tuple[Any, Any]:
+        approval = self._approval(round_msg.plan_id, identity, federation)
+        if "secure_aggregation" not in approval.privacy:
+            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site,
+                           f"plan {approval.plan_id[:16]} has no secure aggregation")
+        if not 1 <= round_msg.round <= approval.rounds:
+            raise self._invalid(f"round {round_msg.round} is not a round of plan {approval.plan_id[:16]} "
+                                f"(1..{approval.rounds})")
+        terms = self._terms(approval, "train")
+        try:
+            return approval, round_settings(approval.privacy, list(round_msg.participants),
+                                            layout_of(terms.result_slots()))
+        except SecAggError as e:
+            raise self._invalid(str(e)) from None
+
+    def _check_secure_release(self, approval: Approval, request: release_pb2.ReleaseRequest, digest: str) -> None:
+        """A training release under secure aggregation belongs to this round's masks and is given once."""
+        secagg = request.secagg
+        if not request.HasField("secagg") or secagg.round.plan_id != request.plan_id \
+                or secagg.round.round != request.round:
+            raise self._invalid(f"plan {approval.plan_id[:16]}'s training releases go through secure aggregation: "
+                                "the request needs this round's secure aggregation input")
+        if self.ledger.repeat_of(approval.plan_id, digest) is not None:
+            raise self._denied(f"this release of plan {approval.plan_id[:16]} was given once under secure "
+                               "aggregation and is not given again")
+
+    def _masked(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest, result: list,
+                digest: str) -> list:
+        """``result`` quantized, with a discrete Gaussian share on the clipped sum, masked for the round."""
+        settings = self._settings_for(approval, terms, request)
+        if self._secret is None:
+            self._secret = load_or_create(self.store.folder.parent)
+        layout = settings.layout
+        try:
+            values = encode([to_numpy(t) for t in result], layout, scale=settings.scale,
+                            fixed_scale=settings.fixed_scale, bits=settings.bits)
+        except ValueError as e:
+            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, f"the release cannot be quantized: {e}") \
+                from None
+        noise = discrete_gaussian.sample(derive_key(self._secret, bytes.fromhex(digest)), layout.dp_size,
+                                         settings.share_sigma)
+        values[layout.dp_positions] += noise
+        masked = self._secagg.mask(approval.plan_id, request.round, settings, request.secagg,
+                                   reduce(values, settings.bits))
+        return [from_numpy(masked)]
+
+    def _settings_for(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest) -> Any:
+        try:
+            return round_settings(approval.privacy, list(request.secagg.round.participants),
+                                  layout_of(terms.result_slots()))
+        except SecAggError as e:
+            raise self._invalid(str(e)) from None
 
     # -- the worker ----------------------------------------------------------------------------
 

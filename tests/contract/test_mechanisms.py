@@ -14,7 +14,7 @@ from tffprod.privacy.mechanisms import MECHANISMS, Mechanism, get_mechanism
 
 NAMES = sorted(MECHANISMS)
 VALUES = {"noise_multiplier": 0.5, "clip": 1.5, "delta": 1e-5, "on_budget": "stop", "target_quantile": 0.4,
-          "learning_rate": 0.1, "noise_placement": "distributed"}
+          "learning_rate": 0.1, "noise_placement": "distributed", "secure_aggregation": True}
 
 
 def table(name: str, **overrides: object) -> dict:

@@ -87,7 +87,7 @@ round_timeout_s = 30
     assert spec.dp == DPConfig("gaussian_fixed", noise_multiplier=0.5, clip=1.0, delta=1e-5)
     assert spec.dp.enabled
     assert spec.dp.to_dict() == {"mechanism": "gaussian_fixed", "noise_multiplier": 0.5, "clip": 1.0, "delta": 1e-5,
-                                "on_budget": "refuse", "noise_placement": "coordinator"}
+                                "on_budget": "refuse", "noise_placement": "coordinator", "secure_aggregation": False}
 
 
 def test_adaptive_defaults(tmp_path):
@@ -372,6 +372,21 @@ def test_model_noise_multiplier_by_placement(tmp_path):
     assert spec("coordinator").model_noise_multiplier == 1.2
     assert spec("distributed").model_noise_multiplier == 1.2
     assert spec("local").model_noise_multiplier == pytest.approx(1.2 * 2**0.5)
+
+
+def test_secure_aggregation_needs_distributed_noise_and_three_sites(tmp_path):
+    three = BASE.replace('datasets = ["hospital-a/train", "hospital-b/train:2"]',
+                         'datasets = ["hospital-a/train", "hospital-b/train", "hospital-c/train"]')
+    ok = dp_text("gaussian_fixed", noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_placement='"distributed"',
+                 secure_aggregation="true")
+    assert load_spec(write(tmp_path, ok.replace(BASE, three))).dp.secure_aggregation is True
+    assert "at least 3 training sites" in spec_error(tmp_path, ok)  # BASE spans two sites
+    local = dp_text("gaussian_fixed", noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_placement='"local"',
+                    secure_aggregation="true")
+    assert "needs noise_placement = \"distributed\"" in spec_error(tmp_path, local.replace(BASE, three))
+    wrong = dp_text("gaussian_fixed", noise_multiplier=1.0, clip=1.0, delta=1e-5, noise_placement='"distributed"',
+                    secure_aggregation='"yes"')
+    assert "'dp.secure_aggregation'" in spec_error(tmp_path, wrong.replace(BASE, three))
 
 
 def test_dp_zero_noise_is_allowed(tmp_path):

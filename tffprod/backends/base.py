@@ -76,19 +76,22 @@ class Backend(abc.ABC):
         """The synchronous TFF context that runs computations at ``site``."""
         return self._contexts[site]
 
-    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0) -> Any:
+    def run_site(self, site: str, computation: Any, state: Any, refs: list[str], *, round_num: int = 0,
+                 secagg: Any = None) -> Any:
         """Run ``computation`` (a site computation) at ``site`` on ``<state, refs>`` (``refs`` alone when
         ``state`` is None), as round ``round_num`` (0: not a training round); its partial result.
 
         Under a plan (``frozen``) the site is asked for a release of the plan
         (:mod:`tffprod.backends.release`, through ``release_sender``); otherwise the site's context
-        runs the computation.
+        runs the computation. With ``secagg`` (the round's ``SecAggInput``) the answer is the site's
+        masked vector (:mod:`tffprod.backends.secure_round`).
         """
         if self.frozen is not None:
             from tffprod.backends.release import ReleaseClient
 
             return ReleaseClient(self.frozen.plan, self.release_sender(site)).release(
-                self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result)
+                self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result,
+                secagg=secagg)
         import tensorflow_federated as tff
 
         arg = tff.structure.Struct.unnamed(state, refs) if state is not None else refs
@@ -97,6 +100,10 @@ class Backend(abc.ABC):
     def release_sender(self, site: str) -> Any:
         """Sends a ``ReleaseRequest`` to ``site`` and returns its ``ReleaseResponse`` (under a plan)."""
         raise NotImplementedError(f"the {self.name} backend cannot ask sites for releases")
+
+    def secagg_sender(self, site: str) -> Any:
+        """Sends a secure aggregation step to ``site``: ``(step, request) -> response`` (under a plan)."""
+        raise NotImplementedError(f"the {self.name} backend has no secure aggregation")
 
     def reconnect(self, site: str) -> None:
         """Replace ``site``'s context after it was unavailable (a no-op where contexts never go stale)."""

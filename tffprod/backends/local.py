@@ -55,12 +55,29 @@ class LocalBackend(Backend):
     def _simulate_sites(self, sites: list[SiteTarget]) -> None:
         from tffprod.backends.simulated_site import SimulatedSite
 
+        secure = "secure_aggregation" in self.frozen.plan.privacy
         for site in sites:
             if site.name not in self._sites:
                 rows = list({row["name"]: row for row in site.datasets}.values())
                 self._sites[site.name] = SimulatedSite(
                     site.name, rows, self.frozen.plan, self._workers[f"site-{site.name}"].address,
-                    self._logs() / f"site-{site.name}-state", self._client_shards)
+                    self._logs() / f"site-{site.name}-state", self._client_shards,
+                    credentials=self._credentials(site.name) if secure else None)
+
+    def _credentials(self, site: str) -> tuple[bytes, bytes, bytes]:
+        """A simulated site's key, certificate and CA (PEM), from a CA made for this backend: what
+        secure aggregation signs its keys with."""
+        from tffprod.security.certs import init_ca, issue
+
+        ca_dir, out = self._logs() / "secagg-ca", self._logs() / "secagg-certs"
+        if not (ca_dir / "ca.crt").exists():
+            init_ca(ca_dir, name="tffprod-local-ca")
+        files = issue(site, ca_dir=ca_dir, out_dir=out)
+        return files.key.read_bytes(), files.cert.read_bytes(), files.ca_cert.read_bytes()
+
+    def secagg_sender(self, site: str) -> Any:
+        """Secure aggregation steps answered by the simulated site."""
+        return self._sites[site].secagg
 
     def release_sender(self, site: str) -> Any:
         """Releases answered by the simulated site."""

@@ -22,7 +22,7 @@ from tffprod.protocol.terms import ReleaseTerms
 from tffprod.protocol.tensors import from_numpy, to_numpy
 from tffprod.sites.rpc_errors import site_error
 
-__all__ = ["ReleaseClient", "grpc_sender", "leaf_at", "pieces", "selection"]
+__all__ = ["ReleaseClient", "grpc_sender", "grpc_step_sender", "leaf_at", "pack", "pieces", "selection"]
 
 
 def leaf_at(value: Any, path: str) -> Any:
@@ -54,14 +54,14 @@ def selection(refs: Sequence[str]) -> list[release_pb2.DatasetSelection]:
     return [release_pb2.DatasetSelection(name=name, clients=clients) for name, clients in chosen.items()]
 
 
-def _pack(type_spec: Any, leaves: Any) -> Any:
+def pack(type_spec: Any, leaves: Any) -> Any:
     """A value of ``type_spec`` (a struct of tensors, maybe SERVER-placed) from its leaves in order."""
     import tensorflow_federated as tff
 
     if isinstance(type_spec, tff.FederatedType):
-        return _pack(type_spec.member, leaves)
+        return pack(type_spec.member, leaves)
     if isinstance(type_spec, tff.StructType):
-        return tff.structure.Struct([(name, _pack(member, leaves))
+        return tff.structure.Struct([(name, pack(member, leaves))
                                      for name, member in tff.structure.iter_elements(type_spec)])
     return next(leaves)
 
@@ -84,8 +84,10 @@ class ReleaseClient:
         return {entry["role"]: ReleaseTerms(entry, self._plan.computation_bytes(entry["role"]))
                 for entry in self._plan.computations}
 
-    def release(self, role: str, round_num: int, state: Any, refs: Sequence[str], result_type: Any) -> Any:
-        """Run the plan's ``role`` computation at the site on ``state`` and ``refs``; its result.
+    def release(self, role: str, round_num: int, state: Any, refs: Sequence[str], result_type: Any,
+                secagg: Any = None) -> Any:
+        """Run the plan's ``role`` computation at the site on ``state`` and ``refs``; its result (under
+        secure aggregation, ``secagg`` the round's ``SecAggInput``: the site's masked vector).
 
         Raises:
             SiteUnavailableError: the site did not answer (UNAVAILABLE).
@@ -97,8 +99,12 @@ class ReleaseClient:
             datasets=selection(refs),
             state=[from_numpy(np.asarray(leaf_at(state, leaf.path), dtype=None if leaf.dtype == "string"
                                           else leaf.dtype)) for leaf in terms.free])
+        if secagg is not None:
+            request.secagg.CopyFrom(secagg)
         response = self._send(request)
-        return _pack(result_type, iter(to_numpy(t) for t in response.result))
+        if secagg is not None:
+            return to_numpy(response.result[0]) if len(response.result) == 1 else None
+        return pack(result_type, iter(to_numpy(t) for t in response.result))
 
 
 def pieces(request: release_pb2.ReleaseRequest, size: int = 2**20) -> Iterator[release_pb2.ReleaseChunk]:
@@ -122,6 +128,20 @@ def grpc_sender(channel: Callable[[], Any]) -> Callable[[release_pb2.ReleaseRequ
     def send(request: release_pb2.ReleaseRequest) -> release_pb2.ReleaseResponse:
         try:
             return release_pb2_grpc.ReleaseStub(channel()).ReleaseStream(pieces(request))
+        except grpc.RpcError as e:
+            raise site_error(e, what="site") from e
+
+    return send
+
+
+def grpc_step_sender(channel: Callable[[], Any]) -> Callable[[str, Any], Any]:
+    """Sends secure aggregation steps (``advertise``, ``share``, ``unmask``) over the site's current
+    channel; refusals become tffprod errors, as for releases."""
+    methods = {"advertise": "SecAggAdvertise", "share": "SecAggShare", "unmask": "SecAggUnmask"}
+
+    def send(step: str, message: Any) -> Any:
+        try:
+            return getattr(release_pb2_grpc.ReleaseStub(channel()), methods[step])(message, timeout=60)
         except grpc.RpcError as e:
             raise site_error(e, what="site") from e
 

@@ -83,6 +83,12 @@ class RemoteBackend(Backend):
 
         return grpc_sender(lambda: self._channels[site])
 
+    def secagg_sender(self, site: str) -> Any:
+        """Secure aggregation steps over the site's current channel."""
+        from tffprod.backends.release import grpc_step_sender
+
+        return grpc_step_sender(lambda: self._channels[site])
+
     def _check_catalog(self, site: SiteTarget, channel: Any, connection: SiteConnection) -> None:
         """Refuse a site whose TFF, TF or tffprod differs from ours, and data that changed at the
         site since it was registered."""

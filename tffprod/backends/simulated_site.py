@@ -13,7 +13,7 @@ authentication are left out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import grpc
 
@@ -38,10 +38,12 @@ class SimulatedSite:
         worker_address: the site's local worker.
         state_dir: where its approval and ledger live.
         client_paths: returns the shard paths of a dataset with a client-id column.
+        credentials: its key, certificate and CA (PEM), for plans with secure aggregation.
     """
 
     def __init__(self, name: str, rows: Sequence[Mapping[str, Any]], plan: Any, worker_address: str,
-                 state_dir: Path, client_paths: Callable[[Mapping[str, Any]], Sequence[Path]]) -> None:
+                 state_dir: Path, client_paths: Callable[[Mapping[str, Any]], Sequence[Path]],
+                 credentials: Optional[tuple[bytes, bytes, bytes]] = None) -> None:
         catalog = {}
         for row in rows:
             clients = tuple(str(p) for p in client_paths(row)) if row.get("client_id") else ()
@@ -53,7 +55,7 @@ class SimulatedSite:
         self._channel = grpc.insecure_channel(worker_address, options=MESSAGE_LIMITS)
         self._ledger = SiteLedger(Path(state_dir) / LEDGER_FILE, site=name, budgets={})
         self._handler = ReleaseHandler(name, ApprovalStore(state_dir), self._ledger, DataRefs(name, catalog),
-                                       self._call_worker)
+                                       self._call_worker, credentials=credentials)
 
     def _call_worker(self, method: str, request: Any, response_type: Any, context: Any) -> Any:
         call = self._channel.unary_unary(f"/{EXECUTOR_SERVICE}/{method}",
@@ -72,6 +74,18 @@ class SimulatedSite:
         except RequestRefused as refused:
             raise ReleaseRefusedError(f"{refused.code.name}: {refused.detail}") from None
         return release_pb2.ReleaseResponse.FromString(raw)
+
+    def secagg(self, step: str, message: Any) -> Any:
+        """Answer one secure aggregation step, as the site's gateway would."""
+        responses: dict[str, Any] = {"advertise": release_pb2.SecAggAdvertisement,
+                                     "share": release_pb2.SecAggShareResponse,
+                                     "unmask": release_pb2.SecAggUnmaskResponse}
+        try:
+            raw, _ = self._handler.secagg(step, message.SerializeToString(), self.approval.coordinator,
+                                          self.approval.federation)
+        except RequestRefused as refused:
+            raise ReleaseRefusedError(f"{refused.code.name}: {refused.detail}") from None
+        return responses[step].FromString(raw)
 
     def close(self) -> None:
         self._channel.close()

@@ -42,6 +42,9 @@ class DPConfig:
             ``"refuse"`` to start (the default), or ``"stop"`` after the last round that fits.
         noise_placement: fixed clip only: where the noise is added, ``"coordinator"`` (the default),
             ``"distributed"`` or ``"local"`` (at each site; :mod:`tffprod.privacy.placement`).
+        secure_aggregation: fixed clip with distributed noise only: the sites quantize their releases,
+            add discrete Gaussian noise shares and mask them, so the coordinator learns only their sum
+            (:mod:`tffprod.privacy.secagg`).
     """
 
     mechanism: str = "none"
@@ -52,6 +55,7 @@ class DPConfig:
     delta: Optional[float] = None
     on_budget: Optional[str] = None
     noise_placement: Optional[str] = None
+    secure_aggregation: Optional[bool] = None
 
     def __post_init__(self) -> None:
         mechanism = fields.choice("dp.mechanism", self.mechanism, MECHANISMS)
@@ -68,6 +72,13 @@ class DPConfig:
         if "noise_placement" in applicable:
             object.__setattr__(self, "noise_placement", fields.choice(
                 "dp.noise_placement", self.noise_placement or "coordinator", PLACEMENTS))
+        if "secure_aggregation" in applicable:
+            secure = fields.boolean("dp.secure_aggregation", bool(self.secure_aggregation) if
+                                    self.secure_aggregation is None else self.secure_aggregation)
+            object.__setattr__(self, "secure_aggregation", secure)
+            if secure and self.noise_placement != "distributed":
+                raise SpecError("'dp.secure_aggregation' sums the sites' noise shares: it needs "
+                                "noise_placement = \"distributed\"")
         for key in get_mechanism(mechanism).required:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")

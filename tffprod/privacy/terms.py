@@ -67,6 +67,10 @@ def placement_line(privacy: Mapping[str, Any], rounds: int) -> str:
         return ("noise added by the coordinator: each site's release leaves un-noised "
                 "(private only in the published model)")
     epsilon, delta = release_epsilon(privacy, rounds)
+    if isinstance(privacy.get("secure_aggregation"), Mapping):
+        return (f"noise added at the sites (discrete Gaussian shares for at least {privacy.get('noise_sites', 1)} "
+                f"site(s)) under secure aggregation: the coordinator learns only the sum of the releases; against "
+                f"it the {rounds} round(s) give epsilon {epsilon:.4g} at delta {delta:g}")
     share = f"a share for at least {privacy.get('noise_sites', 1)} site(s)" if placement == "distributed" else \
         "the full noise at each site"
     return (f"noise added at the sites ({placement}: {share}); against the coordinator a site's {rounds} "

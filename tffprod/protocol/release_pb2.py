@@ -14,23 +14,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etffprod/protocol/release.proto\x12\x0ftffprod.site.v1\"H\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07strings\x18\x04 \x03(\x0c\"1\n\x10\x44\x61tasetSelection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lients\x18\x02 \x03(\r\"\x9b\x01\n\x0eReleaseRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x33\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32!.tffprod.site.v1.DatasetSelection\x12&\n\x05state\x18\x05 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\"m\n\x0fReleaseResponse\x12\'\n\x06result\x18\x01 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06repeat\x18\x03 \x01(\x08\x12\x12\n\nrelease_id\x18\x04 \x01(\t\"Y\n\x0cReleaseChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.tffprod.site.v1.ReleaseRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xab\x01\n\x07Release\x12L\n\x07Release\x12\x1f.tffprod.site.v1.ReleaseRequest\x1a .tffprod.site.v1.ReleaseResponse\x12R\n\rReleaseStream\x12\x1d.tffprod.site.v1.ReleaseChunk\x1a .tffprod.site.v1.ReleaseResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etffprod/protocol/release.proto\x12\x0ftffprod.site.v1\"H\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0f\n\x07strings\x18\x04 \x03(\x0c\"1\n\x10\x44\x61tasetSelection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lients\x18\x02 \x03(\r\"\xc9\x01\n\x0eReleaseRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x33\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32!.tffprod.site.v1.DatasetSelection\x12&\n\x05state\x18\x05 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\x12,\n\x06secagg\x18\x06 \x01(\x0b\x32\x1c.tffprod.site.v1.SecAggInput\"C\n\x0bSecAggRound\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\"\x8f\x01\n\x13SecAggAdvertisement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x10\n\x08s_public\x18\x04 \x01(\x0c\x12\x10\n\x08\x63_public\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x07 \x01(\x0c\"\x7f\n\x12SecAggShareRequest\x12+\n\x05round\x18\x01 \x01(\x0b\x32\x1c.tffprod.site.v1.SecAggRound\x12<\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32$.tffprod.site.v1.SecAggAdvertisement\"\\\n\x14SecAggEncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"L\n\x13SecAggShareResponse\x12\x35\n\x06shares\x18\x01 \x03(\x0b\x32%.tffprod.site.v1.SecAggEncryptedShare\"\x84\x01\n\x0bSecAggInput\x12+\n\x05round\x18\x01 \x01(\x0b\x32\x1c.tffprod.site.v1.SecAggRound\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x35\n\x06shares\x18\x03 \x03(\x0b\x32%.tffprod.site.v1.SecAggEncryptedShare\"f\n\x13SecAggUnmaskRequest\x12+\n\x05round\x18\x01 \x01(\x0b\x32\x1c.tffprod.site.v1.SecAggRound\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\x12\x11\n\tsurvivors\x18\x03 \x03(\t\"\x90\x02\n\x14SecAggUnmaskResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x44\n\x08\x62_shares\x18\x02 \x03(\x0b\x32\x32.tffprod.site.v1.SecAggUnmaskResponse.BSharesEntry\x12\x44\n\x08s_shares\x18\x03 \x03(\x0b\x32\x32.tffprod.site.v1.SecAggUnmaskResponse.SSharesEntry\x1a.\n\x0c\x42SharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a.\n\x0cSSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"m\n\x0fReleaseResponse\x12\'\n\x06result\x18\x01 \x03(\x0b\x32\x17.tffprod.site.v1.Tensor\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06repeat\x18\x03 \x01(\x08\x12\x12\n\nrelease_id\x18\x04 \x01(\t\"Y\n\x0cReleaseChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.tffprod.site.v1.ReleaseRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xb9\x03\n\x07Release\x12L\n\x07Release\x12\x1f.tffprod.site.v1.ReleaseRequest\x1a .tffprod.site.v1.ReleaseResponse\x12R\n\rReleaseStream\x12\x1d.tffprod.site.v1.ReleaseChunk\x1a .tffprod.site.v1.ReleaseResponse(\x01\x12U\n\x0fSecAggAdvertise\x12\x1c.tffprod.site.v1.SecAggRound\x1a$.tffprod.site.v1.SecAggAdvertisement\x12X\n\x0bSecAggShare\x12#.tffprod.site.v1.SecAggShareRequest\x1a$.tffprod.site.v1.SecAggShareResponse\x12[\n\x0cSecAggUnmask\x12$.tffprod.site.v1.SecAggUnmaskRequest\x1a%.tffprod.site.v1.SecAggUnmaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tffprod.protocol.release_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
+  _globals['_SECAGGUNMASKRESPONSE_BSHARESENTRY']._options = None
+  _globals['_SECAGGUNMASKRESPONSE_BSHARESENTRY']._serialized_options = b'8\001'
+  _globals['_SECAGGUNMASKRESPONSE_SSHARESENTRY']._options = None
+  _globals['_SECAGGUNMASKRESPONSE_SSHARESENTRY']._serialized_options = b'8\001'
   _globals['_TENSOR']._serialized_start=51
   _globals['_TENSOR']._serialized_end=123
   _globals['_DATASETSELECTION']._serialized_start=125
   _globals['_DATASETSELECTION']._serialized_end=174
   _globals['_RELEASEREQUEST']._serialized_start=177
-  _globals['_RELEASEREQUEST']._serialized_end=332
-  _globals['_RELEASERESPONSE']._serialized_start=334
-  _globals['_RELEASERESPONSE']._serialized_end=443
-  _globals['_RELEASECHUNK']._serialized_start=445
-  _globals['_RELEASECHUNK']._serialized_end=534
-  _globals['_RELEASE']._serialized_start=537
-  _globals['_RELEASE']._serialized_end=708
+  _globals['_RELEASEREQUEST']._serialized_end=378
+  _globals['_SECAGGROUND']._serialized_start=380
+  _globals['_SECAGGROUND']._serialized_end=447
+  _globals['_SECAGGADVERTISEMENT']._serialized_start=450
+  _globals['_SECAGGADVERTISEMENT']._serialized_end=593
+  _globals['_SECAGGSHAREREQUEST']._serialized_start=595
+  _globals['_SECAGGSHAREREQUEST']._serialized_end=722
+  _globals['_SECAGGENCRYPTEDSHARE']._serialized_start=724
+  _globals['_SECAGGENCRYPTEDSHARE']._serialized_end=816
+  _globals['_SECAGGSHARERESPONSE']._serialized_start=818
+  _globals['_SECAGGSHARERESPONSE']._serialized_end=894
+  _globals['_SECAGGINPUT']._serialized_start=897
+  _globals['_SECAGGINPUT']._serialized_end=1029
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1031
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1133
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1136
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1408
+  _globals['_SECAGGUNMASKRESPONSE_BSHARESENTRY']._serialized_start=1314
+  _globals['_SECAGGUNMASKRESPONSE_BSHARESENTRY']._serialized_end=1360
+  _globals['_SECAGGUNMASKRESPONSE_SSHARESENTRY']._serialized_start=1362
+  _globals['_SECAGGUNMASKRESPONSE_SSHARESENTRY']._serialized_end=1408
+  _globals['_RELEASERESPONSE']._serialized_start=1410
+  _globals['_RELEASERESPONSE']._serialized_end=1519
+  _globals['_RELEASECHUNK']._serialized_start=1521
+  _globals['_RELEASECHUNK']._serialized_end=1610
+  _globals['_RELEASE']._serialized_start=1613
+  _globals['_RELEASE']._serialized_end=2054
 # @@protoc_insertion_point(module_scope)

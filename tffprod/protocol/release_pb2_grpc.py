@@ -24,6 +24,21 @@ class ReleaseStub(object):
                 request_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.SerializeToString,
                 response_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
                 )
+        self.SecAggAdvertise = channel.unary_unary(
+                '/tffprod.site.v1.Release/SecAggAdvertise',
+                request_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggRound.SerializeToString,
+                response_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggAdvertisement.FromString,
+                )
+        self.SecAggShare = channel.unary_unary(
+                '/tffprod.site.v1.Release/SecAggShare',
+                request_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggShareRequest.SerializeToString,
+                response_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggShareResponse.FromString,
+                )
+        self.SecAggUnmask = channel.unary_unary(
+                '/tffprod.site.v1.Release/SecAggUnmask',
+                request_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskRequest.SerializeToString,
+                response_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskResponse.FromString,
+                )
 
 
 class ReleaseServicer(object):
@@ -41,6 +56,24 @@ class ReleaseServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggAdvertise(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggShare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggUnmask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReleaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -53,6 +86,21 @@ def add_ReleaseServicer_to_server(servicer, server):
                     servicer.ReleaseStream,
                     request_deserializer=tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.FromString,
                     response_serializer=tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'SecAggAdvertise': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggAdvertise,
+                    request_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggRound.FromString,
+                    response_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggAdvertisement.SerializeToString,
+            ),
+            'SecAggShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggShare,
+                    request_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggShareRequest.FromString,
+                    response_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggShareResponse.SerializeToString,
+            ),
+            'SecAggUnmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggUnmask,
+                    request_deserializer=tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskRequest.FromString,
+                    response_serializer=tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -95,5 +143,56 @@ class Release(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/tffprod.site.v1.Release/ReleaseStream',
             tffprod_dot_protocol_dot_release__pb2.ReleaseChunk.SerializeToString,
             tffprod_dot_protocol_dot_release__pb2.ReleaseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SecAggAdvertise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/tffprod.site.v1.Release/SecAggAdvertise',
+            tffprod_dot_protocol_dot_release__pb2.SecAggRound.SerializeToString,
+            tffprod_dot_protocol_dot_release__pb2.SecAggAdvertisement.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SecAggShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/tffprod.site.v1.Release/SecAggShare',
+            tffprod_dot_protocol_dot_release__pb2.SecAggShareRequest.SerializeToString,
+            tffprod_dot_protocol_dot_release__pb2.SecAggShareResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SecAggUnmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/tffprod.site.v1.Release/SecAggUnmask',
+            tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskRequest.SerializeToString,
+            tffprod_dot_protocol_dot_release__pb2.SecAggUnmaskResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -163,6 +163,11 @@ class ReleaseTerms:
             return []
         return [i for i, leaf in enumerate(self.signature.result) if _under(leaf.path, self.bound.prefixes)]
 
+    def result_slots(self) -> list[tuple[str, tuple[int, ...], bool]]:
+        """Each result leaf as ``(dtype, shape, bounded)``, in order (how secure aggregation packs a release)."""
+        bounded = set(self.bounded_indices())
+        return [(leaf.dtype, tuple(leaf.shape), i in bounded) for i, leaf in enumerate(self.signature.result)]
+
     def check_result(self, result: Sequence[release_pb2.Tensor], clients: int) -> Optional[float]:
         """The bounded leaves' L2 norm (None without a bound).
 

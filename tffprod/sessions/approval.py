@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["FrozenComputations", "check_datasets", "check_whole_plan_fits", "coordinator_identities", "freeze",
-           "load_plan", "make_eval_plan", "make_plan", "privacy_terms", "single_release_plan", "thaw", "write_plan"]
+           "load_plan", "make_eval_plan", "make_plan", "privacy_terms", "single_release_plan", "thaw",
+           "with_secure_aggregation", "write_plan"]
 
 
 def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
@@ -65,6 +66,23 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
                                            delta=float(delta), **accounting)
     if "fixed_sample" in accounting:
         terms["fixed_sample"] = list(accounting["fixed_sample"])
+    return terms
+
+
+def with_secure_aggregation(terms: dict[str, Any], train_entry: Mapping[str, Any], plan: SessionPlan) -> dict[str, Any]:
+    """``terms`` with the plan's ``secure_aggregation``: its training sites, quantization and modulus, and
+    the effective noise multiplier of the sum of discrete noise shares, which its epsilon is planned at."""
+    from tffprod.privacy.accounting import epsilon_for
+    from tffprod.privacy.secagg.settings import layout_of, plan_terms, round_settings
+    from tffprod.protocol.terms import ReleaseTerms
+
+    release = ReleaseTerms(train_entry, base64.b64decode(train_entry["proto"]))
+    secure = plan_terms([row["site"] for row in plan.datasets])
+    settings = round_settings({**terms, "secure_aggregation": secure}, secure["sites"],
+                              layout_of(release.result_slots()))
+    terms = {**terms, "secure_aggregation": {**secure, "noise_multiplier": settings.noise_multiplier}}
+    terms["planned_epsilon"] = epsilon_for(noise_multiplier=model_noise_multiplier(terms), rounds=plan.spec.rounds,
+                                           delta=float(terms["delta"]), **plan.population.accounting())
     return terms
 
 
@@ -162,7 +180,8 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
                     "federation": spec.federation},
         "spec": spec.to_dict(),
         "task": plan.task.summary(),
-        "privacy": privacy_terms(plan),
+        "privacy": with_secure_aggregation(privacy_terms(plan), computations[0], plan)
+        if spec.dp.secure_aggregation else privacy_terms(plan),
         "datasets": datasets,
         "coordinators": coordinators or {},
         "computations": computations,

@@ -153,6 +153,9 @@ class SessionSpec:
         if not isinstance(self.reliability, ReliabilityConfig):
             raise SpecError(f"'reliability' must be a ReliabilityConfig, got {type(self.reliability).__name__}")
         self.reliability.check_timeout(self.round_timeout_s)
+        if self.dp.secure_aggregation and len(self.sites) < 3:
+            raise SpecError(f"'dp.secure_aggregation' needs at least 3 training sites (with 2, the sum and one's own "
+                            f"release give away the other's); 'datasets' span {len(self.sites)}")
         # With sampling, clients per round are known only with the datasets (checked when planning).
         if self.sampling is None:
             get_mechanism(self.dp.mechanism).check_clients(self.dp, self.clients_per_round, "dataset(s) per round")

@@ -17,7 +17,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import tensorflow_federated as tff
 
@@ -72,7 +72,8 @@ class RoundRouter:
     """Runs a ``MergeableCompForm`` over a backend's sites."""
 
     def __init__(self, backend: Backend, form: Any, *, timeout_s: float = 600.0, min_sites: int = 1,
-                 retries: int = 2, backoff_s: float = 0.5, site_computation: Any = None) -> None:
+                 retries: int = 2, backoff_s: float = 0.5, site_computation: Any = None,
+                 secure: Optional[Callable[[int, list[str]], Any]] = None) -> None:
         self._backend = backend
         self._form = form
         # An approved plan's frozen per-site computation, or the form's own.
@@ -81,9 +82,11 @@ class RoundRouter:
         self._min_sites = min_sites
         self._retries = retries
         self._backoff_s = backoff_s
+        # Secure aggregation: (round, sites) -> a ``tffprod.backends.secure_round.SecureRound``.
+        self._secure = secure
 
     def partials(self, state: Any, refs_by_site: Mapping[str, list[str]], *,
-                 timeout_s: Optional[float] = None, round_num: int = 0) -> list[SiteOutcome]:
+                 timeout_s: Optional[float] = None, round_num: int = 0, secure: Any = None) -> list[SiteOutcome]:
         """Run the per-site part at every site concurrently; never raises for a site's failure.
 
         ``timeout_s`` overrides the router's deadline for this call; ``round_num`` is the training
@@ -92,7 +95,9 @@ class RoundRouter:
         timeout_s = self._timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         deadline = started + timeout_s
-        futures = {site: self._spawn(site, state, refs, deadline, round_num) for site, refs in refs_by_site.items()}
+        futures = {site: self._spawn(site, state, refs, deadline, round_num,
+                                     secure.input_for(site) if secure is not None else None)
+                   for site, refs in refs_by_site.items()}
         outcomes = []
         for site, future in futures.items():
             clients = len(refs_by_site[site])
@@ -108,20 +113,22 @@ class RoundRouter:
         return outcomes
 
     def _spawn(self, site: str, state: Any, refs: list[str], deadline: float,
-               round_num: int) -> concurrent.futures.Future:
+               round_num: int, secagg: Any = None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline, round_num),
+        thread = threading.Thread(target=self._run_site, args=(future, site, state, refs, deadline, round_num, secagg),
                                   name=f"tffprod-site-{site}", daemon=True)
         thread.start()
         return future
 
     def _run_site(self, future: concurrent.futures.Future, site: str, state: Any, refs: list[str],
-                  deadline: float, round_num: int) -> None:
+                  deadline: float, round_num: int, secagg: Any = None) -> None:
         future.set_running_or_notify_cancel()
         t0, backoff = time.monotonic(), self._backoff_s
+        extra = {"secagg": secagg} if secagg is not None else {}
         for attempt in range(1, self._retries + 2):
             try:
-                result = self._backend.run_site(site, self._site_computation, state, refs, round_num=round_num)
+                result = self._backend.run_site(site, self._site_computation, state, refs, round_num=round_num,
+                                                **extra)
                 future.set_result((result, time.monotonic() - t0, attempt))
                 return
             except SiteUnavailableError as e:
@@ -164,10 +171,26 @@ class RoundRouter:
         """
         t0 = time.monotonic()
         needed = self._min_sites if min_sites is None else min_sites
-        sites = self.partials(state, refs_by_site, timeout_s=timeout_s, round_num=round_num)
+        secure = self._secure(round_num, list(refs_by_site)) if self._secure is not None else None
+        if secure is None:
+            sites = self.partials(state, refs_by_site, timeout_s=timeout_s, round_num=round_num)
+        else:  # steps 0 and 1 of secure aggregation; sites that fail them do not release
+            agreed = set(secure.agree())
+            sites = self.partials(state, {s: r for s, r in refs_by_site.items() if s in agreed}, timeout_s=timeout_s,
+                                  round_num=round_num, secure=secure)
+            sites += [SiteOutcome(s, "error", 0.0, len(r), error=secure.failed.get(s, "left the secure aggregation"))
+                      for s, r in refs_by_site.items() if s not in agreed]
         ok = [s for s in sites if s.status == "ok"]
         if len(ok) < needed or not ok:
             detail = "; ".join(f"{s.site}: {s.status} ({s.error})" for s in sites if s.status != "ok")
             raise SessionError(f"round needs {max(needed, 1)} site(s), {len(ok)} succeeded: {detail}")
-        output = self.finish(state, self.merge([s.partial for s in ok]))
+        if secure is None:
+            merged = self.merge([s.partial for s in ok])
+        else:  # the coordinator learns only the sum of the releases
+            from tffprod.backends.release import pack
+
+            for outcome in ok:
+                secure.add_release(outcome.site, outcome.partial)
+            merged = pack(self._site_computation.type_signature.result, iter(secure.finish()))
+        output = self.finish(state, merged)
         return RoundOutcome(output=output, sites=sites, duration_s=time.monotonic() - t0)

@@ -8,7 +8,7 @@ server state as round checkpoints (:mod:`tffprod.training.checkpoint`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
@@ -57,7 +57,7 @@ class Trainer:
             check_signature("train", frozen.train, form.up_to_merge, frozen.plan_id)
             site_computation = frozen.train
         self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites,
-                                  site_computation=site_computation)
+                                  site_computation=site_computation, secure=_secure_rounds(backend, frozen))
         state = self.ctx.invoke(self.process.initialize, None)
         self.state = self.ctx.invoke(
             self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
@@ -115,6 +115,18 @@ class Trainer:
 
     def weights(self) -> Any:
         return self.ctx.invoke(self.process.get_model_weights, self.state)
+
+
+def _secure_rounds(backend: Backend, frozen: Any) -> Optional[Callable[[int, list[str]], Any]]:
+    """Makes each round's secure aggregation, for a plan that has it (None otherwise)."""
+    if frozen is None or "secure_aggregation" not in frozen.plan.privacy:
+        return None
+    from tffprod.backends.secure_round import SecureRound
+
+    def send(site: str, step: str, message: Any) -> Any:
+        return backend.secagg_sender(site)(step, message)
+
+    return lambda round_num, sites: SecureRound(frozen.plan, round_num, sites, send)
 
 
 def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:

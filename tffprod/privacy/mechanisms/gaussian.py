@@ -32,9 +32,9 @@ class GaussianFixed(Mechanism):
     noise itself."""
 
     name = "gaussian_fixed"
-    keys = (*_COMMON, "noise_placement")
+    keys = (*_COMMON, "noise_placement", "secure_aggregation")
     required = _REQUIRED
-    defaults = {"noise_placement": "coordinator"}
+    defaults = {"noise_placement": "coordinator", "secure_aggregation": False}
 
     def aggregator(self, dp: DPSettings, *, clients_per_round: int) -> Any:
         import tensorflow_federated as tff

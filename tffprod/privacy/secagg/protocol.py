@@ -105,6 +105,11 @@ class Participant:
     def _refuse(self, problem: str) -> SecAggError:
         return SecAggError(f"participant {who(self.name)}: {problem}")
 
+    @property
+    def has_shared(self) -> bool:
+        """Whether it has shared its keys this round (after which the round's participants are fixed)."""
+        return self._b is not None
+
     def advertise(self) -> Advertisement:
         """Step 0: this round's two public keys, signed with the certificate key."""
         return self._ad
