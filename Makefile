@@ -50,6 +50,7 @@ check: .venv/.synced
 bench: .venv/.synced
 	.venv/bin/python -m tests.benchmarks.bench_backends
 	.venv/bin/python -m tests.benchmarks.bench_approval
+	.venv/bin/python -m tests.benchmarks.bench_secagg
 
 clean:
 	rm -rf .venv .tools $(WORKDIR) .pytest_cache

@@ -46,24 +46,18 @@ import secrets
 from typing import Any, Callable, Iterator, Optional
 
 import grpc
-import numpy as np
 
 from tffprod.errors import TffprodError
 from tffprod.executors.approvals import Approval, ApprovalStore
 from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.site_executors import SiteExecutors, WorkerStageError
-from tffprod.executors.secagg_site import SiteSecAgg
-from tffprod.executors.site_secret import load_or_create
-from tffprod.privacy import discrete_gaussian
+from tffprod.executors.release_noise import ReleaseNoise
 from tffprod.privacy.secagg import SecAggError
-from tffprod.privacy.secagg.codec import encode, reduce
 from tffprod.privacy.secagg.settings import layout_of, round_settings
-from tffprod.privacy.noise import derive_key, standard_normal
-from tffprod.privacy.placement import AT_SITES, site_stddev
 from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError
-from tffprod.protocol.tensors import TensorError, from_numpy, to_numpy
+from tffprod.protocol.tensors import TensorError
 
 __all__ = ["MAX_PIECE_BYTES", "PIECE_BYTES", "RELEASE_METHOD", "RELEASE_SERVICE", "RELEASE_STREAM_METHOD",
            "ReleaseHandler", "release_digest"]
@@ -121,8 +115,7 @@ class ReleaseHandler:
         self.ledger = ledger
         self._refs = refs
         self._executors = SiteExecutors(call_worker)
-        self._secagg = SiteSecAgg(site, credentials)
-        self._secret: Optional[bytes] = None  # the site's noise secret, read when a plan first needs it
+        self._noise = ReleaseNoise(site, store.folder.parent, credentials)
 
     def _denied(self, detail: str) -> RequestRefused:
         return _refused(grpc.StatusCode.PERMISSION_DENIED, self.site, detail)
@@ -222,11 +215,9 @@ class ReleaseHandler:
         except TensorError as e:
             log.warning("site %s: release %s of plan %s withheld: %s", self.site, release_id, approval.plan_id[:16], e)
             raise self._denied(f"release {release_id} withheld: {e}") from None
-        stddev = self._noise_stddev(approval, terms) if request.role == "train" else None
-        if stddev is not None:
-            result = self._noised(terms, result, stddev, digest)
-        if secure:
-            result = self._masked(approval, terms, request, result, digest)
+        stddev = None
+        if request.role == "train":
+            result, stddev = self._noise.apply(approval, terms, request, result, digest)
         round_num, repeat = self._record(approval, request, names, identity, digest)
         audit = {"plan": approval.plan_id, "role": request.role, "round": round_num, "id": release_id,
                  "datasets": names, "clients": len(refs)}
@@ -311,35 +302,6 @@ class ReleaseHandler:
                 refs.append(self._refs.local_path(name))
         return refs, names
 
-    # -- noise at the site ---------------------------------------------------------------------
-
-    def _noise_stddev(self, approval: Approval, terms: Any) -> Optional[float]:
-        """The stddev this site adds to a training release of ``approval`` (None: the plan adds none here)."""
-        if approval.privacy.get("noise_placement", "coordinator") not in AT_SITES:
-            return None
-        if terms.bound is None:  # approval refuses such a plan; never release un-noised instead
-            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, f"plan {approval.plan_id[:16]} puts the "
-                           "noise at the sites but bounds no release")
-        return site_stddev(approval.privacy, terms.bound.l2_norm_per_client)
-
-    def _noised(self, terms: Any, result: list, stddev: float, digest: str) -> list:
-        """``result`` with N(0, stddev^2) added to each coordinate of its bounded (clipped-sum) tensors."""
-        if self._secret is None:
-            self._secret = load_or_create(self.store.folder.parent)
-        bounded = terms.bounded_indices()
-        arrays = {i: to_numpy(result[i]) for i in bounded}
-        normals = standard_normal(derive_key(self._secret, bytes.fromhex(digest)),
-                                  sum(a.size for a in arrays.values()))
-        out, offset = list(result), 0
-        for i, array in arrays.items():
-            if array.dtype.kind != "f":
-                raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site,
-                               "the plan's clipped sum is not floating point; the site cannot noise it")
-            noise = normals[offset:offset + array.size].reshape(array.shape) * stddev
-            out[i] = from_numpy((array.astype(np.float64) + noise).astype(array.dtype))
-            offset += array.size
-        return out
-
     # -- secure aggregation --------------------------------------------------------------------
 
     def secagg(self, step: str, raw: bytes, identity: Optional[str], federation: Optional[str]
@@ -361,11 +323,11 @@ class ReleaseHandler:
         approval, settings = self._round_settings(round_msg, identity, federation)
         plan_id, round_num = approval.plan_id, round_msg.round
         if step == "advertise":
-            answer: Any = self._secagg.advertise(plan_id, round_num, settings)
+            answer: Any = self._noise.secagg.advertise(plan_id, round_num, settings)
         elif step == "share":
-            answer = self._secagg.share(plan_id, round_num, settings, list(request.advertisements))
+            answer = self._noise.secagg.share(plan_id, round_num, settings, list(request.advertisements))
         else:
-            answer = self._secagg.unmask(plan_id, round_num, settings, request)
+            answer = self._noise.secagg.unmask(plan_id, round_num, settings, request)
         audit = {"plan": plan_id, "round": round_num, "step": step, "sites": list(settings.participants)}
         return answer.SerializeToString(), {"secagg": audit}
 
@@ -394,33 +356,7 @@ class ReleaseHandler:
         if self.ledger.repeat_of(approval.plan_id, digest) is not None:
             raise self._denied(f"this release of plan {approval.plan_id[:16]} was given once under secure "
                                "aggregation and is not given again")
-
-    def _masked(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest, result: list,
-                digest: str) -> list:
-        """``result`` quantized, with a discrete Gaussian share on the clipped sum, masked for the round."""
-        settings = self._settings_for(approval, terms, request)
-        if self._secret is None:
-            self._secret = load_or_create(self.store.folder.parent)
-        layout = settings.layout
-        try:
-            values = encode([to_numpy(t) for t in result], layout, scale=settings.scale,
-                            fixed_scale=settings.fixed_scale, bits=settings.bits)
-        except ValueError as e:
-            raise _refused(grpc.StatusCode.FAILED_PRECONDITION, self.site, f"the release cannot be quantized: {e}") \
-                from None
-        noise = discrete_gaussian.sample(derive_key(self._secret, bytes.fromhex(digest)), layout.dp_size,
-                                         settings.share_sigma)
-        values[layout.dp_positions] += noise
-        masked = self._secagg.mask(approval.plan_id, request.round, settings, request.secagg,
-                                   reduce(values, settings.bits))
-        return [from_numpy(masked)]
-
-    def _settings_for(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest) -> Any:
-        try:
-            return round_settings(approval.privacy, list(request.secagg.round.participants),
-                                  layout_of(terms.result_slots()))
-        except SecAggError as e:
-            raise self._invalid(str(e)) from None
+        self._noise.secagg.check_agreed(approval.plan_id, request.round, tuple(secagg.round.participants))
 
     # -- the worker ----------------------------------------------------------------------------
 

@@ -88,6 +88,15 @@ class SiteSecAgg:
         return release_pb2.SecAggAdvertisement(name=ad.name, index=ad.index, context=ad.context, s_public=ad.s_public,
                                                c_public=ad.c_public, signature=ad.signature, certificate=self._cert)
 
+    def check_agreed(self, plan_id: str, round_num: int, participants: tuple[str, ...]) -> None:
+        """Refuse (before any work) a release for a round this site holds no keys for among ``participants``."""
+        with self._lock:
+            held = self._rounds.get((plan_id, round_num))
+        if held is None or held[0] != participants or not held[1].has_shared:
+            raise self._refused(grpc.StatusCode.FAILED_PRECONDITION, f"round {round_num} of plan {plan_id[:16]} has "
+                                "no secure aggregation keys here among these sites (advertise and share first; a "
+                                "site that restarted has dropped out of the round)")
+
     def _participant(self, plan_id: str, round_num: int, settings: RoundSettings) -> Participant:
         with self._lock:
             held = self._rounds.get((plan_id, round_num))

@@ -226,6 +226,38 @@ def test_a_site_killed_after_the_masks_were_agreed_drops_out_and_its_late_releas
                 "other 2 sites; its late release was refused")
 
 
+def test_a_coordinator_cannot_take_a_site_out_of_secure_aggregation(opened):
+    from tffprod.backends.release import ReleaseClient
+    from tffprod.errors import TffprodError
+    from tffprod.protocol import release_pb2
+
+    session, plan, backend, recorder, trainer, _, _ = opened
+    site, refs = SITES[0], dict(trainer.refs_by_site)
+    release = ReleaseClient(plan, backend.release_sender(site))
+    result_type = backend.frozen.train.type_signature.result
+    # A plain release of a plan with secure aggregation: refused, nothing leaves un-masked.
+    with pytest.raises(TffprodError, match="go through secure aggregation"):
+        release.release("train", 3, trainer.state, refs[site], result_type)
+    # Rounds among two sites, or with a site that is not the plan's, are refused before any key is made.
+    for participants in (list(SITES[:2]), list(SITES[:2]) + ["mallory"]):
+        with pytest.raises(TffprodError, match="at least 3 distinct sites of the plan"):
+            backend.secagg_sender(site)("advertise", release_pb2.SecAggRound(plan_id=plan.plan_id, round=3,
+                                                                              participants=participants))
+    # A release for a round without agreed keys finds nothing to mask with.
+    missing = release_pb2.SecAggInput(round=release_pb2.SecAggRound(plan_id=plan.plan_id, round=3,
+                                                                    participants=list(SITES)),
+                                      survivors=list(SITES))
+    with pytest.raises(TffprodError, match="no secure aggregation keys here"):
+        release.release("train", 3, trainer.state, refs[site], result_type, secagg=missing)
+    # A masked release is given once: the identical request again is refused, not re-masked.
+    secure = SecureRound(plan, 3, list(refs), _send(backend))
+    secure.agree()
+    first = secure.input_for(site)
+    release.release("train", 3, trainer.state, refs[site], result_type, secagg=first)
+    with pytest.raises(TffprodError, match="given once under secure aggregation"):
+        release.release("train", 3, trainer.state, refs[site], result_type, secagg=first)
+
+
 def test_a_session_with_secure_aggregation_trains_through_three_sites(federation, report_line):
     fed, registry, root = federation
     _, plan = _plan(federation, "digits-secagg-session", secure=True, rounds=2)
@@ -250,3 +282,25 @@ def test_a_plan_with_secure_aggregation_over_two_sites_is_refused():
                                                    "delta": DELTA, "noise_placement": "distributed",
                                                    "secure_aggregation": True}})
 
+
+
+def test_the_local_backend_simulates_secure_aggregation_with_a_ca_of_its_own(tmp_path):
+    from tffprod.backends.local import LocalBackend
+    from tffprod.data.register import register_dataset
+    from tffprod.registry import Registry
+    from tffprod.sessions.runner import train
+
+    paths = digits.prepare(tmp_path / "data")
+    with Registry.open(tmp_path / "tffprod.db") as registry:
+        for site in SITES:
+            register_dataset(registry, f"{site}/train", paths[site]["train"], schema=digits.SCHEMA)
+        spec = SessionSpec.from_dict({
+            "name": "local-secagg", "task": TASK, "datasets": [f"{s}/train" for s in SITES], "rounds": 2,
+            "min_sites": 3, "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": CLIP, "delta": DELTA,
+                                   "noise_placement": "distributed", "secure_aggregation": True}})
+        result = train(spec, registry=registry, backend=LocalBackend(log_dir=tmp_path / "logs"),
+                       artifacts_dir=tmp_path / "artifacts")
+        rounds = registry.list_rounds(result["id"])
+    assert result["status"] == "finished" and len(rounds) == 2
+    assert all(sum(p["status"] == "ok" for p in r["participants"]) == 3 for r in rounds)
+    assert (tmp_path / "logs" / "secagg-ca" / "ca.crt").exists()

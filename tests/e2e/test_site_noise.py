@@ -30,7 +30,7 @@ from tffprod.examples import digits
 from tffprod.executors.audit import AUDIT_FILE, read_audit_log
 from tffprod.executors.config import load_site_config
 from tffprod.executors.release import RELEASE_METHOD
-from tffprod.privacy.terms import plan_epsilon
+from tffprod.privacy.terms import plan_epsilon, release_epsilon
 from tffprod.protocol import release_pb2
 from tffprod.protocol.plan_document import load_plan
 from tffprod.protocol.tensors import from_numpy, to_numpy
@@ -199,6 +199,9 @@ def test_a_session_with_distributed_noise_trains_through_three_sites(federation,
     assert len(rounds) == 2 and all(len([p for p in r["participants"] if p["status"] == "ok"]) == 3 for r in rounds)
     expected, _ = plan_epsilon(plan.privacy, 2)
     assert rounds[-1]["epsilon"] == pytest.approx(expected, rel=1e-9)
+    against = result["model_version"]["dp"]["privacy"]["against_coordinator"]
+    assert against["noise_placement"] == "distributed" and not against["secure_aggregation"]
+    assert against["epsilon"] == pytest.approx(release_epsilon(plan.privacy, 2)[0], rel=1e-9)
     for site in SITES:
         audit = read_audit_log(load_site_config(fed.site_config_path(site)).state_dir / AUDIT_FILE)
         noised = [e["release"]["noise_stddev"] for e in audit if (e.get("release") or {}).get("plan") == plan.plan_id]

@@ -82,6 +82,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         + "".join(f", {k} {_fmt(v)}" for k, v in lineage.get("dp", {}).items() if k not in ("mechanism", "privacy")),
         f"- Unit of privacy: {_fmt(lineage.get('privacy_unit'))}",
         f"- Epsilon: {_fmt(card['epsilon'])}, delta: {_fmt(card['delta'])}",
+        *_coordinator_line(lineage.get("dp", {}).get("privacy", {}).get("against_coordinator")),
         "",
         "## Metrics",
         "",
@@ -106,3 +107,14 @@ def write_card(card: Mapping[str, Any], directory: Path, *, prefix: str = "") ->
     json_path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     md_path.write_text(card_markdown(card))
     return [json_path, md_path]
+
+
+def _coordinator_line(against: Any) -> list[str]:
+    """What the coordinator learnt from each site's releases (sessions recorded before this was kept: nothing)."""
+    if not against:
+        return []
+    where = "at the coordinator" if against["noise_placement"] == "coordinator" else \
+        f"at the sites ({against['noise_placement']}{', secure aggregation' if against['secure_aggregation'] else ''})"
+    epsilon = f"epsilon {_fmt(against['epsilon'])}" if against["epsilon"] is not None else \
+        "not private (un-noised releases)"
+    return [f"- Noise added {where}; against the coordinator, one site's releases: {epsilon}"]

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from tffprod.registry.protocol import ModelVersionRow, RegistryStore
 
 
-def model_dp(plan: Any, ledger: Any) -> dict:
-    """The spec's [dp] table, plus (with DP) the unit of privacy, the sampling and every accountant's epsilon."""
+def model_dp(plan: Any, ledger: Any, frozen: Any = None) -> dict:
+    """The spec's [dp] table, plus (with DP) the unit of privacy, the sampling, every accountant's epsilon,
+    and what the sites' releases gave the coordinator (``against_coordinator``)."""
     dp = plan.spec.dp.to_dict()
     if ledger is None:
         return dp
@@ -25,8 +26,24 @@ def model_dp(plan: Any, ledger: Any) -> dict:
     epsilons = {name: ledger.epsilon(name) if name in privacy["accountants"] else None for name in ("rdp", "pld")}
     note = "dp_accounting's PLD accountant does not support fixed-size sampling; RDP only" \
         if population.client_level and epsilons["pld"] is None else None
-    privacy.update(rounds=ledger.rounds, epsilon=epsilons, note=note)
+    privacy.update(rounds=ledger.rounds, epsilon=epsilons, note=note,
+                   against_coordinator=_against_coordinator(plan, ledger.rounds, frozen))
     return {**dp, "privacy": privacy}
+
+
+def _against_coordinator(plan: Any, rounds: int, frozen: Any) -> dict:
+    """Where the noise was added, and the epsilon of one site's releases as the coordinator saw them
+    (:func:`tffprod.privacy.terms.release_epsilon`; None when the releases were un-noised)."""
+    from tffprod.privacy.terms import release_epsilon
+
+    spec = plan.spec
+    terms = frozen.plan.privacy if frozen is not None else {
+        "mechanism": spec.dp.mechanism, "noise_multiplier": spec.dp.noise_multiplier, "delta": spec.dp.delta,
+        "noise_placement": spec.dp.noise_placement, "noise_sites": spec.min_sites}
+    epsilon, _ = release_epsilon(terms, rounds)
+    placement = str(terms.get("noise_placement", "coordinator"))
+    return {"noise_placement": placement, "secure_aggregation": "secure_aggregation" in terms,
+            "epsilon": epsilon if epsilon != float("inf") else None}
 
 
 def register_model(plan, registry: RegistryStore, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
@@ -50,7 +67,7 @@ def register_model(plan, registry: RegistryStore, backend, session_id, weights, 
             metrics["eval_errors"] = evaluation["errors"]
     from tffprod.models.lineage import build_lineage
 
-    dp = model_dp(plan, ledger)
+    dp = model_dp(plan, ledger, frozen)
     epsilon, delta = (ledger.epsilon(), spec.dp.delta) if ledger else (None, None)
     datasets = [row["ref"] for row in plan.datasets]
     lineage = build_lineage(registry, session_id=session_id, datasets=datasets,
