@@ -33,6 +33,44 @@ def _tffprod_logger_restored():
     logger.propagate = saved[2]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_orphaned_workers():
+    """No ``worker_binary`` started by this test process outlives its tests, not even one orphaned to init
+    (which the per-test checks, looking at this process's children, cannot see): every child started in
+    the run inherits a marker in its environment, and the end of the session looks for live processes
+    that carry it (e.g. TFF's default execution context, which starts a worker and never stops it)."""
+    import os
+    import time
+    import uuid
+
+    import psutil
+
+    marker = os.environ["TFFPROD_TEST_RUN"] = uuid.uuid4().hex
+    yield
+
+    def left() -> list[int]:
+        pids = []
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] == "worker_binary" and proc.status() != psutil.STATUS_ZOMBIE \
+                        and proc.environ().get("TFFPROD_TEST_RUN") == marker:
+                    pids.append(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return pids
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leaked = left()
+    for pid in leaked:  # stop them anyway, so one failed run does not slow the next
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not leaked, f"worker_binary processes outlived the tests that started them: {leaked}"
+
+
 @pytest.fixture
 def registry_path(tmp_path: Path) -> str:
     """Path of a registry file that does not exist yet (``tffprod init`` or any command creates it)."""

@@ -10,9 +10,9 @@ B. ``noise_placement = "distributed"``: each site adds its Gaussian share of the
 C. ``noise_placement = "distributed"`` with ``secure_aggregation = true``: keys agreed (steps 0 and 1),
    masked, quantized releases with discrete Gaussian shares (step 2), masks removed (step 3).
 
-The sessions run interleaved (A, B, C, then B, C, A, ...), each with a fresh plan (a site refuses a
-plan's round twice). For each plan: the median seconds per round (from the registry; round 1, which
-loads the plan's computations at the sites, left out; the median over a session's rounds, then over
+The sessions run interleaved (A, B, C, then B, C, A, ...), each with a fresh plan (a site serves a
+plan's approved rounds once). For each plan: the median seconds per round (from the registry; round 1, each
+site's first call of the plan, left out; the median over a session's rounds, then over
 the repetitions), and the bytes per round per site the coordinator received (``bytes_out`` of the
 release and secure aggregation calls in the sites' audit logs) and sent (``bytes_in``). Then where a
 round's time goes on the coordinator's clock (the benchmark wraps ``SecureRound.agree`` and
@@ -60,9 +60,12 @@ class Clock:
     def add(self, what: str, round_num: int, seconds: float) -> None:
         self.samples[(self.plan, what)][(self.session, round_num)].append(seconds)
 
-    def per_round(self, plan: str, what: str, first: int = 2) -> list[float]:
+    def rounds(self, plan: str, what: str, first: int = 2) -> dict[tuple[str, int], float]:
         """The summed durations of ``what`` in each round from ``first`` on, over every session of ``plan``."""
-        return [sum(v) for (_, r), v in self.samples.get((plan, what), {}).items() if r >= first]
+        return {(session, r): sum(v) for (session, r), v in self.samples.get((plan, what), {}).items() if r >= first}
+
+    def per_round(self, plan: str, what: str, first: int = 2) -> list[float]:
+        return list(self.rounds(plan, what, first).values())
 
 
 @contextlib.contextmanager
@@ -187,6 +190,8 @@ def _session(federation: Any, registry: Any, root: Path, name: str, key: str, ro
         raise SystemExit(f"session {name} ({key}): {result['status']} after {len(rows)} of {rounds} rounds: "
                          f"{result.get('error')}")
     durations = [row["duration_s"] for row in rows]
+    for round_num, seconds in enumerate(durations, 1):
+        clock.add("registry", round_num, seconds)
     return {"durations": durations, "planning": planning, "audit": _audit(federation, plan_id)}
 
 
@@ -226,26 +231,29 @@ def _report(results: dict[str, list[dict]], clock: Clock, rounds: int, repeats: 
         spread = ", ".join(f"{_median(s['durations'][1:]):.3f}" for s in results[key])
         print(f"  {key}. {label:<33}{seconds[key]:8.3f}{seconds[key] / seconds['A']:7.2f}{wire[key][0]:16,.0f}"
               f"{wire[key][0] / wire['A'][0]:7.2f}{wire[key][1]:15,.0f}{wire[key][1] / wire['A'][1]:7.2f}   {spread}")
-    print("  round 1 (loads the plan at the sites), median s: "
+    print("  round 1 (first call of the plan at each site), median s: "
           + ", ".join(f"{k} {_median([s['durations'][0] for s in results[k]]):.2f}" for k in PLANS)
           + "; plan (compile + freeze) and 3 approvals, median s: "
           + ", ".join(f"{k} {_median([s['planning'] for s in results[k]]):.1f}" for k in PLANS))
 
     print("where a round goes, coordinator clock (median s per round, rounds 2..):")
-    print(f"  {'plan':<6}{'keys (0+1)':>11}{'releases (2)':>14}{'unmask+sum (3)':>16}{'rest':>8}{'round':>8}")
+    print(f"  {'plan':<6}{'keys (0+1)':>11}{'releases (2)':>14}{'unmask+sum (3)':>16}{'merge etc.':>12}"
+          f"{'= registry':>12}{'+ commit':>10}{'= whole':>9}")
     for key in PLANS:
-        agree, releases = clock.per_round(key, "agree"), clock.per_round(key, "partials")
-        finish = clock.per_round(key, "finish")
-        durations = [d for s in results[key] for d in s["durations"][1:]]
-        rest = _median(durations) - _median(agree or [0.0]) - _median(releases) - _median(finish or [0.0])
-        cells = [f"{_median(agree):11.3f}" if agree else f"{'-':>11}", f"{_median(releases):14.3f}",
-                 f"{_median(finish):16.3f}" if finish else f"{'-':>16}", f"{rest:8.3f}", f"{_median(durations):8.3f}"]
+        parts = {what: clock.rounds(key, what) for what in ("agree", "partials", "finish", "registry", "_round")}
+        registry = parts["registry"]
+        rest = [registry[r] - sum(parts[w].get(r, 0.0) for w in ("agree", "partials", "finish")) for r in registry]
+        commit = [parts["_round"][r] - registry[r] for r in registry if r in parts["_round"]]
+        cells = [f"{_median(list(parts[w].values())):{width}.3f}" if parts[w] else f"{'-':>{width}}"
+                 for w, width in (("agree", 11), ("partials", 14), ("finish", 16))]
+        cells += [f"{_median(rest):12.3f}", f"{_median(list(registry.values())):12.3f}", f"{_median(commit):10.3f}",
+                  f"{_median(list(parts['_round'].values())):9.3f}"]
         print(f"  {key:<6}" + "".join(cells))
-    print("  (releases: the sites' calls in parallel, from the first request to the last answer; rest: merge or "
-          "decode, after_merge, checkpoint, registry)")
+    print("  (releases: the sites' calls in parallel, first request to last answer; merge etc.: merge or decode, "
+          "after_merge; registry: the round's duration_s; commit: DP accounting, checkpoint, registry write)")
 
     print("secure aggregation (plan C) step by step, median per round (rounds 2..):")
-    print(f"  {'step':<44}{'coordinator s':>14}{'site s/call':>12}{'out/site':>10}{'in/site':>10}")
+    print(f"  {'step':<50}{'coordinator s':>14}{'site s/call':>12}{'out/site':>10}{'in/site':>10}")
     c = results["C"]
     agree, finish = _median(clock.per_round("C", "agree")), _median(clock.per_round("C", "finish"))
     calls = {step: _median(clock.per_round("C", f"rpc {step}")) for step in SEQUENTIAL}
@@ -259,10 +267,10 @@ def _report(results: dict[str, list[dict]], clock: Clock, rounds: int, repeats: 
     ]
     for label, coordinator_s, step in rows:
         if step is None:
-            print(f"  {label:<44}{coordinator_s:14.3f}")
+            print(f"  {label:<50}{coordinator_s:14.3f}")
             continue
         out, into = _wire(c, rounds, sites, (step,))
-        print(f"  {label:<44}{coordinator_s:14.3f}{_site_seconds(c, step):12.3f}{out:10,.0f}{into:10,.0f}")
+        print(f"  {label:<50}{coordinator_s:14.3f}{_site_seconds(c, step):12.3f}{out:10,.0f}{into:10,.0f}")
     print("  release at one site (site s/call), plans A and B: "
           f"A {_site_seconds(results['A'], 'release'):.3f}, B {_site_seconds(results['B'], 'release'):.3f}")
     print(f"whole benchmark: {total_s:.0f} s (site start, {len(PLANS) * repeats} plans and sessions)")
@@ -270,8 +278,8 @@ def _report(results: dict[str, list[dict]], clock: Clock, rounds: int, repeats: 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8, help="rounds per session (the first is left out)")
-    parser.add_argument("--repeats", type=int, default=2, help="sessions per plan, interleaved")
+    parser.add_argument("--rounds", type=int, default=16, help="rounds per session (the first is left out)")
+    parser.add_argument("--repeats", type=int, default=3, help="sessions per plan, interleaved")
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.repeats < 1:
         parser.error("--rounds must be at least 2 and --repeats at least 1")
@@ -292,8 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             federation.register(registry)
             for rep in range(args.repeats):
                 for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:  # A B C, B C A, C A B, ...
-                    results[key].append(_session(federation, registry, root, f"bench-secagg-{key.lower()}-{rep + 1}", key,
-                                                 args.rounds, clock))
+                    name = f"bench-secagg-{key.lower()}-{rep + 1}"
+                    results[key].append(_session(federation, registry, root, name, key, args.rounds, clock))
     _report(results, clock, args.rounds, args.repeats, time.monotonic() - started)
     return 0
 

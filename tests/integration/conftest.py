@@ -17,3 +17,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module")
+def worker_context(tmp_path_factory):
+    """A TFF execution context on a real ``worker_binary`` of this module's own, stopped at its end (TFF's
+    default context would start a worker that nothing ever stops)."""
+    from tffprod.backends.contexts import channel_context, insecure_channel
+    from tffprod.workers.process import WorkerProcess
+
+    logs = tmp_path_factory.mktemp("worker")
+    with WorkerProcess(name="test", log_path=logs / "worker.log") as worker:
+        yield channel_context(insecure_channel(worker.address))

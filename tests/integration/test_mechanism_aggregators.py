@@ -27,7 +27,8 @@ def test_the_mechanism_builds_an_aggregator_that_tff_can_create(name: str) -> No
 
 
 @pytest.mark.parametrize("placement", ["coordinator", "distributed", "local"])
-def test_with_the_noise_at_the_sites_the_coordinators_aggregator_only_clips_and_averages(placement: str) -> None:
+def test_with_the_noise_at_the_sites_the_coordinators_aggregator_only_clips_and_averages(
+        placement: str, worker_context) -> None:
     import numpy as np
     import tensorflow_federated as tff
 
@@ -36,6 +37,7 @@ def test_with_the_noise_at_the_sites_the_coordinators_aggregator_only_clips_and_
     process = MECHANISMS["gaussian_fixed"].aggregator(config, clients_per_round=2).create(
         tff.TensorType(np.float32, [2]))
     updates = [np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32)]
-    result = process.next(process.initialize(), updates).result
+    state = worker_context.invoke(process.initialize, None)
+    result = worker_context.invoke(process.next, tff.structure.Struct.unnamed(state, updates)).result
     exact = np.allclose(result, [0.45, 0.6], rtol=1e-6)  # ([0.6, 0.8] clipped + [0.3, 0.4]) / 2
     assert exact == (placement != "coordinator")
