@@ -364,8 +364,9 @@ class ReleaseHandler:
              context: grpc.ServicerContext) -> list[release_pb2.Tensor]:
         """Run the approved computation on ``state`` and ``refs`` on the site's own executor for it."""
         try:
+            clients = 1 if terms.signature.one_client else len(refs)  # one client may hold every reference
             value = self._executors.run(terms.sha256, terms.computation, terms.signature.argument(state, refs),
-                                        len(refs), context)
+                                        clients, context)
             return terms.signature.read_result(value)
         except WorkerStageError as error:
             if error.code in _TRANSIENT:  # the caller may try again; keep the code

@@ -101,6 +101,39 @@ def test_noise_at_each_site_on_the_local_backend_is_accounted_for_every_sites_no
         sorted(f"site-{b}-state" for b in BANKS)
 
 
+@pytest.mark.parametrize("placement", ["coordinator", "distributed"])
+def test_one_step_user_updates_compute_a_sites_sampled_customers_at_once(tmp_path, placement):
+    """``user_update = "one_step"``: each site is one TFF client holding its sampled customers' shards;
+    under the distributed placement the session runs under a plan (the release path's one-client form)."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    q = 0.1
+    paths = fraud.prepare(tmp_path / "data", n_per_bank=1000, customers_per_bank=100)
+    with Registry.open(tmp_path / "tffprod.db") as registry:
+        for bank in BANKS:
+            register_dataset(registry, f"{bank}/train", paths[bank]["train"], schema=fraud.SCHEMA,
+                             client_id=fraud.CUSTOMER_ID)
+            register_dataset(registry, f"{bank}/test", paths[bank]["test"], schema=fraud.SCHEMA)
+        spec = SessionSpec.from_dict({
+            "name": f"fraud-one-step-{placement}", "task": "tffprod.examples.fraud:task", "rounds": 3, "seed": 3,
+            "datasets": [f"{b}/train" for b in BANKS], "eval_datasets": [f"{b}/test" for b in BANKS],
+            "min_sites": len(BANKS) if placement != "coordinator" else 1,
+            "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+                   "noise_placement": placement},
+            "sampling": {"client_rate": q, "user_update": "one_step"},
+        })
+        result = train(spec, registry=registry, backend=LocalBackend(log_dir=tmp_path / "logs"),
+                       artifacts_dir=tmp_path / "artifacts")
+        rounds = registry.list_rounds(result["id"])
+    assert result["status"] == "finished" and len(rounds) == 3
+    assert all(0 < r["clients"] < 300 for r in rounds)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(Z)), 3)
+    assert rounds[-1]["epsilon"] == pytest.approx(rdp.RdpAccountant().compose(event).get_epsilon(DELTA), rel=1e-9)
+    assert 0.0 <= result["model_version"]["metrics"]["eval"]["binary_accuracy"] <= 1.0
+
+
 def test_remote_sites_serve_sampled_customers_by_index(tmp_path):
     """Real site processes declare ``client_id``; the coordinator sends ``NAME#INDEX`` for k of N customers.
 

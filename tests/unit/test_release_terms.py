@@ -98,3 +98,23 @@ def test_the_bound_is_clients_times_the_clip():
 def test_terms_that_do_not_fit_the_computation_are_refused(changes, message):
     with pytest.raises(TermsError, match=message):
         _terms(**changes)
+
+
+def test_one_client_holding_every_reference_gets_them_all_in_one_member():
+    from tests.helpers.site_plans import STRING, _tensor
+
+    computation = site_computation()
+    computation.type.function.parameter.struct.element[1].value.federated.member.CopyFrom(_tensor(STRING, -1))
+    signature = SiteSignature(computation)
+    assert signature.one_client and not SiteSignature(site_computation()).one_client
+    state = [from_numpy(np.ones(2, np.float32)), from_numpy(np.float32(0.1))]
+    _, clients = signature.argument(state, [b"/data/u0", b"/data/u1", b"/data/u2"]).struct.element
+    (member,) = clients.value.federated.value
+    assert list(member.array.string_list.value) == [b"/data/u0", b"/data/u1", b"/data/u2"]
+    assert list(member.array.shape.dim) == [3]
+    per_client = SiteSignature(site_computation()).argument(state, [b"/data/u0", b"/data/u1"])
+    assert len(per_client.struct.element[1].value.federated.value) == 2
+    matrix = site_computation()
+    matrix.type.function.parameter.struct.element[1].value.federated.member.CopyFrom(_tensor(STRING, -1, 2))
+    with pytest.raises(SignatureError, match="one client's strings"):
+        SiteSignature(matrix)

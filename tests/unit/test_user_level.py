@@ -255,6 +255,19 @@ def test_bad_sampling_is_one_line(sampling, message) -> None:
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_one_step_user_updates_round_trip_and_need_a_fixed_clip(tmp_path) -> None:
+    dp = {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": 0.5, "delta": 1e-5}
+    spec = _spec(sampling={"client_rate": 0.05, "user_update": "one_step"}, dp=dp)
+    assert spec.sampling.user_update == "one_step" and _spec(sampling={"client_rate": 0.05}).sampling.user_update \
+        == "local_epochs"
+    dump_spec(spec, tmp_path / "s.toml")
+    assert load_spec(tmp_path / "s.toml") == spec and 'user_update = "one_step"' in (tmp_path / "s.toml").read_text()
+    with pytest.raises(SpecError, match="needs \\[dp\\] mechanism = \"gaussian_fixed\""):
+        _spec(sampling={"client_rate": 0.05, "user_update": "one_step"})
+    with pytest.raises(SpecError, match="'sampling.user_update'"):
+        _spec(sampling={"client_rate": 0.05, "user_update": "vectorised"}, dp=dp)
+
+
 def test_a_sampling_key_at_the_top_level_suggests_the_table() -> None:
     with pytest.raises(SpecError, match=r"unknown key 'client_rate' \(did you mean '\[sampling\] client_rate'\?\)"):
         _spec(client_rate=0.1)

@@ -92,9 +92,15 @@ class Backend(abc.ABC):
             return ReleaseClient(self.frozen.plan, self.release_sender(site)).release(
                 self.frozen.role_of(computation), round_num, state, list(refs), computation.type_signature.result,
                 secagg=secagg)
+        import numpy as np
         import tensorflow_federated as tff
 
-        arg = tff.structure.Struct.unnamed(state, refs) if state is not None else refs
+        parameter = computation.type_signature.parameter
+        data_type = parameter[1] if state is not None else parameter
+        data: Any = refs
+        if isinstance(data_type.member, tff.TensorType) and len(data_type.member.shape) == 1:
+            data = [np.array(refs, dtype=object)]  # one client holding every reference (str[?]@CLIENTS)
+        arg = tff.structure.Struct.unnamed(state, data) if state is not None else data
         return self.site_context(site).invoke(computation, arg)
 
     def release_sender(self, site: str) -> Any:

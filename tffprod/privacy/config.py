@@ -17,7 +17,8 @@ from tffprod.privacy.mechanisms import get_mechanism
 from tffprod.privacy.placement import PLACEMENTS
 
 MECHANISMS = tuple(REGISTERED)  # the names, in the registry's order
-SAMPLING_KEYS = ("client_rate", "clients_per_round")
+SAMPLING_KEYS = ("client_rate", "clients_per_round", "user_update")
+USER_UPDATES = ("local_epochs", "one_step")
 _DP_KEYS = {name: ("mechanism", *mechanism.keys) for name, mechanism in REGISTERED.items()}
 ON_BUDGET = ("refuse", "stop")
 DP_KEYS = tuple(dict.fromkeys(key for keys in reversed(list(_DP_KEYS.values())) for key in keys))
@@ -143,12 +144,19 @@ class SamplingConfig:
             probability q, in (0, 1]; DP accounting uses q.
         clients_per_round: exactly this many clients a round, drawn without replacement;
             DP accounting uses k of N (replace-one neighbours).
+        user_update: how a sampled client's update is made: ``"local_epochs"`` (the default: each
+            client trains the task's local epochs as a TFF client of its own) or ``"one_step"`` (one
+            gradient step per client, every sampled client of a site computed at once:
+            :mod:`tffprod.training.user_level`; needs ``gaussian_fixed``).
     """
 
     client_rate: Optional[float] = None
     clients_per_round: Optional[int] = None
+    user_update: Optional[str] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "user_update",
+                           fields.choice("sampling.user_update", self.user_update or "local_epochs", USER_UPDATES))
         if (self.client_rate is None) == (self.clients_per_round is None):
             raise SpecError("'[sampling]' needs exactly one of 'sampling.client_rate' (Poisson) "
                             "or 'sampling.clients_per_round' (a fixed number)")
@@ -164,9 +172,10 @@ class SamplingConfig:
         return "poisson" if self.client_rate is not None else "fixed"
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``[sampling]`` table: its one key."""
-        return {"client_rate": self.client_rate} if self.mode == "poisson" else \
+        """The ``[sampling]`` table: its sampling key, and ``user_update`` unless it is the default."""
+        table: dict[str, Any] = {"client_rate": self.client_rate} if self.mode == "poisson" else \
             {"clients_per_round": self.clients_per_round}
+        return table if self.user_update == "local_epochs" else {**table, "user_update": self.user_update}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SamplingConfig":

@@ -2,7 +2,8 @@
 
 A site computation (the per-site part of a round, ``up_to_merge``) has the
 parameter ``<state@SERVER, client_data={str}@CLIENTS>`` (or only ``{str}@CLIENTS``,
-for a custom computation without a server argument) and returns a SERVER-placed
+for a custom computation without a server argument; or ``str[?]@CLIENTS``, one client
+holding every reference, for user-level rounds computed at once) and returns a SERVER-placed
 result. Its state and its result are trees of tensors; this module lists their
 leaves in a fixed order (depth first, as TFF flattens a structure) with a path
 (element names, or positions for unnamed elements, joined by ``/``), a dtype and
@@ -128,9 +129,13 @@ class SiteSignature:
             raise SignatureError("the parameter is not <state@SERVER, client_data@CLIENTS> or {str}@CLIENTS")
         clients = _federated(self._data_type.value, "clients", "the client data")
         member = clients.member
+        # One string per client ({str}@CLIENTS), or one client holding them all (str[?]@CLIENTS: a site's
+        # sampled users, every one's update computed in one computation).
         if clients.all_equal or member.WhichOneof("type") != "tensor" or \
-                _DTYPE_BY_ENUM.get(member.tensor.dtype) != "string" or list(member.tensor.dims):
-            raise SignatureError("the client data is not one string per client ({str}@CLIENTS)")
+                _DTYPE_BY_ENUM.get(member.tensor.dtype) != "string" or list(member.tensor.dims) not in ([], [-1]):
+            raise SignatureError("the client data is not one string per client ({str}@CLIENTS) or one client's "
+                                 "strings (str[?]@CLIENTS)")
+        self.one_client = list(member.tensor.dims) == [-1]
         if self._state_type is None:
             self._state_member, self.state = None, ()
         else:
@@ -166,9 +171,11 @@ class SiteSignature:
             check(tensor, leaf.dtype, leaf.shape, f"state {leaf.path}")
         data = executor_pb2.Value()
         data.federated.type.CopyFrom(self._data_type.value.federated)
-        for ref in refs:
+        for group in [list(refs)] if self.one_client else [[ref] for ref in refs]:
             array = array_pb2.Array(dtype=data_type_pb2.DataType.Value("DT_STRING"))
-            array.string_list.value.append(ref)
+            if self.one_client:
+                array.shape.dim.append(len(group))
+            array.string_list.value.extend(group)
             data.federated.value.append(executor_pb2.Value(array=array))
         if self._state_type is None:
             return data

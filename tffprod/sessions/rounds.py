@@ -127,8 +127,12 @@ class RoundLoop:
 
     def _dp_event(self) -> Any:
         """TFF's DP event of the last round; None (the plan's Gaussian at the model's noise multiplier)
-        when the sites add the noise, which TFF's aggregator at the coordinator does not see."""
-        return None if self.plan.spec.dp.noise_placement in AT_SITES else self.trainer.dp_event()
+        when the sites add the noise, which TFF's aggregator at the coordinator does not see, or when each
+        client's step is clipped at the site (the coordinator's query then does not clip)."""
+        spec = self.plan.spec
+        at_sites = spec.dp.noise_placement in AT_SITES
+        one_step = spec.sampling is not None and spec.sampling.user_update == "one_step"
+        return None if at_sites or one_step else self.trainer.dp_event()
 
     def _cancel_requested(self) -> bool:
         return bool(self.registry.get_session(self.session_id).get("cancel_requested_at"))

@@ -153,6 +153,10 @@ class SessionSpec:
         if not isinstance(self.reliability, ReliabilityConfig):
             raise SpecError(f"'reliability' must be a ReliabilityConfig, got {type(self.reliability).__name__}")
         self.reliability.check_timeout(self.round_timeout_s)
+        if self.sampling is not None and self.sampling.user_update == "one_step" and \
+                self.dp.mechanism != "gaussian_fixed":
+            raise SpecError("'sampling.user_update' = \"one_step\" clips each sampled client's step at dp.clip "
+                            "inside the site's computation: it needs [dp] mechanism = \"gaussian_fixed\"")
         if self.dp.secure_aggregation and len(self.sites) < 3:
             raise SpecError(f"'dp.secure_aggregation' needs at least 3 training sites (with 2, the sum and one's own "
                             f"release give away the other's); 'datasets' span {len(self.sites)}")

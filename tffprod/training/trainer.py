@@ -29,10 +29,23 @@ def training_process(plan: Any) -> Any:
     from tffprod.training.process import build_training_process
 
     spec = plan.spec
+    if one_step(spec):  # user-level DP, a site's sampled clients at once (tffprod.training.user_level)
+        from tffprod.privacy.placement import AT_SITES
+        from tffprod.training.user_level import build_user_level_process
+
+        clip, z = float(spec.dp.clip or 0.0), float(spec.dp.noise_multiplier or 0.0)
+        return build_user_level_process(plan.task, fmt=plan.fmt, clip=clip,
+                                        expected_users=float(plan.population.expected_clients_per_round),
+                                        noise_stddev=0.0 if spec.dp.noise_placement in AT_SITES else z * clip)
     return build_training_process(
         plan.task, spec.dp, fmt=plan.fmt, seed=spec.seed,
         clients_per_round=plan.population.expected_clients_per_round,
     )
+
+
+def one_step(spec: Any) -> bool:
+    """Whether a session's sampled clients each take one step, a site's all at once."""
+    return spec.sampling is not None and spec.sampling.user_update == "one_step"
 
 
 class Trainer:

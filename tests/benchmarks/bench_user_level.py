@@ -1,0 +1,155 @@
+"""One site, 100 sampled users: ``python -m tests.benchmarks.bench_user_level``.
+
+A benchmark, not a test: it prints numbers. The fraud example (``prepare(n_per_bank=3000,
+customers_per_bank=600)``), bank-a's training file split into one file per customer; the first 100 users'
+files are one site's sample. Median seconds per round after a warm-up call, of:
+
+``floor``
+    one ``tf.function`` computing the 100 users' clipped deltas' sum from tensors already in memory (the
+    client work's own math, :mod:`tffprod.training.user_level`; no TFF, no file reading);
+``reading the files only``
+    the client work's reading of the 100 files into one batch, in a ``tf.function`` (no TFF);
+``user-level, up_to_merge``
+    the per-site part of the new process (``compile_to_mergeable_comp_form(process.next).up_to_merge``),
+    ONE client holding the 100 paths;
+``user-level, next``
+    the whole ``process.next`` of the new process (the same client);
+``today, next``
+    ``build_training_process(task, DPConfig(gaussian_fixed, z=1, clip=1))`` with 100 clients, one path
+    each (FedAvg with a DP aggregator), one ``process.next``.
+
+Every TFF call runs on one local ``worker_binary`` this process starts and stops (a ``channel_context``, as
+the local backend's sites do; TFF's own default context would leave its worker running).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+USERS = 100
+CLIP, NOISE_STDDEV = 1.0, 1.0
+
+
+def median_seconds(fn: Callable[[], Any], reps: int) -> float:
+    """Median wall time of ``fn()`` over ``reps`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def user_paths(root: Path) -> list[str]:
+    """The first ``USERS`` customers' files of bank-a's training data."""
+    from tffprod.data.clients import split_by_client
+    from tffprod.examples import fraud
+
+    data = fraud.prepare(root / "data", n_per_bank=3000, customers_per_bank=600)
+    shards = split_by_client(data["bank-a"]["train"], "csv", fraud.CUSTOMER_ID, root / "users")
+    return [str(p) for p in shards[:USERS]]
+
+
+def read_only(paths: list[str]) -> Callable[[], Any]:
+    """Reading the users' files into one batch, as the client work does, in a ``tf.function``."""
+    import tensorflow as tf
+
+    from tffprod.examples import fraud
+    from tffprod.training.user_level import collect, read_user_examples
+
+    @tf.function
+    def read():
+        return collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), fraud.task.schema, "csv"))
+
+    return lambda: read()[1].numpy()
+
+
+def floor_round(paths: list[str]) -> tuple[Callable[[], Any], int]:
+    """The client work's math alone on in-memory tensors; also the number of examples."""
+    import tensorflow as tf
+
+    from tffprod.examples import fraud
+    from tffprod.training.user_level import clipped_user_sum, collect, per_example_gradients, read_user_examples
+
+    task = fraud.task
+    features, labels, users = collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), task.schema,
+                                                         "csv"))
+    model, loss_fn = task.model_fn(), task.loss_fn()
+    num_users = tf.constant(len(paths), tf.int64)
+
+    @tf.function
+    def clipped_sum():
+        losses, grads = per_example_gradients(model, loss_fn, features, labels)
+        return clipped_user_sum(losses, grads, users, num_users, learning_rate=task.client_optimizer.learning_rate,
+                                clip=CLIP)
+
+    return lambda: [t.numpy() for t in clipped_sum()], int(labels.shape[0])
+
+
+def tff_rounds(ctx: Any, paths: list[str], reps: int) -> dict[str, float]:
+    """Median s/round of the new process (per-site part, whole round) and of today's one-client-per-user."""
+    import numpy as np
+    import tensorflow_federated as tff
+
+    from tffprod.examples import fraud
+    from tffprod.privacy.config import DPConfig
+    from tffprod.training.process import build_training_process
+    from tffprod.training.user_level import build_user_level_process
+
+    Struct = tff.structure.Struct
+    new = build_user_level_process(fraud.task, fmt="csv", clip=CLIP, noise_stddev=NOISE_STDDEV,
+                                   expected_users=float(USERS))
+    form = tff.backends.native.compile_to_mergeable_comp_form(new.next)
+    state = ctx.invoke(new.initialize, None)
+    site_data = [np.array(paths)]
+    out = {
+        "user-level, up_to_merge": median_seconds(
+            lambda: ctx.invoke(form.up_to_merge, Struct.unnamed(state, site_data)), reps),
+        "user-level, next": median_seconds(lambda: ctx.invoke(new.next, Struct.unnamed(state, site_data)), reps),
+    }
+    dp = DPConfig(mechanism="gaussian_fixed", noise_multiplier=1.0, clip=CLIP, delta=1e-5)
+    today = build_training_process(fraud.task, dp, fmt="csv", seed=0, clients_per_round=USERS)
+    today_state = ctx.invoke(today.initialize, None)
+    out["today, next (100 clients)"] = median_seconds(
+        lambda: ctx.invoke(today.next, Struct.unnamed(today_state, paths)), max(2, reps // 2))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=6, help="timed calls per row after the warm-up (default 6)")
+    args = parser.parse_args()
+
+    from tffprod.backends.contexts import channel_context, insecure_channel
+    from tffprod.workers.process import WorkerProcess
+
+    with tempfile.TemporaryDirectory(prefix="bench-user-level-") as tmp:
+        root = Path(tmp)
+        paths = user_paths(root)
+        floor, examples = floor_round(paths)
+        rows = {"floor (tf.function, in memory)": median_seconds(floor, args.reps * 3),
+                "reading the files only (tf.function)": median_seconds(read_only(paths), args.reps * 3)}
+        with WorkerProcess(name="bench", log_path=root / "worker.log") as worker:
+            rows.update(tff_rounds(channel_context(insecure_channel(worker.address)), paths, args.reps))
+
+    print(f"\none site, {len(paths)} users, {examples} examples (fraud bank-a), clip {CLIP}; "
+          f"median of {args.reps} after a warm-up (today: {max(2, args.reps // 2)})")
+    print(f"{'':38s} {'s/round':>9s} {'x floor':>9s}")
+    base = rows["floor (tf.function, in memory)"]
+    for name, seconds in rows.items():
+        print(f"{name:38s} {seconds:9.4f} {seconds / base:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
