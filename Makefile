@@ -46,11 +46,13 @@ check: .venv/.synced
 	cd .check && PYTHONPATH=. ../.venv/bin/lint-imports --config ../pyproject.toml
 
 # Prints median seconds per round for the local, direct and gateway backends, then the site protocol's
-# seconds, bytes per round per site and site memory (benchmarks, no assertions).
+# seconds, bytes per round per site and site memory, then secure aggregation's cost per round, then
+# one-step user-level rounds against an in-memory floor (benchmarks, no assertions).
 bench: .venv/.synced
 	.venv/bin/python -m tests.benchmarks.bench_backends
 	.venv/bin/python -m tests.benchmarks.bench_approval
 	.venv/bin/python -m tests.benchmarks.bench_secagg
+	.venv/bin/python -m tests.benchmarks.bench_user_level
 
 clean:
 	rm -rf .venv .tools $(WORKDIR) .pytest_cache
