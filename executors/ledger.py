@@ -36,13 +36,18 @@ import grpc
 
 from tffprod.executors.approvals import Approval
 from tffprod.executors.datarefs import RequestRefused
-from tffprod.privacy.terms import plan_epsilon, samples
+from tffprod.privacy.terms import evaluation_epsilon, plan_epsilon, samples
 
 __all__ = ["LEDGER_FILE", "Release", "SiteLedger", "charged_rounds"]
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 _SLACK = 1e-9  # float noise when a budget is exactly a whole number of rounds
 _T = TypeVar("_T")
+
+
+def _evaluated_only(approval: Approval, dataset: str) -> bool:
+    """Whether ``approval`` reads ``dataset`` only for evaluation here."""
+    return dataset in approval.roles.get("eval", ()) and dataset not in approval.roles.get("train", ())
 
 
 def charged_rounds(approval: Approval, served: int) -> int:
@@ -137,13 +142,35 @@ class SiteLedger:
         return None if row is None else int(row[0])
 
     def spent(self, dataset: str, approvals: Iterable[Approval]) -> tuple[float, float]:
-        """``(epsilon, delta)`` spent on ``dataset`` by the approved plans that read it."""
+        """``(epsilon, delta)`` spent on ``dataset`` by the approved plans that read it: their training rounds
+        served, or, for a dataset a plan only evaluates under evaluation noise, its one evaluation release."""
         epsilon = delta = 0.0
         for approval in approvals:
-            if dataset in approval.datasets:
+            if dataset not in approval.datasets:
+                continue
+            if _evaluated_only(approval, dataset) and "evaluation" in approval.privacy:
+                e, d = evaluation_epsilon(approval.privacy) if self.evaluated(approval.plan_id, dataset) else (0.0, 0.0)
+            else:
                 e, d = plan_epsilon(approval.privacy, charged_rounds(approval, self.served(approval.plan_id)))
-                epsilon, delta = epsilon + e, delta + d
+            epsilon, delta = epsilon + e, delta + d
         return epsilon, delta
+
+    def eval_budget_refusal(self, approval: Approval, dataset: str, approvals: list[Approval]) -> Optional[str]:
+        """Why ``approval`` may not release its evaluation of ``dataset`` here (a budget it would exceed, or
+        un-noised metrics of a dataset with a budget), or None."""
+        budget = self._budgets.get(dataset)
+        if budget is None:
+            return None
+        if "evaluation" not in approval.privacy:
+            return (f"site {self.site}: dataset '{dataset}' has a privacy budget; plan {approval.plan_id[:16]} "
+                    "releases its evaluation metrics un-noised (set [dp] eval_noise_multiplier)")
+        others = [a for a in approvals if a.plan_id != approval.plan_id]
+        other_eps, other_delta = self.spent(dataset, others)
+        eps, delta = evaluation_epsilon(approval.privacy)
+        if other_eps + eps > budget["epsilon"] + _SLACK or other_delta + delta > budget["delta"] + _SLACK:
+            return (f"site {self.site}: privacy budget of dataset '{dataset}' exhausted: evaluating it would bring "
+                    f"epsilon to {other_eps + eps:.4g} (budget {budget['epsilon']:g})")
+        return None
 
     def report(self, approvals: list[Approval]) -> list[dict[str, Any]]:
         """Per dataset with a budget: the budget, what is spent and what remains."""

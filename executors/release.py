@@ -209,6 +209,10 @@ class ReleaseHandler:
         for name in names if request.role != "train" else ():
             if self.ledger.evaluated(approval.plan_id, name) not in (None, digest):
                 raise self._denied(self.ledger.eval_refusal(approval, name).removeprefix(f"site {self.site}: "))
+            refusal = self.ledger.eval_budget_refusal(approval, name, self.store.all()) \
+                if self.ledger.evaluated(approval.plan_id, name) is None else None
+            if refusal:
+                raise self._denied(refusal.removeprefix(f"site {self.site}: "))
         result = self._run(terms, state, refs, release_id, context)
         try:
             norm = terms.check_result(result, clients=len(refs))
@@ -218,6 +222,8 @@ class ReleaseHandler:
         stddev = None
         if request.role == "train":
             result, stddev = self._noise.apply(approval, terms, request, result, digest)
+        elif request.role == "eval":
+            result, stddev = self._noise.evaluation(approval, result, digest)
         round_num, repeat = self._record(approval, request, names, identity, digest)
         audit = {"plan": approval.plan_id, "role": request.role, "round": round_num, "id": release_id,
                  "datasets": names, "clients": len(refs)}

@@ -63,6 +63,24 @@ class ReleaseNoise:
         stddev = self.stddev(approval, terms)
         return (result, None) if stddev is None else (self._noised(terms, result, stddev, digest), stddev)
 
+    def evaluation(self, approval: Approval, result: list, digest: str) -> tuple[list, Optional[float]]:
+        """An evaluation release as it may leave: every metric sum noised at the plan's evaluation multiplier
+        times its per-example bound times sqrt(number of sums) (the release's L2 sensitivity to one example);
+        integer sums get the noise rounded. Un-noised when the plan noises no evaluation."""
+        evaluation = approval.privacy.get("evaluation")
+        if not isinstance(evaluation, dict) or not result:
+            return result, None
+        stddev = float(evaluation["noise_multiplier"]) * float(evaluation["bound"]) * len(result) ** 0.5
+        arrays = [to_numpy(t) for t in result]
+        normals = standard_normal(self._key(digest), sum(a.size for a in arrays))
+        out, offset = [], 0
+        for array in arrays:
+            noise = normals[offset:offset + array.size].reshape(array.shape) * stddev
+            offset += array.size
+            noised = array.astype(np.float64) + (noise if array.dtype.kind == "f" else np.rint(noise))
+            out.append(from_numpy(noised.astype(array.dtype)))
+        return out, stddev
+
     def stddev(self, approval: Approval, terms: Any) -> Optional[float]:
         """The stddev this site adds to a training release of ``approval`` (None: the plan adds none here)."""
         if approval.privacy.get("noise_placement", "coordinator") not in AT_SITES:

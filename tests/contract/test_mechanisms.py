@@ -14,7 +14,8 @@ from tffprod.privacy.mechanisms import MECHANISMS, Mechanism, get_mechanism
 
 NAMES = sorted(MECHANISMS)
 VALUES = {"noise_multiplier": 0.5, "clip": 1.5, "delta": 1e-5, "on_budget": "stop", "target_quantile": 0.4,
-          "learning_rate": 0.1, "noise_placement": "distributed", "secure_aggregation": True}
+          "learning_rate": 0.1, "noise_placement": "distributed", "secure_aggregation": True,
+          "eval_noise_multiplier": 2.0, "eval_bound": 16.2}
 
 
 def table(name: str, **overrides: object) -> dict:

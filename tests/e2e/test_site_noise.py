@@ -57,7 +57,8 @@ SIGMA = Z * CLIP / math.sqrt(len(SITES))  # each site's share in the distributed
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("site-noise")
     paths = digits.prepare(root / "data")
-    datasets = {site: {"train": {"path": paths[site]["train"], "task": DATA_TASK}} for site in SITES}
+    datasets = {site: {"train": {"path": paths[site]["train"], "task": DATA_TASK},
+                       "test": {"path": paths[site]["test"], "task": DATA_TASK}} for site in SITES}
     with running_federation(root, datasets, computations="approved") as (fed, registry):
         yield fed, registry, paths, root
 
@@ -210,6 +211,32 @@ def test_a_session_with_distributed_noise_trains_through_three_sites(federation,
                 f"(the model's, at z {Z}); each site added stddev {SIGMA:.4f} per release")
 
 
+def test_evaluation_releases_are_noised_at_the_site_and_their_epsilon_recorded(federation, report_line):
+    fed, registry, _, root = federation
+    spec = SessionSpec.from_dict({
+        "name": "digits-eval-noise", "task": DATA_TASK, "datasets": [f"{s}/train" for s in SITES],
+        "eval_datasets": [f"{s}/test" for s in SITES], "rounds": 1, "seed": 0, "backend": "remote",
+        "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": CLIP, "delta": DELTA,
+               "eval_noise_multiplier": 2.0}})
+    document = make_plan(plan_session(spec, registry=registry), coordinators=coordinator_identities(registry, SITES))
+    path = write_plan(document, root / "digits-eval-noise.json")
+    for site in SITES:
+        result = CliRunner().invoke(cli, ["site", "approve", str(path), "--config", str(fed.site_config_path(site))])
+        assert result.exit_code == 0, result.output
+    plan = load_plan(path)
+    result = train_from_plan(path, registry=registry, backend=create_backend("remote", registry=registry))
+    stddev = 2.0 * 16.2 * 6 ** 0.5  # 6 metric sums (accuracy, loss, examples, batches), each at most 16.2 per example
+    for site in SITES:
+        audit = read_audit_log(load_site_config(fed.site_config_path(site)).state_dir / AUDIT_FILE)
+        evals = [e["release"] for e in audit if (e.get("release") or {}).get("plan") == plan.plan_id
+                 and e["release"]["role"] == "eval"]
+        assert [e["noise_stddev"] for e in evals] == [pytest.approx(stddev)], site
+    evaluation = result["model_version"]["dp"]["privacy"]["evaluation"]
+    assert evaluation["epsilon"] == pytest.approx(plan.privacy["evaluation"]["epsilon"], rel=1e-12)
+    report_line(f"[site noise] evaluation releases noised at each site (stddev {stddev:.1f} per metric sum, "
+                f"z_eval 2.0): epsilon {evaluation['epsilon']:.3g} per evaluation dataset")
+
+
 def test_noise_at_the_sites_without_a_plan_is_refused_before_anything_is_recorded(federation):
     from tffprod.errors import SessionError
     from tffprod.sessions.runner import train
@@ -220,6 +247,6 @@ def test_noise_at_the_sites_without_a_plan_is_refused_before_anything_is_recorde
         "backend": "remote", "dp": {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": CLIP,
                                     "delta": DELTA, "noise_placement": "distributed"}})
     before = len(registry.list_sessions())
-    with pytest.raises(SessionError, match="which they do only under a plan they approved"):
+    with pytest.raises(SessionError, match="which they add only under a plan they approved"):
         train(spec, registry=registry, backend=create_backend("remote", registry=registry))
     assert len(registry.list_sessions()) == before

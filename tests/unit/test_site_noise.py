@@ -15,7 +15,7 @@ from tffprod.executors.approvals import approve
 from tffprod.executors.site_secret import SECRET_FILE, load_or_create
 from tffprod.privacy.noise import derive_key, standard_normal
 from tffprod.privacy.placement import model_noise_multiplier, release_noise_multiplier, site_stddev
-from tffprod.privacy.terms import placement_line, plan_epsilon, release_epsilon
+from tffprod.privacy.terms import evaluation_epsilon, placement_line, plan_epsilon, release_epsilon
 from tffprod.protocol.plan_document import load_plan
 from tests.helpers.plans import DELTA, SITE, catalog, plan_document, write
 
@@ -127,3 +127,41 @@ def test_every_placements_epsilons_equal_an_independent_dp_accounting_computatio
     release = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(release_z), rounds)
     assert release_epsilon(terms, rounds)[0] == pytest.approx(
         rdp.RdpAccountant().compose(release).get_epsilon(DELTA), rel=1e-6)
+
+
+def _eval_plan(tmp_path, evaluation: dict | None, name: str):
+    from tffprod.executors.datarefs import CatalogEntry
+    from tffprod.protocol.plan_document import canonical_id
+
+    terms = privacy("coordinator")
+    if evaluation is not None:
+        terms["evaluation"] = evaluation
+    document = plan_document(privacy=terms)
+    document["datasets"].append({"role": "eval", "ref": f"{SITE}/test:1", "site": SITE, "name": "test",
+                                 "content_hash": "sha256:abc", "num_examples": 10})
+    body = {k: v for k, v in document.items() if k != "plan_id"}
+    plan = load_plan(write(tmp_path, {**body, "plan_id": canonical_id(body)}, f"{name}.json"))
+    entries = {**catalog(), "test": CatalogEntry("test", "/data/test.csv", "csv", {}, 10, "sha256:abc", None)}
+    return approve(plan, site=SITE, catalog=entries, state_dir=tmp_path / name)
+
+
+def test_an_evaluation_release_is_charged_to_its_dataset_only_when_noised_and_refused_un_noised_on_a_budget(tmp_path):
+    from tffprod.executors.ledger import SiteLedger
+    from tffprod.privacy.accounting import epsilon_for
+
+    z_eval = 4.0
+    one = epsilon_for(noise_multiplier=z_eval, rounds=1, delta=DELTA)
+    noised = _eval_plan(tmp_path, {"noise_multiplier": z_eval, "bound": 16.2, "epsilon": one}, "noised")
+    plain = _eval_plan(tmp_path, None, "plain")
+    budget = {"epsilon": 1.5 * one, "delta": 1.0}
+    ledger = SiteLedger(tmp_path / "ledger.sqlite", site=SITE, budgets={"test": budget})
+    assert "releases its evaluation metrics un-noised" in ledger.eval_budget_refusal(plain, "test", [plain, noised])
+    assert ledger.eval_budget_refusal(noised, "test", [plain, noised]) is None
+    assert ledger.spent("test", [noised]) == (0.0, 0.0)  # nothing released yet
+    ledger.record_eval(noised, "test", "coordinator", "digest-1")
+    assert ledger.spent("test", [noised]) == (pytest.approx(one), DELTA)
+    twin = _eval_plan(tmp_path, {"noise_multiplier": z_eval, "bound": 17.0, "epsilon": one}, "twin")  # another plan
+    assert "exhausted" in ledger.eval_budget_refusal(twin, "test", [noised, twin])  # a second one does not fit
+    ledger.close()
+    assert evaluation_epsilon(noised.privacy)[0] == pytest.approx(one, rel=1e-12)
+    assert evaluation_epsilon(plain.privacy) == (math.inf, 0.0)

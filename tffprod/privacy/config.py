@@ -21,6 +21,7 @@ SAMPLING_KEYS = ("client_rate", "clients_per_round", "user_update")
 USER_UPDATES = ("local_epochs", "one_step")
 _DP_KEYS = {name: ("mechanism", *mechanism.keys) for name, mechanism in REGISTERED.items()}
 ON_BUDGET = ("refuse", "stop")
+EVAL_BOUND = 16.2  # Keras' cross-entropy clips probabilities to [1e-7, 1 - 1e-7]: at most 16.12 per example
 DP_KEYS = tuple(dict.fromkeys(key for keys in reversed(list(_DP_KEYS.values())) for key in keys))
 
 
@@ -46,6 +47,11 @@ class DPConfig:
         secure_aggregation: fixed clip with distributed noise only: the sites quantize their releases,
             add discrete Gaussian noise shares and mask them, so the coordinator learns only their sum
             (:mod:`tffprod.privacy.secagg`).
+        eval_noise_multiplier: the sites noise each evaluation release at this multiplier times
+            ``eval_bound`` (per metric), and charge it to the evaluation dataset's budget; None: evaluation
+            metrics leave un-noised (a site refuses that for a dataset with a budget).
+        eval_bound: the most one example adds to any evaluation metric sum (default 16.2: Keras'
+            cross-entropy is at most -ln 1e-7 = 16.12 per example; counts add 1).
     """
 
     mechanism: str = "none"
@@ -57,6 +63,8 @@ class DPConfig:
     on_budget: Optional[str] = None
     noise_placement: Optional[str] = None
     secure_aggregation: Optional[bool] = None
+    eval_noise_multiplier: Optional[float] = None
+    eval_bound: Optional[float] = None
 
     def __post_init__(self) -> None:
         mechanism = fields.choice("dp.mechanism", self.mechanism, MECHANISMS)
@@ -83,14 +91,20 @@ class DPConfig:
         for key in get_mechanism(mechanism).required:
             if getattr(self, key) is None:
                 raise SpecError(f"missing required key 'dp.{key}' for mechanism {mechanism!r}")
+        if self.eval_noise_multiplier is not None and self.eval_bound is None:
+            object.__setattr__(self, "eval_bound", EVAL_BOUND)
+        if self.eval_bound is not None and self.eval_noise_multiplier is None:
+            raise SpecError("'dp.eval_bound' applies only with 'dp.eval_noise_multiplier'")
         checks = {
+            "eval_noise_multiplier": (lambda v: v > 0, "a number > 0"),
+            "eval_bound": (lambda v: v > 0, "a number > 0"),
             "noise_multiplier": (lambda v: v >= 0, "a number >= 0"),
             "clip": (lambda v: v > 0, "a number > 0"),
             "target_quantile": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
             "learning_rate": (lambda v: v >= 0, "a number >= 0"),
             "delta": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
         }
-        for key in (k for k in applicable if k in checks):
+        for key in (k for k in applicable if k in checks and getattr(self, k) is not None):
             ok, want = checks[key]
             object.__setattr__(self, key, fields.number(f"dp.{key}", getattr(self, key), ok, want))
 
@@ -100,8 +114,8 @@ class DPConfig:
         return get_mechanism(self.mechanism).private
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``[dp]`` table: the mechanism and only the keys that apply to it."""
-        return {key: getattr(self, key) for key in _DP_KEYS[self.mechanism]}
+        """The ``[dp]`` table: the mechanism and only the keys that apply to it (and are set)."""
+        return {key: getattr(self, key) for key in _DP_KEYS[self.mechanism] if getattr(self, key) is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DPConfig":

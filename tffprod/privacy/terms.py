@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.privacy.placement import model_noise_multiplier, release_noise_multiplier
 
-__all__ = ["placement_line", "plan_epsilon", "release_epsilon", "samples"]
+__all__ = ["evaluation_epsilon", "placement_line", "plan_epsilon", "release_epsilon", "samples"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -75,3 +75,13 @@ def placement_line(privacy: Mapping[str, Any], rounds: int) -> str:
         "the full noise at each site"
     return (f"noise added at the sites ({placement}: {share}); against the coordinator a site's {rounds} "
             f"release(s) give epsilon {epsilon:.4g} at delta {delta:g}")
+
+
+def evaluation_epsilon(privacy: Mapping[str, Any]) -> tuple[float, float]:
+    """``(epsilon, delta)`` of one evaluation release of a dataset: the plan's Gaussian at its evaluation
+    noise multiplier, once; ``(inf, 0)`` when evaluation metrics leave un-noised."""
+    evaluation = privacy.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        return math.inf, 0.0
+    delta = float(privacy["delta"])
+    return _epsilon(float(evaluation["noise_multiplier"]), 1, delta, 1.0, None), delta

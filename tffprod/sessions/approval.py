@@ -62,6 +62,10 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
     }
     if dp.noise_placement in AT_SITES:
         terms.update(noise_placement=dp.noise_placement, noise_sites=plan.spec.min_sites)
+    if dp.eval_noise_multiplier is not None and plan.eval_datasets:
+        terms["evaluation"] = {"noise_multiplier": float(dp.eval_noise_multiplier), "bound": float(dp.eval_bound or 0),
+                               "epsilon": epsilon_for(noise_multiplier=float(dp.eval_noise_multiplier), rounds=1,
+                                                      delta=float(delta))}
     terms["planned_epsilon"] = epsilon_for(noise_multiplier=model_noise_multiplier(terms), rounds=plan.spec.rounds,
                                            delta=float(delta), **accounting)
     if "fixed_sample" in accounting:

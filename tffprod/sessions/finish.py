@@ -28,6 +28,10 @@ def model_dp(plan: Any, ledger: Any, frozen: Any = None) -> dict:
         if population.client_level and epsilons["pld"] is None else None
     privacy.update(rounds=ledger.rounds, epsilon=epsilons, note=note,
                    against_coordinator=_against_coordinator(plan, ledger.rounds, frozen))
+    evaluation = (frozen.plan.privacy.get("evaluation") if frozen is not None else None)
+    if plan.eval_datasets:  # what each evaluation dataset's one release cost, or that it was not noised
+        privacy["evaluation"] = {"noise_multiplier": evaluation["noise_multiplier"], "epsilon": evaluation["epsilon"],
+                                 "bound": evaluation["bound"]} if evaluation else {"noised": False}
     return {**dp, "privacy": privacy}
 
 

@@ -55,9 +55,9 @@ def run_session(
         SessionError: training failed; the session is recorded as failed with the reason.
     """
     spec = plan.spec
-    if spec.dp.noise_placement in AT_SITES and frozen is None:
-        raise SessionError(f"[dp] noise_placement = {spec.dp.noise_placement!r}: the sites add the noise, which they "
-                           "do only under a plan they approved; make one with 'tffprod session plan', have the sites "
+    if _noise_at_sites(plan) and frozen is None:
+        raise SessionError("[dp] puts noise at the sites (noise_placement or eval_noise_multiplier), which they add "
+                           "only under a plan they approved; make one with 'tffprod session plan', have the sites "
                            "approve it, and run it with 'tffprod session run --plan'")
     with registry.atomic():
         session = registry.create_session(
@@ -159,7 +159,7 @@ def train(
     plan = plan_session(spec, registry=registry)
     artifacts_dir = artifacts_dir or artifacts_dir_for(registry.path)
     frozen = None
-    if spec.dp.noise_placement in AT_SITES and backend.name == "local":
+    if _noise_at_sites(plan) and backend.name == "local":
         from tffprod.sessions.approval import make_plan, write_plan
 
         document = make_plan(plan)
@@ -168,6 +168,12 @@ def train(
         frozen = thaw(load_plan(path))
     return run_session(plan, registry=registry, backend=backend, artifacts_dir=artifacts_dir, progress=progress,
                        frozen=frozen)
+
+
+def _noise_at_sites(plan: SessionPlan) -> bool:
+    """Whether the sites add noise to training or evaluation releases (only under a plan they approved)."""
+    dp = plan.spec.dp
+    return dp.noise_placement in AT_SITES or (dp.eval_noise_multiplier is not None and bool(plan.eval_datasets))
 
 
 def train_from_plan(path: os.PathLike | str, *, registry: RegistryStore, backend: Any, artifacts_dir: Any = None,

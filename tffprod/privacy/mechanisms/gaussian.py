@@ -16,7 +16,7 @@ from tffprod.privacy.placement import AT_SITES
 
 __all__ = ["GaussianAdaptive", "GaussianFixed"]
 
-_COMMON = ("noise_multiplier", "clip", "delta", "on_budget")
+_COMMON = ("noise_multiplier", "clip", "delta", "on_budget", "eval_noise_multiplier", "eval_bound")
 _REQUIRED = ("noise_multiplier", "clip", "delta")
 
 
@@ -55,7 +55,8 @@ class GaussianAdaptive(Mechanism):
     ``target_quantile`` of update norms (Andrew et al. 2021), at ``learning_rate``."""
 
     name = "gaussian_adaptive"
-    keys = ("noise_multiplier", "clip", "target_quantile", "learning_rate", "delta", "on_budget")
+    keys = ("noise_multiplier", "clip", "target_quantile", "learning_rate", "delta", "on_budget",
+            "eval_noise_multiplier", "eval_bound")
     required = _REQUIRED
     defaults = {"target_quantile": 0.5, "learning_rate": 0.2}
     # TFF's quantile estimator moves the clip at the coordinator every round: that estimate and the
