@@ -136,9 +136,11 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
         click.echo(f"  {role} computation sha256 {digest}")
     click.echo(f"  privacy: {_planned_privacy(summary['privacy'], spec.rounds)}")
     if summary["privacy"].get("mechanism", "none") != "none":
-        from tffprod.privacy.terms import placement_line
+        from tffprod.privacy.terms import evaluation_line, placement_line
 
         click.echo(f"  {placement_line(summary['privacy'], spec.rounds)}")
+        if spec.eval_datasets:
+            click.echo(f"  {evaluation_line(summary['privacy'])}")
     click.echo(f"  sites to approve it: {', '.join(summary['sites'])} ('tffprod site approve {out_path} --config ...')")
 
 

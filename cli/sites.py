@@ -241,9 +241,11 @@ def plan_show(plan_path: str, as_json: bool) -> None:
         click.echo(f"  privacy: {privacy['mechanism']}, noise multiplier {privacy['noise_multiplier']:g}, clip "
                    f"{privacy['clip']:g}, sampling rate {privacy['sampling_rate']:g}, delta {privacy['delta']:g}; "
                    f"planned epsilon {privacy['planned_epsilon']:.4g}; unit of privacy: {privacy['unit']}")
-        from tffprod.privacy.terms import placement_line
+        from tffprod.privacy.terms import evaluation_line, placement_line
 
         click.echo(f"  {placement_line(privacy, int(session.get('rounds', 0)))}")
+        if any(d.get("role") == "eval" for d in summary.get("datasets", [])):
+            click.echo(f"  {evaluation_line(privacy)}")
     click.echo("  datasets:")
     for d in summary["datasets"]:
         click.echo(f"    {d['role']:5} {d['site']}/{d['name']} "

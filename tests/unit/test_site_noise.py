@@ -165,3 +165,19 @@ def test_an_evaluation_release_is_charged_to_its_dataset_only_when_noised_and_re
     ledger.close()
     assert evaluation_epsilon(noised.privacy)[0] == pytest.approx(one, rel=1e-12)
     assert evaluation_epsilon(plain.privacy) == (math.inf, 0.0)
+
+
+def test_site_plan_show_says_how_evaluation_metrics_leave(tmp_path):
+    from click.testing import CliRunner
+
+    from tffprod.cli.main import cli
+
+    _eval_plan(tmp_path, {"noise_multiplier": 4.0, "bound": 16.2, "epsilon": 1.0}, "noised")
+    _eval_plan(tmp_path, None, "plain")
+    shown = {}
+    for name in ("noised", "plain"):
+        result = CliRunner().invoke(cli, ["site", "plan", "show", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        shown[name] = result.output
+    assert "evaluation metrics noised at each site (multiplier 4, at most 16.2 per example" in shown["noised"]
+    assert "evaluation metrics leave un-noised" in shown["plain"]

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from tffprod.privacy.placement import model_noise_multiplier, release_noise_multiplier
 
-__all__ = ["evaluation_epsilon", "placement_line", "plan_epsilon", "release_epsilon", "samples"]
+__all__ = ["evaluation_epsilon", "evaluation_line", "placement_line", "plan_epsilon", "release_epsilon", "samples"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -85,3 +85,14 @@ def evaluation_epsilon(privacy: Mapping[str, Any]) -> tuple[float, float]:
         return math.inf, 0.0
     delta = float(privacy["delta"])
     return _epsilon(float(evaluation["noise_multiplier"]), 1, delta, 1.0, None), delta
+
+
+def evaluation_line(privacy: Mapping[str, Any]) -> str:
+    """How a plan's evaluation releases leave its sites, in words."""
+    evaluation = privacy.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        return "evaluation metrics leave un-noised (a site refuses that for a dataset with a budget)"
+    epsilon, delta = evaluation_epsilon(privacy)
+    return (f"evaluation metrics noised at each site (multiplier {float(evaluation['noise_multiplier']):g}, at most "
+            f"{float(evaluation['bound']):g} per example in each sum): epsilon {epsilon:.4g} at delta {delta:g} per "
+            "evaluation dataset, charged to its budget")
