@@ -53,8 +53,6 @@ from tffprod.executors.datarefs import DataRefs, RequestRefused
 from tffprod.executors.ledger import SiteLedger
 from tffprod.executors.site_executors import SiteExecutors, WorkerStageError
 from tffprod.executors.release_noise import ReleaseNoise
-from tffprod.privacy.secagg import SecAggError
-from tffprod.privacy.secagg.settings import layout_of, round_settings
 from tffprod.protocol import release_pb2
 from tffprod.protocol.signature import SignatureError
 from tffprod.protocol.tensors import TensorError
@@ -345,12 +343,7 @@ class ReleaseHandler:
         if not 1 <= round_msg.round <= approval.rounds:
             raise self._invalid(f"round {round_msg.round} is not a round of plan {approval.plan_id[:16]} "
                                 f"(1..{approval.rounds})")
-        terms = self._terms(approval, "train")
-        try:
-            return approval, round_settings(approval.privacy, list(round_msg.participants),
-                                            layout_of(terms.result_slots()))
-        except SecAggError as e:
-            raise self._invalid(str(e)) from None
+        return approval, self._noise.round_settings(approval, self._terms(approval, "train"), round_msg.participants)
 
     def _check_secure_release(self, approval: Approval, request: release_pb2.ReleaseRequest, digest: str) -> None:
         """A training release under secure aggregation belongs to this round's masks and is given once."""

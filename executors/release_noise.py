@@ -106,7 +106,7 @@ class ReleaseNoise:
     def _masked(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest, result: list,
                 digest: str) -> list:
         """``result`` quantized, with a discrete Gaussian share on the clipped sum, masked for the round."""
-        settings = self._settings_for(approval, terms, request)
+        settings = self.round_settings(approval, terms, request.secagg.round.participants)
         layout = settings.layout
         try:
             values = encode([to_numpy(t) for t in result], layout, scale=settings.scale,
@@ -119,9 +119,14 @@ class ReleaseNoise:
                                    reduce(values, settings.bits))
         return [from_numpy(masked)]
 
-    def _settings_for(self, approval: Approval, terms: Any, request: release_pb2.ReleaseRequest) -> Any:
+    def round_settings(self, approval: Approval, terms: Any, participants: Any) -> Any:
+        """The secure aggregation settings of a round of ``approval`` among ``participants`` (its training
+        computation's ``terms`` give the packing).
+
+        Raises:
+            RequestRefused: INVALID_ARGUMENT when the participants are not three or more of the plan's sites.
+        """
         try:
-            return round_settings(approval.privacy, list(request.secagg.round.participants),
-                                  layout_of(terms.result_slots()))
+            return round_settings(approval.privacy, list(participants), layout_of(terms.result_slots()))
         except SecAggError as e:
             raise RequestRefused(grpc.StatusCode.INVALID_ARGUMENT, f"site {self.site}: {e}") from None

@@ -6,6 +6,8 @@ same q, noise multiplier, rounds and delta (the issue's "done when").
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from tffprod.backends.local import LocalBackend
@@ -69,6 +71,19 @@ def test_user_level_dp_on_fraud_reports_the_independent_epsilon(tmp_path):
     assert report[0]["spent"]["epsilon_pld"] == pytest.approx(pld_eps, rel=1e-9)
 
 
+@contextlib.contextmanager
+def _customers(tmp_path, *, test: bool):
+    """A registry with the fraud banks' training data, 100 customers each (and their test data)."""
+    paths = fraud.prepare(tmp_path / "data", n_per_bank=1000, customers_per_bank=100)
+    with Registry.open(tmp_path / "tffprod.db") as registry:
+        for bank in BANKS:
+            register_dataset(registry, f"{bank}/train", paths[bank]["train"], schema=fraud.SCHEMA,
+                             client_id=fraud.CUSTOMER_ID)
+            if test:
+                register_dataset(registry, f"{bank}/test", paths[bank]["test"], schema=fraud.SCHEMA)
+        yield registry
+
+
 def test_noise_at_each_site_on_the_local_backend_is_accounted_for_every_sites_noise(tmp_path):
     """``noise_placement = "local"``: each simulated site noises its own release under a plan made for the
     session; the model's sum over at least min_sites = 3 releases is accounted at z * sqrt(3)."""
@@ -76,11 +91,7 @@ def test_noise_at_each_site_on_the_local_backend_is_accounted_for_every_sites_no
     from dp_accounting import rdp
 
     q = 0.1
-    paths = fraud.prepare(tmp_path / "data", n_per_bank=1000, customers_per_bank=100)
-    with Registry.open(tmp_path / "tffprod.db") as registry:
-        for bank in BANKS:
-            register_dataset(registry, f"{bank}/train", paths[bank]["train"], schema=fraud.SCHEMA,
-                             client_id=fraud.CUSTOMER_ID)
+    with _customers(tmp_path, test=False) as registry:
         spec = SessionSpec.from_dict({
             "name": "fraud-local-noise", "task": "tffprod.examples.fraud:task", "rounds": 2, "seed": 3,
             "datasets": [f"{b}/train" for b in BANKS], "min_sites": len(BANKS),
@@ -109,12 +120,7 @@ def test_one_step_user_updates_compute_a_sites_sampled_customers_at_once(tmp_pat
     from dp_accounting import rdp
 
     q = 0.1
-    paths = fraud.prepare(tmp_path / "data", n_per_bank=1000, customers_per_bank=100)
-    with Registry.open(tmp_path / "tffprod.db") as registry:
-        for bank in BANKS:
-            register_dataset(registry, f"{bank}/train", paths[bank]["train"], schema=fraud.SCHEMA,
-                             client_id=fraud.CUSTOMER_ID)
-            register_dataset(registry, f"{bank}/test", paths[bank]["test"], schema=fraud.SCHEMA)
+    with _customers(tmp_path, test=True) as registry:
         spec = SessionSpec.from_dict({
             "name": f"fraud-one-step-{placement}", "task": "tffprod.examples.fraud:task", "rounds": 3, "seed": 3,
             "datasets": [f"{b}/train" for b in BANKS], "eval_datasets": [f"{b}/test" for b in BANKS],
