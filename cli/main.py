@@ -36,7 +36,7 @@ def cli() -> None:
     \b
     Example:
         tffprod demo --workdir ./demo
-        tffprod session run --spec demo/digits-dp.toml
+        tffprod session run --spec demo/fraud-user-dp.toml
     """
     signal.signal(signal.SIGTERM, _terminate)
 

@@ -29,7 +29,8 @@ def report(dataset: Optional[str], registry_path: str, as_json: bool) -> None:
 
     The unit of privacy is one client: a customer or patient for a dataset
     with a client-id column, else the whole dataset (site-level DP). Spend is
-    RDP; a PLD epsilon is shown beside it where sessions computed one.
+    RDP; a PLD epsilon is shown beside it where sessions computed one. Noised
+    evaluation releases are charged too, and shown apart from training.
 
     \b
     Example:
@@ -53,8 +54,11 @@ def report(dataset: Optional[str], registry_path: str, as_json: bool) -> None:
             else "no budget"
         rest = f"  remaining eps {left['epsilon']:.4g}" if left else ""
         pld = f" (PLD {spent['epsilon_pld']:.4g})" if "epsilon_pld" in spent else ""
+        evaluated = row["evaluations"]
+        parts = f"{len(row['sessions'])} training session(s)" + (
+            f", {len(evaluated)} noised evaluation(s) eps {spent['evaluation_epsilon']:.4g}" if evaluated else "")
         click.echo(f"{row['dataset']}: {limit}  spent eps {spent['epsilon']:.4g}{pld} delta {spent['delta']:.3g}"
-                   f"{rest}  ({len(row['sessions'])} session(s); unit: {row['unit']})")
+                   f"{rest}  ({parts}; unit: {row['unit']})")
 
 
 @privacy.command("calibrate")

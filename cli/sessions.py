@@ -19,7 +19,7 @@ def session() -> None:
 
     \b
     Example:
-        tffprod session run --spec demo/digits-dp.toml
+        tffprod session run --spec demo/fraud-user-dp.toml
         tffprod session list
     """
 
@@ -42,7 +42,7 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
 
     \b
     Example:
-        tffprod session run --spec demo/digits-dp.toml
+        tffprod session run --spec demo/fraud-user-dp.toml
         tffprod session run --plan digits.plan.json --backend remote --log-level info
     """
     if bool(spec_path) == bool(plan_path):

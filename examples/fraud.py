@@ -2,7 +2,8 @@
 
 Each bank's transactions come from the same feature distributions (with mild
 shifts) and the same hidden logistic rule, but a bank-specific intercept sets its
-fraud rate (about 1%, 3% and 8%). Refer to the task as ``tffprod.examples.fraud:task``.
+fraud rate (about 1%, 3% and 8%). Refer to the task as ``tffprod.examples.fraud:task``
+(``fraud:user_task`` for user-level DP with one step per customer, as in ``make demo``).
 
 With ``customers_per_bank``, each transaction also carries the ``customer_id`` of
 one of that many customers of its bank (several transactions each; ids differ
@@ -84,6 +85,21 @@ task = Task(
     local_epochs=1,
     client_optimizer=Optimizer("sgd", 0.1),
     server_optimizer=Optimizer("sgd", 1.0),
+)
+
+# For user-level DP with one step per customer (``[sampling] user_update = "one_step"``): each sampled
+# customer's step is clipped (the spec's ``[dp] clip``), so a large client rate only sets how much of the
+# clip a step uses; the server's momentum acts on the noised sum, so it costs no privacy.
+user_task = Task(
+    name="fraud-user-dp",
+    model_fn=model_fn,
+    schema=SCHEMA,
+    loss_fn=loss_fn,
+    metrics_fn=metrics_fn,
+    batch_size=32,
+    local_epochs=1,
+    client_optimizer=Optimizer("sgd", 5.0),
+    server_optimizer=Optimizer("sgd", 1.0, momentum=0.8),
 )
 
 
@@ -176,3 +192,19 @@ def prepare(out_dir: str | Path, *, n_per_bank: int = 2000, seed: int = 0,
         write_csv(paths[bank]["train"], train, schema)
         write_csv(paths[bank]["test"], test, schema)
     return paths
+
+
+def pool(paths: dict[str, dict[str, Path]], out_dir: str | Path) -> dict[str, Path]:
+    """Write every bank's rows of each split into one file, ``out_dir/<split>.csv``: the data a
+    centralized reference trains on (what no bank could do). Returns ``{split: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pooled = {}
+    for split in ("train", "test"):
+        lines: list[str] = []
+        for bank in paths:
+            header, *rows = Path(paths[bank][split]).read_text().splitlines(keepends=True)
+            lines += ([header] if not lines else []) + rows
+        pooled[split] = out / f"{split}.csv"
+        pooled[split].write_text("".join(lines))
+    return pooled

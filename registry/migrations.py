@@ -280,6 +280,25 @@ def m007_resumable_sessions(db: Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN resumed INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m008_evaluation_spend(db: Database) -> None:
+    """What each session's noised evaluation releases cost each evaluation dataset (``privacy.EVAL_SPEND_KEYS``)."""
+    db.execute("""
+    CREATE TABLE evaluation_spend (
+        session_id TEXT NOT NULL REFERENCES sessions(id),
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        epsilon REAL NOT NULL CHECK (epsilon >= 0),   -- the releases' total
+        delta REAL NOT NULL CHECK (delta >= 0),
+        releases INTEGER NOT NULL CHECK (releases >= 1),
+        noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (session_id, site, name)
+    )
+    """)
+    db.execute("CREATE INDEX evaluation_spend_by_dataset ON evaluation_spend (site, name)")
+
+
 def unknown_migrations(db: Database) -> list[str]:
     """Names of applied migrations that this version of tffprod does not know.
 

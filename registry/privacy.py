@@ -15,6 +15,10 @@ one without protects the dataset as a whole (site-level): the report says which
 (``unit``). Spend is accounted with RDP (the budget's currency); where sessions
 also computed a PLD epsilon it is reported beside it (``epsilon_pld``).
 
+A session's noised evaluation releases (``[dp] eval_noise_multiplier``) are charged
+too, to each evaluation dataset they read (``record_evaluation_spend``); the report
+lists them apart from training and counts them in ``spent``.
+
 Sessions compose by basic composition: the total spent on a dataset is the sum
 of the epsilons and the sum of the deltas of every session that used it. This
 is an upper bound; it never understates what was spent.
@@ -29,6 +33,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from tffprod.errors import NotFoundError
 from tffprod.registry.codec import check_name, utc_now
 from tffprod.registry.connection import first_row, write_transaction
 
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
 
 SOURCES = ("site", "coordinator")
 SPEND_KEYS = ("site", "name", "epsilon", "delta", "rounds")
+EVAL_SPEND_KEYS = ("site", "name", "epsilon", "delta", "releases", "noise_multiplier")
 
 
 def _number(what: str, value: Any) -> float:
@@ -153,6 +159,49 @@ def upsert_spend(db: Database, session_id: str, spend: list[dict[str, Any]], now
         )
 
 
+def record_evaluation_spend(db: Database, session_id: str, spend: Iterable[dict]) -> list[dict[str, Any]]:
+    """Charges a session's noised evaluation releases to their datasets (one row per dataset and session;
+    a later call for the same pair replaces it). Checks everything before writing anything.
+
+    Raises:
+        ValueError: an item misses or has extra keys (``EVAL_SPEND_KEYS``), a value is out of range, or a
+            dataset appears twice.
+    """
+    items, seen = [], set()
+    for item in spend:
+        if not isinstance(item, dict) or set(item) != set(EVAL_SPEND_KEYS):
+            raise ValueError(f"an evaluation spend item needs exactly the keys {', '.join(EVAL_SPEND_KEYS)}, "
+                             f"got {item!r}")
+        site, name = item["site"], item["name"]
+        if not isinstance(site, str) or not isinstance(name, str) or not site or not name or (site, name) in seen:
+            raise ValueError(f"evaluation spend needs a distinct non-empty site and name, got {item!r}")
+        seen.add((site, name))
+        epsilon = _spent(f"evaluation epsilon of {site}/{name}", item["epsilon"])
+        delta = _spent(f"evaluation delta of {site}/{name}", item["delta"])
+        noise = _spent(f"evaluation noise multiplier of {site}/{name}", item["noise_multiplier"])
+        releases = item["releases"]
+        if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
+            raise ValueError(f"evaluation releases of {site}/{name} must be an integer >= 1, got {releases!r}")
+        if epsilon < 0 or delta < 0 or not 0 < noise < math.inf:
+            raise ValueError(f"evaluation spend of {site}/{name} is out of range: {item!r}")
+        items.append({"site": site, "name": name, "epsilon": epsilon, "delta": delta, "releases": releases,
+                      "noise_multiplier": noise})
+    with write_transaction(db):
+        if first_row(db, "SELECT id FROM sessions WHERE id = ?", [session_id]) is None:
+            raise NotFoundError(f"unknown session {session_id!r}")
+        now = utc_now()
+        for item in items:
+            db.execute(
+                "INSERT INTO evaluation_spend (session_id, site, name, epsilon, delta, releases, noise_multiplier,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, site, name) DO UPDATE SET"
+                " epsilon = excluded.epsilon, delta = excluded.delta, releases = excluded.releases,"
+                " noise_multiplier = excluded.noise_multiplier, recorded_at = excluded.recorded_at",
+                [session_id, item["site"], item["name"], item["epsilon"], item["delta"], item["releases"],
+                 item["noise_multiplier"], now],
+            )
+    return items
+
+
 def _filter(table: str, site: str | None, name: str | None) -> tuple[str, list[Any]]:
     clauses, params = [], []
     for column, value in (("site", site), ("name", name)):
@@ -179,6 +228,14 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
         keys = ("session_id", "epsilon", "delta", "rounds", "status") + (("epsilon_pld",) if row["epsilon_pld"]
                                                                          is not None else ())
         spends.setdefault((row["site"], row["name"]), []).append({key: row[key] for key in keys})
+    evaluations: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    eval_where, params = _filter("e", site, name)
+    sql = ("SELECT e.site, e.name, e.session_id, e.epsilon, e.delta, e.releases, e.noise_multiplier, s.status"
+           f" FROM evaluation_spend e JOIN sessions s ON s.id = e.session_id{eval_where}"
+           " ORDER BY s.created_at, s.id")
+    for row in db.query(sql, params):
+        keys = ("session_id", "epsilon", "delta", "releases", "noise_multiplier", "status")
+        evaluations.setdefault((row["site"], row["name"]), []).append({key: row[key] for key in keys})
     units = {}
     unit_where, params = _filter("d", site, name)
     unit_sql = ("SELECT d.site, d.name, d.client_id, d.num_clients FROM datasets d"
@@ -187,19 +244,20 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
     for row in db.query(unit_sql, params):
         units[(row["site"], row["name"])] = unit_of_privacy(row["client_id"])
     report = []
-    for key in sorted(set(budgets) | set(spends), key=lambda k: f"{k[0]}/{k[1]}"):
-        sessions = spends.get(key, [])
+    for key in sorted(set(budgets) | set(spends) | set(evaluations), key=lambda k: f"{k[0]}/{k[1]}"):
+        sessions, evaluated = spends.get(key, []), evaluations.get(key, [])
         spent = {
-            "epsilon": math.fsum(s["epsilon"] for s in sessions),
-            "delta": math.fsum(s["delta"] for s in sessions),
+            "epsilon": math.fsum(s["epsilon"] for s in sessions + evaluated),
+            "delta": math.fsum(s["delta"] for s in sessions + evaluated),
         }
         budget_row = budgets.get(key)
         budget = None if budget_row is None else {k: budget_row[k] for k in ("epsilon", "delta", "source")}
         remaining = None if budget is None else {k: budget[k] - spent[k] for k in ("epsilon", "delta")}
-        if sessions and all("epsilon_pld" in s for s in sessions):
-            spent["epsilon_pld"] = math.fsum(s["epsilon_pld"] for s in sessions)
-        report.append(
-            {"dataset": f"{key[0]}/{key[1]}", "unit": units.get(key, unit_of_privacy(None)), "budget": budget,
-             "spent": spent, "remaining": remaining, "sessions": sessions}
-        )
+        if sessions and all("epsilon_pld" in s for s in sessions):  # evaluations add their (RDP) epsilon
+            spent["epsilon_pld"] = math.fsum([s["epsilon_pld"] for s in sessions] + [e["epsilon"] for e in evaluated])
+        if evaluated:
+            spent["evaluation_epsilon"] = math.fsum(e["epsilon"] for e in evaluated)
+        report.append({"dataset": f"{key[0]}/{key[1]}", "unit": units.get(key, unit_of_privacy(None)),
+                       "budget": budget, "spent": spent, "remaining": remaining, "sessions": sessions,
+                       "evaluations": evaluated})
     return report

@@ -209,6 +209,8 @@ class RegistryStore(Protocol):
 
     def privacy_report(self, *, site: str | None = None, name: str | None = None) -> list[dict]: ...
 
+    def record_evaluation_spend(self, session_id: str, spend: list[dict]) -> list[dict]: ...
+
     # Model versions and evaluations.
 
     def add_model_version(

@@ -441,11 +441,29 @@ class Registry:
             ``{"dataset": "site/name", "budget": {"epsilon", "delta", "source"}
             | None, "spent": {"epsilon", "delta"}, "remaining": {"epsilon",
             "delta"} | None, "sessions": [{"session_id", "epsilon", "delta",
-            "rounds", "status"}]}``; ``remaining`` is budget minus spent (it
-            goes negative when overspent) and None without a budget; sessions
-            are oldest first. An unknown site or name gives ``[]``.
+            "rounds", "status"}], "evaluations": [{"session_id", "epsilon",
+            "delta", "releases", "noise_multiplier", "status"}]}``; ``spent``
+            counts training and evaluation (and has ``evaluation_epsilon``,
+            their part, when there are evaluations); ``remaining`` is budget
+            minus spent (it goes negative when overspent) and None without a
+            budget; sessions and evaluations are oldest first. An unknown site
+            or name gives ``[]``.
         """
         return privacy.privacy_report(self._db, site, name)
+
+    @_translated
+    def record_evaluation_spend(self, session_id: str, spend: list[dict]) -> list[dict]:
+        """Charges a session's noised evaluation releases to each evaluation dataset they read.
+
+        Args:
+            spend: one ``{"site", "name", "epsilon", "delta", "releases", "noise_multiplier"}`` per dataset;
+                a later call for the same session and dataset replaces its row.
+
+        Raises:
+            NotFoundError: unknown session.
+            ValueError: an item is malformed (nothing is written).
+        """
+        return privacy.record_evaluation_spend(self._db, session_id, spend)
 
     # Model versions and evaluations.
 

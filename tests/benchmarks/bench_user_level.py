@@ -9,11 +9,17 @@ files are one site's sample. Median seconds per round after a warm-up call, of:
     client work's own math, :mod:`tffprod.training.user_level`; no TFF, no file reading);
 ``reading the files only``
     the client work's reading of the 100 files into one batch, in a ``tf.function`` (no TFF);
+``floor from the files``
+    one ``tf.function`` that reads the 100 users' files and computes their clipped deltas' sum: the floor
+    for a site whose data is at rest in files, as tffprod's sites' are;
 ``user-level, up_to_merge``
     the per-site part of the new process (``compile_to_mergeable_comp_form(process.next).up_to_merge``),
     ONE client holding the 100 paths;
 ``user-level, next``
     the whole ``process.next`` of the new process (the same client);
+``user-level, next, 1 user``
+    the same with one user's file: about the fixed cost of a TFF round (the marginal cost of 99 users is
+    the difference);
 ``today, next``
     ``build_training_process(task, DPConfig(gaussian_fixed, z=1, clip=1))`` with 100 clients, one path
     each (FedAvg with a DP aggregator), one ``process.next``.
@@ -75,6 +81,27 @@ def read_only(paths: list[str]) -> Callable[[], Any]:
     return lambda: read()[1].numpy()
 
 
+def floor_from_files(paths: list[str]) -> Callable[[], Any]:
+    """Reading the users' files and computing their clipped deltas' sum, in one ``tf.function``."""
+    import tensorflow as tf
+
+    from tffprod.examples import fraud
+    from tffprod.training.user_level import clipped_user_sum, collect, per_example_gradients, read_user_examples
+
+    task = fraud.task
+    model, loss_fn = task.model_fn(), task.loss_fn()
+
+    @tf.function
+    def clipped_sum():
+        features, labels, users = collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), task.schema,
+                                                             "csv"))
+        losses, grads = per_example_gradients(model, loss_fn, features, labels)
+        return clipped_user_sum(losses, grads, users, tf.constant(len(paths), tf.int64),
+                                learning_rate=task.client_optimizer.learning_rate, clip=CLIP)
+
+    return lambda: [t.numpy() for t in clipped_sum()]
+
+
 def floor_round(paths: list[str]) -> tuple[Callable[[], Any], int]:
     """The client work's math alone on in-memory tensors; also the number of examples."""
     import tensorflow as tf
@@ -117,6 +144,8 @@ def tff_rounds(ctx: Any, paths: list[str], reps: int) -> dict[str, float]:
         "user-level, up_to_merge": median_seconds(
             lambda: ctx.invoke(form.up_to_merge, Struct.unnamed(state, site_data)), reps),
         "user-level, next": median_seconds(lambda: ctx.invoke(new.next, Struct.unnamed(state, site_data)), reps),
+        "user-level, next, 1 user": median_seconds(
+            lambda: ctx.invoke(new.next, Struct.unnamed(state, [np.array(paths[:1])])), reps),
     }
     dp = DPConfig(mechanism="gaussian_fixed", noise_multiplier=1.0, clip=CLIP, delta=1e-5)
     today = build_training_process(fraud.task, dp, fmt="csv", seed=0, clients_per_round=USERS)
@@ -139,16 +168,20 @@ def main() -> None:
         paths = user_paths(root)
         floor, examples = floor_round(paths)
         rows = {"floor (tf.function, in memory)": median_seconds(floor, args.reps * 3),
-                "reading the files only (tf.function)": median_seconds(read_only(paths), args.reps * 3)}
+                "reading the files only (tf.function)": median_seconds(read_only(paths), args.reps * 3),
+                "floor from the files (tf.function)": median_seconds(floor_from_files(paths), args.reps * 3)}
         with WorkerProcess(name="bench", log_path=root / "worker.log") as worker:
             rows.update(tff_rounds(channel_context(insecure_channel(worker.address)), paths, args.reps))
 
     print(f"\none site, {len(paths)} users, {examples} examples (fraud bank-a), clip {CLIP}; "
           f"median of {args.reps} after a warm-up (today: {max(2, args.reps // 2)})")
-    print(f"{'':38s} {'s/round':>9s} {'x floor':>9s}")
-    base = rows["floor (tf.function, in memory)"]
+    print(f"{'':38s} {'s/round':>9s} {'x floor':>9s} {'x floor from files':>19s}")
+    base, from_files = rows["floor (tf.function, in memory)"], rows["floor from the files (tf.function)"]
     for name, seconds in rows.items():
-        print(f"{name:38s} {seconds:9.4f} {seconds / base:9.1f}")
+        print(f"{name:38s} {seconds:9.4f} {seconds / base:9.1f} {seconds / from_files:19.2f}")
+    marginal = rows["user-level, next"] - rows["user-level, next, 1 user"]
+    print(f"marginal cost of {len(paths) - 1} more users in a TFF round: {marginal:.4f} s "
+          f"({marginal / base:.1f}x the in-memory floor)")
 
 
 if __name__ == "__main__":

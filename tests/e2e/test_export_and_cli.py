@@ -160,22 +160,40 @@ def _ready_info(site: subprocess.Popen) -> dict:
 
 
 def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp_path):
+    from tffprod.examples import fraud
+    from tffprod.sessions.spec import load_spec
+
     proc = tffprod("demo", "--workdir", str(tmp_path / "demo"), "--rounds", "3", "--json", cwd=tmp_path)
     summary = json.loads(proc.stdout)
-    work = tmp_path / "demo"
+    work, banks = tmp_path / "demo", list(fraud.FRAUD_RATES)
     assert summary["backend"] == "remote"
     assert Path(summary["registry"]) == work / "tffprod.db" and (work / "tffprod.db").is_file()
     assert Path(summary["spec"]).parent == work and Path(summary["spec"]).suffix == ".toml"
     assert (Path(summary["saved_model"]) / "saved_model.pb").is_file()
-    assert {Path(p) for p in summary["sites"].values()} == {work / "sites" / s / "site.toml" for s in digits.SITES}
+    assert {Path(p) for p in summary["sites"].values()} == {work / "sites" / s / "site.toml" for s in banks}
+    # User-level DP with the noise at the banks and secure aggregation, within epsilon 5.
+    spec = load_spec(Path(summary["spec"]))
+    assert spec.sampling.user_update == "one_step" and spec.dp.secure_aggregation
+    assert spec.dp.noise_placement == "distributed"
     shown = json.loads(tffprod("model", "show", summary["model"], "--registry", summary["registry"], "--json",
                                cwd=tmp_path).stdout)
-    assert summary["accuracy"] == shown["metrics"]["eval"]["sparse_categorical_accuracy"]
-    assert summary["epsilon"] == shown["epsilon"] > 0
-    assert set(summary["per_site_accuracy"]) == {f"{s}/test:1" for s in digits.SITES}
-    assert 0.5 < summary["central_accuracy"] <= 1.0
+    assert summary["accuracy"] == shown["metrics"]["eval"]["binary_accuracy"]
+    assert summary["auc"] == shown["metrics"]["eval"]["auc"]
+    assert 0 < summary["epsilon"] == shown["epsilon"] <= 5 and summary["delta"] <= 1e-5
+    assert shown["dp"]["privacy"]["unit"] == "client (column customer_id)"
+    assert summary["privacy"]["against_coordinator"]["secure_aggregation"] is True
+    assert shown["dp"]["privacy"]["against_coordinator"]["noise_placement"] == "distributed"
+    assert set(summary["per_site"]) == {f"{b}/test:1" for b in banks}
+    # The comparison ran on the same data: non-private FedAvg and a centralized model.
+    baseline = json.loads(tffprod("model", "show", summary["baseline"]["model"], "--registry",
+                                  summary["baseline"]["registry"], "--json", cwd=tmp_path).stdout)
+    assert summary["baseline"]["accuracy"] == baseline["metrics"]["eval"]["binary_accuracy"]
+    assert baseline["dp"] == {"mechanism": "none"} and baseline["epsilon"] is None
+    assert abs(summary["accuracy"] - summary["baseline"]["accuracy"]) <= 0.03
+    assert 0.5 < summary["central"]["accuracy"] <= 1.0 and 0.5 < summary["central"]["auc"] <= 1.0
+    assert 0.9 < summary["central"]["majority_accuracy"] < 1.0  # skewed labels: the demo prints AUC beside accuracy
     # Each site audited the coordinator's calls.
-    for site in digits.SITES:
+    for site in banks:
         audit = (work / "sites" / site / "state" / "audit.jsonl").read_text().splitlines()
         lines = [json.loads(line) for line in audit]
         assert lines and all(line["identity"] == "coordinator" for line in lines if line["method"] != "approve")
@@ -183,7 +201,7 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
         assert any(line.get("release", {}).get("round") == 3 for line in lines)  # the third round's release
     plan_cmd, *approve_cmds, run_cmd = summary["repeat_commands"]
     assert plan_cmd.startswith("tffprod session plan --spec ") and run_cmd.startswith("tffprod session run ")
-    assert len(approve_cmds) == len(digits.SITES)
+    assert len(approve_cmds) == len(banks)
     # By hand: start the same sites from the configs the demo left, then repeat the training.
     sites = [subprocess.Popen([TFFPROD, "site", "serve", "--config", config, "--json"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
@@ -191,10 +209,11 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
     try:
         for site in sites:
             assert _ready_info(site)["tls"] is True
-        # The demo's plan has served its 3 approved rounds: replaying it is refused by the sites.
+        # The demo's plan has served its 3 approved rounds: replaying it is refused by the sites (its first
+        # round's masked release was given once and is not given again).
         replay = tffprod("session", "run", "--plan", summary["plan"], "--registry", summary["registry"],
                          cwd=tmp_path, check=False)
-        assert replay.returncode == 6 and "approved round" in replay.stderr
+        assert replay.returncode == 6 and "given once under secure aggregation" in replay.stderr
         for command in summary["repeat_commands"][:-1]:
             tffprod(*shlex.split(command)[1:], cwd=tmp_path)
         rerun = tffprod(*shlex.split(summary["repeat_commands"][-1])[1:], "--json", cwd=tmp_path)

@@ -233,6 +233,19 @@ def test_evaluation_releases_are_noised_at_the_site_and_their_epsilon_recorded(f
         assert [e["noise_stddev"] for e in evals] == [pytest.approx(stddev)], site
     evaluation = result["model_version"]["dp"]["privacy"]["evaluation"]
     assert evaluation["epsilon"] == pytest.approx(plan.privacy["evaluation"]["epsilon"], rel=1e-12)
+    # The coordinator's privacy report charges each evaluation dataset its one noised release, apart from
+    # training; the epsilon is an independent dp_accounting computation's.
+    import dp_accounting
+    from dp_accounting import rdp
+
+    independent = rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(2.0)).get_epsilon(DELTA)
+    for site in SITES:
+        (entry,) = registry.privacy_report(site=site, name="test")
+        (charged,) = [e for e in entry["evaluations"] if e["session_id"] == result["id"]]
+        assert charged["epsilon"] == pytest.approx(independent, rel=1e-6) and charged["releases"] == 1
+        assert charged["noise_multiplier"] == 2.0 and charged["delta"] == DELTA
+        assert entry["spent"]["evaluation_epsilon"] >= charged["epsilon"]
+        assert not [s for s in entry["sessions"] if s["session_id"] == result["id"]]  # not a training spend
     report_line(f"[site noise] evaluation releases noised at each site (stddev {stddev:.1f} per metric sum, "
                 f"z_eval 2.0): epsilon {evaluation['epsilon']:.3g} per evaluation dataset")
 

@@ -249,7 +249,7 @@ def test_privacy_report_sums_sessions_by_basic_composition(registry: Registry) -
                          "budget": {"epsilon": 1.0, "delta": 1e-6,
                                                                      "source": "coordinator"},
                          "spent": {"epsilon": 0.0, "delta": 0.0}, "remaining": {"epsilon": 1.0, "delta": 1e-6},
-                         "sessions": []}
+                         "sessions": [], "evaluations": []}
 
 
 def test_an_overspent_budget_reports_a_negative_remainder(registry: Registry) -> None:
@@ -374,3 +374,47 @@ def test_register_dataset_cannot_override_a_site_budget(tmp_path: Path) -> None:
         with pytest.raises(DatasetError, match="set by the site's config"):
             register_dataset(registry, "hospital-a/visits", data, schema=schema, budget=(9.0, 1e-5))
         assert registry.get_budget("hospital-a", "visits")["epsilon"] == 3.0
+
+
+def eval_spend(site: str = "hospital-a", name: str = "visits", epsilon: float = 0.75, **overrides) -> dict:
+    return {"site": site, "name": name, "epsilon": epsilon, "delta": 1e-6, "releases": 1, "noise_multiplier": 2.0,
+            **overrides}
+
+
+def test_noised_evaluations_are_charged_to_the_budget_and_shown_apart_from_training(registry: Registry) -> None:
+    registry.set_budget("hospital-a", "visits", epsilon=4.0, delta=1e-5, source="site")
+    first, second = create_session(registry, "first"), create_session(registry, "second")
+    record_round(registry, first, 1, [spend(epsilon=1.5)])
+    registry.record_evaluation_spend(first, [eval_spend(), eval_spend(name="labs", epsilon=0.5)])
+    registry.record_evaluation_spend(second, [eval_spend(epsilon=0.25)])
+    registry.record_evaluation_spend(second, [eval_spend(epsilon=0.5)])  # replaces the session's row
+
+    labs, visits = registry.privacy_report()
+    assert [e["epsilon"] for e in visits["evaluations"]] == [0.75, 0.5]
+    assert visits["evaluations"][0] == {"session_id": first, "epsilon": 0.75, "delta": 1e-6, "releases": 1,
+                                        "noise_multiplier": 2.0, "status": "pending"}
+    assert [s["session_id"] for s in visits["sessions"]] == [first]  # training only
+    assert visits["spent"] == {"epsilon": 2.75, "delta": pytest.approx(3e-6), "evaluation_epsilon": 1.25}
+    assert visits["remaining"]["epsilon"] == pytest.approx(1.25)
+    # A dataset that was only evaluated is reported too, without a budget.
+    assert labs["budget"] is None and labs["sessions"] == [] and labs["spent"]["epsilon"] == 0.5
+
+
+@pytest.mark.parametrize("item, problem", [
+    (eval_spend(releases=0), "releases"),
+    (eval_spend(noise_multiplier=0.0), "out of range"),
+    (eval_spend(epsilon=-1.0), "out of range"),
+    ({"site": "hospital-a", "name": "visits", "epsilon": 1.0}, "exactly the keys"),
+])
+def test_a_malformed_evaluation_spend_writes_nothing(registry: Registry, item: dict, problem: str) -> None:
+    session = create_session(registry)
+    with pytest.raises(ValueError, match=problem):
+        registry.record_evaluation_spend(session, [eval_spend(name="labs"), item])
+    assert registry.privacy_report() == []
+
+
+def test_evaluation_spend_needs_a_known_session(registry: Registry) -> None:
+    from tffprod.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="unknown session"):
+        registry.record_evaluation_spend("s-nope", [eval_spend()])
