@@ -119,14 +119,22 @@ def export(ref: str, out: str, fmt: str, for_site: Optional[str], registry_path:
 @click.option("--dataset", "datasets", multiple=True, required=True, help="SITE/NAME[:VERSION]; repeat for more.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="The plan file to write (JSON).")
+@click.option("--eval-noise-multiplier", type=float,
+              help="Noise the metric sums at each site (stddev this x the bound); each dataset is charged the "
+                   "release's epsilon. Needed for datasets with a privacy budget.")
+@click.option("--eval-bound", type=float, help="The most one example adds to any metric sum (default 16.2).")
+@click.option("--delta", type=float, help="The delta of the evaluation's epsilon (default 1e-5).")
 @registry_option
 @output_options
-def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, registry_path: str, as_json: bool) -> None:
+def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, eval_noise_multiplier: Optional[float],
+              eval_bound: Optional[float], delta: Optional[float], registry_path: str, as_json: bool) -> None:
     """Write an evaluation plan of model version REF on datasets, for their sites to approve.
 
     Sites that require approval evaluate only what they approved: review it with
     'tffprod site plan show PLAN', approve it with 'tffprod site approve PLAN', then run
     'tffprod eval REF --dataset ... --backend remote --plan PLAN'. Each dataset is evaluated once.
+    A site refuses to release un-noised metrics of a dataset with a privacy budget: give
+    --eval-noise-multiplier, and the site noises them and charges the dataset's budget.
 
     \b
     Example:
@@ -137,16 +145,22 @@ def eval_plan(ref: str, datasets: tuple[str, ...], out_path: str, registry_path:
     with user_errors(), open_registry(registry_path) as registry:
         from tffprod.sessions.approval import make_eval_plan, write_plan
 
-        document = make_eval_plan(registry, ref, list(datasets))
+        document = make_eval_plan(registry, ref, list(datasets), eval_noise_multiplier=eval_noise_multiplier,
+                                  eval_bound=eval_bound, delta=delta)
         write_plan(document, out_path)
+        evaluation = document["privacy"].get("evaluation")
         summary = {"plan_id": document["plan_id"], "path": out_path, "model": document["model"],
+                   "evaluation_epsilon": evaluation["epsilon"] if evaluation else None,
                    "sites": sorted({d["site"] for d in document["datasets"]}),
                    "computations": {c["role"]: c["sha256"] for c in document["computations"]}}
         registry.record_action("model.eval-plan", document["plan_id"], {**summary, "path": os.path.abspath(out_path)})
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"wrote evaluation plan {document['plan_id'][:16]} to {out_path}: {ref} on {', '.join(datasets)}; "
+    noised = (f"metrics noised at each site, epsilon {evaluation['epsilon']:.4g} at delta "
+              f"{document['privacy']['delta']:g} per dataset" if evaluation else "metrics un-noised")
+    click.echo(f"wrote evaluation plan {document['plan_id'][:16]} to {out_path}: {ref} on {', '.join(datasets)} "
+               f"({noised}); "
                f"have {', '.join(summary['sites'])} approve it ('tffprod site approve'), then run "
                f"'tffprod eval {ref} --backend remote --plan {out_path}' with the same datasets")
 

@@ -235,7 +235,11 @@ def plan_show(plan_path: str, as_json: bool) -> None:
                    f"created {summary['created_at']}")
     task = summary["task"]
     click.echo(f"  task {task.get('task') or task.get('computation') or (summary.get('spec') or {}).get('task')}")
-    if privacy.get("mechanism", "none") == "none":
+    if privacy.get("mechanism", "none") == "none" and isinstance(privacy.get("evaluation"), dict):
+        from tffprod.privacy.terms import evaluation_line
+
+        click.echo(f"  privacy: {evaluation_line(privacy)}")
+    elif privacy.get("mechanism", "none") == "none":
         click.echo("  privacy: NO differential privacy")
     else:
         click.echo(f"  privacy: {privacy['mechanism']}, noise multiplier {privacy['noise_multiplier']:g}, clip "

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +91,8 @@ task = Task(
 # For user-level DP with one step per customer (``[sampling] user_update = "one_step"``): each sampled
 # customer's step is clipped (the spec's ``[dp] clip``), so a large client rate only sets how much of the
 # clip a step uses; the server's momentum acts on the noised sum, so it costs no privacy.
-user_task = Task(
-    name="fraud-user-dp",
-    model_fn=model_fn,
-    schema=SCHEMA,
-    loss_fn=loss_fn,
-    metrics_fn=metrics_fn,
-    batch_size=32,
-    local_epochs=1,
-    client_optimizer=Optimizer("sgd", 5.0),
-    server_optimizer=Optimizer("sgd", 1.0, momentum=0.8),
-)
+user_task = dataclasses.replace(task, name="fraud-user-dp", client_optimizer=Optimizer("sgd", 5.0),
+                                server_optimizer=Optimizer("sgd", 1.0, momentum=0.8))
 
 
 def _features(n: int, rng: np.random.Generator, shift: float) -> dict[str, np.ndarray]:

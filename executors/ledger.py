@@ -168,9 +168,15 @@ class SiteLedger:
         other_eps, other_delta = self.spent(dataset, others)
         eps, delta = evaluation_epsilon(approval.privacy)
         if other_eps + eps > budget["epsilon"] + _SLACK or other_delta + delta > budget["delta"] + _SLACK:
-            return (f"site {self.site}: privacy budget of dataset '{dataset}' exhausted: evaluating it would bring "
-                    f"epsilon to {other_eps + eps:.4g} (budget {budget['epsilon']:g})")
+            return self._exhausted(dataset, "evaluating it", other_eps + eps, other_delta + delta, budget)
         return None
+
+    def _exhausted(self, dataset: str, what: str, epsilon: float, delta: float, budget: Mapping[str, float]) -> str:
+        """The refusal of a release that would overspend ``dataset``'s budget, naming what it exceeds."""
+        over = [f"{name} to {value:.4g} (budget {budget[name]:g})" for name, value in
+                (("epsilon", epsilon), ("delta", delta)) if value > budget[name] + _SLACK]
+        return (f"site {self.site}: privacy budget of dataset '{dataset}' exhausted: {what} would bring "
+                f"{' and '.join(over)}")
 
     def report(self, approvals: list[Approval]) -> list[dict[str, Any]]:
         """Per dataset with a budget: the budget, what is spent and what remains."""
@@ -198,9 +204,8 @@ class SiteLedger:
             other_eps, other_delta = self.spent(name, others)
             eps, delta = plan_epsilon(approval.privacy, charged_rounds(approval, served + 1))
             if other_eps + eps > budget["epsilon"] + _SLACK or other_delta + delta > budget["delta"] + _SLACK:
-                return (f"site {self.site}: privacy budget of dataset '{name}' exhausted: round {served + 1} of plan "
-                        f"{approval.plan_id[:16]} would bring epsilon to {other_eps + eps:.4g} "
-                        f"(budget {budget['epsilon']:g})")
+                return self._exhausted(name, f"round {served + 1} of plan {approval.plan_id[:16]}", other_eps + eps,
+                                       other_delta + delta, budget)
         return None
 
     def admit(self, candidates: list[Approval], approvals: list[Approval],

@@ -282,10 +282,12 @@ def m007_resumable_sessions(db: Database) -> None:
 
 @migration
 def m008_evaluation_spend(db: Database) -> None:
-    """What each session's noised evaluation releases cost each evaluation dataset (``privacy.EVAL_SPEND_KEYS``)."""
+    """What noised evaluation releases cost each evaluation dataset: a session's, or an evaluation plan's
+    (``tffprod eval --plan``) (``privacy.EVAL_SPEND_KEYS``)."""
     db.execute("""
     CREATE TABLE evaluation_spend (
-        session_id TEXT NOT NULL REFERENCES sessions(id),
+        session_id TEXT REFERENCES sessions(id),      -- the session that evaluated, or
+        plan_id TEXT,                                 -- the evaluation plan released
         site TEXT NOT NULL,
         name TEXT NOT NULL,
         epsilon REAL NOT NULL CHECK (epsilon >= 0),   -- the releases' total
@@ -293,9 +295,11 @@ def m008_evaluation_spend(db: Database) -> None:
         releases INTEGER NOT NULL CHECK (releases >= 1),
         noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
         recorded_at TEXT NOT NULL,
-        PRIMARY KEY (session_id, site, name)
+        CHECK ((session_id IS NULL) <> (plan_id IS NULL))
     )
     """)
+    db.execute("CREATE UNIQUE INDEX evaluation_spend_once ON evaluation_spend"
+               " (coalesce(session_id, ''), coalesce(plan_id, ''), site, name)")
     db.execute("CREATE INDEX evaluation_spend_by_dataset ON evaluation_spend (site, name)")
 
 

@@ -159,14 +159,18 @@ def upsert_spend(db: Database, session_id: str, spend: list[dict[str, Any]], now
         )
 
 
-def record_evaluation_spend(db: Database, session_id: str, spend: Iterable[dict]) -> list[dict[str, Any]]:
-    """Charges a session's noised evaluation releases to their datasets (one row per dataset and session;
-    a later call for the same pair replaces it). Checks everything before writing anything.
+def record_evaluation_spend(db: Database, spend: Iterable[dict], *, session_id: str | None = None,
+                            plan_id: str | None = None) -> list[dict[str, Any]]:
+    """Charges noised evaluation releases to their datasets: a session's, or an evaluation plan's (exactly
+    one of ``session_id`` and ``plan_id``). One row per dataset and session (or plan); a later call for the
+    same pair replaces it. Checks everything before writing anything.
 
     Raises:
         ValueError: an item misses or has extra keys (``EVAL_SPEND_KEYS``), a value is out of range, or a
             dataset appears twice.
     """
+    if (session_id is None) == (plan_id is None) or not isinstance(session_id or plan_id, str):
+        raise ValueError("evaluation spend belongs to exactly one session or evaluation plan")
     items, seen = [], set()
     for item in spend:
         if not isinstance(item, dict) or set(item) != set(EVAL_SPEND_KEYS):
@@ -187,16 +191,16 @@ def record_evaluation_spend(db: Database, session_id: str, spend: Iterable[dict]
         items.append({"site": site, "name": name, "epsilon": epsilon, "delta": delta, "releases": releases,
                       "noise_multiplier": noise})
     with write_transaction(db):
-        if first_row(db, "SELECT id FROM sessions WHERE id = ?", [session_id]) is None:
+        if session_id is not None and first_row(db, "SELECT id FROM sessions WHERE id = ?", [session_id]) is None:
             raise NotFoundError(f"unknown session {session_id!r}")
         now = utc_now()
         for item in items:
+            db.execute("DELETE FROM evaluation_spend WHERE coalesce(session_id, '') = ? AND coalesce(plan_id, '') = ?"
+                       " AND site = ? AND name = ?", [session_id or "", plan_id or "", item["site"], item["name"]])
             db.execute(
-                "INSERT INTO evaluation_spend (session_id, site, name, epsilon, delta, releases, noise_multiplier,"
-                " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, site, name) DO UPDATE SET"
-                " epsilon = excluded.epsilon, delta = excluded.delta, releases = excluded.releases,"
-                " noise_multiplier = excluded.noise_multiplier, recorded_at = excluded.recorded_at",
-                [session_id, item["site"], item["name"], item["epsilon"], item["delta"], item["releases"],
+                "INSERT INTO evaluation_spend (session_id, plan_id, site, name, epsilon, delta, releases,"
+                " noise_multiplier, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [session_id, plan_id, item["site"], item["name"], item["epsilon"], item["delta"], item["releases"],
                  item["noise_multiplier"], now],
             )
     return items
@@ -230,11 +234,11 @@ def privacy_report(db: Database, site: str | None, name: str | None) -> list[dic
         spends.setdefault((row["site"], row["name"]), []).append({key: row[key] for key in keys})
     evaluations: dict[tuple[str, str], list[dict[str, Any]]] = {}
     eval_where, params = _filter("e", site, name)
-    sql = ("SELECT e.site, e.name, e.session_id, e.epsilon, e.delta, e.releases, e.noise_multiplier, s.status"
-           f" FROM evaluation_spend e JOIN sessions s ON s.id = e.session_id{eval_where}"
-           " ORDER BY s.created_at, s.id")
+    sql = ("SELECT e.site, e.name, e.session_id, e.plan_id, e.epsilon, e.delta, e.releases, e.noise_multiplier,"
+           f" s.status FROM evaluation_spend e LEFT JOIN sessions s ON s.id = e.session_id{eval_where}"
+           " ORDER BY e.recorded_at, e.rowid")
     for row in db.query(sql, params):
-        keys = ("session_id", "epsilon", "delta", "releases", "noise_multiplier", "status")
+        keys = ("session_id", "plan_id", "epsilon", "delta", "releases", "noise_multiplier", "status")
         evaluations.setdefault((row["site"], row["name"]), []).append({key: row[key] for key in keys})
     units = {}
     unit_where, params = _filter("d", site, name)

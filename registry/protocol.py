@@ -209,7 +209,8 @@ class RegistryStore(Protocol):
 
     def privacy_report(self, *, site: str | None = None, name: str | None = None) -> list[dict]: ...
 
-    def record_evaluation_spend(self, session_id: str, spend: list[dict]) -> list[dict]: ...
+    def record_evaluation_spend(self, spend: list[dict], *, session_id: str | None = None,
+                                plan_id: str | None = None) -> list[dict]: ...
 
     # Model versions and evaluations.
 

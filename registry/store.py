@@ -441,8 +441,8 @@ class Registry:
             ``{"dataset": "site/name", "budget": {"epsilon", "delta", "source"}
             | None, "spent": {"epsilon", "delta"}, "remaining": {"epsilon",
             "delta"} | None, "sessions": [{"session_id", "epsilon", "delta",
-            "rounds", "status"}], "evaluations": [{"session_id", "epsilon",
-            "delta", "releases", "noise_multiplier", "status"}]}``; ``spent``
+            "rounds", "status"}], "evaluations": [{"session_id", "plan_id",
+            "epsilon", "delta", "releases", "noise_multiplier", "status"}]}``; ``spent``
             counts training and evaluation (and has ``evaluation_epsilon``,
             their part, when there are evaluations); ``remaining`` is budget
             minus spent (it goes negative when overspent) and None without a
@@ -452,18 +452,20 @@ class Registry:
         return privacy.privacy_report(self._db, site, name)
 
     @_translated
-    def record_evaluation_spend(self, session_id: str, spend: list[dict]) -> list[dict]:
-        """Charges a session's noised evaluation releases to each evaluation dataset they read.
+    def record_evaluation_spend(self, spend: list[dict], *, session_id: str | None = None,
+                                plan_id: str | None = None) -> list[dict]:
+        """Charges noised evaluation releases to each evaluation dataset they read: a session's, or an
+        evaluation plan's (``tffprod eval --plan``); exactly one of ``session_id`` and ``plan_id``.
 
         Args:
             spend: one ``{"site", "name", "epsilon", "delta", "releases", "noise_multiplier"}`` per dataset;
-                a later call for the same session and dataset replaces its row.
+                a later call for the same session (or plan) and dataset replaces its row.
 
         Raises:
             NotFoundError: unknown session.
             ValueError: an item is malformed (nothing is written).
         """
-        return privacy.record_evaluation_spend(self._db, session_id, spend)
+        return privacy.record_evaluation_spend(self._db, spend, session_id=session_id, plan_id=plan_id)
 
     # Model versions and evaluations.
 

@@ -51,6 +51,7 @@ SITES = digits.SITES
 TARGET = SITES[0]
 Z, CLIP, DELTA = 1.0, 1.0, 1e-5
 SIGMA = Z * CLIP / math.sqrt(len(SITES))  # each site's share in the distributed plan
+TEST_BUDGET = 10.0  # the test sets' budgets: they are only evaluated, under noise
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("site-noise")
     paths = digits.prepare(root / "data")
     datasets = {site: {"train": {"path": paths[site]["train"], "task": DATA_TASK},
-                       "test": {"path": paths[site]["test"], "task": DATA_TASK}} for site in SITES}
+                       "test": {"path": paths[site]["test"], "task": DATA_TASK,
+                                "budget": {"epsilon": TEST_BUDGET, "delta": 1e-3}}} for site in SITES}
     with running_federation(root, datasets, computations="approved") as (fed, registry):
         yield fed, registry, paths, root
 
@@ -248,6 +250,53 @@ def test_evaluation_releases_are_noised_at_the_site_and_their_epsilon_recorded(f
         assert not [s for s in entry["sessions"] if s["session_id"] == result["id"]]  # not a training spend
     report_line(f"[site noise] evaluation releases noised at each site (stddev {stddev:.1f} per metric sum, "
                 f"z_eval 2.0): epsilon {evaluation['epsilon']:.3g} per evaluation dataset")
+
+
+def test_a_budgeted_dataset_is_evaluated_only_under_a_noised_evaluation_plan(federation, tmp_path):
+    """``model eval-plan --eval-noise-multiplier``: the sites noise the version's evaluation of their budgeted
+    test sets and charge it, and the coordinator's privacy report shows the charge (after the session above)."""
+    import json
+
+    import dp_accounting
+    from dp_accounting import rdp
+
+    fed, registry, _, _ = federation
+    ref = "digits-eval-noise:1"  # registered by the evaluation test above
+    datasets = [arg for s in SITES for arg in ("--dataset", f"{s}/test")]
+    common = ["--registry", str(registry.path)]
+    runner = CliRunner()
+
+    def plan(path, *noise):
+        made = runner.invoke(cli, ["model", "eval-plan", ref, *datasets, "--out", str(path), *noise, *common])
+        assert made.exit_code == 0, made.output
+        for site in SITES:
+            approved = runner.invoke(cli, ["site", "approve", str(path), "--config", str(fed.site_config_path(site))])
+            assert approved.exit_code == 0, approved.output
+        return load_plan(path)
+
+    plain = plan(tmp_path / "plain.json")
+    refused = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", "--plan", str(tmp_path / "plain.json"),
+                                  *common])
+    assert refused.exit_code != 0 and "releases its evaluation metrics un-noised" in refused.output
+    noised = plan(tmp_path / "noised.json", "--eval-noise-multiplier", "2")
+    assert noised.plan_id != plain.plan_id and noised.privacy["evaluation"]["noise_multiplier"] == 2.0
+    shown = runner.invoke(cli, ["site", "plan", "show", str(tmp_path / "noised.json")]).output
+    assert "privacy: evaluation metrics noised at each site (multiplier 2, at most 16.2 per example" in shown
+    ran = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", "--plan", str(tmp_path / "noised.json"),
+                              *common, "--json"])
+    assert ran.exit_code == 0, ran.output
+    assert not json.loads(ran.output)["errors"]
+    independent = rdp.RdpAccountant().compose(dp_accounting.GaussianDpEvent(2.0)).get_epsilon(DELTA)
+    for site in SITES:
+        (entry,) = registry.privacy_report(site=site, name="test")
+        assert [e["epsilon"] for e in entry["evaluations"] if e["plan_id"] == noised.plan_id] == \
+            [pytest.approx(independent, rel=1e-6)]
+        assert not [e for e in entry["evaluations"] if e["plan_id"] == plain.plan_id]  # refused: nothing released
+        ledger = runner.invoke(cli, ["site", "ledger", "--config", str(fed.site_config_path(site)), "--json"])
+        (budget,) = [b for b in json.loads(ledger.output)["budgets"] if b["dataset"] == "test"]
+        # The site's own ledger agrees with the coordinator's report: this plan and the session's evaluation.
+        assert budget["spent"]["epsilon"] == pytest.approx(entry["spent"]["epsilon"], rel=1e-9)
+        assert entry["spent"]["epsilon"] == pytest.approx(2 * independent, rel=1e-6)
 
 
 def test_noise_at_the_sites_without_a_plan_is_refused_before_anything_is_recorded(federation):

@@ -259,3 +259,15 @@ def test_a_dataset_trained_client_by_client_cannot_be_read_whole(tmp_path):
     with pytest.raises(RequestRefused, match="approved only client by client") as info:
         refs.names_to_paths(request(b"train"), allowed=allowed)
     assert info.value.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_budget_exhausted_by_delta_says_so(tmp_path):
+    privacy = {"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA,
+               "sampling_rate": 1.0, "accountant": "rdp", "unit": "site dataset (site-level)", "planned_epsilon": 1.0}
+    budget = {"epsilon": 1e6, "delta": DELTA / 2}  # epsilon to spare, delta not
+    approval = approve(load_plan(write(tmp_path, plan_document(rounds=1, privacy=privacy))), site=SITE,
+                       catalog=catalog(budget=budget), state_dir=tmp_path / "state")
+    ledger = SiteLedger(tmp_path / "l.sqlite", site=SITE, budgets={"train": budget})
+    with pytest.raises(RequestRefused, match=r"would bring delta to 1e-05 \(budget 5e-06\)$"):
+        ledger.admit([approval], [approval])
+    ledger.close()

@@ -385,17 +385,19 @@ def test_noised_evaluations_are_charged_to_the_budget_and_shown_apart_from_train
     registry.set_budget("hospital-a", "visits", epsilon=4.0, delta=1e-5, source="site")
     first, second = create_session(registry, "first"), create_session(registry, "second")
     record_round(registry, first, 1, [spend(epsilon=1.5)])
-    registry.record_evaluation_spend(first, [eval_spend(), eval_spend(name="labs", epsilon=0.5)])
-    registry.record_evaluation_spend(second, [eval_spend(epsilon=0.25)])
-    registry.record_evaluation_spend(second, [eval_spend(epsilon=0.5)])  # replaces the session's row
+    registry.record_evaluation_spend([eval_spend(), eval_spend(name="labs", epsilon=0.5)], session_id=first)
+    registry.record_evaluation_spend([eval_spend(epsilon=0.25)], session_id=second)
+    registry.record_evaluation_spend([eval_spend(epsilon=0.5)], session_id=second)  # replaces the session's row
+    registry.record_evaluation_spend([eval_spend(epsilon=0.5)], plan_id="p" * 64)  # an evaluation plan's release
 
     labs, visits = registry.privacy_report()
-    assert [e["epsilon"] for e in visits["evaluations"]] == [0.75, 0.5]
-    assert visits["evaluations"][0] == {"session_id": first, "epsilon": 0.75, "delta": 1e-6, "releases": 1,
-                                        "noise_multiplier": 2.0, "status": "pending"}
+    assert [(e["session_id"], e["plan_id"], e["epsilon"]) for e in visits["evaluations"]] == [
+        (first, None, 0.75), (second, None, 0.5), (None, "p" * 64, 0.5)]
+    assert visits["evaluations"][0] == {"session_id": first, "plan_id": None, "epsilon": 0.75, "delta": 1e-6,
+                                        "releases": 1, "noise_multiplier": 2.0, "status": "pending"}
     assert [s["session_id"] for s in visits["sessions"]] == [first]  # training only
-    assert visits["spent"] == {"epsilon": 2.75, "delta": pytest.approx(3e-6), "evaluation_epsilon": 1.25}
-    assert visits["remaining"]["epsilon"] == pytest.approx(1.25)
+    assert visits["spent"] == {"epsilon": 3.25, "delta": pytest.approx(4e-6), "evaluation_epsilon": 1.75}
+    assert visits["remaining"]["epsilon"] == pytest.approx(0.75)
     # A dataset that was only evaluated is reported too, without a budget.
     assert labs["budget"] is None and labs["sessions"] == [] and labs["spent"]["epsilon"] == 0.5
 
@@ -409,7 +411,7 @@ def test_noised_evaluations_are_charged_to_the_budget_and_shown_apart_from_train
 def test_a_malformed_evaluation_spend_writes_nothing(registry: Registry, item: dict, problem: str) -> None:
     session = create_session(registry)
     with pytest.raises(ValueError, match=problem):
-        registry.record_evaluation_spend(session, [eval_spend(name="labs"), item])
+        registry.record_evaluation_spend([eval_spend(name="labs"), item], session_id=session)
     assert registry.privacy_report() == []
 
 
@@ -417,4 +419,6 @@ def test_evaluation_spend_needs_a_known_session(registry: Registry) -> None:
     from tffprod.errors import NotFoundError
 
     with pytest.raises(NotFoundError, match="unknown session"):
-        registry.record_evaluation_spend("s-nope", [eval_spend()])
+        registry.record_evaluation_spend([eval_spend()], session_id="s-nope")
+    with pytest.raises(ValueError, match="exactly one session or evaluation plan"):
+        registry.record_evaluation_spend([eval_spend()], session_id=create_session(registry), plan_id="p" * 64)

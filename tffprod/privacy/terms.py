@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from tffprod.privacy.placement import model_noise_multiplier, release_noise_multiplier
 
-__all__ = ["evaluation_epsilon", "evaluation_line", "placement_line", "plan_epsilon", "release_epsilon", "samples"]
+__all__ = ["evaluation_charges", "evaluation_epsilon", "evaluation_line", "placement_line", "plan_epsilon",
+           "release_epsilon", "samples"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -85,6 +86,18 @@ def evaluation_epsilon(privacy: Mapping[str, Any]) -> tuple[float, float]:
         return math.inf, 0.0
     delta = float(privacy["delta"])
     return _epsilon(float(evaluation["noise_multiplier"]), 1, delta, 1.0, None), delta
+
+
+def evaluation_charges(privacy: Mapping[str, Any], datasets: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a plan's evaluation costs each of ``datasets`` (rows with ``site`` and ``name``): one noised
+    release each (registry ``record_evaluation_spend`` items); none when its metrics leave un-noised.
+    Every dataset asked is charged, answered or not: a lost answer may still have been released."""
+    if not isinstance(privacy.get("evaluation"), Mapping):
+        return []
+    epsilon, delta = evaluation_epsilon(privacy)
+    noise = float(privacy["evaluation"]["noise_multiplier"])
+    return [{"site": row["site"], "name": row["name"], "epsilon": epsilon, "delta": delta, "releases": 1,
+             "noise_multiplier": noise} for row in datasets]
 
 
 def evaluation_line(privacy: Mapping[str, Any]) -> str:

@@ -20,11 +20,12 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError
+from tffprod.errors import NotFoundError, PrivacyBudgetError, SessionError, SpecError
 from tffprod.privacy.mechanisms import get_mechanism
 from tffprod.privacy.placement import AT_SITES, model_noise_multiplier
 from tffprod.protocol.plan_document import PLAN_FORMAT, Plan, canonical_id, load_plan
@@ -193,13 +194,19 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
     return {**body, "plan_id": canonical_id(body)}
 
 
-def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[str]) -> dict[str, Any]:
+def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[str], *,
+                   eval_noise_multiplier: Optional[float] = None, eval_bound: Optional[float] = None,
+                   delta: Optional[float] = None) -> dict[str, Any]:
     """An evaluation plan: model version ``model_ref`` evaluated on ``dataset_refs`` at their sites.
 
     Sites approve it like a training plan (``tffprod site approve``); each of its datasets is then
-    evaluated once (``tffprod eval REF --plan PLAN``). Evaluation metrics are not noised.
+    evaluated once (``tffprod eval REF --plan PLAN``). With ``eval_noise_multiplier`` each site noises
+    the metric sums it releases (each example adds at most ``eval_bound`` to each, default
+    ``EVAL_BOUND``) and charges the release's epsilon at ``delta`` to the dataset's budget; without
+    it the metrics leave un-noised, which a site refuses for a dataset with a budget.
 
     Raises:
+        SpecError: the noise terms are out of range.
         AccessDeniedError: a dataset's site may not receive the version.
         SessionError: the datasets mix formats.
     """
@@ -226,13 +233,38 @@ def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[s
     return single_release_plan(
         registry, entry, rows, name=f"eval-{version['name']}-{version['version']}", federation=spec.get("federation"),
         task=task.summary(), unit="none (evaluation metrics are not noised)",
+        privacy=_evaluation_terms(eval_noise_multiplier, eval_bound, delta),
         model={"name": version["name"], "version": int(version["version"])})
 
 
+def _evaluation_terms(noise_multiplier: Optional[float], bound: Optional[float],
+                      delta: Optional[float]) -> Optional[dict[str, Any]]:
+    """An evaluation plan's privacy terms when its metric sums are noised at the sites, else None."""
+    if noise_multiplier is None:
+        if bound is not None or delta is not None:
+            raise SpecError("an evaluation bound or delta applies only with an evaluation noise multiplier")
+        return None
+    from tffprod.privacy.accounting import epsilon_for
+    from tffprod.privacy.config import EVAL_BOUND
+
+    bound = EVAL_BOUND if bound is None else bound
+    delta = 1e-5 if delta is None else delta
+    for label, value, ok in (("evaluation noise multiplier", noise_multiplier, 0 < noise_multiplier < math.inf),
+                             ("evaluation bound", bound, 0 < bound < math.inf), ("delta", delta, 0 < delta < 1)):
+        if not ok:
+            raise SpecError(f"{label} out of range: {value!r}")
+    return {"mechanism": "none", "unit": "one example (evaluation metric sums noised at each site)",
+            "delta": float(delta),
+            "evaluation": {"noise_multiplier": float(noise_multiplier), "bound": float(bound),
+                           "epsilon": epsilon_for(noise_multiplier=float(noise_multiplier), rounds=1,
+                                                  delta=float(delta))}}
+
+
 def single_release_plan(registry: RegistryStore, entry: dict[str, Any], rows: list, *, name: str, federation: Any,
-                         task: dict[str, Any], unit: str, **extra: Any) -> dict[str, Any]:
+                         task: dict[str, Any], unit: str, privacy: Optional[dict[str, Any]] = None,
+                         **extra: Any) -> dict[str, Any]:
     """A plan of one ``eval`` or ``compute`` computation (``entry``) on ``rows``, each dataset released
-    once; no rounds, no DP."""
+    once; no rounds; no DP unless ``privacy`` (an evaluation plan's noise terms) says otherwise."""
     from tffprod.sites.admin import local_versions
 
     sites = list(dict.fromkeys(row["site"] for row in rows))
@@ -243,7 +275,7 @@ def single_release_plan(registry: RegistryStore, entry: dict[str, Any], rows: li
         "session": {"name": name, "rounds": 0, "seed": 0, "min_sites": 1, "federation": federation},
         **extra,
         "task": task,
-        "privacy": {"mechanism": "none", "unit": unit},
+        "privacy": privacy or {"mechanism": "none", "unit": unit},
         "datasets": [{"role": entry["role"], "ref": row["ref"], "site": row["site"], "name": row["name"],
                       "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
                       "client_id": row.get("client_id")} for row in rows],

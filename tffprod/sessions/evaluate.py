@@ -13,6 +13,7 @@ from tffprod.backends.base import Backend, SiteTarget
 from tffprod.errors import SessionError
 from tffprod.models.access import require_access
 from tffprod.models.export import load_weights
+from tffprod.privacy.terms import evaluation_charges
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import thaw
 from tffprod.sessions.planning import resolve_datasets
@@ -68,6 +69,8 @@ def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequ
         registry.add_evaluation(model=version["name"], version=version["version"], dataset=ref, metrics=metrics)
     registry.add_evaluation(model=version["name"], version=version["version"], kind="overall",
                             dataset=",".join(result["datasets"]), metrics=result["overall"])
+    if frozen is not None and (charges := evaluation_charges(frozen.plan.privacy, rows)):
+        registry.record_evaluation_spend(charges, plan_id=frozen.plan.plan_id)
     return {"model": version["name"], "version": version["version"], **result}
 
 

@@ -52,8 +52,9 @@ def _against_coordinator(plan: Any, rounds: int, frozen: Any) -> dict:
 
 def register_model(plan, registry: RegistryStore, backend, session_id, weights, train_metrics, ledger, artifacts_dir,
                     stopped, frozen=None) -> ModelVersionRow:
-    from tffprod.training.evaluation import evaluate
     from tffprod.models.export import save_artifacts
+    from tffprod.privacy.terms import evaluation_charges
+    from tffprod.training.evaluation import evaluate
 
     spec = plan.spec
     evaluation = None
@@ -97,24 +98,10 @@ def register_model(plan, registry: RegistryStore, backend, session_id, weights, 
             evaluations=evaluations,
             finishes_session=True,
         )
-        if evaluation is not None:
-            _charge_evaluation(registry, session_id, plan, frozen)
+        if evaluation is not None and frozen is not None and \
+                (charges := evaluation_charges(frozen.plan.privacy, plan.eval_datasets)):
+            registry.record_evaluation_spend(charges, session_id=session_id)
         registry.record_action("session.end", session_id, {
             "status": "finished", "model_version": f"{spec.name}:{version['version']}"})
     return version
 
-
-def _charge_evaluation(registry: RegistryStore, session_id: str, plan: Any, frozen: Any) -> None:
-    """Charges each evaluation dataset the epsilon of its one noised release (the sites' ledgers do the
-    same). Every dataset the evaluation asked is charged, answered or not: a lost answer may still have
-    been released, and the report must never understate."""
-    from tffprod.privacy.terms import evaluation_epsilon
-
-    terms = frozen.plan.privacy if frozen is not None else {}
-    if not isinstance(terms.get("evaluation"), dict):
-        return  # un-noised: the sites refuse it for datasets with budgets
-    epsilon, delta = evaluation_epsilon(terms)
-    noise = float(terms["evaluation"]["noise_multiplier"])
-    registry.record_evaluation_spend(session_id, [
-        {"site": row["site"], "name": row["name"], "epsilon": epsilon, "delta": delta, "releases": 1,
-         "noise_multiplier": noise} for row in plan.eval_datasets])
