@@ -8,7 +8,7 @@ files are one site's sample. Median seconds per round after a warm-up call, of:
     one ``tf.function`` computing the 100 users' clipped deltas' sum from tensors already in memory (the
     client work's own math, :mod:`tffprod.training.user_level`; no TFF, no file reading);
 ``reading the files only``
-    the client work's reading of the 100 files into one batch, in a ``tf.function`` (no TFF);
+    the client work's reading of the 100 files into one batch (``read_users``), in a ``tf.function``;
 ``floor from the files``
     one ``tf.function`` that reads the 100 users' files and computes their clipped deltas' sum: the floor
     for a site whose data is at rest in files, as tffprod's sites' are;
@@ -72,11 +72,11 @@ def read_only(paths: list[str]) -> Callable[[], Any]:
     import tensorflow as tf
 
     from tffprod.examples import fraud
-    from tffprod.training.user_level import collect, read_user_examples
+    from tffprod.training.user_level import read_users
 
     @tf.function
     def read():
-        return collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), fraud.task.schema, "csv"))
+        return read_users(tf.constant(paths), fraud.task.schema, "csv")
 
     return lambda: read()[1].numpy()
 
@@ -86,15 +86,14 @@ def floor_from_files(paths: list[str]) -> Callable[[], Any]:
     import tensorflow as tf
 
     from tffprod.examples import fraud
-    from tffprod.training.user_level import clipped_user_sum, collect, per_example_gradients, read_user_examples
+    from tffprod.training.user_level import clipped_user_sum, per_example_gradients, read_users
 
     task = fraud.task
     model, loss_fn = task.model_fn(), task.loss_fn()
 
     @tf.function
     def clipped_sum():
-        features, labels, users = collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), task.schema,
-                                                             "csv"))
+        features, labels, users = read_users(tf.constant(paths), task.schema, "csv")
         losses, grads = per_example_gradients(model, loss_fn, features, labels)
         return clipped_user_sum(losses, grads, users, tf.constant(len(paths), tf.int64),
                                 learning_rate=task.client_optimizer.learning_rate, clip=CLIP)
@@ -107,11 +106,10 @@ def floor_round(paths: list[str]) -> tuple[Callable[[], Any], int]:
     import tensorflow as tf
 
     from tffprod.examples import fraud
-    from tffprod.training.user_level import clipped_user_sum, collect, per_example_gradients, read_user_examples
+    from tffprod.training.user_level import clipped_user_sum, per_example_gradients, read_users
 
     task = fraud.task
-    features, labels, users = collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), task.schema,
-                                                         "csv"))
+    features, labels, users = read_users(tf.constant(paths), task.schema, "csv")
     model, loss_fn = task.model_fn(), task.loss_fn()
     num_users = tf.constant(len(paths), tf.int64)
 

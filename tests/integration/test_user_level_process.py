@@ -128,3 +128,41 @@ def test_a_client_optimizer_other_than_plain_sgd_is_refused(optimizer: Optimizer
     with pytest.raises(SpecError, match="plain SGD") as error:
         build_user_level_process(task, fmt="csv", clip=1.0, noise_stddev=0.0, expected_users=10.0)
     assert "\n" not in str(error.value)
+
+
+def test_the_vectorized_csv_reader_reads_what_the_per_file_reader_reads(tmp_path):
+    """Many small files at once (``CSVFormat.tf_columns``) against one ``tf.data`` reader per file: the same
+    rows in the same order, through blank lines, CRLF, spaces, a missing final newline, columns in another
+    order, extra columns and a file with no rows."""
+    import tensorflow as tf
+
+    from tffprod.training.user_level import collect, read_user_examples, read_users
+
+    names = [c.name for c in fraud.SCHEMA.columns]
+    files = {
+        "plain.csv": ",".join(names) + "\n" + "".join(",".join(str(i + j) for j in range(len(names))[:-1]) + ",1\n"
+                                                      for i in range(3)),
+        "messy.csv": " " + " , ".join(reversed(names)) + " ,extra\r\n\r\n" + "1, 0.5,2,3,4,5.25,6,x\r\n"
+                     + "   \n" + "0,7,8,9,10,11,12,y",
+        "empty.csv": ",".join(names) + "\n",
+    }
+    paths = []
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    vectorized = read_users(tf.constant(paths), fraud.SCHEMA, "csv")
+    per_file = collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), fraud.SCHEMA, "csv"))
+    for got, want in zip(tf.nest.flatten(vectorized), tf.nest.flatten(per_file)):
+        assert got.dtype == want.dtype and got.numpy().tolist() == want.numpy().tolist()
+    assert vectorized[2].numpy().tolist() == [0, 0, 0, 1, 1]  # each row's file; the empty one has none
+    assert vectorized[1].numpy().tolist() == [1, 1, 1, 1, 0]
+
+
+def test_the_vectorized_csv_reader_fails_on_a_file_without_a_column(tmp_path):
+    import tensorflow as tf
+
+    from tffprod.training.user_level import read_users
+
+    (tmp_path / "short.csv").write_text("amount,is_fraud\n1,0\n")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a file has no column 'hour'"):
+        read_users(tf.constant([str(tmp_path / "short.csv")]), fraud.SCHEMA, "csv")

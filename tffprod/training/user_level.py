@@ -36,6 +36,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from tffprod.data.formats import get_format
 from tffprod.data.schema import Schema
 from tffprod.data.tfdata import read_examples, to_model_input
 from tffprod.errors import SpecError
@@ -100,6 +101,18 @@ def _sgd_learning_rate(task: Task) -> float:
     return float(optimizer.learning_rate)
 
 
+def read_users(paths: tf.Tensor, schema: Schema, fmt: str) -> tuple[Any, tf.Tensor, tf.Tensor]:
+    """Every example of the users' files ``paths`` (a string vector) as one batch: ``(features, labels, k)``,
+    ``k`` each example's user (position in ``paths``). Uses the format's vectorized reader where it has one
+    (CSV: about 100x faster for many small files than one dataset per file), else :func:`read_user_examples`."""
+    read = get_format(fmt).tf_columns(paths, schema)
+    if read is None:
+        return collect(read_user_examples(tf.data.Dataset.from_tensor_slices(paths), schema, fmt))
+    columns, users = read
+    features, labels = to_model_input(schema)(columns)
+    return features, labels, users
+
+
 def read_user_examples(paths: tf.data.Dataset, schema: Schema, fmt: str) -> tf.data.Dataset:
     """One element per example of every user's file: ``(features, label, k)``, ``k`` the path's position."""
 
@@ -157,8 +170,9 @@ def _build_client_work(task: Task, fmt: str, weights_type: Any, *, learning_rate
         def compute(weights, paths):
             tf.nest.map_structure(lambda v, t: v.assign(t), tff.learning.models.ModelWeights(
                 model.trainable_weights, model.non_trainable_weights), weights)
-            features, labels, users = collect(read_user_examples(paths, task.schema, fmt))
-            num_users = paths.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+            paths = collect(paths)
+            features, labels, users = read_users(paths, task.schema, fmt)
+            num_users = tf.size(paths, out_type=tf.int64)
             losses, grads = per_example_gradients(model, loss_fn, features, labels)
             deltas = clipped_user_sum(losses, grads, users, num_users, learning_rate=learning_rate, clip=clip)
             update = [-d for d in deltas]  # TFF's sign (FedAvg's too): initial minus trained weights

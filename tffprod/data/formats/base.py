@@ -81,6 +81,12 @@ class DataFormat(ABC):
         """A ``tf.data.Dataset`` of dicts column name -> value, one per example of the file ``ref``
         (a string tensor inside a TFF computation). TensorFlow is imported here, when called."""
 
+    def tf_columns(self, refs: Any, schema: Schema) -> Any:
+        """Every example of the files ``refs`` (a string vector) at once, as :meth:`tf_dataset` reads them:
+        ``(columns, file)``, each of ``schema``'s columns as one tensor over all rows and each row's position
+        in ``refs``; None where the format has no vectorized reader (callers then use :meth:`tf_dataset`)."""
+        return None
+
 
 # --- helpers the formats share ----------------------------------------------------------------
 

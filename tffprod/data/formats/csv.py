@@ -148,5 +148,33 @@ class CSVFormat(DataFormat):
         lines = tf.data.TextLineDataset(ref).skip(1)
         return lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0).map(parse)
 
+    def tf_columns(self, refs: Any, schema: Schema) -> Any:
+        """The rows of many small files in one pass of vectorized string ops (no per-line dataset):
+        each file is read whole, split into stripped lines (its first is its header; blank lines are
+        skipped) and cells, and each column gathered by its position in the row's own file's header,
+        exactly as :meth:`tf_dataset` parses one file. A file missing a column fails the computation."""
+        import tensorflow as tf
+
+        contents = tf.map_fn(tf.io.read_file, refs, fn_output_signature=tf.string)
+        lines = tf.strings.split(contents, "\n")  # [files, lines], ragged
+        text = tf.strings.strip(lines.values)
+        file = lines.value_rowids()
+        first = tf.equal(tf.range(tf.size(text, out_type=tf.int64)), tf.gather(lines.row_starts(), file))
+        keep = tf.logical_and(tf.logical_not(first), tf.strings.length(text) > 0)
+        rows, file = tf.boolean_mask(text, keep), tf.boolean_mask(file, keep)
+        headers = tf.strings.split(tf.gather(text, lines.row_starts()), ",")
+        headers = tf.strings.strip(headers).to_tensor()  # [files, header cells]
+        cells = tf.strings.strip(tf.strings.split(rows, ",")).to_tensor()  # [rows, cells]
+        columns = {}
+        for c in schema.columns:
+            named = tf.equal(headers, c.name)
+            found = tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(named, axis=1)), True,
+                                              message=f"a file has no column {c.name!r}")
+            with tf.control_dependencies([found]):
+                position = tf.gather(tf.argmax(tf.cast(named, tf.int32), axis=1), file)
+            raw = tf.gather(cells, position[:, None], batch_dims=1)[:, 0]
+            columns[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
+        return columns, file
+
 
 CSV = CSVFormat()
