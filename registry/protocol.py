@@ -182,6 +182,8 @@ class RegistryStore(Protocol):
 
     def get_session(self, session_id: str) -> SessionRow: ...
 
+    def list_sessions(self, *, status: str | None = None) -> list[SessionRow]: ...
+
     def record_round(
         self,
         session_id: str,

@@ -209,11 +209,16 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
     try:
         for site in sites:
             assert _ready_info(site)["tls"] is True
-        # The demo's plan has served its 3 approved rounds: replaying it is refused by the sites (its first
-        # round's masked release was given once and is not given again).
+        # The demo's plan has trained its 3 approved rounds: the coordinator refuses to replay it before
+        # anything runs, and records nothing.
+        before = json.loads(tffprod("session", "list", "--registry", summary["registry"], "--json",
+                                    cwd=tmp_path).stdout)
         replay = tffprod("session", "run", "--plan", summary["plan"], "--registry", summary["registry"],
                          cwd=tmp_path, check=False)
-        assert replay.returncode == 6 and "given once under secure aggregation" in replay.stderr
+        assert replay.returncode == 10 and f"has been used: session {summary['session_id']} trained 3 of its 3" \
+            in replay.stderr
+        assert json.loads(tffprod("session", "list", "--registry", summary["registry"], "--json",
+                                  cwd=tmp_path).stdout) == before
         for command in summary["repeat_commands"][:-1]:
             tffprod(*shlex.split(command)[1:], cwd=tmp_path)
         rerun = tffprod(*shlex.split(summary["repeat_commands"][-1])[1:], "--json", cwd=tmp_path)

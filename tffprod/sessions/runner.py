@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.sessions.spec import SessionSpec
-from tffprod.errors import SessionError, TffprodError
+from tffprod.errors import PlanError, SessionError, TffprodError
 from tffprod.privacy.placement import AT_SITES
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import check_datasets, thaw
@@ -176,12 +176,33 @@ def _noise_at_sites(plan: SessionPlan) -> bool:
     return dp.noise_placement in AT_SITES or (dp.eval_noise_multiplier is not None and bool(plan.eval_datasets))
 
 
+def refuse_used_plan(registry: RegistryStore, plan: Any) -> None:
+    """A plan trains one session: refuse it, before anything runs or is recorded, once a session of this
+    registry has trained rounds with it. The sites would refuse its rounds (or serve them again as repeats,
+    which this registry would count twice).
+
+    Raises:
+        PlanError: saying which session used the plan, and what to do instead.
+    """
+    used = [s for s in registry.list_sessions() if s["spec"].get("plan_id") == plan.plan_id and s["rounds_completed"]]
+    if not used:
+        return
+    last = used[0]  # newest first
+    done = f"session {last['id']} trained {last['rounds_completed']} of its {last['rounds_planned']} round(s)"
+    if last["status"] in ("finished", "cancelled"):
+        raise PlanError(f"plan {plan.plan_id[:16]} has been used: {done} ({last['status']}); make a new plan "
+                        "('tffprod session plan --spec SPEC --out PLAN'), have the sites approve it, and run that")
+    raise PlanError(f"plan {plan.plan_id[:16]} is in use: {done} ({last['status']}); continue that session with "
+                    f"'tffprod session resume {last['id']}'")
+
+
 def train_from_plan(path: os.PathLike | str, *, registry: RegistryStore, backend: Any, artifacts_dir: Any = None,
                     progress: Any = None) -> dict:
     """``tffprod session run --plan``: run a plan's session with its frozen computations.
 
     Raises:
-        PlanError: the plan does not verify.
+        PlanError: the plan does not verify, or an earlier session already trained with it (nothing is run or
+            recorded).
         SessionError: the registry's datasets or the task no longer match the plan; training failed.
     """
     plan = load_plan(path)
@@ -189,6 +210,7 @@ def train_from_plan(path: os.PathLike | str, *, registry: RegistryStore, backend
         raise SessionError(f"plan {plan.plan_id[:16]} is an evaluation plan: run it with 'tffprod eval REF --plan'")
     if plan.computation_only:
         raise SessionError(f"plan {plan.plan_id[:16]} is a computation plan: run it with run_federated(..., plan=)")
+    refuse_used_plan(registry, plan)
     session = plan_session(SessionSpec.from_dict(plan.document["spec"]), registry=registry)
     check_datasets(plan, session)
     return run_session(session, registry=registry, backend=backend,
