@@ -98,7 +98,7 @@ def list_(site: Optional[str], registry_path: str, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
     else:
-        table(rows, ["ref", "format", "num_examples", "registered_at"])
+        table(rows, ["ref", "format", "num_examples", "client_id", "num_clients", "registered_at"])
 
 
 @dataset.command("show")

@@ -294,11 +294,17 @@ def cancel(session_id: str, registry_path: str, as_json: bool) -> None:
 
 @session.command("export")
 @click.argument("session_id")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(),
+              help="New directory for the SavedModel (or a .keras file path with --format keras).")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "keras"]), default="savedmodel",
+              show_default=True)
 @registry_option
 @output_options
-def export(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> None:
-    """Export the model of a session's last committed round as a SavedModel (e.g. of a cancelled session).
+def export(session_id: str, out_dir: str, fmt: str, registry_path: str, as_json: bool) -> None:
+    """Export the model of a session's last committed round (e.g. of a cancelled session).
+
+    The layout is model export's: OUT is the SavedModel itself (tf.saved_model.load(OUT)),
+    with model_card.json and model_card.md inside it.
 
     \b
     Example:
@@ -308,7 +314,7 @@ def export(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> 
         from tffprod.sessions.resume import export_session
 
         with open_registry(registry_path) as registry:
-            result = export_session(session_id, registry=registry, out_dir=Path(out_dir))
+            result = export_session(session_id, registry=registry, out_dir=Path(out_dir), fmt=fmt)
     if as_json:
         emit_json(result)
     else:

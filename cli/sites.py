@@ -53,7 +53,10 @@ def serve(config_path: str, log_level: str, as_json: bool) -> None:
 
     configure_logging(log_level)
     with user_errors():
-        serve_site(load_site_config(config_path), ready=ready)
+        config = load_site_config(config_path)
+        reason = serve_site(config, ready=ready)
+    if not as_json:
+        click.echo(f"site {config.name} stopped on {reason}; its worker is down")
 
 
 def _ready_line(info: dict[str, Any]) -> str:
@@ -314,7 +317,7 @@ def ledger(config_path: str, as_json: bool) -> None:
     from tffprod.executors.approvals import ApprovalStore
     from tffprod.executors.config import load_site_config
     from tffprod.executors.ledger import LEDGER_FILE, SiteLedger
-    from tffprod.privacy.terms import plan_epsilon
+    from tffprod.privacy.terms import evaluation_epsilon, plan_epsilon
 
     with user_errors():
         config = load_site_config(config_path)
@@ -325,10 +328,13 @@ def ledger(config_path: str, as_json: bool) -> None:
             plans: list[dict[str, Any]] = []
             for a in approvals:
                 served = site_ledger.served(a.plan_id)
-                epsilon, delta = plan_epsilon(a.privacy, served)
+                trained_with_dp = a.privacy.get("mechanism", "none") != "none"
+                epsilon, delta = plan_epsilon(a.privacy, served) if trained_with_dp else (None, None)
+                evaluation = a.privacy.get("evaluation") if isinstance(a.privacy.get("evaluation"), dict) else None
                 plans.append({"plan_id": a.plan_id, "session": a.session, "approved_at": a.approved_at,
                               "rounds_approved": a.rounds, "rounds_served": served, "datasets": list(a.datasets),
-                              "epsilon": epsilon, "delta": delta, "coordinator": a.coordinator})
+                              "epsilon": epsilon, "delta": delta, "coordinator": a.coordinator,
+                              "evaluation_epsilon": evaluation_epsilon(a.privacy)[0] if evaluation else None})
             budgets = site_ledger.report(approvals)
         finally:
             site_ledger.close()
@@ -337,8 +343,13 @@ def ledger(config_path: str, as_json: bool) -> None:
         return
     click.echo(f"site {config.name}: {len(plans)} approved plan(s)")
     for p in plans:
+        spend = f"epsilon {p['epsilon']:.4g}" if p["epsilon"] is not None else "training without DP"
+        if p["evaluation_epsilon"] is not None:
+            spend += f", evaluation noised (epsilon {p['evaluation_epsilon']:.4g} per dataset)"
+        elif p["epsilon"] is None:
+            spend = "no DP (releases un-noised)"
         click.echo(f"  {p['plan_id'][:16]} {p['session']}: {p['rounds_served']}/{p['rounds_approved']} rounds served, "
-                   f"epsilon {p['epsilon']:.4g} on {', '.join(p['datasets'])}")
+                   f"{spend} on {', '.join(p['datasets'])}")
     for b in budgets:
         click.echo(f"  budget {b['dataset']}: spent epsilon {b['spent']['epsilon']:.4g} of {b['budget']['epsilon']:g}, "
                    f"remaining {b['remaining']['epsilon']:.4g}")

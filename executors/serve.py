@@ -50,8 +50,11 @@ def serve_site(
     *,
     ready: Optional[Callable[[dict[str, Any]], None]] = None,
     stop_event: Optional[threading.Event] = None,
-) -> None:
+) -> str:
     """Serve a site until SIGTERM/SIGINT or ``stop_event``; then stop everything it started.
+
+    Returns:
+        What stopped it: the signal's name (``"SIGTERM"``) or ``"a stop request"``.
 
     Args:
         config: the validated site config.
@@ -82,13 +85,15 @@ def serve_site(
 
     state_dir = config.state_dir
     site_file = state_dir / SITE_FILE
-    with _state_lock(state_dir, config.name), _stop_on_signals(stop):
+    signals: list[str] = []
+    reason = "a stop request"
+    with _state_lock(state_dir, config.name), _stop_on_signals(stop, signals):
         supervisor = WorkerSupervisor(config, state_dir / WORKER_LOG, on_give_up=give_up)
         gateway = audit = ledger = None
         try:
             supervisor.start()
             if stop.is_set():  # told to stop while the worker started
-                return
+                return signals[0] if signals else reason
             audit = AuditLog(state_dir / AUDIT_FILE)
             approvals = None
             if config.computations == "approved":
@@ -128,6 +133,8 @@ def serve_site(
                 ready(info)
             while not stop.wait(0.5):
                 pass
+            reason = signals[0] if signals else "a stop request"
+            log.info("site %s: stopping on %s; calls in progress get up to %g s", config.name, reason, STOP_GRACE_S)
         finally:
             try:
                 if gateway is not None:
@@ -139,8 +146,10 @@ def serve_site(
                 if ledger is not None:
                     ledger.close()
                 site_file.unlink(missing_ok=True)
+                log.info("site %s: stopped (gateway and worker down, state folder released)", config.name)
     if gave_up:
         raise WorkerError(gave_up[0])
+    return reason
 
 
 def _address(host: str, port: int) -> str:
@@ -180,12 +189,17 @@ def _site_file_pid(path: Path) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """On the main thread: SIGTERM and SIGINT set ``stop`` (instead of raising) until the block ends."""
+def _stop_on_signals(stop: threading.Event, received: list[str]) -> Iterator[None]:
+    """On the main thread: SIGTERM and SIGINT set ``stop`` (instead of raising) until the block ends; the
+    signals' names are appended to ``received``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handler = lambda signum, frame: stop.set()  # noqa: E731
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

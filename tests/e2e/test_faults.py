@@ -272,7 +272,18 @@ def test_cancel_stops_at_a_round_boundary_then_export_and_resume(workspace, tall
     exported = _cli(root, "session", "export", session_id, "--out", str(tmp_path / "model"), "--json")
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["round"] == row["rounds_completed"]
-    assert (tmp_path / "model" / "saved_model" / "saved_model.pb").is_file()
+    # The layout of model export: the directory is the SavedModel, its card inside.
+    assert (tmp_path / "model" / "saved_model.pb").is_file()
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert card["lineage"]["session"] == {**card["lineage"]["session"], "id": session_id,
+                                          "rounds_completed": row["rounds_completed"]}
+    assert "(not a registered version)" in (tmp_path / "model" / "model_card.md").read_text()
+    loaded = subprocess.run([sys.executable, "-c", "import sys, tensorflow as tf; "
+                             "print(list(tf.saved_model.load(sys.argv[1]).signatures))", str(tmp_path / "model")],
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and "serving_default" in loaded.stdout, loaded.stderr
+    again = _cli(root, "session", "export", session_id, "--out", str(tmp_path / "model"))
+    assert again.returncode != 0 and "already exists" in again.stderr  # nothing overwritten
 
     resumed = _resume(root, session_id, tally)
     assert resumed.returncode == 0, resumed.stderr

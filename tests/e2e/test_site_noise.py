@@ -294,6 +294,11 @@ def test_a_budgeted_dataset_is_evaluated_only_under_a_noised_evaluation_plan(fed
         assert not [e for e in entry["evaluations"] if e["plan_id"] == plain.plan_id]  # refused: nothing released
         ledger = runner.invoke(cli, ["site", "ledger", "--config", str(fed.site_config_path(site)), "--json"])
         (budget,) = [b for b in json.loads(ledger.output)["budgets"] if b["dataset"] == "test"]
+        shown = runner.invoke(cli, ["site", "ledger", "--config", str(fed.site_config_path(site))]).output
+        assert f"{noised.plan_id[:16]} eval-digits-eval-noise-1: 0/0 rounds served, training without DP, " \
+               f"evaluation noised (epsilon {independent:.4g} per dataset)" in shown
+        assert f"{plain.plan_id[:16]} eval-digits-eval-noise-1: 0/0 rounds served, no DP (releases un-noised)" \
+            in shown
         # The site's own ledger agrees with the coordinator's report: this plan and the session's evaluation.
         assert budget["spent"]["epsilon"] == pytest.approx(entry["spent"]["epsilon"], rel=1e-9)
         assert entry["spent"]["epsilon"] == pytest.approx(2 * independent, rel=1e-6)

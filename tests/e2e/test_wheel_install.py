@@ -62,6 +62,7 @@ def test_the_installed_wheel_serves_a_site_and_stops_cleanly(tmp_path: Path) -> 
         assert len(workers) == 1 and str(venv) in workers[0].exe()  # the installed TFF's worker
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert proc.stdout.read().strip() == "site dev-site stopped on SIGTERM; its worker is down"
         psutil.wait_procs(workers, timeout=10)
         assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     finally:

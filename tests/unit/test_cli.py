@@ -262,8 +262,9 @@ def test_dataset_list_json(run_cli, registry_path: str, two_datasets) -> None:
 
 def test_dataset_list_text(run_cli, registry_path: str, two_datasets) -> None:
     lines = ok(run_cli("dataset", "list", "--registry", registry_path)).splitlines()
-    assert lines[0].split() == ["REF", "FORMAT", "NUM_EXAMPLES", "REGISTERED_AT"]
+    assert lines[0].split() == ["REF", "FORMAT", "NUM_EXAMPLES", "CLIENT_ID", "NUM_CLIENTS", "REGISTERED_AT"]
     cells = [line.split() for line in lines[1:]]
+    assert [c[3:5] for c in cells] == [["-", "1"]] * 2  # each dataset is one client (site-level)
     assert [c[:3] for c in cells] == [
         ["bank-a/train:1", "csv", str(csv_rows(two_datasets["bank-a/train:1"]))],
         ["hospital-a/train:1", "tfrecord", str(tfrecord_frames(two_datasets["hospital-a/train:1"]))],

@@ -270,3 +270,23 @@ def test_a_failed_evaluation_leaves_neither_version_nor_finished_session(registr
                                    finishes_session=True)
     assert [v["version"] for v in registry.list_model_versions("flu")] == [1]
     assert registry.get_session(fields["session_id"])["status"] == "running"
+
+
+def test_a_session_card_says_which_round_it_is_and_that_it_is_no_registered_version():
+    from tffprod.models.card import card_markdown, session_card
+
+    session = {"id": "s-1", "name": "flu", "backend": "remote", "rounds_planned": 20, "task": {"path": "t:task"},
+               "spec": {"dp": {"mechanism": "gaussian_fixed", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-5}},
+               "privacy": {"unit": "site dataset (site-level)"}}
+    last = {"round_num": 7, "recorded_at": "2026-12-01T05:00:00+00:00", "epsilon": 3.5, "metrics": {"loss": 0.25},
+            "participants": [{"site": "b", "status": "ok"}, {"site": "a", "status": "ok"},
+                             {"site": "c", "status": "timeout"}]}
+    rows = [{"ref": "a/train:1", "num_examples": 10, "content_hash": "sha256:x"}]
+    card = session_card(session, last, rows)
+    assert (card["epsilon"], card["delta"]) == (3.5, 1e-5) and card["lineage"]["sites"] == ["a", "b"]
+    text = card_markdown(card)
+    assert "# Model card: flu:session s-1, round 7 (not a registered version)" in text
+    assert "- Rounds: 7 of 20 planned" in text and "| a/train:1 | train | 10 | sha256:x |" in text
+    assert "- Epsilon: 3.5, delta: 1e-05" in text and "loss 0.25" in text
+    no_dp = session_card({**session, "spec": {}}, {**last, "epsilon": None}, rows)
+    assert (no_dp["epsilon"], no_dp["delta"]) == (None, None) and "- DP: none" in card_markdown(no_dp)

@@ -108,6 +108,9 @@ def test_cli_register_with_client_id(tmp_path, csv_file) -> None:
     assert "4 clients by cid" in result.output
     shown = CliRunner().invoke(cli, ["dataset", "show", "bank-a/train", "--registry", db])
     assert "client (column cid), 4 clients" in shown.output
+    header, row = CliRunner().invoke(cli, ["dataset", "list", "--registry", db]).output.splitlines()
+    assert header.split() == ["REF", "FORMAT", "NUM_EXAMPLES", "CLIENT_ID", "NUM_CLIENTS", "REGISTERED_AT"]
+    assert row.split()[3:5] == ["cid", "4"]
 
 
 # ---------------------------------------------------------------- the site: config, catalog, references

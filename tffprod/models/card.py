@@ -35,6 +35,36 @@ def model_card(version: Mapping[str, Any], evaluations: Sequence[Mapping[str, An
     }
 
 
+def session_card(session: Mapping[str, Any], last_round: Mapping[str, Any],
+                 datasets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The card of a session's last committed round (``session export``: a model that is not a registered
+    version, e.g. of a cancelled session); ``datasets`` are the session's training datasets' registry rows."""
+    dp = session["spec"].get("dp") or {"mechanism": "none"}
+    epsilon = last_round.get("epsilon")
+    return {
+        "model": session["name"],
+        "version": f"session {session['id']}, round {last_round['round_num']} (not a registered version)",
+        "aliases": [],
+        "created_at": last_round["recorded_at"],
+        "exported_for": None,
+        "access": [],
+        "task": session["task"],
+        "epsilon": epsilon,
+        "delta": dp.get("delta") if epsilon is not None else None,
+        "metrics": {"train": last_round["metrics"]},
+        "lineage": {
+            "session": {"id": session["id"], "name": session["name"], "backend": session["backend"],
+                        "rounds_completed": last_round["round_num"], "rounds_planned": session["rounds_planned"]},
+            "sites": sorted({p["site"] for p in last_round["participants"] if p["status"] == "ok"}),
+            "dp": dp,
+            "privacy_unit": (session.get("privacy") or {}).get("unit"),
+            "datasets": [{"ref": row["ref"], "role": "train", "num_examples": row["num_examples"],
+                          "content_hash": row["content_hash"]} for row in datasets],
+        },
+        "evaluations": [],
+    }
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

@@ -21,6 +21,7 @@ from tffprod.errors import SpecError
 from tffprod.privacy.config import SamplingConfig
 
 SITE_LEVEL_UNIT = "site dataset (site-level)"
+NO_DP_UNIT = "none (no differential privacy)"
 
 
 def _sample_size(sampling: SamplingConfig) -> int:

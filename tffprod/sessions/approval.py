@@ -45,7 +45,7 @@ def privacy_terms(plan: SessionPlan) -> dict[str, Any]:
     sampling (``sampling_rate`` q, or ``fixed_sample`` [N, k]) and the unit of privacy."""
     dp = plan.spec.dp
     if not dp.enabled:
-        return {"mechanism": "none", "unit": "none (no differential privacy)"}
+        return {"mechanism": "none", "unit": plan.privacy_unit}
     from tffprod.privacy.accounting import epsilon_for
 
     noise_multiplier, clip, delta = dp.noise_multiplier, dp.clip, dp.delta

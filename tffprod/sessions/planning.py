@@ -58,8 +58,11 @@ class SessionPlan:
 
     @property
     def privacy_unit(self) -> str:
-        """``client (column customer_id)`` or ``site dataset (site-level)``."""
-        return self.population.unit
+        """``client (column customer_id)``, ``site dataset (site-level)``, or ``none (no differential
+        privacy)`` for a session without DP."""
+        from tffprod.privacy.sampling import NO_DP_UNIT
+
+        return self.population.unit if self.spec.dp.enabled else NO_DP_UNIT
 
     @property
     def training_sites(self) -> list[str]:

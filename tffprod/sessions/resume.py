@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from tffprod.errors import SessionError
+from tffprod.errors import SessionError, TffprodError
 
 if TYPE_CHECKING:
     from tffprod.registry.protocol import RegistryStore, RoundRow, SessionRow
@@ -164,15 +164,21 @@ def cancel_session(session_id: str, *, registry: RegistryStore) -> SessionRow:
     return registry.get_session(session_id)
 
 
-def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path) -> dict:
-    """Write the model of a session's last committed round (SavedModel, Keras file, weights).
+def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path, fmt: str = "savedmodel") -> dict:
+    """Write the model of a session's last committed round as ``model export`` writes a version: a
+    SavedModel at ``out_dir`` (or a ``.keras`` file) with its model card (:func:`tffprod.models.card.session_card`).
 
     Raises:
         SessionError: no committed round, or its checkpoint is damaged.
+        TffprodError: unknown format, or ``out_dir`` exists and is not empty (nothing is written).
     """
+    import shutil
+    import tempfile
+
     from tffprod.backends.local import LocalBackend
+    from tffprod.models.card import session_card
+    from tffprod.models.export import FORMATS, export_artifact, save_artifacts
     from tffprod.training.checkpoint import load_checkpoint
-    from tffprod.models.export import save_artifacts
     from tffprod.sessions.planning import plan_session
     from tffprod.training.trainer import training_process
 
@@ -182,6 +188,11 @@ def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path) -
     if not checkpoint:
         raise SessionError(f"session {session_id} has no committed round with a checkpoint to export")
     last = rounds[-1]
+    if fmt not in FORMATS:
+        raise TffprodError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TffprodError(f"{out} already exists; choose a new --out path")
     plan = plan_session(_spec(session), registry=registry, verify_files=False, resuming=session_id)
     process = training_process(plan)
     with LocalBackend() as backend:
@@ -189,9 +200,14 @@ def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path) -
         ctx = backend.coordinator_context()
         state = load_checkpoint(checkpoint, _committed_sha256(session_id, last), ctx.invoke(process.initialize, None))
         weights = ctx.invoke(process.get_model_weights, state)
-    path = save_artifacts(plan.task, weights, Path(out_dir))
+    card = session_card(session, last, [registry.get_dataset(ref) for ref in session["datasets"]])
+    staging = Path(tempfile.mkdtemp(prefix="tffprod-export-"))
+    try:
+        path = export_artifact(save_artifacts(plan.task, weights, staging / "artifacts"), out, fmt=fmt, card=card)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     registry.record_action("session.export", session_id, {"round": last["round_num"], "out": str(path)})
-    return {"session": session_id, "round": last["round_num"], "path": str(path)}
+    return {"session": session_id, "round": last["round_num"], "format": fmt, "path": str(path)}
 
 
 def describe_health(session: dict, rounds: list[dict]) -> dict:

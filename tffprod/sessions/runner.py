@@ -62,12 +62,12 @@ def run_session(
     with registry.atomic():
         session = registry.create_session(
             name=spec.name,
-            spec=dict(spec.to_dict(), plan_id=frozen.plan_id) if frozen is not None else spec.to_dict(),
+            spec=_recorded_spec(spec, backend, frozen),
             task=plan.task.summary(),
             backend=backend.name,
             rounds_planned=spec.rounds,
             datasets=[row["ref"] for row in plan.datasets],
-            privacy=plan.population.describe(),
+            privacy={**plan.population.describe(), "unit": plan.privacy_unit},
         )
         session_id = session["id"]
         registry.start_session(session_id, coordinator=coordinator_identity())
@@ -78,6 +78,13 @@ def run_session(
             "datasets": session["datasets"], "rounds_planned": spec.rounds})
     return drive_session(plan, session_id, registry=registry, backend=backend, artifacts_dir=artifacts_dir,
                          progress=progress, frozen=frozen)
+
+
+def _recorded_spec(spec: SessionSpec, backend: Backend, frozen: Any) -> dict[str, Any]:
+    """The spec as the session ran it: the backend it ran on (``--backend`` overrides the file's) and the
+    plan's id when it ran a plan."""
+    recorded = dict(spec.to_dict(), backend=backend.name)
+    return dict(recorded, plan_id=frozen.plan_id) if frozen is not None else recorded
 
 
 def end_session(registry: RegistryStore, session_id: str, status: str, error: str) -> SessionRow:
