@@ -134,3 +134,44 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
         used = ", ".join(f"{u['id']} ({u['status']})" for u in v["sessions"]) or "no session yet"
         click.echo(f"  {v['version']:>3}  {v['content_hash'][:23]}  {v['num_examples']} examples  "
                    f"{v['registered_at'][:19]}  sessions: {used}")
+
+
+@dataset.command("infer-schema")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--label", required=True, help="The column the model learns.")
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), help="Default: from the file's suffix.")
+@click.option("--client-id", "client_id", metavar="COLUMN", help="A client-id column: left out of the features.")
+@click.option("--task", "task_out", type=click.Path(dir_okay=False),
+              help="Also write a task module to start from (a small Keras model for this schema) to this .py file.")
+@click.option("--rows", "max_rows", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Examples read to decide the dtypes and shapes.")
+@output_options
+def infer_schema(file: str, label: str, fmt: Optional[str], client_id: Optional[str], task_out: Optional[str],
+                 max_rows: int, as_json: bool) -> None:
+    """Print the schema of a CSV or TFRecord FILE (the JSON that --schema files hold).
+
+    CSV columns are int64, float32 or string by their cells; TFRecord features by their kind and value
+    count. Save the output as schema.json for 'dataset register --schema', or write a task with --task.
+
+    \b
+    Example:
+        tffprod dataset infer-schema visits.csv --label readmitted > schema.json
+        tffprod dataset infer-schema visits.csv --label readmitted --client-id patient_id --task visits_task.py
+    """
+    import json
+    from pathlib import Path
+
+    from tffprod.data.infer import infer_schema as infer, task_skeleton
+
+    with user_errors():
+        inferred = infer(file, label=label, fmt=fmt, client_id=client_id, max_rows=max_rows)
+        if task_out:
+            target = Path(task_out)
+            if target.exists():
+                raise click.UsageError(f"{target} already exists; choose a new --task path")
+            target.write_text(task_skeleton(inferred, path=file))
+    if as_json or not task_out:
+        click.echo(json.dumps(inferred.schema.to_dict(), indent=2))
+    if task_out:
+        click.echo(f"wrote a task for {inferred.schema.label.name} ({len(inferred.schema.features)} features, "
+                   f"{inferred.rows} examples read) to {task_out}; use it as --task {task_out}:task", err=True)

@@ -172,7 +172,9 @@ def test_a_model_version_is_evaluated_at_approving_sites_only_through_an_evaluat
     common = ["--registry", str(registry.path)]
     runner = CliRunner()
     refused = runner.invoke(cli, ["eval", ref, *datasets, "--backend", "remote", *common])
-    assert refused.exit_code != 0 and "runs only plans it approved" in refused.output  # says what to do
+    assert refused.exit_code == 10 and "evaluate only plans their operators approved; nothing was run" \
+        in refused.output  # before anything runs, and says what to do
+    assert f"'tffprod model eval-plan {ref} --dataset {SITES[0]}/test:1" in refused.output
     plan_path = tmp_path / "eval.plan.json"
     made = runner.invoke(cli, ["model", "eval-plan", ref, *datasets, "--out", str(plan_path), *common])
     assert made.exit_code == 0, made.output
@@ -229,3 +231,22 @@ def test_session_plan_prints_the_epsilon_the_plan_will_spend_before_anyone_appro
     assert line.startswith(f"  privacy: epsilon {expected:.4g} at delta {DELTA:g} after all 2 rounds "
                            f"(gaussian_fixed, noise_multiplier {Z:g}; unit: "), line
     assert json.loads((tmp_path / "p.json").read_text())["privacy"]["planned_epsilon"] == pytest.approx(expected)
+
+
+def test_session_run_from_a_spec_at_sites_requiring_approval_says_what_to_do_and_records_nothing(approved, tmp_path):
+    import time
+
+    fed, registry = approved
+    spec = write_spec(tmp_path / "spec.toml", name="digits-unplanned", task=TASK, rounds=1, seed=0,
+                      datasets=[f"{s}/train" for s in SITES], backend="remote", min_sites=ALL_SITES,
+                      dp={"mechanism": "gaussian_fixed", "noise_multiplier": Z, "clip": 1.0, "delta": DELTA})
+    before = registry.list_sessions()
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["session", "run", "--spec", spec, "--registry", str(registry.path)])
+    took = time.perf_counter() - start
+    assert result.exit_code == 10, result.output
+    assert f"sites {', '.join(SITES)} run only plans their operators approved; nothing was run or recorded" \
+        in result.output
+    assert "'tffprod session plan --spec SPEC --out PLAN'" in result.output and "--plan PLAN" in result.output
+    assert registry.list_sessions() == before
+    print(f"\nsession run --spec at sites requiring approval: refused after {took:.2f} s")

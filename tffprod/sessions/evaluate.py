@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tffprod.backends.base import Backend, SiteTarget
-from tffprod.errors import SessionError
+from tffprod.errors import PlanError, SessionError
 from tffprod.models.access import require_access
 from tffprod.models.export import load_weights
 from tffprod.privacy.terms import evaluation_charges
@@ -54,6 +54,8 @@ def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequ
     formats = sorted({row["format"] for row in rows})
     if len(formats) != 1:
         raise SessionError(f"datasets evaluated together must share a format, these mix {', '.join(formats)}")
+    if plan_path is None and backend.name == "remote":
+        _refuse_sites_requiring_approval(registry, model_ref, rows)
     frozen = None if plan_path is None else _evaluation_plan(plan_path, version, rows)
     weights = load_weights(version["artifact_path"])
     by_site: dict[str, list] = {}
@@ -72,6 +74,21 @@ def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequ
     if frozen is not None and (charges := evaluation_charges(frozen.plan.privacy, rows)):
         registry.record_evaluation_spend(charges, plan_id=frozen.plan.plan_id)
     return {"model": version["name"], "version": version["version"], **result}
+
+
+def _refuse_sites_requiring_approval(registry: RegistryStore, model_ref: str,
+                                     rows: Sequence[Mapping[str, Any]]) -> None:
+    """Before anything runs: sites that run only approved plans evaluate only under an evaluation plan."""
+    from tffprod.sites.admin import sites_requiring_approval
+
+    strict = sites_requiring_approval(registry, [row["site"] for row in rows])
+    if strict:
+        datasets = " ".join(f"--dataset {row['ref']}" for row in rows)
+        raise PlanError(f"site{'s' if len(strict) > 1 else ''} {', '.join(strict)} evaluate only plans their "
+                        f"operators approved; nothing was run. Make an evaluation plan ('tffprod model eval-plan "
+                        f"{model_ref} {datasets} --out PLAN', with --eval-noise-multiplier for datasets with a "
+                        f"privacy budget), have each site approve it ('tffprod site approve PLAN --config "
+                        f"SITE.toml'), then run 'tffprod eval {model_ref} {datasets} --backend remote --plan PLAN'")
 
 
 def _evaluation_plan(path: Any, version: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Any:

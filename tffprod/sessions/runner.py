@@ -164,6 +164,8 @@ def train(
     (written beside its artifacts), which each simulated site approves and noises its releases by.
     """
     plan = plan_session(spec, registry=registry)
+    if backend.name == "remote" and not _noise_at_sites(plan):  # (noise at the sites is refused below)
+        refuse_sites_requiring_approval(registry, plan)
     artifacts_dir = artifacts_dir or artifacts_dir_for(registry.path)
     frozen = None
     if _noise_at_sites(plan) and backend.name == "local":
@@ -181,6 +183,23 @@ def _noise_at_sites(plan: SessionPlan) -> bool:
     """Whether the sites add noise to training or evaluation releases (only under a plan they approved)."""
     dp = plan.spec.dp
     return dp.noise_placement in AT_SITES or (dp.eval_noise_multiplier is not None and bool(plan.eval_datasets))
+
+
+def refuse_sites_requiring_approval(registry: RegistryStore, plan: SessionPlan) -> None:
+    """Ask the session's sites for their policy before anything is compiled or recorded: a site that runs
+    only approved plans would refuse a session run from a spec.
+
+    Raises:
+        PlanError: naming the sites, and the three commands that run the session under a plan instead.
+    """
+    from tffprod.sites.admin import sites_requiring_approval
+
+    strict = sites_requiring_approval(registry, [*plan.training_sites, *(row["site"] for row in plan.eval_datasets)])
+    if strict:
+        raise PlanError(f"site{'s' if len(strict) > 1 else ''} {', '.join(strict)} run{'' if len(strict) > 1 else 's'} "
+                        "only plans their operators approved; nothing was run or recorded. Make a plan "
+                        "('tffprod session plan --spec SPEC --out PLAN'), have each site approve it ('tffprod site "
+                        "approve PLAN --config SITE.toml'), then run 'tffprod session run --plan PLAN'")
 
 
 def refuse_used_plan(registry: RegistryStore, plan: Any) -> None:

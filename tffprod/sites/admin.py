@@ -6,7 +6,7 @@ TF-free: talks to the site's gateway with gRPC and its site-info service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from tffprod.sites.connection import SiteConnection
 from tffprod.sites.rpc_errors import site_error
@@ -139,6 +139,19 @@ def check_info(site: str, info: Any) -> list[dict]:
         if clients is not None and (isinstance(clients, bool) or not isinstance(clients, int) or clients < 1):
             raise wrong(f"catalog[{i}].num_clients must be a whole number >= 1", clients)
     return catalog
+
+
+def sites_requiring_approval(registry: RegistryStore, sites: Iterable[str]) -> list[str]:
+    """Those of ``sites`` that run only plans their operators approved (``computations = "approved"``), asked
+    over mTLS; a site that does not answer is left out (the caller's session may go on without it)."""
+    strict = []
+    for site in dict.fromkeys(sites):
+        try:
+            if fetch_info(registry, site).get("computations") == "approved":
+                strict.append(site)
+        except SiteCheckError:
+            continue
+    return strict
 
 
 def check_site(registry: RegistryStore, name: str) -> dict:
