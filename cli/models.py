@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from tffprod.cli.errors import user_errors
-from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, table
+from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, say, table
 
 
 @click.group()
@@ -241,7 +241,7 @@ def eval_command(ref: str, datasets: tuple[str, ...], backend: str, plan_path: s
 
     with user_errors(), open_registry(registry_path) as registry:
         result = evaluate_version(registry, ref, datasets, backend=create_backend(backend, registry=registry),
-                                  plan_path=plan_path)
+                                  plan_path=plan_path, say=lambda message: say(message, as_json=as_json))
     if as_json:
         emit_json(result)
         return

@@ -39,6 +39,12 @@ def open_registry(path: str):
     return Registry.open(path)
 
 
+def say(message: str, *, as_json: bool) -> None:
+    """Tell a person on stderr what a long command is doing (not with --json: stdout and stderr stay data)."""
+    if not as_json:
+        click.echo(message, err=True)
+
+
 def interactive() -> bool:
     """True when a person watches stderr (progress is shown only then)."""
     return sys.stderr.isatty()

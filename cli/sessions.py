@@ -10,7 +10,8 @@ import click
 
 from tffprod.cli.errors import user_errors
 from tffprod.cli.logs import configure_logging, log_level_option
-from tffprod.cli.options import emit_json, interactive, open_registry, output_options, registry_option, table
+from tffprod.cli.options import (emit_json, interactive, open_registry, output_options, registry_option, say,
+                                 table)
 
 
 @click.group()
@@ -110,8 +111,11 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     Example:
         tffprod session plan --spec digits.toml --out digits.plan.json
     """
+    import time
+
     from tffprod.sessions.spec import load_spec
 
+    start = time.perf_counter()
     with user_errors():
         spec = load_spec(spec_path)
         from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
@@ -119,6 +123,8 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
+            say(f"planning {spec.name}: its datasets check out; compiling what the sites will run (TensorFlow loads "
+                "first; about 20-40 s on 2 cores)", as_json=as_json)
             document = make_plan(session_plan,
                                  coordinators=coordinator_identities(registry, session_plan.training_sites))
             write_plan(document, out_path)
@@ -128,6 +134,7 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
                        "privacy": document["privacy"]}
             registry.record_action("session.plan", document["plan_id"], {
                 **summary, "path": os.path.abspath(out_path), "name": spec.name})
+    say(f"planned in {time.perf_counter() - start:.1f} s", as_json=as_json)
     if as_json:
         emit_json(summary)
         return
@@ -314,7 +321,8 @@ def export(session_id: str, out_dir: str, fmt: str, registry_path: str, as_json:
         from tffprod.sessions.resume import export_session
 
         with open_registry(registry_path) as registry:
-            result = export_session(session_id, registry=registry, out_dir=Path(out_dir), fmt=fmt)
+            result = export_session(session_id, registry=registry, out_dir=Path(out_dir), fmt=fmt,
+                                    say=lambda message: say(message, as_json=as_json))
     if as_json:
         emit_json(result)
     else:

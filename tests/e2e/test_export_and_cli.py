@@ -159,6 +159,22 @@ def _ready_info(site: subprocess.Popen) -> dict:
     raise AssertionError(f"site exited before it was ready: {text!r}")
 
 
+def _first_stderr_line(args: list[str], *, cwd: Path) -> tuple[float, float]:
+    """Run ``tffprod ARGS``; seconds until it said what it is doing on stderr, and until it finished."""
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.Popen([TFFPROD, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    first = proc.stderr.readline()
+    said = time.perf_counter() - start
+    rest, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert first.startswith("planning fraud-user-dp: its datasets check out; compiling what the sites will run"), first
+    assert err.strip().splitlines()[-1].startswith("planned in ") and "written to" in rest
+    return said, time.perf_counter() - start
+
+
 def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp_path):
     from tffprod.examples import fraud
     from tffprod.sessions.spec import load_spec
@@ -219,7 +235,10 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
             in replay.stderr
         assert json.loads(tffprod("session", "list", "--registry", summary["registry"], "--json",
                                   cwd=tmp_path).stdout) == before
-        for command in summary["repeat_commands"][:-1]:
+        plan_cmd, *approve_cmds = summary["repeat_commands"][:-1]
+        said, planned = _first_stderr_line(shlex.split(plan_cmd)[1:], cwd=tmp_path)
+        print(f"\nsession plan: first line on stderr after {said:.2f} s, planned after {planned:.1f} s")
+        for command in approve_cmds:
             tffprod(*shlex.split(command)[1:], cwd=tmp_path)
         rerun = tffprod(*shlex.split(summary["repeat_commands"][-1])[1:], "--json", cwd=tmp_path)
         assert json.loads(rerun.stdout)["model_version"]["version"] == 2

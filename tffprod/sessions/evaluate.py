@@ -7,7 +7,7 @@ one is given, and records the results against the version.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from tffprod.backends.base import Backend, SiteTarget
 from tffprod.errors import PlanError, SessionError
@@ -26,7 +26,8 @@ __all__ = ["evaluate_version"]
 
 
 def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequence[str], *, backend: Backend,
-                     timeout_s: float = 600.0, plan_path: Any = None) -> dict[str, Any]:
+                     timeout_s: float = 600.0, plan_path: Any = None,
+                     say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Evaluate a registered model version on registered datasets and record the results.
 
     Each dataset's site must be allowed to receive the version (its access list); the
@@ -37,6 +38,7 @@ def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequ
         dataset_refs: ``SITE/NAME[:VERSION]`` of each dataset.
         plan_path: an evaluation plan of this version and these datasets, approved at their
             sites (``tffprod model eval-plan``): the sites then release its evaluation.
+        say: told what the slow part does, once the request checks out.
 
     Returns:
         ``{"model": name, "version": n, "overall": metrics, "datasets": {ref: metrics}, "errors": {...}}``.
@@ -57,6 +59,8 @@ def evaluate_version(registry: RegistryStore, model_ref: str, dataset_refs: Sequ
     if plan_path is None and backend.name == "remote":
         _refuse_sites_requiring_approval(registry, model_ref, rows)
     frozen = None if plan_path is None else _evaluation_plan(plan_path, version, rows)
+    say(f"evaluating {version['name']}:{version['version']} on {len(rows)} dataset(s): loading TensorFlow and the "
+        "model, then each site evaluates its data (about 15-20 s)")
     weights = load_weights(version["artifact_path"])
     by_site: dict[str, list] = {}
     for row in rows:

@@ -164,7 +164,8 @@ def cancel_session(session_id: str, *, registry: RegistryStore) -> SessionRow:
     return registry.get_session(session_id)
 
 
-def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path, fmt: str = "savedmodel") -> dict:
+def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path, fmt: str = "savedmodel",
+                   say: Callable[[str], None] = lambda _: None) -> dict:
     """Write the model of a session's last committed round as ``model export`` writes a version: a
     SavedModel at ``out_dir`` (or a ``.keras`` file) with its model card (:func:`tffprod.models.card.session_card`).
 
@@ -194,6 +195,8 @@ def export_session(session_id: str, *, registry: RegistryStore, out_dir: Path, f
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TffprodError(f"{out} already exists; choose a new --out path")
     plan = plan_session(_spec(session), registry=registry, verify_files=False, resuming=session_id)
+    say(f"exporting session {session_id}'s round {last['round_num']}: loading TensorFlow, rebuilding the model from "
+        "its checkpoint (about 15-20 s)")
     process = training_process(plan)
     with LocalBackend() as backend:
         backend.open([])
