@@ -159,8 +159,9 @@ def _ready_info(site: subprocess.Popen) -> dict:
     raise AssertionError(f"site exited before it was ready: {text!r}")
 
 
-def _first_stderr_line(args: list[str], *, cwd: Path) -> tuple[float, float]:
-    """Run ``tffprod ARGS``; seconds until it said what it is doing on stderr, and until it finished."""
+def _first_stderr_line(args: list[str], *, cwd: Path, says: str) -> tuple[float, float]:
+    """Run ``tffprod ARGS``; seconds until it said what it is doing on stderr (starting ``says``), and until
+    it finished."""
     import time
 
     start = time.perf_counter()
@@ -170,7 +171,7 @@ def _first_stderr_line(args: list[str], *, cwd: Path) -> tuple[float, float]:
     said = time.perf_counter() - start
     rest, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert first.startswith("planning fraud-user-dp: its datasets check out; compiling what the sites will run"), first
+    assert first.startswith(says), first
     assert err.strip().splitlines()[-1].startswith("planned in ") and "written to" in rest
     return said, time.perf_counter() - start
 
@@ -236,8 +237,19 @@ def test_demo_trains_through_real_sites_and_leaves_everything_in_the_workdir(tmp
         assert json.loads(tffprod("session", "list", "--registry", summary["registry"], "--json",
                                   cwd=tmp_path).stdout) == before
         plan_cmd, *approve_cmds = summary["repeat_commands"][:-1]
-        said, planned = _first_stderr_line(shlex.split(plan_cmd)[1:], cwd=tmp_path)
-        print(f"\nsession plan: first line on stderr after {said:.2f} s, planned after {planned:.1f} s")
+        plan_args = shlex.split(plan_cmd)[1:]
+        said, planned = _first_stderr_line(plan_args, cwd=tmp_path, says="planning fraud-user-dp: its datasets "
+                                                                       "check out; compiling what the sites will run")
+        # The same spec again: the computations compiled above are reused (a new plan, the same bytes).
+        twin = [*plan_args[:plan_args.index("--out") + 1], str(tmp_path / "twin.plan.json"),
+                *plan_args[plan_args.index("--out") + 2:]]
+        said_again, planned_again = _first_stderr_line(twin, cwd=tmp_path, says="planning fraud-user-dp: its "
+                                                       "datasets check out; reusing the computations compiled")
+        first_plan, second_plan = (json.loads(Path(p).read_text()) for p in (plan_args[plan_args.index("--out") + 1],
+                                                                              tmp_path / "twin.plan.json"))
+        assert [c["sha256"] for c in first_plan["computations"]] == [c["sha256"] for c in second_plan["computations"]]
+        print(f"\nsession plan: first line on stderr after {said:.2f} s, planned after {planned:.1f} s; the same "
+              f"spec again: {said_again:.2f} s, planned after {planned_again:.1f} s")
         for command in approve_cmds:
             tffprod(*shlex.split(command)[1:], cwd=tmp_path)
         rerun = tffprod(*shlex.split(summary["repeat_commands"][-1])[1:], "--json", cwd=tmp_path)

@@ -145,34 +145,30 @@ def _train_bound(plan: SessionPlan) -> dict[str, Any] | None:
     return None if bound is None else {"result": ["1"], "l2_norm_per_client": bound}
 
 
-def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = None) -> dict[str, Any]:
+def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = None,
+              cache_dir: Optional[Path] = None) -> dict[str, Any]:
     """Compile ``plan``'s site computations and return the plan document (with its ``plan_id``).
 
     ``coordinators`` (site -> certificate CN) binds the plan to this coordinator: a site refuses
-    the plan's computations from any other caller (see :func:`coordinator_identities`).
+    the plan's computations from any other caller (see :func:`coordinator_identities`). With
+    ``cache_dir``, computations compiled before for the same content are reused, without importing
+    TensorFlow (:mod:`tffprod.sessions.plan_cache`).
 
     Raises:
         PrivacyBudgetError: the plan samples clients or sites and the budgets cannot hold all
             its rounds (see :func:`check_whole_plan_fits`).
     """
-    check_whole_plan_fits(plan)
-    import tensorflow_federated as tff
-
-    from tffprod.training.process import build_evaluation_process
-    from tffprod.training.trainer import training_process
+    from tffprod.sessions import plan_cache
     from tffprod.sites.admin import local_versions
 
+    check_whole_plan_fits(plan)
     spec = plan.spec
-    process = training_process(plan)
-    form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
-    evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
-    states = _initial_states(*[p for p in (process, evaluation) if p is not None])
-    moving = list(get_mechanism(spec.dp.mechanism).moving_state)
-    computations = [freeze("train", form.up_to_merge, states[0], FREE_TRAIN_STATE + moving, _train_bound(plan),
-                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if moving else None)]
-    if evaluation is not None:
-        computations.append(freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
-            evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
+    key = plan_cache.cache_key(plan) if cache_dir is not None else None
+    computations = plan_cache.load(cache_dir, key) if cache_dir is not None and key is not None else None
+    if computations is None:
+        computations = _compile(plan)
+        if cache_dir is not None and key is not None:
+            plan_cache.store(cache_dir, key, computations)
     datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
                  "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
                  "client_id": row.get("client_id")}
@@ -192,6 +188,26 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
         "computations": computations,
     }
     return {**body, "plan_id": canonical_id(body)}
+
+
+def _compile(plan: SessionPlan) -> list[dict[str, Any]]:
+    """The plan's site computations, compiled and frozen: ``train``, and ``eval`` with evaluation datasets."""
+    import tensorflow_federated as tff
+
+    from tffprod.training.process import build_evaluation_process
+    from tffprod.training.trainer import training_process
+
+    process = training_process(plan)
+    form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
+    evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
+    states = _initial_states(*[p for p in (process, evaluation) if p is not None])
+    moving = list(get_mechanism(plan.spec.dp.mechanism).moving_state)
+    computations = [freeze("train", form.up_to_merge, states[0], FREE_TRAIN_STATE + moving, _train_bound(plan),
+                            fallback_free=FREE_TRAIN_STATE + ["aggregator"] if moving else None)]
+    if evaluation is not None:
+        computations.append(freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
+            evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
+    return computations
 
 
 def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[str], *,
