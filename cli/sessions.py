@@ -87,10 +87,27 @@ def _report(result: dict, as_json: bool) -> None:
                    f"last state with 'tffprod session export {result['id']} --out DIR'")
         return
     version = result["model_version"]
-    click.echo(f"model {version['name']}:{version['version']}  epsilon {version['epsilon']}  "
-               f"artifact {version['artifact_path']}")
+    privacy = f"epsilon {version['epsilon']:.4g} at delta {version['delta']:g}" if version["epsilon"] is not None \
+        else "no DP"
+    click.echo(f"model {version['name']}:{version['version']}  {privacy}  artifact {version['artifact_path']}")
     if version["metrics"].get("stopped"):
         click.echo(version["metrics"]["stopped"])
+    if version["metrics"].get("eval"):
+        click.echo(f"evaluation, all held-out data: {_metrics_line(version['metrics']['eval'])}")
+
+
+def train_metrics(metrics: dict) -> dict:
+    """A round's training metrics (loss, accuracy, ...) from TFF's nested measurements (FedAvg's
+    ``client_work.train``, or the one-step process's ``client_work``)."""
+    work = metrics.get("client_work") or {}
+    train = work.get("train")
+    return train if isinstance(train, dict) else work
+
+
+def _metrics_line(metrics: dict) -> str:
+    """``loss 0.1493  binary_accuracy 0.9604 ...``: the float metrics, counts left out."""
+    shown = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and not k.startswith("num_")]
+    return "  ".join(shown) or "-"
 
 
 PLAN_CACHE = "plan-cache"  # beside the artifacts: compiled computations by content (tffprod.sessions.plan_cache)
@@ -215,6 +232,10 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
         row["rounds"] = registry.list_rounds(session_id)
         row["quarantined"] = describe_health(row, row["rounds"])
         row["resumable"] = resumable(row) is None
+        row["model_versions"] = [
+            {"name": v["name"], "version": v["version"],
+             "evaluations": registry.list_evaluations(v["name"], v["version"], kind=None)}
+            for v in registry.list_model_versions(row["name"]) if v["session_id"] == session_id]
     if as_json:
         emit_json(row)
         return
@@ -239,7 +260,12 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
             eps += f" (pld {r['epsilon_pld']:.3g})"
         clients = f"  clients {r['clients']}" if r.get("clients") is not None else ""
         click.echo(f"  round {r['round_num']:>3}  sites {ok}/{len(r['participants'])}{clients}  "
-                   f"{r['duration_s']:.2f}s{eps}")
+                   f"{r['duration_s']:.2f}s{eps}  {_metrics_line(train_metrics(r['metrics']))}")
+    for version in row["model_versions"]:
+        click.echo(f"model {version['name']}:{version['version']}")
+        for evaluation in version["evaluations"]:
+            where = "all held-out data" if evaluation.get("kind") == "overall" else evaluation["dataset"]
+            click.echo(f"  evaluation, {where}: {_metrics_line(evaluation['metrics'])}")
 
 
 def _resume_hint(row: dict) -> str:

@@ -63,6 +63,16 @@ def test_session_and_model_listing_json(trained):
     assert [(s["id"], s["status"], s["rounds_completed"]) for s in sessions] == [(result["id"], "finished", 3)]
     shown = json.loads(tffprod("session", "show", result["id"], "--json", cwd=root).stdout)
     assert [r["round_num"] for r in shown["rounds"]] == [1, 2, 3]
+    (version,) = shown["model_versions"]
+    assert {e["kind"] for e in version["evaluations"]} == {"dataset", "overall"}
+    # For people: each round's loss and accuracy, then the evaluation; no Python None anywhere.
+    text = tffprod("session", "show", result["id"], cwd=root).stdout
+    rounds = [line for line in text.splitlines() if line.startswith("  round ")]
+    assert len(rounds) == 3 and all(" loss " in r and " sparse_categorical_accuracy " in r for r in rounds)
+    overall = result["model_version"]["metrics"]["eval"]
+    (line,) = [line for line in text.splitlines() if line.startswith("  evaluation, all held-out data: ")]
+    assert f"loss {overall['loss']:.4f}" in line
+    assert "None" not in text
     models = json.loads(tffprod("model", "list", "--json", cwd=root).stdout)
     assert {k: models[0][k] for k in ("name", "version", "session_id")} == {
         "name": "digits", "version": 1, "session_id": result["id"]}

@@ -477,3 +477,21 @@ def test_register_cannot_override_a_site_budget(run_cli, registry_path: str, fra
     ok(run_cli("dataset", "register", "bank-a/train", fraud_data["bank-a"]["train"], "--task", FRAUD_TASK,
                "--registry", registry_path))
     assert budget_of(registry_path, "bank-a/train")["source"] == "site"
+
+
+def test_session_run_ends_with_the_evaluation_and_says_no_dp_instead_of_none(capsys) -> None:
+    from tffprod.cli.sessions import _report, train_metrics
+
+    version = {"name": "m", "version": 2, "epsilon": None, "delta": None, "artifact_path": "/a",
+               "metrics": {"train": {}, "eval": {"loss": 0.25, "binary_accuracy": 0.875, "num_examples": 8}}}
+    _report({"id": "s-1", "status": "finished", "rounds_completed": 3, "model_version": version}, False)
+    out = capsys.readouterr().out
+    assert "model m:2  no DP  artifact /a" in out and "None" not in out
+    assert "evaluation, all held-out data: loss 0.2500  binary_accuracy 0.8750\n" in out
+    _report({"id": "s-1", "status": "finished", "rounds_completed": 3,
+             "model_version": {**version, "epsilon": 1.23456, "delta": 1e-5}}, False)
+    assert "epsilon 1.235 at delta 1e-05" in capsys.readouterr().out
+    fedavg = {"client_work": {"train": {"loss": 0.5, "num_examples": 4}}, "finalizer": {}}
+    one_step = {"client_work": {"loss": 0.5, "num_users": 2}}
+    assert train_metrics(fedavg) == {"loss": 0.5, "num_examples": 4}
+    assert train_metrics(one_step) == one_step["client_work"]
