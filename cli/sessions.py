@@ -138,25 +138,16 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
     start = time.perf_counter()
     with user_errors():
         spec = load_spec(spec_path)
-        from tffprod.sessions import plan_cache
         from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
         from tffprod.sessions.planning import plan_session
         from tffprod.sessions.runner import artifacts_dir_for
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
-            cache_dir = artifacts_dir_for(registry.path) / PLAN_CACHE
-            key = plan_cache.cache_key(session_plan)
-            if key is not None and plan_cache.load(cache_dir, key) is not None:
-                say(f"planning {spec.name}: its datasets check out; reusing the computations compiled for the same "
-                    f"content ({cache_dir / key[:16]}...)", as_json=as_json)
-            else:
-                say(f"planning {spec.name}: its datasets check out; compiling what the sites will run (TensorFlow "
-                    "loads first; about 20-40 s on 2 cores; an unchanged spec plans in seconds next time)",
-                    as_json=as_json)
             document = make_plan(session_plan,
                                  coordinators=coordinator_identities(registry, session_plan.training_sites),
-                                 cache_dir=cache_dir)
+                                 cache_dir=artifacts_dir_for(registry.path) / PLAN_CACHE,
+                                 say=lambda message: say(message, as_json=as_json))
             write_plan(document, out_path)
             summary = {"plan_id": document["plan_id"], "path": out_path,
                        "sites": sorted({d["site"] for d in document["datasets"]}),
