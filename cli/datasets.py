@@ -145,18 +145,22 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
               help="Also write a task module to start from (a small Keras model for this schema) to this .py file.")
 @click.option("--rows", "max_rows", type=click.IntRange(1), default=10_000, show_default=True,
               help="Examples read to decide the dtypes and shapes.")
+@click.option("--group", metavar="NAME",
+              help="CSV: read every numeric column as one float32 vector feature NAME (one model input).")
 @output_options
 def infer_schema(file: str, label: str, fmt: Optional[str], client_id: Optional[str], task_out: Optional[str],
-                 max_rows: int, as_json: bool) -> None:
+                 max_rows: int, group: Optional[str], as_json: bool) -> None:
     """Print the schema of a CSV or TFRecord FILE (the JSON that --schema files hold).
 
     CSV columns are int64, float32 or string by their cells; TFRecord features by their kind and value
     count. Save the output as schema.json for 'dataset register --schema', or write a task with --task.
+    With --group, a CSV's numeric columns become one vector feature (a group of columns).
 
     \b
     Example:
         tffprod dataset infer-schema visits.csv --label readmitted > schema.json
         tffprod dataset infer-schema visits.csv --label readmitted --client-id patient_id --task visits_task.py
+        tffprod dataset infer-schema labs.csv --label outcome --group labs --task labs_task.py
     """
     import json
     from pathlib import Path
@@ -164,7 +168,7 @@ def infer_schema(file: str, label: str, fmt: Optional[str], client_id: Optional[
     from tffprod.data.infer import infer_schema as infer, task_skeleton
 
     with user_errors():
-        inferred = infer(file, label=label, fmt=fmt, client_id=client_id, max_rows=max_rows)
+        inferred = infer(file, label=label, fmt=fmt, client_id=client_id, max_rows=max_rows, group=group)
         if task_out:
             target = Path(task_out)
             if target.exists():

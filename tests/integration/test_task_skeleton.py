@@ -11,7 +11,7 @@ from tffprod.cli.main import cli
 from tffprod.examples import fraud
 
 
-@pytest.mark.parametrize("labels", ["binary", "classes"])
+@pytest.mark.parametrize("labels", ["binary", "classes", "grouped"])
 def test_the_written_task_loads_registers_and_trains(tmp_path: Path, labels: str) -> None:
     from tffprod.data.register import register_dataset
     from tffprod.dev.centralized import train_centrally
@@ -24,11 +24,15 @@ def test_the_written_task_loads_registers_and_trains(tmp_path: Path, labels: str
         for path in (train, test):
             path.write_text(path.read_text().replace("is_fraud", "fraud_flag").replace("hour", "is_fraud", 1))
     task_file = tmp_path / "bank_task.py"
+    group = ["--group", "transaction"] if labels == "grouped" else []  # the numeric columns as one input
     result = CliRunner().invoke(cli, ["dataset", "infer-schema", str(train), "--label", "is_fraud", "--client-id",
-                                      "customer_id", "--task", str(task_file)])
+                                      "customer_id", "--task", str(task_file), *group])
     assert result.exit_code == 0, result.output
     task = load_task(f"{task_file}:task")
     assert "customer_id" not in {f.name for f in task.schema.features}
+    if group:
+        (feature,) = task.schema.features
+        assert feature.name == "transaction" and feature.shape == (len(fraud.FEATURE_SCALES),)
     with Registry.open(tmp_path / "r.db") as registry:
         row = register_dataset(registry, "bank-c/train", train, schema=task.schema, client_id="customer_id")
     assert row["num_examples"] == 240 and row["num_clients"] == 30

@@ -138,7 +138,7 @@ def test_writers_reject_rows_off_schema(tmp_path: Path) -> None:
         write_tfrecord(path, [{**vector_rows(1)[0], "digit": 1.5}], VECTOR)
     with pytest.raises(DatasetError, match="example 1: column 'is_fraud': missing from the row"):
         write_csv(tmp_path / "bad.csv", [{"amount": 1.0, "merchant": "m"}], SCALAR)
-    with pytest.raises(DatasetError, match="vector features need TFRecord"):
+    with pytest.raises(DatasetError, match="read the vector from 6 columns"):
         write_csv(tmp_path / "bad.csv", vector_rows(), VECTOR)
 
 
@@ -276,7 +276,8 @@ def test_csv_vector_schema(tmp_path: Path) -> None:
     path.write_text("pixels,site,digit\n1,a,0\n")
     with pytest.raises(DatasetError) as excinfo:
         validate_file(path, "csv", VECTOR)
-    assert_one_line_error(excinfo, path, "'pixels'", "shape [2, 3]", "vector features need TFRecord")
+    assert_one_line_error(excinfo, path, "'pixels'", "shape [2, 3]", "read the vector from 6 columns",
+                          "or use TFRecord")
 
 
 def test_unknown_format(tfrecord: Path) -> None:

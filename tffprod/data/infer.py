@@ -3,7 +3,8 @@
 CSV: a column whose every cell is an integer is ``int64``, one whose every cell is a number is
 ``float32``, any other is ``string``. TFRecord: each feature's kind gives its dtype, and its value count,
 the same in every example, its shape (``()`` for one value), in name order. The first ``max_rows``
-examples decide.
+examples decide. With ``group``, the numeric CSV columns become one float32 vector feature of that name
+(a group of columns) instead of one scalar feature each.
 """
 
 from __future__ import annotations
@@ -43,16 +44,19 @@ class Inferred:
 
 
 def infer_schema(path: str | Path, *, label: str, fmt: Optional[str] = None, client_id: Optional[str] = None,
-                 max_rows: int = MAX_ROWS) -> Inferred:
+                 max_rows: int = MAX_ROWS, group: Optional[str] = None) -> Inferred:
     """Infer the schema of the data file at ``path`` from its first ``max_rows`` examples.
 
     Raises:
         DatasetError: the file cannot be read, has no examples, has no column ``label`` (or ``client_id``),
-            or a column's values do not fit one dtype and shape (named, with the example).
+            or a column's values do not fit one dtype and shape (named, with the example); ``group`` for a
+            file that is not CSV, or one without numeric columns.
     """
     path = Path(path)
     fmt = fmt or detect_format(path)
     get_format(fmt, path)  # an unknown format is one line
+    if group is not None and fmt != "csv":
+        raise DatasetError(f"{path}: a group of columns is for CSV; a {fmt} file holds a vector as one feature")
     columns: dict[str, list[Any]] = {}
     rows = 0
     reader: Callable[[Path, int], Iterator[dict[str, Any]]] = _csv_rows if fmt == "csv" else _tfrecord_rows
@@ -69,12 +73,24 @@ def infer_schema(path: str | Path, *, label: str, fmt: Optional[str] = None, cli
     features = tuple(infer(path, name, values) for name, values in columns.items() if name not in (label, client_id))
     if not features:
         raise DatasetError(f"{path}: has no column besides the label to use as a feature")
+    if group is not None:
+        features = _grouped(path, features, group)
     label_feature = infer(path, label, columns[label])
     if label_feature.shape:
         raise DatasetError(f"{path}: label {label!r} holds {label_feature.size} values per example; a label is one")
     values = sorted({_scalar(v) for v in columns[label]}, key=str)
     return Inferred(Schema(features=features, label=label_feature), fmt, rows, tuple(values) if len(values) <= 100
                     else None)
+
+
+def _grouped(path: Path, features: tuple[Feature, ...], group: str) -> tuple[Feature, ...]:
+    """The numeric features as one float32 vector named ``group`` (in the file's column order), then the rest."""
+    numeric = [f.name for f in features if f.dtype != "string"]
+    if not numeric:
+        raise DatasetError(f"{path}: has no numeric column to group as {group!r}")
+    if group in {f.name for f in features}:
+        raise DatasetError(f"{path}: --group {group!r} is the name of a column; name the group differently")
+    return (Feature(group, "float32", columns=tuple(numeric)),) + tuple(f for f in features if f.dtype == "string")
 
 
 def _scalar(value: Any) -> Any:
@@ -153,6 +169,16 @@ def _tfrecord_feature(path: Path, name: str, values: list[Any]) -> Feature:
     return Feature(name, _KINDS[kinds.pop()], () if size == 1 else (size,))
 
 
+def _feature_source(feature: Feature) -> str:
+    """One ``Feature(...)`` line of the skeleton's schema; a group's columns eight to a line."""
+    if not feature.columns:
+        shape = f", {feature.shape!r}" if feature.shape else ""
+        return f"        Feature({feature.name!r}, {feature.dtype!r}{shape}),\n"
+    names = [repr(c) for c in feature.columns]
+    lines = "".join(f"            {', '.join(names[i:i + 8])},\n" for i in range(0, len(names), 8))
+    return f"        Feature({feature.name!r}, {feature.dtype!r}, columns=(\n{lines}        )),\n"
+
+
 def task_skeleton(inferred: Inferred, *, path: str | Path) -> str:
     """Python source of a task module for the schema: a small Keras MLP over the numeric features (string
     features are listed, left out of the model), and the loss the label suggests."""
@@ -171,8 +197,7 @@ def task_skeleton(inferred: Inferred, *, path: str | Path) -> str:
                                "[tf.keras.metrics.MeanAbsoluteError()]")
     if not numeric:
         raise DatasetError(f"{path}: no numeric feature for a model to read (string columns need encoding first)")
-    features = "".join(f"        Feature({f.name!r}, {f.dtype!r}{f', {f.shape!r}' if f.shape else ''}),\n"
-                       for f in numeric)
+    features = "".join(_feature_source(f) for f in numeric)
     left_out = f"# String columns, left out (encode them as numbers to use them): {', '.join(strings)}\n" \
         if strings else ""
     return f'''"""A task for {Path(path).name} (written by `tffprod dataset infer-schema`; adapt the model).

@@ -17,11 +17,18 @@ DTYPES = ("float32", "int64", "string")
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
-    """One named column: its dtype and the shape of one example's value."""
+    """One named input: its dtype and the shape of one example's value.
+
+    A feature reads the file's column of its name, or, given ``columns``, a group of CSV columns as one
+    vector (``shape`` is then ``(len(columns),)``, in that order, all of ``dtype``)::
+
+        Feature("vitals", "float32", columns=("heart_rate", "systolic", "diastolic"))
+    """
 
     name: str
     dtype: str = "float32"
     shape: tuple[int, ...] = ()
+    columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -31,7 +38,24 @@ class Feature:
         shape = tuple(self.shape)
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise SpecError(f"feature {self.name!r}: shape {list(shape)} must be positive integers")
+        columns = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
+        if columns:
+            if not all(isinstance(c, str) and c for c in columns):
+                raise SpecError(f"feature {self.name!r}: columns must be non-empty strings, got {list(columns)}")
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:
+                raise SpecError(f"feature {self.name!r}: columns name {', '.join(twice)} twice")
+            if shape not in ((), (len(columns),)):
+                raise SpecError(f"feature {self.name!r}: shape {list(shape)} does not fit its {len(columns)} "
+                                f"columns (a group of columns is a vector of shape [{len(columns)}])")
+            shape = (len(columns),)
         object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "columns", columns)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The file's columns this feature reads: its ``columns``, or the one of its name."""
+        return self.columns or (self.name,)
 
     @property
     def size(self) -> int:
@@ -42,16 +66,22 @@ class Feature:
         return n
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        """``columns`` only when it is a group, so a schema without groups reads as it always has."""
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {**out, "columns": list(self.columns)} if self.columns else out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Feature":
-        unknown = set(data) - {"name", "dtype", "shape"}
+        unknown = set(data) - {"name", "dtype", "shape", "columns"}
         if unknown:
             raise SpecError(f"feature: unknown key(s) {', '.join(sorted(unknown))}")
         if "name" not in data:
             raise SpecError("feature: missing 'name'")
-        return cls(name=data["name"], dtype=data.get("dtype", "float32"), shape=tuple(data.get("shape", ())))
+        columns = data.get("columns", ())
+        if not isinstance(columns, (list, tuple)):
+            raise SpecError(f"feature {data['name']!r}: columns must be a list of column names")
+        return cls(name=data["name"], dtype=data.get("dtype", "float32"), shape=tuple(data.get("shape", ())),
+                   columns=tuple(columns))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +93,19 @@ class Schema:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        names = [f.name for f in self.features] + [self.label.name]
         if not self.features:
             raise SpecError("schema needs at least one feature")
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        if self.label.columns:
+            raise SpecError(f"label {self.label.name!r}: a label is one column, not a group")
+        names = [f.name for f in self.columns]
+        sources = [s for f in self.columns for s in f.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1} | {s for s in sources if sources.count(s) > 1})
         if dupes:
             raise SpecError(f"schema names a column twice: {', '.join(dupes)}")
+        clash = sorted(f.name for f in self.features if f.columns and f.name in sources)
+        if clash:
+            raise SpecError(f"schema: group {clash[0]!r} has the name of a column it reads from the file; "
+                            "name the group differently")
 
     @property
     def columns(self) -> tuple[Feature, ...]:
@@ -110,6 +147,11 @@ class Schema:
                 raise SchemaMismatchError(
                     f"{what}: column {col.name!r} is {have.dtype}{list(have.shape)}, "
                     f"the task expects {col.dtype}{list(col.shape)}"
+                )
+            if have.columns != col.columns:
+                raise SchemaMismatchError(
+                    f"{what}: feature {col.name!r} reads columns {', '.join(have.sources)}, "
+                    f"the task's reads {', '.join(col.sources)}"
                 )
 
 

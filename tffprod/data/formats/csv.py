@@ -1,4 +1,5 @@
-"""``csv``: a header row, then one example per row; scalar columns only (TF-free)."""
+"""``csv``: a header row, then one example per row; scalar columns, or groups of them read as one vector
+(``Feature(columns=...)``). TF-free but for the ``tf_`` readers."""
 
 from __future__ import annotations
 
@@ -11,30 +12,37 @@ from tffprod.data.schema import Feature, Schema
 from tffprod.errors import DatasetError
 
 
-def _parse_cell(where: str, col: Feature, text: str) -> Any:
+def _parse_cell(where: str, col: Feature, source: str, text: str) -> Any:
     if col.dtype == "string":
         return text.encode("utf-8")
     try:
         value: Any = float(text) if col.dtype == "float32" else int(text)
     except ValueError:
-        raise DatasetError(f"{where}: column {col.name!r}: {text!r} is not a {col.dtype}") from None
+        raise DatasetError(f"{where}: column {source!r}: {text!r} is not a {col.dtype}") from None
     if col.dtype == "int64" and not INT64_MIN <= value <= INT64_MAX:
-        raise DatasetError(f"{where}: column {col.name!r}: {text} is out of the int64 range")
+        raise DatasetError(f"{where}: column {source!r}: {text} is out of the int64 range")
     return value
 
 
+def _parse_value(where: str, col: Feature, row: list[str], index: Mapping[str, int]) -> Any:
+    """One feature's value from a row: a scalar, or a group's list in its columns' order."""
+    values = [_parse_cell(where, col, source, row[index[source]]) for source in col.sources]
+    return values if col.columns else values[0]
+
+
 class CSVFormat(DataFormat):
-    """CSV with a header row; columns are found by name, in any order; scalar columns only."""
+    """CSV with a header row; columns are found by name, in any order; a vector feature is a group of
+    scalar columns."""
 
     name = "csv"
     suffixes = (".csv",)
 
     def check_schema(self, path: Path, schema: Schema) -> None:
         for col in schema.columns:
-            if col.shape:
+            if col.shape and not col.columns:
                 raise DatasetError(
-                    f"{path}: column {col.name!r} has shape {list(col.shape)}; "
-                    "CSV holds scalar columns only, vector features need TFRecord"
+                    f"{path}: column {col.name!r} has shape {list(col.shape)}; a CSV cell holds one value: read "
+                    f"the vector from {col.size} columns (Feature(..., columns=[...])) or use TFRecord"
                 )
 
     def open(self, path: Path) -> IO[Any]:
@@ -51,8 +59,10 @@ class CSVFormat(DataFormat):
             raise DatasetError(f"{path}: header row: unreadable CSV: {e}") from e
         index = {name.strip(): i for i, name in enumerate(header)}
         for col in schema.columns:
-            if col.name not in index:
-                raise DatasetError(f"{path}: header row: missing column {col.name!r} (header has {', '.join(header)})")
+            for source in col.sources:
+                if source not in index:
+                    raise DatasetError(f"{path}: header row: missing column {source!r} "
+                                       f"(header has {', '.join(header)})")
         number = 0
         while True:
             try:
@@ -65,28 +75,28 @@ class CSVFormat(DataFormat):
             where = f"{path}: row {number} (line {reader.line_num})"
             if len(row) != len(header):
                 raise DatasetError(f"{where}: has {len(row)} cells, the header has {len(header)}")
-            yield {col.name: _parse_cell(where, col, row[index[col.name]]) for col in schema.columns}
+            yield {col.name: _parse_value(where, col, row, index) for col in schema.columns}
         if number == 0:
             raise DatasetError(f"{path}: has a header but no rows")
 
     def write(self, path: Path, rows: Iterable[Mapping[str, Any]], schema: Schema) -> int:
-        """Features first, then the label; the schema must be scalar columns only."""
+        """Features first (a group as its columns), then the label; a vector feature must be a group."""
         self.check_schema(path, schema)
 
         def write(stream: Any) -> int:
             writer = csv.writer(stream, lineterminator="\n")
-            writer.writerow([c.name for c in schema.columns])
+            writer.writerow([source for c in schema.columns for source in c.sources])
             count = 0
             for count, row in enumerate(rows, start=1):
                 cells = []
                 for col in schema.columns:
-                    (value,) = row_values(path, count, row, col)
-                    if col.dtype == "float32":
-                        cells.append(format(value, ".9g"))  # enough digits to round-trip a float32
-                    elif col.dtype == "string":
-                        cells.append(value.decode("utf-8") if isinstance(value, bytes) else value)
-                    else:
-                        cells.append(str(value))
+                    for value in row_values(path, count, row, col):
+                        if col.dtype == "float32":
+                            cells.append(format(value, ".9g"))  # enough digits to round-trip a float32
+                        elif col.dtype == "string":
+                            cells.append(value.decode("utf-8") if isinstance(value, bytes) else value)
+                        else:
+                            cells.append(str(value))
                 writer.writerow(cells)
             return count
 
@@ -134,14 +144,16 @@ class CSVFormat(DataFormat):
         )
         header = tf.strings.strip(header)
         index = {
-            c.name: tf.reshape(tf.where(tf.equal(header, c.name)), [-1])[0] for c in schema.columns
+            c.name: tf.stack([tf.reshape(tf.where(tf.equal(header, source)), [-1])[0] for source in c.sources])
+            for c in schema.columns
         }
 
         def parse(line):
             fields = tf.strings.strip(tf.strings.split(line, ","))
             row = {}
             for c in schema.columns:
-                raw = tf.gather(fields, index[c.name])
+                raw = tf.gather(fields, index[c.name])  # [1], or a group's [len(columns)]
+                raw = raw if c.columns else raw[0]
                 row[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
             return row
 
@@ -167,12 +179,15 @@ class CSVFormat(DataFormat):
         cells = tf.strings.strip(tf.strings.split(rows, ",")).to_tensor()  # [rows, cells]
         columns = {}
         for c in schema.columns:
-            named = tf.equal(headers, c.name)
-            found = tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(named, axis=1)), True,
-                                              message=f"a file has no column {c.name!r}")
-            with tf.control_dependencies([found]):
-                position = tf.gather(tf.argmax(tf.cast(named, tf.int32), axis=1), file)
-            raw = tf.gather(cells, position[:, None], batch_dims=1)[:, 0]
+            positions = []
+            for source in c.sources:
+                named = tf.equal(headers, source)
+                found = tf.debugging.assert_equal(tf.reduce_all(tf.reduce_any(named, axis=1)), True,
+                                                  message=f"a file has no column {source!r}")
+                with tf.control_dependencies([found]):
+                    positions.append(tf.gather(tf.argmax(tf.cast(named, tf.int32), axis=1), file))
+            raw = tf.gather(cells, tf.stack(positions, axis=1), batch_dims=1)  # [rows, 1 or len(columns)]
+            raw = raw if c.columns else raw[:, 0]
             columns[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
         return columns, file
 

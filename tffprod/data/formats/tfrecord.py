@@ -173,6 +173,12 @@ class TFRecordFormat(DataFormat):
     name = "tfrecord"
     suffixes = (".tfrecord", ".tfrecords", ".tfr")
 
+    def check_schema(self, path: Path, schema: Schema) -> None:
+        for col in schema.columns:
+            if col.columns:
+                raise DatasetError(f"{path}: feature {col.name!r} is a group of columns, which is for CSV; a "
+                                   f"TFRecord example holds the vector as one feature of shape {list(col.shape)}")
+
     def open(self, path: Path) -> IO[Any]:
         return open(path, "rb")
 
