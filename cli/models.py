@@ -60,13 +60,18 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
     if as_json:
         emit_json(row)
         return
-    for key in ("name", "version", "session_id", "epsilon", "delta", "artifact_path", "created_at"):
+    from tffprod.cli.formatting import dp_line, metrics_line, privacy_line
+
+    for key in ("name", "version", "session_id", "artifact_path", "created_at"):
         click.echo(f"{key:13} {row.get(key) if row.get(key) is not None else '-'}")
+    click.echo(f"{'privacy':13} {privacy_line(row.get('epsilon'), row.get('delta'))}")
     click.echo(f"{'aliases':13} {', '.join(row['aliases']) or '-'}")
     click.echo(f"{'access':13} {', '.join(row['access']) or '- (nobody)'}")
     click.echo(f"{'datasets':13} {', '.join(row['datasets'])}")
-    click.echo(f"{'dp':13} {row['dp']}")
-    click.echo(f"{'metrics':13} {row['metrics']}")
+    click.echo(f"{'dp':13} {dp_line(row['dp'] or {})}")
+    for kind, metrics in (row["metrics"] or {}).items():
+        if isinstance(metrics, dict):
+            click.echo(f"{'metrics ' + kind:13} {metrics_line(metrics)}")
     lineage = row["lineage"]
     if lineage:
         session, task = lineage["session"], lineage["task"]
@@ -76,15 +81,16 @@ def show(ref: str, registry_path: str, as_json: bool) -> None:
         click.echo(f"  sites        {', '.join(lineage['sites'])}")
         for ds in lineage["datasets"]:
             click.echo(f"  {ds['role']:12} {ds['ref']} ({ds['num_examples']} examples, {ds['content_hash']})")
-        click.echo(f"  privacy      unit {lineage['privacy_unit'] or '-'}, epsilon {lineage['epsilon']},"
-                   f" delta {lineage['delta']}")
+        click.echo(f"  privacy      {privacy_line(lineage['epsilon'], lineage['delta'], lineage['privacy_unit'])}")
         click.echo(f"  task         {task['path']} sha256 {task['sha256'] or '- (source not found)'}")
         click.echo("  versions     " + ", ".join(f"{k} {v}" for k, v in lineage["versions"].items()))
     else:
         click.echo("lineage       - (registered before lineage was recorded)")
+    if row["evaluations"]:
+        click.echo("evaluations")
     for ev in row["evaluations"]:
-        click.echo(f"  eval {ev['dataset'] if ev.get('kind') != 'overall' else 'overall (' + ev['dataset'] + ')'}:"
-                   f" {ev['metrics']}")
+        where = ev["dataset"] if ev.get("kind") != "overall" else f"all ({ev['dataset']})"
+        click.echo(f"  {where}: {metrics_line(ev['metrics'])}")
 
 
 @model.command("export")

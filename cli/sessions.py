@@ -175,7 +175,7 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
 def _planned_privacy(terms: dict, rounds: int) -> str:
     """``epsilon 4.98 at delta 1e-05 after all 100 rounds (gaussian_fixed; unit: ...)``, or no DP."""
     if terms.get("mechanism", "none") == "none":
-        return f"no differential privacy ({terms.get('unit', 'none')})"
+        return "no differential privacy"
     return (f"epsilon {terms['planned_epsilon']:.4g} at delta {terms['delta']:g} after all {rounds} rounds "
             f"({terms['mechanism']}, noise_multiplier {terms['noise_multiplier']:g}; unit: {terms['unit']})")
 

@@ -100,14 +100,17 @@ def add(name: str, address: str, ca: str, cert: str, key: str, token_file: str, 
 @site.command("check")
 @click.argument("name", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Check every registered site.")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
+              help="Keep trying a site that does not answer yet (starting) for up to SECONDS.")
 @registry_option
 @output_options
-def check(name: Optional[str], check_all: bool, registry_path: str, as_json: bool) -> None:
+def check(name: Optional[str], check_all: bool, wait_s: float, registry_path: str, as_json: bool) -> None:
     """Prove the TLS handshake, the token, version compatibility and the catalog of a site.
 
     \b
     Example:
         tffprod site check hospital-a
+        tffprod site check hospital-a --wait 60     # just started: wait for it
         tffprod site check --all --json
     """
     from tffprod.errors import SiteCheckError
@@ -120,7 +123,7 @@ def check(name: Optional[str], check_all: bool, registry_path: str, as_json: boo
         names = [row["name"] for row in registry.list_sites() if row.get("address")] if check_all else [name]
         for site_name in names:
             try:
-                results.append(check_site(registry, site_name))
+                results.append(check_site(registry, site_name, wait_s=wait_s))
             except SiteCheckError as e:
                 if not check_all:
                     raise

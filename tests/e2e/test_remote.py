@@ -144,6 +144,7 @@ def test_untrusted_certificates_plaintext_and_garbage_are_refused_and_the_site_k
 
 def test_site_commands_through_the_cli(federation, tmp_path):
     import json
+    import time
     from pathlib import Path
 
     from click.testing import CliRunner
@@ -175,6 +176,11 @@ def test_site_commands_through_the_cli(federation, tmp_path):
                         "--token-file", str(fed.token_file("hospital-a")), "--registry", str(other)])
     down = runner.invoke(cli, ["site", "check", "nowhere", "--registry", str(other)])
     assert down.exit_code == 8 and "no TLS connection to 127.0.0.1:9" in down.output
+    started = time.monotonic()  # --wait tries again for that long, then says so in one line
+    waited = runner.invoke(cli, ["site", "check", "nowhere", "--wait", "3", "--registry", str(other)])
+    assert 3 <= time.monotonic() - started < 10
+    assert waited.exit_code == 8 and "no TLS connection to 127.0.0.1:9 within 3 s" in waited.output
+    assert len(waited.output.strip().splitlines()) == 1
 
 
 def test_a_site_killed_mid_session(federation):

@@ -212,6 +212,7 @@ def test_cli_alias_access_show_and_refused_export(tmp_path, run_cli):
     for text in ("aliases       production", "access        site:hospital-a, site:hospital-b", "lineage",
                  "hospital-b/train:1", "sha256:hospital-a-test", "tensorflow_federated"):
         assert text in shown, text
+    assert "None" not in shown and "{" not in shown, shown  # no Python reprs in human output
     ok(run_cli("model", "access", "flu@production", "--revoke", "site:hospital-b", env=env))
     line = one_error_line(run_cli("model", "export", "flu@production", "--out", tmp_path / "x",
                                   "--for", "hospital-b", env=env), 12)

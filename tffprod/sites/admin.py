@@ -59,6 +59,10 @@ def local_versions() -> dict[str, str | None]:
     return out
 
 
+class _Unreachable(SiteCheckError):
+    """No TLS connection at all: the site may still be starting."""
+
+
 def fetch_info(registry: RegistryStore, name: str, *, timeout_s: float = 10.0) -> dict:
     """The site's own description (name, versions, catalog, health), over mTLS with the token.
 
@@ -75,7 +79,7 @@ def fetch_info(registry: RegistryStore, name: str, *, timeout_s: float = 10.0) -
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise SiteCheckError(f"site {name}: no TLS connection to {connection.address} within {timeout_s:g} s "
+            raise _Unreachable(f"site {name}: no TLS connection to {connection.address} within {timeout_s:g} s "
                                  "(down, wrong address, or the certificates do not match)") from None
         try:
             info = fetch_site_info(channel, connection.token(), timeout_s=timeout_s)
@@ -154,14 +158,17 @@ def sites_requiring_approval(registry: RegistryStore, sites: Iterable[str]) -> l
     return strict
 
 
-def check_site(registry: RegistryStore, name: str) -> dict:
+def check_site(registry: RegistryStore, name: str, *, wait_s: float = 0.0) -> dict:
     """Prove the TLS handshake, the token, version compatibility and the catalog.
+
+    Args:
+        wait_s: keep trying a site that does not answer at all (still starting) for up to this long.
 
     Returns:
         ``{"site", "address", "ok", "computations", "warnings", "versions", "problems", "catalog", "health"}``;
         ``computations`` is the site's policy, ``"approved"`` or ``"any"`` (development only, warned about).
     """
-    info = fetch_info(registry, name)
+    info = _info_waiting(registry, name, wait_s)
     problems = version_problems(local_versions(), info.get("versions", {}))
     if info.get("health", {}).get("worker") != "up":
         problems.append("the site's executor worker is not running")
@@ -181,6 +188,22 @@ def check_site(registry: RegistryStore, name: str) -> dict:
         "catalog": [entry["name"] for entry in info.get("catalog", [])],
         "health": info.get("health", {}),
     }
+
+
+def _info_waiting(registry: RegistryStore, name: str, wait_s: float) -> dict:
+    """:func:`fetch_info`, tried again on a fresh channel while the site is unreachable, up to ``wait_s``."""
+    import time
+
+    if wait_s <= 0:
+        return fetch_info(registry, name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return fetch_info(registry, name, timeout_s=max(min(2.0, deadline - time.monotonic()), 0.5))
+        except _Unreachable:
+            if time.monotonic() >= deadline:
+                raise _Unreachable(f"site {name}: no TLS connection to {registry.get_site(name)['address']} within "
+                                   f"{wait_s:g} s (down, wrong address, or the certificates do not match)") from None
 
 
 def _site_budget(site: str, entry: dict) -> Optional[tuple[float, float]]:
