@@ -57,6 +57,26 @@ def test_session_run_piped_prints_only_json(trained):
     assert version["epsilon"] > 0 and version["delta"] == 1e-5
 
 
+def test_tensorboard_event_files_equal_the_registry(trained):
+    """The session's event files (artifacts/NAME/ID/tensorboard, beside its checkpoints), read back: each
+    round's training metrics, epsilon, per-site participation and time, and the evaluation."""
+    from tffprod.registry import Registry
+
+    from ..helpers.tensorboard import assert_events_equal_registry, read_scalars
+
+    root, result, _ = trained
+    logdir = root / "artifacts" / "digits" / result["id"] / "tensorboard"
+    assert (logdir.parent / "checkpoints").is_dir()
+    with Registry.open(root / "tffprod.db") as registry:
+        rounds = registry.list_rounds(result["id"])
+        evaluations = registry.list_evaluations("digits", 1, kind=None)
+    assert {e["kind"] for e in evaluations} == {"dataset", "overall"}
+    assert_events_equal_registry(logdir, rounds, evaluations)
+    train = read_scalars(logdir / "train")
+    assert [train[n]["privacy/epsilon"][0] > 0 for n in (1, 2, 3)] == [True] * 3
+    assert {"metrics/loss", "metrics/sparse_categorical_accuracy"} <= set(train[3])
+
+
 def test_session_and_model_listing_json(trained):
     root, result, _ = trained
     sessions = json.loads(tffprod("session", "list", "--json", cwd=root).stdout)

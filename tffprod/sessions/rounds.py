@@ -22,6 +22,7 @@ from tffprod.sessions.spec import SessionSpec
 
 if TYPE_CHECKING:
     from tffprod.registry.protocol import RegistryStore, RoundRow
+    from tffprod.sessions.events import SessionEvents
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class RoundLoop:
     """
 
     def __init__(self, plan: Any, session_id: str, registry: RegistryStore, backend: Backend, trainer: Any,
-                 checkpoints: Path, completed: tuple[RoundRow, ...]) -> None:
+                 checkpoints: Path, completed: tuple[RoundRow, ...], *, events: Optional[SessionEvents] = None) -> None:
         from tffprod.sessions.reliability import DeadlinePolicy, SiteHealth
 
         spec = plan.spec
@@ -82,6 +83,7 @@ class RoundLoop:
         self.backend = backend
         self.trainer = trainer
         self.checkpoints = checkpoints
+        self.events = events  # TensorBoard: each round's row once it is committed
         self.ledger = _ledger(spec)
         self.population = plan.population
         self.sampler = ClientSampler(self.population, seed=spec.seed) if self.population.client_level else None
@@ -180,7 +182,7 @@ class RoundLoop:
         duration_s = outcome.duration_s if outcome else 0.0
         path, sha256 = self.trainer.save(self.checkpoints, round_num)
         crash_point("checkpoint-written", round_num)
-        self.registry.record_round(
+        row = self.registry.record_round(
             self.session_id,
             round_num=round_num,
             metrics=metrics,
@@ -195,6 +197,8 @@ class RoundLoop:
             checkpoint_sha256=sha256,
         )
         crash_point("round-committed", round_num)
+        if self.events:
+            self.events.round(row)
         self.kept = (self.kept + [Path(path)])[-2:]
         from tffprod.training.checkpoint import remove_stale
 

@@ -20,6 +20,7 @@ from tffprod.errors import PlanError, SessionError, TffprodError
 from tffprod.privacy.placement import AT_SITES
 from tffprod.protocol.plan_document import load_plan
 from tffprod.sessions.approval import check_datasets, thaw
+from tffprod.sessions.events import SessionEvents, tensorboard_dir
 from tffprod.sessions.finish import register_model as _register_model
 from tffprod.sessions.planning import SessionPlan, plan_session
 from tffprod.sessions.rounds import RoundLoop, RoundReport
@@ -114,13 +115,17 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
 
     Ends the session as ``finished`` (with a new model version), ``cancelled`` (a cancel was
     requested, or Ctrl-C) or ``failed``; the last committed checkpoint is kept in every case.
+    Each committed round and the evaluation go to TensorBoard event files beside the checkpoints
+    (:mod:`tffprod.sessions.events`).
     """
     spec = plan.spec
+    events = SessionEvents(tensorboard_dir(artifacts_dir, spec.name, session_id), session_id)
     try:
+        events.catch_up(completed)
         backend.open(plan.sites, frozen=frozen, federation=spec.federation)
         trainer = _Trainer(plan, backend, frozen)
         loop = RoundLoop(plan, session_id, registry, backend, trainer,
-                          checkpoint_dir(artifacts_dir, spec, session_id), completed)
+                         checkpoint_dir(artifacts_dir, spec, session_id), completed, events=events)
         cancelled = loop.run(progress)
         if cancelled:
             done = len(completed) + loop.rounds_run
@@ -132,6 +137,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
         weights = trainer.weights()
         version = _register_model(plan, registry, backend, session_id, weights, loop.train_metrics, loop.ledger,
                                   artifacts_dir, stopped, frozen)  # and ends the session as finished
+        events.evaluation(registry, version, step=loop.last_round)
         log.info("session %s finished: model %s:%s", session_id, version.get("name"), version.get("version"))
     except BaseException as e:
         reason = str(e) if isinstance(e, TffprodError) else f"{type(e).__name__}: {e}"
@@ -141,6 +147,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
             raise
         raise SessionError(f"session {session_id} failed: {reason.splitlines()[0]}") from e
     finally:
+        events.close()
         backend.close()
     return {**registry.get_session(session_id), "model_version": version}  # the row plus a key it lacks
 
