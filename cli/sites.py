@@ -191,15 +191,73 @@ def token_hash(token_file: str) -> None:
     Example:
         tffprod site token-hash tokens/hospital-a
     """
-    from tffprod.errors import SpecError
-    from tffprod.executors.config import hash_token
+    from tffprod.executors.config import hash_token_file
 
     with user_errors():
-        try:
-            token = Path(token_file).read_bytes().decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise SpecError(f"token file {token_file} is not UTF-8 text") from None
-        click.echo(hash_token(token))
+        click.echo(hash_token_file(token_file))
+
+
+@site.command("kit")
+@click.argument("name")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False),
+              help="The federation's CA directory (from 'tffprod certs init'); its key stays there.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The kit's folder: new or empty (see --force).")
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="DNS name or IP address coordinators reach the site at: the certificate's SANs (repeatable; "
+                   "default: localhost, 127.0.0.1).")
+@click.option("--token-file", "token_files", multiple=True, metavar="IDENTITY=FILE",
+              help="A coordinator that may call the site: its certificate's CN and the file with its bearer token; "
+                   "only the token's SHA-256 goes into the kit (repeatable).")
+@click.option("--token-sha256", "token_hashes", multiple=True, metavar="IDENTITY=SHA256",
+              help="As --token-file, with the token's SHA-256 ('tffprod site token-hash FILE') (repeatable).")
+@click.option("--listen", default="0.0.0.0:7001", show_default=True,
+              help="The gateway's address in site.toml (port 0: pick one at start).")
+@click.option("--federation", "federations", multiple=True, metavar="NAME",
+              help="Serve only this federation's sessions (repeatable; default: any).")
+@click.option("--days", default=825, show_default=True, type=click.IntRange(min=1),
+              help="The certificate's validity in days.")
+@click.option("--user", default="tffprod", show_default=True,
+              help="The system user the kit's systemd unit runs the site as.")
+@click.option("--source", type=click.Path(file_okay=False),
+              help="The tffprod checkout to build the wheel from and pin uv.lock of (default: the one this "
+                   "tffprod runs from).")
+@click.option("--force", is_flag=True, help="Replace --out even if it is not empty.")
+@output_options
+def kit(name: str, ca_dir: str, out_dir: str, hosts: tuple[str, ...], token_files: tuple[str, ...],
+        token_hashes: tuple[str, ...], listen: str, federations: tuple[str, ...], days: int, user: str,
+        source: Optional[str], force: bool, as_json: bool) -> None:
+    """Write site NAME's startup kit: certificate, site.toml, tffprod wheel, pinned requirements, install.sh.
+
+    The kit holds the site's key (0600) and certificate issued by the CA, the CA
+    certificate, a site.toml complete but for its datasets (the values marked
+    FILL-IN) with the coordinators' token hashes, the tffprod wheel, the pinned
+    requirements of uv.lock with TFF's jax/jaxlib pin overridden, install.sh (one
+    command: a venv with all of it on Linux with Python 3.11), a systemd unit and
+    README.txt. It is written whole or not at all.
+
+    \b
+    Example:
+        tffprod site kit hospital-a --ca pki/ca --out kits/hospital-a --host hospital-a.example.org \\
+            --token-file coordinator=tokens/hospital-a --federation hospitals
+    """
+    from tffprod.executors.kit import coordinator_tokens, make_site_kit
+    from tffprod.security.certs import DEFAULT_HOSTS
+
+    with user_errors():
+        coordinators = coordinator_tokens(token_files=token_files, token_hashes=token_hashes)
+        made = make_site_kit(name, ca_dir=ca_dir, out_dir=out_dir, coordinators=coordinators,
+                             hosts=hosts or DEFAULT_HOSTS, days=days, listen=listen, federations=federations,
+                             user=user, source=source, force=force)
+    if as_json:
+        emit_json(made.to_dict())
+        return
+    cert = made.certificate
+    click.echo(f"kit of site {made.site}: {made.path} ({len(made.files)} files)")
+    click.echo(f"  certificate: CN {cert['subject']}, hosts {', '.join(cert['sans'])}, "
+               f"valid until {cert['not_after'][:10]}")
+    click.echo(f"  coordinators: {', '.join(made.coordinators)} (token hashes only)")
+    click.echo("next: copy the folder to the site's machine and run ./install.sh there (README.txt: the 3 steps)")
 
 
 @site.group("plan")

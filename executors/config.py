@@ -225,6 +225,23 @@ def hash_token(token: str) -> str:
         raise SpecError("a bearer token must be valid Unicode text") from None
 
 
+def hash_token_file(path: PathLike) -> str:
+    """:func:`hash_token` of the bearer token in a file (UTF-8 text; surrounding whitespace ignored).
+
+    Raises:
+        SpecError: the file cannot be read, is not UTF-8 text or holds no token.
+    """
+    try:
+        token = Path(path).read_bytes().decode("utf-8").strip()
+    except OSError as e:
+        raise SpecError(f"cannot read token file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"token file {path} is not UTF-8 text") from None
+    if not token:
+        raise SpecError(f"token file {path} is empty")
+    return hash_token(token)
+
+
 # ---------------------------------------------------------------- reading
 
 

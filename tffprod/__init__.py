@@ -28,6 +28,7 @@ from tffprod.errors import (
     DatasetError,
     FederationError,
     GatewayError,
+    KitError,
     NotFoundError,
     PlanError,
     PrivacyBudgetError,
@@ -72,8 +73,8 @@ _LAZY = {
 }
 
 __all__ = [  # sorted; tests/unit/test_public_api.py keeps it in step with the names above
-    "AccessDeniedError", "AuditError", "Backend", "CertError", "CheckpointError", "DPConfig", "DatasetError",
-    "Feature", "FederationError", "GatewayError", "NotFoundError", "Optimizer", "PlanError", "PrivacyBudgetError",
+    "AccessDeniedError", "AuditError", "Backend", "CertError", "CheckpointError", "DPConfig", "DatasetError", "Feature",
+    "FederationError", "GatewayError", "KitError", "NotFoundError", "Optimizer", "PlanError", "PrivacyBudgetError",
     "RegistryError", "ReleaseRefusedError", "ReliabilityConfig", "SamplingConfig", "Schema", "SchemaMismatchError",
     "SessionError", "SessionSpec", "SiteCheckError", "SiteError", "SiteUnavailableError", "SpecError", "Task",
     "TaskLoadError", "TffprodError", "WorkerError", "cancel_session", "create_backend", "evaluate_version",

@@ -24,7 +24,9 @@ test keeps this tree, the classes and ``tffprod.__all__`` in step.
     ├── WorkerError                   a TFF worker process could not be started or died
     ├── GatewayError                  a site's gateway cannot start (e.g. its address cannot be bound)
     ├── SiteError                     a site cannot be served (its state folder is in use)
-    └── FederationError               a site process of the local (demo/test) federation failed to start
+    ├── FederationError               a site process of the local (demo/test) federation failed to start
+    └── KitError                      a site kit cannot be made (no checkout to build it from, the build
+                                      or the lock export failed, its folder is taken)
 """
 from __future__ import annotations
 
@@ -149,3 +151,8 @@ class GatewayError(TffprodError):
 
 class SiteError(TffprodError):
     """A site cannot be served (its state folder is in use by another site process)."""
+
+
+class KitError(TffprodError):
+    """A site kit cannot be made: no checkout to build it from, the build or the lock export failed, or
+    its folder is taken."""
