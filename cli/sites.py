@@ -257,7 +257,11 @@ def kit(name: str, ca_dir: str, out_dir: str, hosts: tuple[str, ...], token_file
     click.echo(f"  certificate: CN {cert['subject']}, hosts {', '.join(cert['sans'])}, "
                f"valid until {cert['not_after'][:10]}")
     click.echo(f"  coordinators: {', '.join(made.coordinators)} (token hashes only)")
-    click.echo("next: copy the folder to the site's machine and run ./install.sh there (README.txt: the 3 steps)")
+    if not hosts:
+        click.echo(f"  note: the certificate names only {', '.join(DEFAULT_HOSTS)}: coordinators on other machines "
+                   "need --host with the name they reach the site at")
+    click.echo("next: copy the folder securely (it holds the site's key) to the site's machine and run ./install.sh "
+               "there (README.txt: the 3 steps)")
 
 
 @site.group("plan")

@@ -342,7 +342,8 @@ Startup kit of tffprod site {site} (made {made})
 
 On the site's machine: Linux, Python 3.11 (with venv), access to PyPI.
 
-1. Install. Copy this folder to the site's machine, e.g. to {prefix}, and run
+1. Install. Copy this folder to the site's machine over a secure channel (it holds the site's
+   private key), e.g. to {prefix}, and run there
        ./install.sh
    It installs tffprod and every dependency, each checked against its hash, into ./venv,
    and prints the next step. Running it again is safe: it repairs, and changes nothing else.

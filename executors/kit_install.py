@@ -58,7 +58,7 @@ _INSTALL = """\
 #!/usr/bin/env bash
 # Installs tffprod for site @SITE@ from this kit into ./venv: one command, ./install.sh
 # Needs Linux, Python 3.11 (python3.11 on PATH, or PYTHON=/path/to/python3.11) and PyPI (or its proxy).
-# Idempotent: run it again to repair the venv or after replacing the kit's wheel; it changes nothing else.
+# Idempotent: running it again repairs the venv (and reinstalls the kit's wheel) and changes nothing else.
 set -euo pipefail
 
 SITE=@SITE@

@@ -204,9 +204,10 @@ def test_the_cli_writes_a_kit_with_its_wheel(run_cli, tmp_path: Path, ca: Path, 
     assert f"./{wheel.name} \\\n    --hash=sha256:{digest}\n" in (out / "requirements.txt").read_text()
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        shipped = archive.read("tffprod/executors/kit.py")
     assert {"tffprod/executors/serve.py", "tffprod/executors/kit.py", "tffprod/cli/main.py",
             "tffprod/protocol/release.proto"} <= names
-    assert not (ROOT / "build").exists() or (ROOT / "build").stat().st_mtime < wheel.stat().st_mtime - 60
+    assert shipped == (ROOT / "executors" / "kit.py").read_bytes()  # this tree's code, no stale build/lib
 
 
 @pytest.mark.parametrize("args, exit_code, message", [
