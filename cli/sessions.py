@@ -10,8 +10,8 @@ import click
 
 from tffprod.cli.errors import user_errors
 from tffprod.cli.logs import configure_logging, log_level_option
-from tffprod.cli.options import (emit_json, interactive, open_registry, output_options, registry_option, say,
-                                 table)
+from tffprod.cli.options import emit_json, open_registry, output_options, registry_option, say, table
+from tffprod.sessions.round_metrics import train_metrics
 
 
 @click.group()
@@ -41,6 +41,10 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
     Sites that require approval run only plans their operators approved: make one
     with 'tffprod session plan', have each site approve it, then run it with --plan.
 
+    Each round is shown on stderr (a progress bar on a terminal, else one line; nothing
+    with --json) and written to TensorBoard event files in
+    artifacts/NAME/SESSION/tensorboard beside the registry ('tensorboard --logdir artifacts').
+
     \b
     Example:
         tffprod session run --spec demo/fraud-user-dp.toml
@@ -61,10 +65,9 @@ def run(spec_path: Optional[str], plan_path: Optional[str], backend: Optional[st
             spec = load_spec(spec_path)
             backend = backend or spec.backend
         from tffprod.backends import create_backend
-        from tffprod.cli.progress import print_round
+        from tffprod.cli.progress import round_progress
 
-        progress = print_round if interactive() else None
-        with open_registry(registry_path) as registry:
+        with open_registry(registry_path) as registry, round_progress(as_json=as_json) as progress:
             site_backend = create_backend(backend, registry=registry)
             if plan_path:
                 from tffprod.sessions.runner import train_from_plan
@@ -94,14 +97,6 @@ def _report(result: dict, as_json: bool) -> None:
         click.echo(version["metrics"]["stopped"])
     if version["metrics"].get("eval"):
         click.echo(f"evaluation, all held-out data: {_metrics_line(version['metrics']['eval'])}")
-
-
-def train_metrics(metrics: dict) -> dict:
-    """A round's training metrics (loss, accuracy, ...) from TFF's nested measurements (FedAvg's
-    ``client_work.train``, or the one-step process's ``client_work``)."""
-    work = metrics.get("client_work") or {}
-    train = work.get("train")
-    return train if isinstance(train, dict) else work
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -259,6 +254,33 @@ def show(session_id: str, registry_path: str, as_json: bool) -> None:
             click.echo(f"  evaluation, {where}: {_metrics_line(evaluation['metrics'])}")
 
 
+@session.command("report")
+@click.argument("session_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(),
+              help="Directory for report.md and its PNG plots (created if missing).")
+@registry_option
+@output_options
+def report(session_id: str, out_dir: str, registry_path: str, as_json: bool) -> None:
+    """Write a session's report: PNG plots of its training metrics, epsilon and sites' times over
+    rounds, and report.md (spec, sites, dataset versions, every round, privacy, evaluation per dataset
+    and overall, the model version's lineage) embedding them. Reads only the registry.
+
+    \b
+    Example:
+        tffprod session report s-20261125-183000-ab12 --out report/
+    """
+    from tffprod.sessions.report import write_report
+
+    with user_errors(), open_registry(registry_path) as registry:
+        written = write_report(session_id, registry=registry, out_dir=Path(out_dir))
+    if as_json:
+        emit_json(written)
+        return
+    click.echo(f"session {session_id}: report written to {written['report']}")
+    for path in written["files"][:-1]:
+        click.echo(f"  {path}")
+
+
 def _resume_hint(row: dict) -> str:
     from tffprod.sessions.resume import resumable
 
@@ -292,11 +314,10 @@ def resume(session_id: str, plan_path: Optional[str], backend: Optional[str], fo
     configure_logging(log_level)
     with user_errors():
         from tffprod.backends import create_backend
-        from tffprod.cli.progress import print_round
+        from tffprod.cli.progress import round_progress
         from tffprod.sessions.resume import resume_session
 
-        progress = print_round if interactive() else None
-        with open_registry(registry_path) as registry:
+        with open_registry(registry_path) as registry, round_progress(as_json=as_json) as progress:
             backend = backend or registry.get_session(session_id)["backend"]
             result = resume_session(session_id, registry=registry, backend=create_backend(backend, registry=registry),
                                     progress=progress, plan_path=plan_path, force=force)

@@ -236,6 +236,8 @@ class RegistryStore(Protocol):
 
     def get_model_version(self, ref: str) -> ModelVersionRow: ...
 
+    def list_model_versions(self, name: str | None = None) -> list[ModelVersionRow]: ...
+
     def add_evaluation(
         self,
         *,

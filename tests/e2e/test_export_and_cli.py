@@ -77,6 +77,30 @@ def test_tensorboard_event_files_equal_the_registry(trained):
     assert {"metrics/loss", "metrics/sparse_categorical_accuracy"} <= set(train[3])
 
 
+def test_session_report_of_a_real_session(trained):
+    """``session report``: the plots and report.md of the session, with the registry's per-round values."""
+    import matplotlib.image
+
+    from tffprod.registry import Registry
+
+    root, result, _ = trained
+    written = json.loads(tffprod("session", "report", result["id"], "--out", "report", "--json", cwd=root).stdout)
+    assert [Path(p).name for p in written["files"]] == ["metrics.png", "epsilon.png", "site_time.png", "report.md"]
+    for path in written["files"][:-1]:
+        image = matplotlib.image.imread(path)
+        assert image.shape[1] == 800 and image.shape[0] >= 280 and image[:, :, :3].std() > 0.05, path
+    text = Path(written["report"]).read_text()
+    with Registry.open(root / "tffprod.db") as registry:
+        rounds = registry.list_rounds(result["id"])
+    for r in rounds:
+        (line,) = [line for line in text.splitlines() if line.startswith(f"| {r['round_num']} | 3/3 | ")]
+        assert f"| {r['epsilon']:.4g} | {r['metrics']['client_work']['train']['loss']:.4f} |" in line
+    overall = result["model_version"]["metrics"]["eval"]
+    assert f"| all held-out data | - | {overall['loss']:.4f} |" in text
+    assert f"`tensorboard --logdir {root / 'artifacts' / 'digits' / result['id'] / 'tensorboard'}`" in text
+    assert "None" not in text
+
+
 def test_session_and_model_listing_json(trained):
     root, result, _ = trained
     sessions = json.loads(tffprod("session", "list", "--json", cwd=root).stdout)
