@@ -15,6 +15,7 @@ test keeps this tree, the classes and ``tffprod.__all__`` in step.
     │   └── CheckpointError       13  a round checkpoint is missing, damaged or does not fit
     ├── CertError                  7  a certificate or key cannot be created, read or written
     ├── SiteCheckError             8  a site cannot be reached, refuses this coordinator, or is incompatible
+    │   └── SiteUnreachableError   8  no TLS connection to a site at all (down, starting, wrong address)
     ├── PrivacyBudgetError         9  a session would exceed a dataset's remaining privacy budget
     ├── PlanError                 10  a plan cannot be read, does not verify, or cannot be approved here
     ├── AuditError                11  the coordinator's audit log does not verify (an entry edited, inserted or deleted)
@@ -123,6 +124,10 @@ class SiteCheckError(TffprodError):
     """A site cannot be reached, refuses this coordinator, or is incompatible."""
 
     exit_code = 8
+
+
+class SiteUnreachableError(SiteCheckError):
+    """No TLS connection to a site at all (down, still starting, or the wrong address)."""
 
 
 class SiteUnavailableError(TffprodError):

@@ -177,3 +177,33 @@ def test_ledger_composes_the_events_tff_reports():
     louder.record_round(event=dp_accounting.GaussianDpEvent(2.0))
     assert louder.epsilon() < epsilon_for(noise_multiplier=0.2, rounds=1, delta=1e-5)
     assert ledger.to_dict()["events"][0].startswith("ComposedDpEvent")
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_ledger_round_by_round_equals_dp_accounting_from_scratch(accountant):
+    """Each distinct round is accounted once per process and composed from that: every epsilon along the
+    way equals dp_accounting composing the whole history afresh, event by event (1e-9 relative)."""
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    ledger = PrivacyLedger(noise_multiplier=1.3, delta=1e-5, accountant=accountant)
+    rates = [0.1, 0.1, 0.25, 0.1, 1.0, 0.25, 0.1]
+    for i, q in enumerate(rates, start=1):
+        got = ledger.record_round(sampling_rate=q)
+        fresh = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+        for rate in rates[:i]:
+            gaussian = dp_accounting.GaussianDpEvent(1.3)
+            fresh.compose(gaussian if rate == 1.0 else dp_accounting.PoissonSampledDpEvent(rate, gaussian))
+        assert got == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9 if accountant == "rdp" else 1e-6)
+
+
+def test_fixed_size_rounds_are_accounted_once_too():
+    import dp_accounting
+    from dp_accounting import rdp
+
+    ledger = PrivacyLedger(noise_multiplier=1.1, delta=1e-5)
+    for _ in range(3):
+        got = ledger.record_round(fixed_sample=(1000, 50))
+    fresh = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    fresh.compose(dp_accounting.SampledWithoutReplacementDpEvent(1000, 50, dp_accounting.GaussianDpEvent(1.1)), 3)
+    assert got == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-12)

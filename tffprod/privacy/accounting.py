@@ -19,6 +19,7 @@ large (z=1.1, 100 rounds, delta=1e-5 gives about 83): report it, don't hide it.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from typing import Any, Mapping, Optional
 
@@ -92,20 +93,91 @@ def _epsilon(*, noise_multiplier: float, delta: float, accountant: str,
         raise ValueError("the PLD accountant does not support fixed-size sampling without replacement; use rdp")
 
     import dp_accounting  # seconds to import (SciPy); no TensorFlow
-    from dp_accounting import pld, rdp
 
-    if fixed_sample:
-        acct = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    else:
-        acct = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    events = []
     for (q, event), n in sorted(rounds_by_rate, key=lambda kv: (repr(kv[0][0]), repr(kv[0][1]))):
         event = event if event is not None else dp_accounting.GaussianDpEvent(noise_multiplier)
         if isinstance(q, tuple):
             event = dp_accounting.SampledWithoutReplacementDpEvent(q[0], q[1], event)
         elif q != 1.0:
             event = dp_accounting.PoissonSampledDpEvent(q, event)
-        acct.compose(dp_accounting.SelfComposedDpEvent(event, n) if n > 1 else event)
-    return float(acct.get_epsilon(delta))
+        events.append((event, n))
+    if fixed_sample or accountant == "rdp":
+        return _rdp_epsilon(events, delta, replace_one=fixed_sample)
+    return _pld_epsilon(events, delta)
+
+
+# Accounting one round's event is most of the cost of an epsilon (RDP: 0.07 s, PLD: 0.4 s for a sampled
+# Gaussian), and a session's rounds repeat a few events: each distinct event is accounted once per process,
+# and n rounds of it composed from that, exactly as dp_accounting composes ``SelfComposedDpEvent(event, n)``.
+
+
+_RDP_OF: dict[tuple[str, bool], tuple[Any, Any]] = {}  # (repr(event), replace_one) -> (orders, RDP)
+
+
+def _rdp_of(event: Any, replace_one: bool) -> tuple[Any, Any]:
+    """(orders, RDP) of one ``event``, as dp_accounting's RDP accountant composes it (events may be
+    unhashable, so they are told apart by ``repr``)."""
+    key = (repr(event), replace_one)
+    if key not in _RDP_OF:
+        if len(_RDP_OF) >= 256:
+            _RDP_OF.clear()
+        _RDP_OF[key] = _account_rdp(event, replace_one)
+    return _RDP_OF[key]
+
+
+def _account_rdp(event: Any, replace_one: bool) -> tuple[Any, Any]:
+    import dp_accounting
+    from dp_accounting import rdp
+
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE if replace_one else \
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    acct = rdp.RdpAccountant(neighboring_relation=relation)
+    acct.compose(event)
+    return acct.orders, acct.rdp
+
+
+def _rdp_epsilon(events: list[tuple[Any, int]], delta: float, *, replace_one: bool) -> float:
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    orders, total = None, 0.0
+    for event, n in events:
+        orders, rdp_one = _rdp_of(event, replace_one)
+        total = total + n * rdp_one
+    return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
+
+
+_PLD_INTERVAL = 1e-4  # dp_accounting's PLDAccountant default value discretization
+
+
+@functools.lru_cache(maxsize=64)
+def _sampled_gaussian_pld(noise_multiplier: float, sampling_probability: float) -> Any:
+    """The PLD of one Poisson-sampled Gaussian round, as dp_accounting's PLD accountant builds it."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier, value_discretization_interval=_PLD_INTERVAL,
+        sampling_prob=sampling_probability)
+
+
+def _pld_epsilon(events: list[tuple[Any, int]], delta: float) -> float:
+    """PLD epsilon: sampled Gaussian rounds from their cached PLD; any other event by the accountant itself."""
+    import dp_accounting
+    from dp_accounting import pld
+    from dp_accounting.pld import privacy_loss_distribution
+
+    cached = all(isinstance(e, dp_accounting.PoissonSampledDpEvent) and isinstance(e.event, dp_accounting.GaussianDpEvent)
+                 and 0 < e.sampling_probability and e.event.noise_multiplier > 0 for e, _ in events)
+    if not cached:
+        acct = pld.PLDAccountant()
+        for event, n in events:
+            acct.compose(dp_accounting.SelfComposedDpEvent(event, n) if n > 1 else event)
+        return float(acct.get_epsilon(delta))
+    composed = privacy_loss_distribution.identity(value_discretization_interval=_PLD_INTERVAL)
+    for event, n in events:
+        composed = composed.compose(
+            _sampled_gaussian_pld(event.event.noise_multiplier, event.sampling_probability).self_compose(n))
+    return float(composed.get_epsilon_for_delta(delta))
 
 
 def _count_rounds(rates: list[Any], events: list[Any]) -> list[tuple[tuple[_Rate, Any], int]]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from tffprod.sites.connection import SiteConnection
 from tffprod.sites.rpc_errors import site_error
 from tffprod.config.names import NAME
-from tffprod.errors import SiteCheckError, TffprodError
+from tffprod.errors import SiteCheckError, SiteUnreachableError, TffprodError
 from tffprod.registry.privacy import check_budget
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ def local_versions() -> dict[str, str | None]:
     return out
 
 
-class _Unreachable(SiteCheckError):
-    """No TLS connection at all: the site may still be starting."""
-
-
 def fetch_info(registry: RegistryStore, name: str, *, timeout_s: float = 10.0) -> dict:
     """The site's own description (name, versions, catalog, health), over mTLS with the token.
 
@@ -79,7 +75,7 @@ def fetch_info(registry: RegistryStore, name: str, *, timeout_s: float = 10.0) -
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise _Unreachable(f"site {name}: no TLS connection to {connection.address} within {timeout_s:g} s "
+            raise SiteUnreachableError(f"site {name}: no TLS connection to {connection.address} within {timeout_s:g} s "
                                  "(down, wrong address, or the certificates do not match)") from None
         try:
             info = fetch_site_info(channel, connection.token(), timeout_s=timeout_s)
@@ -200,9 +196,9 @@ def _info_waiting(registry: RegistryStore, name: str, wait_s: float) -> dict:
     while True:
         try:
             return fetch_info(registry, name, timeout_s=max(min(2.0, deadline - time.monotonic()), 0.5))
-        except _Unreachable:
+        except SiteUnreachableError:
             if time.monotonic() >= deadline:
-                raise _Unreachable(f"site {name}: no TLS connection to {registry.get_site(name)['address']} within "
+                raise SiteUnreachableError(f"site {name}: no TLS connection to {registry.get_site(name)['address']} within "
                                    f"{wait_s:g} s (down, wrong address, or the certificates do not match)") from None
 
 
