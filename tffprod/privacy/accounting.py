@@ -166,7 +166,8 @@ def _pld_epsilon(events: list[tuple[Any, int]], delta: float) -> float:
     from dp_accounting import pld
     from dp_accounting.pld import privacy_loss_distribution
 
-    cached = all(isinstance(e, dp_accounting.PoissonSampledDpEvent) and isinstance(e.event, dp_accounting.GaussianDpEvent)
+    cached = all(isinstance(e, dp_accounting.PoissonSampledDpEvent)
+                 and isinstance(e.event, dp_accounting.GaussianDpEvent)
                  and 0 < e.sampling_probability and e.event.noise_multiplier > 0 for e, _ in events)
     if not cached:
         acct = pld.PLDAccountant()

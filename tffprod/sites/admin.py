@@ -198,8 +198,9 @@ def _info_waiting(registry: RegistryStore, name: str, wait_s: float) -> dict:
             return fetch_info(registry, name, timeout_s=max(min(2.0, deadline - time.monotonic()), 0.5))
         except SiteUnreachableError:
             if time.monotonic() >= deadline:
-                raise SiteUnreachableError(f"site {name}: no TLS connection to {registry.get_site(name)['address']} within "
-                                   f"{wait_s:g} s (down, wrong address, or the certificates do not match)") from None
+                address = registry.get_site(name)["address"]
+                raise SiteUnreachableError(f"site {name}: no TLS connection to {address} within {wait_s:g} s "
+                                           "(down, wrong address, or the certificates do not match)") from None
 
 
 def _site_budget(site: str, entry: dict) -> Optional[tuple[float, float]]:
