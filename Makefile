@@ -13,8 +13,10 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet "uv==0.13.9"
 
+# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE, so nothing would ever cache TensorFlow's and TFF's
+# bytecode; compiled once here (8 s), `import tensorflow_federated` takes 3 s instead of 7-9 s.
 .venv/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --extra dev
+	$(UV) sync --frozen --extra dev --compile-bytecode
 	touch $@
 
 demo: .venv/.synced
