@@ -194,6 +194,19 @@ def test_coordinator_killed_at_every_crash_point_resumes_to_the_same_weights(wor
     assert all(np.array_equal(weights[k], baseline[k]) for k in baseline)
     leftovers = sorted(p.name for p in checkpoints.iterdir())
     assert leftovers == [f"round-{ROUNDS - 1:05d}.npz", f"round-{ROUNDS:05d}.npz"]
+    _check_events(root, sid, "faults")  # round 2's, lost with the coordinator killed after its commit, included
+
+
+def _check_events(root: Path, session_id: str, name: str) -> None:
+    """The session's TensorBoard event files, written by each coordinator that ran it, hold every committed
+    round once with the registry's values, and the evaluation."""
+    from ..helpers.tensorboard import assert_events_equal_registry
+
+    with Registry.open(root / "tffprod.db") as registry:
+        rounds = registry.list_rounds(session_id)
+        evaluations = registry.list_evaluations(name, None, kind=None)
+    assert_events_equal_registry(root / "artifacts" / name / session_id / "tensorboard", rounds,
+                                 [e for e in evaluations if e["session_id"] == session_id])
 
 
 def test_a_dp_session_resumed_counts_each_rounds_epsilon_once(workspace, tally):
@@ -202,6 +215,7 @@ def test_a_dp_session_resumed_counts_each_rounds_epsilon_once(workspace, tally):
     resumed = _resume(root, session["id"], tally)
     assert resumed.returncode == 0, resumed.stderr
     _check_complete(root, session["id"], tally, dp=True)
+    _check_events(root, session["id"], "faults-dp")
 
 
 def test_coordinator_killed_from_outside_mid_round(workspace, tally):
