@@ -873,6 +873,21 @@ def test_any_plan_loads_or_fails_in_one_line(tmp_path: Path, document: Any, rese
         assert_one_line(e, str(path))
 
 
+@pytest.mark.parametrize("shape", [False, 3, "2", None, {"a": 1}])
+def test_a_pinned_leaf_whose_shape_is_not_a_list_is_a_plan_error(tmp_path: Path, shape: Any) -> None:
+    """Found by the property above: a resealed plan with ``"shape": false`` on a pinned leaf was a TypeError."""
+    from tffprod.errors import PlanError
+    from tffprod.protocol.plan_document import canonical_id, load_plan
+
+    body = {k: v for k, v in valid_plan().items() if k != "plan_id"}
+    body["computations"][0]["state"]["pinned"][0]["shape"] = shape
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**body, "plan_id": canonical_id(body)}), encoding="utf-8")
+    with pytest.raises(PlanError) as error:
+        load_plan(path)
+    assert_one_line(error.value, str(path))
+
+
 @pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a": ' * 50000 + "1" + "}" * 50000, "\ufeff{}",
                                   "", "null"], ids=["deep-arrays", "deep-objects", "bom", "empty", "null"])
 def test_an_unreadable_plan_is_a_plan_error(tmp_path: Path, text: str) -> None:

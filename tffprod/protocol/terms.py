@@ -60,7 +60,8 @@ def pinned_entry(leaf: Leaf, value: Any) -> dict[str, Any]:
 
 
 def _pinned_tensor(entry: Mapping[str, Any], leaf: Leaf) -> release_pb2.Tensor:
-    if entry.get("dtype") != leaf.dtype or list(entry.get("shape", ())) != list(leaf.shape):
+    shape = entry.get("shape", ())
+    if entry.get("dtype") != leaf.dtype or not isinstance(shape, list | tuple) or list(shape) != list(leaf.shape):
         raise TermsError(f"pinned state {leaf.path}: declared {entry.get('dtype')}{entry.get('shape')}, "
                          f"the computation takes {leaf.dtype}{list(leaf.shape)}")
     raw = entry.get("value")
