@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional, TextIO
 import click
 
 from tffprod.cli.options import interactive
+from tffprod.sessions.round_metrics import train_metrics
 
 _SHORT = {"sparse_categorical_accuracy": "acc", "binary_accuracy": "acc", "accuracy": "acc", "loss": "loss",
           "auc": "auc"}
@@ -23,10 +24,12 @@ Progress = Callable[[Any], None]  # called with a tffprod.sessions.rounds.RoundR
 
 
 def _main_metrics(report: Any) -> list[tuple[str, float]]:
-    """``[("acc", 0.91), ("loss", 0.31), ...]``: the metrics people watch, one per short label."""
+    """``[("acc", 0.91), ("loss", 0.31), ...]``: the metrics people watch, one per short label (the round
+    loop reports FedAvg's training metrics, and the one-step process's measurements whole)."""
+    metrics = train_metrics(report.metrics) if "client_work" in report.metrics else report.metrics
     shown: dict[str, float] = {}
     for key, label in _SHORT.items():
-        value = report.metrics.get(key)
+        value = metrics.get(key)
         if isinstance(value, float) and label not in shown:
             shown[label] = value
     return list(shown.items())

@@ -37,6 +37,17 @@ def test_off_a_terminal_each_round_is_one_plain_line_on_stderr(capsys) -> None:
     assert line == "round   1/3  acc 0.5012  loss 0.9123  sites 2/2  1.50s\n" and "None" not in line
 
 
+def test_a_one_step_session_s_line_shows_its_loss(capsys) -> None:
+    """The round loop reports the one-step process's measurements whole (client_work holds the metrics)."""
+    report = RoundReport(round_num=1, rounds=3, metrics={"client_work": {"loss": 0.25, "binary_accuracy": 0.96,
+                                                                         "num_users": 12}, "finalizer": {}},
+                         sites=participants(1), duration_s=0.09, epsilon=0.5, clients=12)
+    with round_progress(as_json=False, tty=False) as progress:
+        assert progress is not None
+        progress(report)
+    assert capsys.readouterr().err == "round   1/3  acc 0.9600  loss 0.2500  eps 0.5  sites 2/2  0.09s\n"
+
+
 def test_with_json_nothing_is_shown(capsys) -> None:
     for tty in (True, False):
         with round_progress(as_json=True, tty=tty) as progress:
