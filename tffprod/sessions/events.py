@@ -121,27 +121,75 @@ class SessionEvents:
         self.failed = True
 
     def _write(self, run: str, step: int, scalars: Mapping[str, float]) -> None:
-        import tensorflow as tf
-
         if run not in self._writers:
-            self._writers[run] = tf.summary.create_file_writer(str(self.logdir / run))
-        writer = self._writers[run]
-        with writer.as_default(step=step):
-            for tag, value in scalars.items():
-                tf.summary.scalar(tag, value)
-        writer.flush()
+            self._writers[run] = _EventFile(self.logdir / run)
+        self._writers[run].scalars(step, scalars)
 
     @staticmethod
     def _steps(run_dir: Path) -> set[int]:
         """The rounds a run directory's event files hold (a file cut short by a crash: what it holds whole)."""
-        import tensorflow as tf
-
         steps: set[int] = set()
         for path in sorted(run_dir.glob("events.out.tfevents.*")) if run_dir.is_dir() else []:
-            try:
-                for event in tf.compat.v1.train.summary_iterator(str(path)):
-                    if any(value.tag == _ROUND_TAG for value in event.summary.value):
-                        steps.add(int(event.step))
-            except tf.errors.DataLossError:
-                continue
+            steps.update(event.step for event in _read_events(path)
+                         if any(value.tag == _ROUND_TAG for value in event.summary.value))
         return steps
+
+
+# Event files are TFRecord files of ``tensorboard``'s ``Event`` protos, the first one naming the file
+# version. They are written and read here with tffprod's own TFRecord framing and TensorBoard's protos
+# alone: no TensorFlow (``tf.summary`` would import it, and a session's coordinator may not have it loaded).
+
+
+class _EventFile:
+    """One run's event file, ``events.out.tfevents.TIME.HOST.PID[.N]``, appended to and flushed per step."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import os
+        import socket
+        import time
+
+        from tensorboard.compat.proto import event_pb2
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self._path = run_dir / name
+        for n in range(1, 1000):  # another writer of this process this second: a file of its own
+            if not self._path.exists():
+                break
+            self._path = run_dir / f"{name}.{n}"
+        self._stream = open(self._path, "xb")
+        self._append(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        import time
+
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+        self._append(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+
+    def _append(self, event: Any) -> None:
+        from tffprod.data.formats.tfrecord import write_record
+
+        write_record(self._stream, event.SerializeToString())
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _read_events(path: Path) -> list[Any]:
+    """The events a file holds whole (a record cut short by a crash, and what follows it, left out)."""
+    from tensorboard.compat.proto import event_pb2
+
+    from tffprod.data.formats.tfrecord import read_records
+    from tffprod.errors import DatasetError
+
+    events = []
+    with open(path, "rb") as stream:
+        try:
+            for data in read_records(path, stream):
+                events.append(event_pb2.Event.FromString(data))
+        except (DatasetError, ValueError):  # DecodeError is a ValueError
+            pass
+    return events

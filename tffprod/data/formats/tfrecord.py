@@ -104,7 +104,7 @@ def masked_crc32c(data: bytes) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _read_records(path: Path, stream: IO[bytes]) -> Iterator[bytes]:
+def read_records(path: Path, stream: IO[bytes]) -> Iterator[bytes]:
     """Yield the payload of each TFRecord frame; raise DatasetError on a truncated or garbled frame.
 
     The length's CRC is checked (8 bytes a frame, cheap), which catches garbage and
@@ -151,7 +151,7 @@ def parse_examples(path: Path, stream: IO[bytes]) -> Iterator[tuple[int, bytes, 
     from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
     example_type = example_class()
-    for number, data in enumerate(_read_records(path, stream), start=1):
+    for number, data in enumerate(read_records(path, stream), start=1):
         example = example_type()
         try:
             example.ParseFromString(data)
