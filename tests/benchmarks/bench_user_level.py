@@ -14,7 +14,12 @@ files are one site's sample. Median seconds per round after a warm-up call, of:
     for a site whose data is at rest in files, as tffprod's sites' are;
 ``user-level, up_to_merge``
     the per-site part of the new process (``compile_to_mergeable_comp_form(process.next).up_to_merge``),
-    ONE client holding the 100 paths;
+    ONE client holding the 100 paths, through a TFF execution context (which sends the computation with
+    every call);
+``user-level, at the site``
+    the same computation as a site runs a release of it (:class:`tffprod.executors.site_executors.SiteExecutors`
+    on the worker: the computation created once on a kept executor, then per call only the argument, the
+    call, the result and their disposal); ``, 1 user``: with one user's file (the fixed cost);
 ``user-level, next``
     the whole ``process.next`` of the new process (the same client);
 ``user-level, next, 1 user``
@@ -122,7 +127,36 @@ def floor_round(paths: list[str]) -> tuple[Callable[[], Any], int]:
     return lambda: [t.numpy() for t in clipped_sum()], int(labels.shape[0])
 
 
-def tff_rounds(ctx: Any, paths: list[str], reps: int) -> dict[str, float]:
+def at_the_site(worker_address: str, computation: Any, state: Any, paths: list[str],
+                reps: int) -> dict[str, float]:
+    """Median s/call of ``computation`` run as a site runs a release (``SiteExecutors`` on the worker)."""
+    import numpy as np
+    import tensorflow_federated as tff
+    from tensorflow_federated.python.core.impl.executors import value_serialization
+
+    from tffprod.backends.contexts import insecure_channel
+    from tffprod.executors.site_executors import SiteExecutors
+
+    proto = tff.framework.serialize_computation(tff.backends.native.desugar_and_transform_to_native(computation))
+    channel = insecure_channel(worker_address)
+
+    def call_worker(method: str, request: Any, response_type: Any, context: Any) -> Any:
+        rpc = channel.unary_unary(f"/tensorflow_federated.v0.ExecutorGroup/{method}",
+                                  request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=response_type.FromString)
+        return rpc(request)
+
+    site = SiteExecutors(call_worker)
+    out = {}
+    for label, users in (("user-level, at the site", paths), ("user-level, at the site, 1 user", paths[:1])):
+        argument, _ = value_serialization.serialize_value(
+            tff.structure.Struct.unnamed(state, [np.array(users)]), computation.type_signature.parameter)
+        out[label] = median_seconds(lambda arg=argument: site.run("bench", proto, arg, 1, None), reps)
+    channel.close()
+    return out
+
+
+def tff_rounds(ctx: Any, worker_address: str, paths: list[str], reps: int) -> dict[str, float]:
     """Median s/round of the new process (per-site part, whole round) and of today's one-client-per-user."""
     import numpy as np
     import tensorflow_federated as tff
@@ -141,6 +175,7 @@ def tff_rounds(ctx: Any, paths: list[str], reps: int) -> dict[str, float]:
     out = {
         "user-level, up_to_merge": median_seconds(
             lambda: ctx.invoke(form.up_to_merge, Struct.unnamed(state, site_data)), reps),
+        **at_the_site(worker_address, form.up_to_merge, state, paths, reps),
         "user-level, next": median_seconds(lambda: ctx.invoke(new.next, Struct.unnamed(state, site_data)), reps),
         "user-level, next, 1 user": median_seconds(
             lambda: ctx.invoke(new.next, Struct.unnamed(state, [np.array(paths[:1])])), reps),
@@ -169,7 +204,8 @@ def main() -> None:
                 "reading the files only (tf.function)": median_seconds(read_only(paths), args.reps * 3),
                 "floor from the files (tf.function)": median_seconds(floor_from_files(paths), args.reps * 3)}
         with WorkerProcess(name="bench", log_path=root / "worker.log") as worker:
-            rows.update(tff_rounds(channel_context(insecure_channel(worker.address)), paths, args.reps))
+            rows.update(tff_rounds(channel_context(insecure_channel(worker.address)), worker.address, paths,
+                                   args.reps))
 
     print(f"\none site, {len(paths)} users, {examples} examples (fraud bank-a), clip {CLIP}; "
           f"median of {args.reps} after a warm-up (today: {max(2, args.reps // 2)})")
