@@ -30,6 +30,9 @@ def _parse_value(where: str, col: Feature, row: list[str], index: Mapping[str, i
     return values if col.columns else values[0]
 
 
+PARSE_BATCH = 256  # lines the tf.data reader parses at once
+
+
 class CSVFormat(DataFormat):
     """CSV with a header row; columns are found by name, in any order; a vector feature is a group of
     scalar columns."""
@@ -136,7 +139,9 @@ class CSVFormat(DataFormat):
             writer.writerows(rows)
 
     def tf_dataset(self, ref: Any, schema: Schema) -> Any:
-        """Numeric CSV with a header; columns are found by name, in any order."""
+        """Numeric CSV with a header; columns are found by name, in any order. Lines are parsed
+        :data:`PARSE_BATCH` at a time with vectorized string ops, then unbatched: the same examples in
+        the same order as parsing line by line, several times faster."""
         import tensorflow as tf
 
         header = tf.strings.split(
@@ -148,17 +153,17 @@ class CSVFormat(DataFormat):
             for c in schema.columns
         }
 
-        def parse(line):
-            fields = tf.strings.strip(tf.strings.split(line, ","))
-            row = {}
+        def parse(lines):
+            lines = tf.boolean_mask(lines, tf.strings.length(tf.strings.strip(lines)) > 0)  # blank lines out
+            cells = tf.strings.strip(tf.strings.split(lines, ",")).to_tensor()  # [lines, cells]
+            rows = {}
             for c in schema.columns:
-                raw = tf.gather(fields, index[c.name])  # [1], or a group's [len(columns)]
-                raw = raw if c.columns else raw[0]
-                row[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
-            return row
+                raw = tf.gather(cells, index[c.name], axis=1)  # [lines, 1], or a group's [lines, len(columns)]
+                raw = raw if c.columns else raw[:, 0]
+                rows[c.name] = raw if c.dtype == "string" else tf.strings.to_number(raw, tf.as_dtype(c.dtype))
+            return rows
 
-        lines = tf.data.TextLineDataset(ref).skip(1)
-        return lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0).map(parse)
+        return tf.data.TextLineDataset(ref).skip(1).batch(PARSE_BATCH).map(parse).unbatch()
 
     def tf_columns(self, refs: Any, schema: Schema) -> Any:
         """The rows of many small files in one pass of vectorized string ops (no per-line dataset):
