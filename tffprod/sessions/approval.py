@@ -171,9 +171,9 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
     else:
         say(f"planning {spec.name}: its datasets check out; compiling what the sites will run (TensorFlow loads "
             "first; about 20-40 s on 2 cores; an unchanged spec plans in seconds next time)")
-        computations = _compile(plan)
+        computations, coordinator = _compile(plan)
         if cache_dir is not None and key is not None:
-            plan_cache.store(cache_dir, key, computations)
+            plan_cache.store(cache_dir, key, computations, coordinator)
     datasets = [{"role": role, "ref": row["ref"], "site": row["site"], "name": row["name"],
                  "content_hash": row["content_hash"], "num_examples": int(row["num_examples"]),
                  "client_id": row.get("client_id")}
@@ -195,15 +195,21 @@ def make_plan(plan: SessionPlan, *, coordinators: Mapping[str, str] | None = Non
     return {**body, "plan_id": canonical_id(body)}
 
 
-def _compile(plan: SessionPlan) -> list[dict[str, Any]]:
-    """The plan's site computations, compiled and frozen: ``train``, and ``eval`` with evaluation datasets."""
+def _compile(plan: SessionPlan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The plan's site computations, compiled and frozen: ``train``, and ``eval`` with evaluation datasets;
+    and the coordinator's own computations of the same compile, frozen for the plan cache (or why not)."""
     import tensorflow_federated as tff
 
+    from tffprod.training import coordinator
     from tffprod.training.process import build_evaluation_process
     from tffprod.training.trainer import training_process
 
     process = training_process(plan)
     form = tff.backends.native.compile_to_mergeable_comp_form(process.next)
+    try:
+        coordinator_block = coordinator.freeze(coordinator.from_process(process, form))
+    except coordinator.NotFreezable as e:
+        coordinator_block = {"format": coordinator.FORMAT, "unavailable": str(e)}
     evaluation = build_evaluation_process(plan.task, fmt=plan.fmt) if plan.eval_datasets else None
     states = _initial_states(*[p for p in (process, evaluation) if p is not None])
     moving = list(get_mechanism(plan.spec.dp.mechanism).moving_state)
@@ -212,7 +218,7 @@ def _compile(plan: SessionPlan) -> list[dict[str, Any]]:
     if evaluation is not None:
         computations.append(freeze("eval", tff.backends.native.compile_to_mergeable_comp_form(
             evaluation.next).up_to_merge, states[1], FREE_EVAL_STATE))
-    return computations
+    return computations, coordinator_block
 
 
 def make_eval_plan(registry: RegistryStore, model_ref: str, dataset_refs: list[str], *,
@@ -350,13 +356,16 @@ def write_plan(document: Mapping[str, Any], out: os.PathLike | str) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class FrozenComputations:
-    """A plan's site computations, ready to invoke on contexts without a compiler, and the plan."""
+    """A plan's site computations, ready to invoke on contexts without a compiler, and the plan; with
+    ``coordinator``, the coordinator's own computations from the plan cache
+    (:class:`tffprod.training.coordinator.CoordinatorComputations`; None: the trainer builds them)."""
 
     plan_id: str
     train: Any
     eval: Any = None
     plan: Any = None
     compute: Any = None
+    coordinator: Any = None
 
     def role_of(self, computation: Any) -> str:
         """The plan's role for one of its computations (``train``, ``eval`` or ``compute``)."""

@@ -4,8 +4,11 @@ Compiling a session's site computations takes TensorFlow's import and about 15 s
 they compile to depends only on: the spec (all of it but its name), the task module's source, the
 datasets' formats and schemas, the population the DP aggregator divides by, and the code and versions
 of tffprod, TFF and TensorFlow. :func:`cache_key` hashes exactly that (None when the task's source
-cannot be read: then nothing is cached). An entry is the plan's ``computations`` list; each entry's
-proto is checked against its SHA-256 when read, and a damaged or unreadable file is a miss. TF-free.
+cannot be read: then nothing is cached). An entry is the plan's ``computations`` list and, beside it,
+the coordinator's own computations compiled with them (:mod:`tffprod.training.coordinator`), which
+``session run --plan`` uses instead of building the training process again. Each proto is checked
+against its SHA-256 when read, and the coordinator's block as a whole against its own; a damaged or
+unreadable file is a miss. TF-free.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["cache_key", "load", "store"]
+__all__ = ["DIRECTORY", "cache_key", "load", "load_coordinator", "store"]
+
+DIRECTORY = "plan-cache"  # beside the artifacts (``artifacts/plan-cache``), where ``session plan`` keeps it
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,25 +60,49 @@ def cache_key(plan: Any) -> Optional[str]:
 
 def load(directory: Path, key: str) -> Optional[list[dict[str, Any]]]:
     """The cached computations under ``key``, or None (absent, unreadable, or a proto off its hash)."""
-    import base64
-
     try:
         entries = json.loads((Path(directory) / f"{key}.json").read_text())["computations"]
-        for entry in entries:
-            if hashlib.sha256(base64.b64decode(entry["proto"])).hexdigest() != entry["sha256"]:
-                return None
-        return entries
+        return entries if all(_intact(entry) for entry in entries) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def store(directory: Path, key: str, computations: list[dict[str, Any]]) -> None:
-    """Write ``computations`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
+def load_coordinator(directory: Path, key: str) -> Optional[dict[str, Any]]:
+    """The coordinator's block under ``key`` as :func:`store` was given it, or None (absent, unreadable, or
+    a proto or the block off its hash). A block may say instead why there are none (``unavailable``)."""
+    try:
+        block = json.loads((Path(directory) / f"{key}.json").read_text())["coordinator"]
+        sealed = block.pop("sha256")
+        if sealed != _digest(block) or not all(_intact(entry) for entry in block.get("computations", [])):
+            return None
+        return block
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def store(directory: Path, key: str, computations: list[dict[str, Any]],
+          coordinator: Optional[dict[str, Any]] = None) -> None:
+    """Write ``computations`` (and the ``coordinator``'s block, sealed with its SHA-256) under ``key``
+    (atomically; a cache that cannot be written is skipped)."""
     directory = Path(directory)
+    document: dict[str, Any] = {"computations": computations}
+    if coordinator is not None:
+        document["coordinator"] = {**coordinator, "sha256": _digest(coordinator)}
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"computations": computations}))
+        tmp.write_text(json.dumps(document))
         os.replace(tmp, directory / f"{key}.json")
     except OSError:
         return
+
+
+def _intact(entry: dict[str, Any]) -> bool:
+    """Whether an entry's proto has the SHA-256 it was stored with."""
+    import base64
+
+    return hashlib.sha256(base64.b64decode(entry["proto"])).hexdigest() == entry["sha256"]
+
+
+def _digest(block: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(block, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["artifacts_dir_for", "drive_session", "end_session", "run_session", "train", "train_from_plan"]
+__all__ = ["artifacts_dir_for", "drive_session", "end_session", "run_session", "train", "train_from_plan",
+           "with_cached_coordinator"]
 
 
 def run_session(
@@ -123,7 +124,7 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
     try:
         events.catch_up(completed)
         backend.open(plan.sites, frozen=frozen, federation=spec.federation)
-        trainer = _Trainer(plan, backend, frozen)
+        trainer = _Trainer(plan, backend, with_cached_coordinator(frozen, plan, registry))
         loop = RoundLoop(plan, session_id, registry, backend, trainer,
                          checkpoint_dir(artifacts_dir, spec, session_id), completed, events=events)
         cancelled = loop.run(progress)
@@ -150,6 +151,40 @@ def drive_session(plan: SessionPlan, session_id: str, *, registry: RegistryStore
         events.close()
         backend.close()
     return {**registry.get_session(session_id), "model_version": version}  # the row plus a key it lacks
+
+
+def with_cached_coordinator(frozen: Any, plan: SessionPlan, registry: RegistryStore) -> Any:
+    """``frozen`` (a plan's computations) with the coordinator's own computations from the plan cache
+    beside the registry, when ``session plan`` left them there for this plan's content; else
+    ``frozen`` as it is, and the trainer builds them (:mod:`tffprod.sessions.plan_cache`)."""
+    if frozen is None or frozen.coordinator is not None:
+        return frozen
+    import dataclasses
+
+    from tffprod.sessions import plan_cache
+
+    # The key of the plan's own spec: a resumed session's recorded spec names its backend and pins its
+    # datasets' versions, which ``session plan`` did not see.
+    planned = plan if frozen.plan is None else dataclasses.replace(
+        plan, spec=SessionSpec.from_dict(frozen.plan.document["spec"]))
+    key = plan_cache.cache_key(planned)
+    if key is None:
+        log.info("coordinator computations are built: the task's source cannot be read, so nothing is cached")
+        return frozen
+    block = plan_cache.load_coordinator(artifacts_dir_for(registry.path) / plan_cache.DIRECTORY, key)
+    if block is None or "unavailable" in block:
+        log.info("coordinator computations are built: %s", f"they cannot be cached ({block['unavailable']})"
+                 if block else f"the plan cache holds none for this plan's content ({key[:16]}...)")
+        return frozen
+    from tffprod.training.coordinator import thaw
+
+    try:
+        computations = thaw(block, source=f"plan cache ({key[:16]}...)")
+    except Exception as e:  # a block this code cannot read: a miss
+        log.warning("coordinator computations are built: the plan cache's do not load (%s: %s)",
+                    type(e).__name__, str(e)[:200])
+        return frozen
+    return dataclasses.replace(frozen, coordinator=computations)
 
 
 def artifacts_dir_for(registry_path: str | Path) -> Path:

@@ -1,18 +1,23 @@
 """The coordinator's side of training: the compiled process and its server state.
 
-A :class:`Trainer` compiles the session's learning process once, runs rounds
-through the :class:`tffprod.training.router.RoundRouter`, and saves or restores its
-server state as round checkpoints (:mod:`tffprod.training.checkpoint`).
+A :class:`Trainer` compiles the session's learning process once (or, running a plan, takes the
+coordinator's computations from the plan cache: :mod:`tffprod.training.coordinator`), runs rounds
+through the :class:`tffprod.training.router.RoundRouter`, and saves or restores its server state
+as round checkpoints (:mod:`tffprod.training.checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
 from tffprod.privacy.placement import AT_SITES
+
+log = logging.getLogger(__name__)
 
 
 def initial_weights(task: Any, seed: int) -> Any:
@@ -48,11 +53,23 @@ def one_step(spec: Any) -> bool:
     return spec.sampling is not None and spec.sampling.user_update == "one_step"
 
 
+def build_coordinator(plan: Any) -> Any:
+    """The coordinator's computations, from the session's process built and compiled to mergeable form."""
+    import tensorflow_federated as tff
+
+    from tffprod.training.coordinator import from_process
+
+    process = training_process(plan)
+    return from_process(process, tff.backends.native.compile_to_mergeable_comp_form(process.next))
+
+
 class Trainer:
-    """Holds the compiled process and the server state between rounds.
+    """Holds the coordinator's computations and the server state between rounds.
 
     With ``frozen`` (a plan's computations), sites run the plan's frozen training
-    computation instead of a fresh compile; its type must match the process's.
+    computation instead of a fresh compile; its type must match the process's. When
+    ``frozen.coordinator`` holds the coordinator's computations (from the plan cache), the
+    process is not built at all.
     """
 
     def __init__(self, plan: Any, backend: Backend, frozen: Any = None) -> None:
@@ -62,18 +79,18 @@ class Trainer:
 
         spec = plan.spec
         self._Struct = tff.structure.Struct
-        self.process = training_process(plan)
+        self.computations = _coordinator_computations(plan, frozen)
         self.ctx = backend.coordinator_context()
-        form = tff.backends.native.compile_to_mergeable_comp_form(self.process.next)
         site_computation = None
         if frozen is not None:
-            check_signature("train", frozen.train, form.up_to_merge, frozen.plan_id)
+            check_signature("train", frozen.train, self.computations.up_to_merge_type, frozen.plan_id)
             site_computation = frozen.train
-        self.router = RoundRouter(backend, form, timeout_s=spec.round_timeout_s, min_sites=spec.min_sites,
-                                  site_computation=site_computation, secure=_secure_rounds(backend, frozen))
-        state = self.ctx.invoke(self.process.initialize, None)
+        self.router = RoundRouter(backend, self.computations, timeout_s=spec.round_timeout_s,
+                                  min_sites=spec.min_sites, site_computation=site_computation,
+                                  secure=_secure_rounds(backend, frozen))
+        state = self.ctx.invoke(self.computations.initialize, None)
         self.state = self.ctx.invoke(
-            self.process.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
+            self.computations.set_model_weights, self._Struct.unnamed(state, initial_weights(plan.task, spec.seed))
         )
         self.min_sites = spec.min_sites
         # Noise at the sites: a round's sum carries the noise its epsilon is accounted at only with at
@@ -127,7 +144,19 @@ class Trainer:
             ) from e
 
     def weights(self) -> Any:
-        return self.ctx.invoke(self.process.get_model_weights, self.state)
+        return self.ctx.invoke(self.computations.get_model_weights, self.state)
+
+
+def _coordinator_computations(plan: Any, frozen: Any) -> Any:
+    """The plan cache's computations that ``frozen`` carries, or the ones built from the task now."""
+    cached = getattr(frozen, "coordinator", None)
+    if cached is not None:
+        log.info("coordinator computations: from the %s, without building the training process", cached.source)
+        return cached
+    started = time.monotonic()
+    built = build_coordinator(plan)
+    log.info("coordinator computations: built from the task in %.1f s", time.monotonic() - started)
+    return built
 
 
 def _secure_rounds(backend: Backend, frozen: Any) -> Optional[Callable[[int, list[str]], Any]]:
@@ -143,7 +172,8 @@ def _secure_rounds(backend: Backend, frozen: Any) -> Optional[Callable[[int, lis
 
 
 def check_signature(role: str, frozen: Any, expected: Any, plan_id: str) -> None:
-    """Refuse a frozen computation whose type differs from what this task compiles to now."""
-    if str(frozen.type_signature) != str(expected.type_signature):
+    """Refuse a frozen computation whose type differs from what this task compiles to now (``expected``:
+    that computation, or its type as a string)."""
+    if str(frozen.type_signature) != (expected if isinstance(expected, str) else str(expected.type_signature)):
         raise SessionError(f"plan {plan_id[:16]}: its {role} computation does not match the task as it is now; "
                            "make a new plan with 'tffprod session plan'")
