@@ -105,7 +105,6 @@ def _metrics_line(metrics: dict) -> str:
     return "  ".join(shown) or "-"
 
 
-PLAN_CACHE = "plan-cache"  # beside the artifacts: compiled computations by content (tffprod.sessions.plan_cache)
 
 
 @session.command("plan")
@@ -135,13 +134,14 @@ def plan(spec_path: str, out_path: str, registry_path: str, as_json: bool) -> No
         spec = load_spec(spec_path)
         from tffprod.sessions.approval import coordinator_identities, make_plan, write_plan
         from tffprod.sessions.planning import plan_session
+        from tffprod.sessions import plan_cache
         from tffprod.sessions.runner import artifacts_dir_for
 
         with open_registry(registry_path) as registry:
             session_plan = plan_session(spec, registry=registry)
             document = make_plan(session_plan,
                                  coordinators=coordinator_identities(registry, session_plan.training_sites),
-                                 cache_dir=artifacts_dir_for(registry.path) / PLAN_CACHE,
+                                 cache_dir=artifacts_dir_for(registry.path) / plan_cache.DIRECTORY,
                                  say=lambda message: say(message, as_json=as_json))
             write_plan(document, out_path)
             summary = {"plan_id": document["plan_id"], "path": out_path,

@@ -48,6 +48,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     script = walkthrough_script().replace("port=7101", f"port={free_ports(3)}")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "TFFPROD_REGISTRY")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as `source activate` does
+    scratch = tmp_path / "tmp"  # the commands' temporary folders, to check they leave none
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
@@ -69,5 +72,6 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     for bank in ("bank-a", "bank-b", "bank-c"):  # each site stopped on the walk-through's kill, and said so
         log = (tmp_path / "sites" / bank / "serve.log").read_text()
         assert f"site {bank} stopped on SIGTERM; its worker is down" in log, log[-2000:]
+    assert not list(scratch.iterdir()), sorted(p.name for p in scratch.iterdir())  # no temporary folder left
     left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert not left, [p.info["cmdline"] for p in left]

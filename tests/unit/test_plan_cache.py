@@ -108,12 +108,6 @@ def test_a_process_that_cannot_be_cached_says_why(tmp_path: Path) -> None:
     assert plan_cache.load_coordinator(tmp_path, "k" * 64) == unavailable
 
 
-def test_the_cli_plans_into_the_directory_runs_read() -> None:
-    from tffprod.cli import sessions
-
-    assert sessions.PLAN_CACHE == plan_cache.DIRECTORY
-
-
 def test_a_run_without_cached_computations_builds_them_and_says_why(planned, tmp_path: Path, caplog,
                                                                     monkeypatch) -> None:
     """The misses need no TensorFlow: the runner hands the plan's computations on as they are."""

@@ -10,7 +10,9 @@ by the site's worker from the registered file path. Under an approved plan
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -84,9 +86,11 @@ class LocalBackend(Backend):
         return self._sites[site].send
 
     def _logs(self) -> Path:
-        """The workers' log directory (a new temporary one unless given)."""
+        """The workers' log directory: a new temporary one unless given, with the simulated sites' state and
+        client shards, removed when this backend is garbage-collected or the process exits."""
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
+            weakref.finalize(self, shutil.rmtree, self._log_dir, True)
         return self._log_dir
 
     def _start_worker(self, name: str) -> WorkerProcess:
@@ -127,10 +131,8 @@ class LocalBackend(Backend):
 
         key = (dataset["site"], dataset["name"], dataset["content_hash"])
         if key not in self._shards:
-            if self._log_dir is None:
-                self._log_dir = Path(tempfile.mkdtemp(prefix="tffprod-workers-"))
             digest = dataset["content_hash"].removeprefix("sha256:")[:16]
-            out = self._log_dir / "clients" / f"{dataset['site']}-{dataset['name']}-{digest}"
+            out = self._logs() / "clients" / f"{dataset['site']}-{dataset['name']}-{digest}"
             shards = split_by_client(dataset["path"], dataset["format"], dataset["client_id"], out)
             if len(shards) != dataset["num_clients"]:
                 raise DatasetError(f"dataset {dataset['ref']}: holds {len(shards)} clients, "

@@ -10,7 +10,9 @@ policy ``computations = "any"``) it runs through TFF's executor protocol.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -42,7 +44,10 @@ class RemoteBackend(Backend):
 
         try:
             if self._coordinator is None:
-                log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="tffprod-coordinator-"))
+                log_dir = self._log_dir
+                if log_dir is None:  # removed when this backend is garbage-collected or the process exits
+                    log_dir = Path(tempfile.mkdtemp(prefix="tffprod-coordinator-"))
+                    weakref.finalize(self, shutil.rmtree, log_dir, True)
                 self._coordinator_worker = WorkerProcess(name="coordinator", log_path=log_dir / "coordinator.log")
                 self._coordinator_worker.start()
                 self._coordinator = channel_context(insecure_channel(self._coordinator_worker.address))
