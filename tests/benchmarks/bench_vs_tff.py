@@ -15,6 +15,9 @@ parameters), N sites x 2,000 examples each as TFRecord, batch 32, one local epoc
     (``compose_dataset_computation_with_learning_process``): what tffprod does, without tffprod, and
     with the plain reader a TFF user writes (``TFRecordDataset`` + ``parse_single_example``), not
     tffprod's own, so that B stays put while tffprod changes.
+``B' TFF sim, files, tffprod's reader``
+    B with tffprod's own reader (``tffprod.data.tfdata.training_dataset_computation``: 256 records parsed
+    at a time): what D would cost in one TFF worker, its reader's gain taken out of the comparison.
 ``C tffprod local``
     a real tffprod session: ``tffprod.sessions.runner.train`` from a ``SessionSpec`` on
     ``create_backend("local")`` (a ``worker_binary`` per site and one for the coordinator), registry
@@ -191,6 +194,7 @@ def main_loop(sims: dict[str, Simulation], deployment: Deployment, *, rounds: in
     steps: dict[str, Callable[[], Any]] = {
         "A": lambda: sim_rep(sims["A"], rounds, MAIN_SITES),
         "B": lambda: sim_rep(sims["B"], rounds, MAIN_SITES),
+        "B'": lambda: sim_rep(sims["B'"], rounds, MAIN_SITES),
         "C": lambda: deployment.local_session(sites, rounds=rounds),
         "D": lambda: deployment.remote_session(sites, rounds=rounds),
         "D+DP": lambda: deployment.remote_session(sites, rounds=rounds, dp=DP),
@@ -292,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.monotonic()
         paths = [deployment.paths[s] for s in deployment.sites]
         sims = {key: Simulation(mode, vs_tff_task.task, paths, log_dir=root / "logs")
-                for key, mode in (("A", "memory"), ("B", "files"))}
+                for key, mode in (("A", "memory"), ("B", "files"), ("B'", "files-tffprod-reader"))}
         say(f"A and B built in this process in {time.monotonic() - t0:.1f} s; main table:")
         main_results = main_loop(sims, deployment, rounds=args.rounds, reps=args.reps, say=say)
         for key, sim in sims.items():

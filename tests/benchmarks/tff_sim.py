@@ -34,7 +34,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Optional, Sequence  # noqa: E402
 
-MODES = ("memory", "files")
+MODES = ("memory", "files", "files-tffprod-reader")
 SEED = 0
 
 
@@ -93,6 +93,12 @@ class Simulation:
             server_optimizer_fn=task.server_optimizer.build())
         if self.mode == "memory":
             return process
+        if self.mode == "files-tffprod-reader":  # row B': tffprod's own reader (parses 256 records at a time)
+            from tffprod.data.tfdata import training_dataset_computation
+
+            reader = training_dataset_computation(task.schema, "tfrecord", batch_size=task.batch_size,
+                                                  epochs=task.local_epochs, seed=SEED)
+            return tff.simulation.compose_dataset_computation_with_learning_process(reader, process)
         return tff.simulation.compose_dataset_computation_with_learning_process(self._file_reader(tff), process)
 
     def _file_reader(self, tff: Any) -> Any:
@@ -116,7 +122,7 @@ class Simulation:
 
     def client_data(self, clients: int) -> list[Any]:
         """The first ``clients`` clients' data: datasets from memory, or file paths."""
-        if self.mode == "files":
+        if self.mode != "memory":
             return self.paths[:clients]
         import tensorflow as tf
 

@@ -63,6 +63,10 @@ def print_main(results: dict[str, list[Any]], starts: dict, *, rounds: int, reps
     print("in this process, plan + approval at each site per session (s; * compiled, else from the plan cache): "
           + "; ".join(f"{k} " + " ".join(f"{r.plan_s:.1f}{'*' if r.compiled else ''}" for r in results[k])
                       for k in ("D", "D+DP")))
+    own_reader = s.get("B'")
+    if own_reader is not None:
+        print(f"B' TFF sim, files, read with tffprod's own reader (256 records parsed at a time): {_s(own_reader)} "
+              f"s/round; D / B' = {_x(s['D'], own_reader)}, C / B' = {_x(s['C'], own_reader)}")
     dp, plain = s["D+DP"], s["D"]
     print(f"\nsite-level DP (gaussian_fixed, noise multiplier {DP['noise_multiplier']:g}, clip {DP['clip']:g}, noise "
           f"at the coordinator; unweighted DP-FedAvg), D at {MAIN_SITES} sites: {_s(dp)} s/round against "
