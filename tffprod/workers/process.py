@@ -79,6 +79,18 @@ def _die_with_parent_prefix() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
+_SUN_PATH_MAX = 107  # the longest path a Unix socket may have on Linux (108 bytes with the NUL)
+
+
+def _socket_folder() -> Path:
+    """A new private folder (0700) for an isolated worker's socket: in the temp folder, unless that path
+    is too long for a Unix socket (a deep ``TMPDIR``), then in /tmp."""
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) + len("/tffprod-worker-12345678/worker.sock") > _SUN_PATH_MAX:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="tffprod-worker-", dir=base))
+
+
 class WorkerProcess:
     """One ``worker_binary`` on a loopback port, started and stopped by us.
 
@@ -102,7 +114,7 @@ class WorkerProcess:
         self.max_message_mb = max_message_mb
         self.isolated = isolated
         # A private folder (0700) for the isolated worker's socket, kept across restarts.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="tffprod-worker-")) if isolated else None
+        self._socket_dir = _socket_folder() if isolated else None
         self._proc: Optional[subprocess.Popen] = None
 
     @property
