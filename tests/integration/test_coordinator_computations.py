@@ -12,6 +12,7 @@ import pytest
 
 from tffprod.examples import digits, fraud
 from tffprod.privacy.config import DPConfig
+from tests.helpers.tff_values import value_of
 
 ADAPTIVE = DPConfig(mechanism="gaussian_adaptive", noise_multiplier=0.1, clip=1.0, delta=1e-5, target_quantile=0.5,
                     learning_rate=0.2)
@@ -28,20 +29,7 @@ def _process(kind: str):
 
 def _zeros(type_spec):
     """A value of ``type_spec`` (the merged partials' type) with every tensor zero."""
-    import tensorflow_federated as tff
-
-    from tffprod.backends.release import pack
-
-    def leaves(t):
-        if isinstance(t, tff.FederatedType):
-            yield from leaves(t.member)
-        elif isinstance(t, tff.StructType):
-            for _, member in tff.structure.iter_elements(t):
-                yield from leaves(member)
-        else:
-            yield np.zeros([d or 0 for d in t.shape], dtype=np.dtype(t.dtype))
-
-    return pack(type_spec, iter(list(leaves(type_spec))))
+    return value_of(type_spec, lambda t: np.zeros([d or 0 for d in t.shape], dtype=np.dtype(t.dtype)))
 
 
 def _flat(value):

@@ -8,32 +8,17 @@ import pytest
 
 from tffprod.examples import digits, fraud
 from tffprod.privacy.config import DPConfig
+from tests.helpers.tff_values import value_of
 
 
 def random_partial(type_spec, rng: np.random.Generator):
-    from tffprod.backends.release import pack
-
-    leaves = []
-    for t in _tensor_types(type_spec):
-        dtype = t.dtype.as_numpy_dtype if hasattr(t.dtype, "as_numpy_dtype") else np.dtype(t.dtype)
-        shape = tuple(t.shape)
+    def leaf(t):
+        dtype, shape = np.dtype(t.dtype), tuple(t.shape)
         if np.issubdtype(dtype, np.integer):
-            leaves.append(rng.integers(-1000, 1000, size=shape).astype(dtype))
-        else:
-            leaves.append((rng.standard_normal(size=shape) * 10).astype(dtype))
-    return pack(type_spec, iter(leaves))
+            return rng.integers(-1000, 1000, size=shape).astype(dtype)
+        return (rng.standard_normal(size=shape) * 10).astype(dtype)
 
-
-def _tensor_types(type_spec):
-    import tensorflow_federated as tff
-
-    if isinstance(type_spec, tff.FederatedType):
-        yield from _tensor_types(type_spec.member)
-    elif isinstance(type_spec, tff.StructType):
-        for _, member in tff.structure.iter_elements(type_spec):
-            yield from _tensor_types(member)
-    else:
-        yield type_spec
+    return value_of(type_spec, leaf)
 
 
 def processes():
