@@ -19,7 +19,9 @@ files are one site's sample. Median seconds per round after a warm-up call, of:
 ``user-level, at the site``
     the same computation as a site runs a release of it (:class:`tffprod.executors.site_executors.SiteExecutors`
     on the worker: the computation created once on a kept executor, then per call only the argument, the
-    call, the result and their disposal); ``, 1 user``: with one user's file (the fixed cost);
+    call, the result and their disposal); ``, 1 user``: with one user's file (the fixed cost). These calls
+    alternate with calls of the floor from the files (``floor from the files, beside it``), and the ratio
+    the issue sets (at most 3x) is printed from those two rows;
 ``user-level, next``
     the whole ``process.next`` of the new process (the same client);
 ``user-level, next, 1 user``
@@ -49,6 +51,20 @@ from typing import Any, Callable  # noqa: E402
 
 USERS = 100
 CLIP, NOISE_STDDEV = 1.0, 1.0
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Median wall time of each of ``fns`` over ``reps`` rounds that call each once in turn, after a warm-up
+    call of each: a ratio of two of them is not skewed by the machine's load changing between rows."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def median_seconds(fn: Callable[[], Any], reps: int) -> float:
@@ -127,9 +143,11 @@ def floor_round(paths: list[str]) -> tuple[Callable[[], Any], int]:
     return lambda: [t.numpy() for t in clipped_sum()], int(labels.shape[0])
 
 
-def at_the_site(worker_address: str, computation: Any, state: Any, paths: list[str],
+def at_the_site(worker_address: str, computation: Any, state: Any, paths: list[str], floor: Callable[[], Any],
                 reps: int) -> dict[str, float]:
-    """Median s/call of ``computation`` run as a site runs a release (``SiteExecutors`` on the worker)."""
+    """Median s/call of ``computation`` run as a site runs a release (``SiteExecutors`` on the worker), with 100
+    users and with 1, each call interleaved with one of ``floor`` (the floor from the files), which is timed
+    again here so that the ratio the issue sets (at most 3x) compares calls made under the same load."""
     import numpy as np
     import tensorflow_federated as tff
     from tensorflow_federated.python.core.impl.executors import value_serialization
@@ -147,16 +165,21 @@ def at_the_site(worker_address: str, computation: Any, state: Any, paths: list[s
         return rpc(request)
 
     site = SiteExecutors(call_worker)
-    out = {}
-    for label, users in (("user-level, at the site", paths), ("user-level, at the site, 1 user", paths[:1])):
+
+    def release(users: list[str]) -> Callable[[], Any]:
         argument, _ = value_serialization.serialize_value(
             tff.structure.Struct.unnamed(state, [np.array(users)]), computation.type_signature.parameter)
-        out[label] = median_seconds(lambda arg=argument: site.run("bench", proto, arg, 1, None), reps)
+        return lambda: site.run("bench", proto, argument, 1, None)
+
+    out = interleaved_medians({"user-level, at the site": release(paths),
+                               "floor from the files, beside it": floor,
+                               "user-level, at the site, 1 user": release(paths[:1])}, reps * 3)
     channel.close()
     return out
 
 
-def tff_rounds(ctx: Any, worker_address: str, paths: list[str], reps: int) -> dict[str, float]:
+def tff_rounds(ctx: Any, worker_address: str, paths: list[str], floor: Callable[[], Any],
+               reps: int) -> dict[str, float]:
     """Median s/round of the new process (per-site part, whole round) and of today's one-client-per-user."""
     import numpy as np
     import tensorflow_federated as tff
@@ -175,7 +198,7 @@ def tff_rounds(ctx: Any, worker_address: str, paths: list[str], reps: int) -> di
     out = {
         "user-level, up_to_merge": median_seconds(
             lambda: ctx.invoke(form.up_to_merge, Struct.unnamed(state, site_data)), reps),
-        **at_the_site(worker_address, form.up_to_merge, state, paths, reps),
+        **at_the_site(worker_address, form.up_to_merge, state, paths, floor, reps),
         "user-level, next": median_seconds(lambda: ctx.invoke(new.next, Struct.unnamed(state, site_data)), reps),
         "user-level, next, 1 user": median_seconds(
             lambda: ctx.invoke(new.next, Struct.unnamed(state, [np.array(paths[:1])])), reps),
@@ -200,12 +223,13 @@ def main() -> None:
         root = Path(tmp)
         paths = user_paths(root)
         floor, examples = floor_round(paths)
+        from_files = floor_from_files(paths)
         rows = {"floor (tf.function, in memory)": median_seconds(floor, args.reps * 3),
                 "reading the files only (tf.function)": median_seconds(read_only(paths), args.reps * 3),
-                "floor from the files (tf.function)": median_seconds(floor_from_files(paths), args.reps * 3)}
+                "floor from the files (tf.function)": median_seconds(from_files, args.reps * 3)}
         with WorkerProcess(name="bench", log_path=root / "worker.log") as worker:
             rows.update(tff_rounds(channel_context(insecure_channel(worker.address)), worker.address, paths,
-                                   args.reps))
+                                   from_files, args.reps))
 
     print(f"\none site, {len(paths)} users, {examples} examples (fraud bank-a), clip {CLIP}; "
           f"median of {args.reps} after a warm-up (today: {max(2, args.reps // 2)})")
@@ -213,6 +237,8 @@ def main() -> None:
     base, from_files = rows["floor (tf.function, in memory)"], rows["floor from the files (tf.function)"]
     for name, seconds in rows.items():
         print(f"{name:38s} {seconds:9.4f} {seconds / base:9.1f} {seconds / from_files:19.2f}")
+    ratio = rows["user-level, at the site"] / rows["floor from the files, beside it"]
+    print(f"at the site / floor from the files, timed in turn: {ratio:.2f} (issue 13: at most 3)")
     marginal = rows["user-level, next"] - rows["user-level, next, 1 user"]
     print(f"marginal cost of {len(paths) - 1} more users in a TFF round: {marginal:.4f} s "
           f"({marginal / base:.1f}x the in-memory floor)")

@@ -166,3 +166,29 @@ def test_the_vectorized_csv_reader_fails_on_a_file_without_a_column(tmp_path):
     (tmp_path / "short.csv").write_text("amount,is_fraud\n1,0\n")
     with pytest.raises(tf.errors.InvalidArgumentError, match="a file has no column 'hour'"):
         read_users(tf.constant([str(tmp_path / "short.csv")]), fraud.SCHEMA, "csv")
+
+
+def test_a_site_that_sampled_no_user_sends_a_zero_update(site, worker_context) -> None:
+    import tensorflow_federated as tff
+
+    form = tff.backends.native.compile_to_mergeable_comp_form(site["process"].next)
+    nobody = np.array([], dtype=np.str_)
+    stats, update = worker_context.invoke(form.up_to_merge, tff.structure.Struct.unnamed(site["state"], [nobody]))
+    assert [u.shape for u in update] == [w.shape for w in site["weights"].trainable]
+    assert all(not np.any(u) for u in update)
+    assert (stats["num_examples"], stats["num_users"], stats["loss_sum"]) == (0, 0, 0.0)
+
+
+def test_collect_batches_a_whole_dataset_or_gives_empty_tensors_in_a_graph(tmp_path):
+    import tensorflow as tf
+
+    from tffprod.training.user_level import collect
+
+    @tf.function
+    def collected(n):
+        return collect(tf.data.Dataset.range(n).map(lambda i: {"x": tf.fill([2], i), "y": i * 10}))
+
+    got = collected(tf.constant(3, tf.int64))
+    assert got["x"].numpy().tolist() == [[0, 0], [1, 1], [2, 2]] and got["y"].numpy().tolist() == [0, 10, 20]
+    empty = collected(tf.constant(0, tf.int64))
+    assert empty["x"].shape == (0, 2) and empty["y"].shape == (0,)

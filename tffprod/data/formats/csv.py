@@ -180,7 +180,9 @@ class CSVFormat(DataFormat):
         keep = tf.logical_and(tf.logical_not(first), tf.strings.length(text) > 0)
         rows, file = tf.boolean_mask(text, keep), tf.boolean_mask(file, keep)
         headers = tf.strings.split(tf.gather(text, lines.row_starts()), ",")
-        headers = tf.strings.strip(headers).to_tensor()  # [files, header cells]
+        # [files, header cells + 1]: a last cell no column is named, so that no files at all (a site that
+        # sampled no user this round) still has a header axis to search
+        headers = tf.pad(tf.strings.strip(headers).to_tensor(), [[0, 0], [0, 1]])
         cells = tf.strings.strip(tf.strings.split(rows, ",")).to_tensor()  # [rows, cells]
         columns = {}
         for c in schema.columns:
