@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 import grpc
 import psutil
@@ -115,25 +116,45 @@ def test_an_isolated_worker_is_reachable_only_through_its_socket(tmp_path):
     _isolated_worker_checks(tmp_path)
 
 
-def test_isolation_works_for_an_operator_who_is_not_root(request):
-    """Unprivileged user namespaces: the same checks, run as user ``nobody``."""
+def _python_for_nobody(as_nobody: list[str]) -> Optional[str]:
+    """This Python, or the system's of the same version, if user ``nobody`` can start it in a user namespace
+    (a Python installed under a 0700 ``/root`` is out of its reach, as it is of any other operator's)."""
     import os
     import subprocess
     import sys
 
+    for python in (sys.executable, f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"):
+        if os.path.exists(python) and subprocess.run(
+                [*as_nobody, "unshare", "--net", "--map-root-user", "--", python, "-c", "pass"],
+                capture_output=True, timeout=60).returncode == 0:
+            return python
+    return None
+
+
+def test_isolation_works_for_an_operator_who_is_not_root(request):
+    """Unprivileged user namespaces: the same checks, run as user ``nobody``."""
+    import os
     import shutil
+    import subprocess
+    import sysconfig
     import tempfile
 
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to another user")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    python = _python_for_nobody(as_nobody)
+    if python is None:
+        pytest.skip("user nobody can start neither this Python nor the system's in a user namespace")
     folder = Path(tempfile.mkdtemp(prefix="tffprod-nobody-"))  # pytest's own folders are root's alone
     os.chown(folder, 65534, 65534)
     request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
     repo = str(Path(__file__).resolve().parents[2])
-    code = (f"import pathlib, sys; sys.path.insert(0, {repo!r}); from tests.integration import test_workers; "
+    packages = sysconfig.get_paths()["purelib"]  # this environment's, for the system's Python and its children
+    code = (f"import pathlib, site, sys; site.addsitedir({packages!r}); sys.path.insert(0, {repo!r}); "
+            "from tests.integration import test_workers; "
             f"test_workers._isolated_worker_checks(pathlib.Path({str(folder)!r})); "
             "print('isolated as', __import__('os').geteuid())")
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(folder)})
+    result = subprocess.run([*as_nobody, python, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HOME": str(folder), "PYTHONPATH": os.pathsep.join([repo, packages])})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "isolated as 65534" in result.stdout
