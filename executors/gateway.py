@@ -180,8 +180,10 @@ class Gateway:
         # Under approval no message is larger than a streamed piece of a release: gRPC refuses a longer
         # one before reading it.
         receive = max_message_bytes if approvals is None else min(max_message_bytes, MAX_PIECE_BYTES)
+        # gRPC shares a port between servers by default (SO_REUSEPORT): a second site on this port would start
+        # and take part of the coordinators' connections. With it off, the second one cannot bind.
         self._server_options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                ("grpc.max_receive_message_length", receive))
+                                ("grpc.max_receive_message_length", receive), ("grpc.so_reuseport", 0))
         self._server: Optional[grpc.Server] = None
         self._channel: Optional[grpc.Channel] = None
         self._started_at = 0.0

@@ -288,3 +288,21 @@ def test_a_gateway_that_cannot_bind_stops_the_worker_it_started(tmp_path: Path) 
     assert workers_of(os.getpid(), site.state_dir) == []
     assert (site.state_dir / "worker.log").exists()  # the worker had started
     assert not (site.state_dir / "site.json").exists()
+
+
+def test_a_second_site_on_a_serving_site_s_port_is_refused(tmp_path: Path) -> None:
+    """gRPC servers share a port by default (SO_REUSEPORT): a second site would start and take every other
+    coordinator connection, which then fails its TLS handshake or lands on the wrong site."""
+    first = ServeThread(write_config(tmp_path / "first"))
+    try:
+        assert first.ready.wait(60), first.error
+        port = int(first.info["address"].rsplit(":", 1)[1])
+        second = write_config(tmp_path / "second")
+        second.write_text(second.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+        with pytest.raises(GatewayError, match=rf"site dev-site: cannot listen on 127\.0\.0\.1:{port}"):
+            serve_site(load_site_config(second), ready=lambda info: pytest.fail("a second site on the port"),
+                       stop_event=threading.Event())
+        assert site_info(port)["health"]["worker"] == "up"  # the first still answers
+    finally:
+        first.stop()
+    assert first.error is None

@@ -11,6 +11,7 @@ same deployment by hand.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from tffprod.workers.process import free_port
 
 if TYPE_CHECKING:
     from tffprod.registry.protocol import DatasetRow, RegistryStore
+
+log = logging.getLogger(__name__)
 
 COORDINATOR = "coordinator"
 
@@ -67,7 +70,6 @@ class LocalFederation:
     def prepare(self) -> None:
         """Issue the CA and certificates, make tokens and write the site configs (idempotent)."""
         from tffprod.security.certs import init_ca, issue
-        from tffprod.executors.config import hash_token, write_site_config
 
         ca_dir = self.certs_dir / "ca"
         if not (ca_dir / "ca.crt").exists():
@@ -75,7 +77,7 @@ class LocalFederation:
         coordinator_dir = self.certs_dir / COORDINATOR
         if not (coordinator_dir / f"{COORDINATOR}.crt").exists():
             issue(COORDINATOR, ca_dir=ca_dir, out_dir=coordinator_dir)
-        for site, tables in self.datasets.items():
+        for site in self.datasets:
             site_dir = self.site_config_path(site).parent
             cert_dir = site_dir / "certs"
             if not (cert_dir / f"{site}.crt").exists():
@@ -85,28 +87,48 @@ class LocalFederation:
                 token_file.parent.mkdir(parents=True, exist_ok=True)
                 token_file.write_text(secrets.token_urlsafe(32) + "\n")
                 token_file.chmod(0o600)
-            write_site_config(self.site_config_path(site), {
-                "name": site,
-                "listen": f"127.0.0.1:{free_port()}",
-                "state_dir": "state",
-                "computations": self.computations,
-                **({"federations": list(self.federations)} if self.federations else {}),
-                "tls": {"cert": f"certs/{site}.crt", "key": f"certs/{site}.key", "ca": "certs/ca.crt"},
-                "coordinators": [{"identity": COORDINATOR,
-                                  "token_sha256": hash_token(token_file.read_text().strip())}],
-                "datasets": {name: {k: v if isinstance(v, (Mapping, int, float)) else str(v) for k, v in table.items()}
-                             for name, table in tables.items()},
-            })
+            self._write_config(site)
+
+    def _write_config(self, site: str) -> None:
+        """The site's config, listening on a port free now."""
+        from tffprod.executors.config import hash_token, write_site_config
+
+        token = self.token_file(site).read_text().strip()
+        write_site_config(self.site_config_path(site), {
+            "name": site,
+            "listen": f"127.0.0.1:{free_port()}",
+            "state_dir": "state",
+            "computations": self.computations,
+            **({"federations": list(self.federations)} if self.federations else {}),
+            "tls": {"cert": f"certs/{site}.crt", "key": f"certs/{site}.key", "ca": "certs/ca.crt"},
+            "coordinators": [{"identity": COORDINATOR,
+                              "token_sha256": hash_token(token)}],
+            "datasets": {name: {k: v if isinstance(v, (Mapping, int, float)) else str(v) for k, v in table.items()}
+                         for name, table in self.datasets[site].items()},
+        })
 
     def start(self, timeout_s: float = 120.0) -> dict[str, str]:
         """Start every site process and wait until each gateway accepts calls; returns addresses."""
         try:
             for site in self.datasets:
-                self.start_site(site, timeout_s=timeout_s)
+                self._start_first(site, timeout_s)
         except BaseException:
             self.stop()
             raise
         return dict(self.addresses)
+
+    def _start_first(self, site: str, timeout_s: float, attempts: int = 3) -> None:
+        """Start a site the first time; if another process took its port since :meth:`prepare` chose it
+        (tests on other workers pick free ports too), on another port, up to ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.start_site(site, timeout_s=timeout_s)
+                return
+            except FederationError as e:
+                if "cannot listen on" not in str(e) or attempt == attempts:
+                    raise
+                log.warning("site %s: its port was taken; trying another (%s)", site, e)
+                self._write_config(site)
 
     def start_site(self, site: str, *, timeout_s: float = 120.0) -> str:
         """Start (or restart) one site process; returns its address."""
