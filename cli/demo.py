@@ -7,7 +7,7 @@ from typing import Any, Optional
 import click
 
 from tffprod.cli.errors import user_errors
-from tffprod.cli.options import emit_json, interactive, output_options
+from tffprod.cli.options import emit_json, output_options
 
 
 @click.command()
@@ -35,19 +35,18 @@ def demo(workdir: str, rounds: int, backend: str, as_json: bool) -> None:
     """
     from pathlib import Path
 
-    from tffprod.cli.progress import print_round
+    from tffprod.cli.progress import round_progress
     from tffprod.dev.demo import run_demo
     from tffprod.registry import Registry
 
-    watch = interactive() and not as_json
-    with user_errors():
+    with user_errors(), round_progress(as_json=as_json) as progress:
         summary = run_demo(
             Path(workdir),
             rounds=rounds,
             backend=backend,
             registry_factory=Registry.open,
-            progress=print_round if watch else None,
-            say=(lambda m: click.echo(m, err=True)) if watch else (lambda m: None),
+            progress=progress,
+            say=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)),
         )
     if as_json:
         emit_json(summary)

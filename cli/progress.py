@@ -1,4 +1,4 @@
-"""Per-round progress of ``session run`` / ``session resume``, on stderr.
+"""Per-round progress of ``session run``, ``session resume`` and ``demo``, on stderr.
 
 On a terminal, a tqdm bar (rounds done of planned; loss, accuracy and epsilon in its postfix), with
 the ``tffprod`` logger's lines printed above it. Otherwise (a pipe, a log file, CI) one plain line
@@ -24,9 +24,8 @@ Progress = Callable[[Any], None]  # called with a tffprod.sessions.rounds.RoundR
 
 
 def _main_metrics(report: Any) -> list[tuple[str, float]]:
-    """``[("acc", 0.91), ("loss", 0.31), ...]``: the metrics people watch, one per short label (the round
-    loop reports FedAvg's training metrics, and the one-step process's measurements whole)."""
-    metrics = train_metrics(report.metrics) if "client_work" in report.metrics else report.metrics
+    """``[("acc", 0.91), ("loss", 0.31), ...]``: the metrics people watch, one per short label."""
+    metrics = train_metrics(report.metrics)
     shown: dict[str, float] = {}
     for key, label in _SHORT.items():
         value = metrics.get(key)
@@ -53,7 +52,8 @@ def print_round(report: Any) -> None:
 
 
 class RoundBar:
-    """A tqdm bar over a session's rounds, opened at the first report (a resumed session starts part way)."""
+    """A tqdm bar over a session's rounds, opened at the first report (a resumed session starts part way) and
+    closed at the last planned round, so that what is printed after the training starts on a line of its own."""
 
     def __init__(self, file: TextIO) -> None:
         self.file = file
@@ -70,10 +70,13 @@ class RoundBar:
             postfix.append(f"eps {report.epsilon:.3g}")
         self.bar.set_postfix_str("  ".join(postfix), refresh=False)
         self.bar.update(1)
+        if report.round_num >= report.rounds:
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 @contextlib.contextmanager

@@ -138,6 +138,9 @@ def test_one_step_user_updates_compute_a_sites_sampled_customers_at_once(tmp_pat
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(Z)), 3)
     assert rounds[-1]["epsilon"] == pytest.approx(rdp.RdpAccountant().compose(event).get_epsilon(DELTA), rel=1e-9)
     assert 0.0 <= result["model_version"]["metrics"]["eval"]["binary_accuracy"] <= 1.0
+    train_metrics = result["model_version"]["metrics"]["train"]  # the last round's, as for FedAvg sessions
+    assert train_metrics["num_users"] == rounds[-1]["clients"] and 0 < train_metrics["loss"] < 5
+    assert train_metrics == rounds[-1]["metrics"]["client_work"]
 
 
 def test_remote_sites_serve_sampled_customers_by_index(tmp_path):

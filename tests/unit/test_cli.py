@@ -495,3 +495,7 @@ def test_session_run_ends_with_the_evaluation_and_says_no_dp_instead_of_none(cap
     one_step = {"client_work": {"loss": 0.5, "num_users": 2}}
     assert train_metrics(fedavg) == {"loss": 0.5, "num_examples": 4}
     assert train_metrics(one_step) == one_step["client_work"]
+    custom = {"loss": 0.5, "rounds_seen": 3}  # a process without client work: its measurements whole
+    for metrics in (fedavg, one_step, custom, {}):
+        assert train_metrics(train_metrics(metrics)) == train_metrics(metrics)
+    assert train_metrics(custom) == custom and train_metrics({}) == {}

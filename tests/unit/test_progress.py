@@ -38,7 +38,7 @@ def test_off_a_terminal_each_round_is_one_plain_line_on_stderr(capsys) -> None:
 
 
 def test_a_one_step_session_s_line_shows_its_loss(capsys) -> None:
-    """The round loop reports the one-step process's measurements whole (client_work holds the metrics)."""
+    """A report holding the one-step process's nested measurements (client_work holds the metrics)."""
     report = RoundReport(round_num=1, rounds=3, metrics={"client_work": {"loss": 0.25, "binary_accuracy": 0.96,
                                                                          "num_users": 12}, "finalizer": {}},
                          sites=participants(1), duration_s=0.09, epsilon=0.5, clients=12)
@@ -78,3 +78,17 @@ def test_a_resumed_session_s_bar_starts_after_its_committed_rounds() -> None:
     assert "2/3" in frames[0] and "3/3" in frames[-1]
     assert not any("0/3" in f or "1/3" in f for f in frames)
     assert "eps" not in frames[-1] and "None" not in screen.getvalue()
+
+
+def test_the_bar_is_closed_at_the_last_round_so_later_lines_start_on_their_own(capsys) -> None:
+    """The demo prints its comparison runs' steps after the training, inside the same progress context."""
+    screen = io.StringIO()
+    with round_progress(as_json=False, tty=True, file=screen) as progress:
+        assert progress is not None
+        for report in reports()[:2]:
+            progress(report)
+        assert not screen.getvalue().endswith("\n")  # open, at 2/3
+        progress(reports()[2])
+        assert screen.getvalue().endswith("\n") and "3/3" in screen.getvalue().split("\r")[-1]
+        closed = screen.getvalue()
+    assert screen.getvalue() == closed  # leaving the context draws nothing more

@@ -18,6 +18,7 @@ from tffprod.backends.base import Backend
 from tffprod.errors import SessionError
 from tffprod.privacy.placement import AT_SITES
 from tffprod.privacy.sampling import ClientSampler
+from tffprod.sessions.round_metrics import train_metrics
 from tffprod.sessions.spec import SessionSpec
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class RoundReport:
 
     round_num: int
     rounds: int
-    metrics: dict
+    metrics: dict  # the training metrics (tffprod.sessions.round_metrics.train_metrics)
     sites: list
     duration_s: float
     epsilon: Optional[float]
@@ -121,7 +122,7 @@ class RoundLoop:
             self.deadlines.observe(row["participants"])
             if ran:
                 metrics = row["metrics"]
-                self.train_metrics = metrics.get("client_work", {}).get("train", metrics)
+                self.train_metrics = train_metrics(metrics)
         if self.ledger and last["epsilon"] is not None and \
                 abs(self.ledger.epsilon() - last["epsilon"]) > 1e-6 * max(1.0, abs(last["epsilon"])):
             raise SessionError(f"session {self.session_id}: replaying {len(completed)} rounds gives epsilon "
@@ -176,7 +177,7 @@ class RoundLoop:
             else None
         metrics = plain_metrics(outcome.output.metrics) if outcome else {}
         if outcome:
-            self.train_metrics = metrics.get("client_work", {}).get("train", metrics)
+            self.train_metrics = train_metrics(metrics)
         participants = _participants(outcome, self.plan)
         clients = sum(p["clients"] for p in participants if p["status"] == "ok")
         duration_s = outcome.duration_s if outcome else 0.0
