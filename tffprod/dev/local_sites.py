@@ -132,12 +132,12 @@ class LocalFederation:
 
     def start_site(self, site: str, *, timeout_s: float = 120.0) -> str:
         """Start (or restart) one site process; returns its address."""
-        log = open(self.site_config_path(site).parent / "serve.log", "ab")
+        serve_log = open(self.site_config_path(site).parent / "serve.log", "ab")
         proc = subprocess.Popen(
             [_tffprod_executable(), "site", "serve", "--config", str(self.site_config_path(site)), "--json"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=serve_log, start_new_session=True,
         )
-        log.close()
+        serve_log.close()
         self.processes[site] = proc
         info = self._read_ready(site, proc, timeout_s)
         self.addresses[site] = info["address"]
@@ -168,9 +168,9 @@ class LocalFederation:
         finally:
             selector.close()
         self.stop_site(site)
-        log = self.site_config_path(site).parent / "serve.log"
-        last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-        raise FederationError(f"site {site} did not start: {last[0] if last else 'no output'} (log: {log})")
+        serve_log = self.site_config_path(site).parent / "serve.log"
+        last = serve_log.read_text(errors="replace").strip().splitlines()[-1:] if serve_log.exists() else []
+        raise FederationError(f"site {site} did not start: {last[0] if last else 'no output'} (log: {serve_log})")
 
     def register(self, registry: RegistryStore) -> list[DatasetRow]:
         """Add every site to ``registry`` and import its catalog; returns the dataset rows."""

@@ -23,7 +23,7 @@ __all__ = ["is_number", "round_scalars", "shown_metrics", "train_metrics"]
 def train_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """A round's training metrics (loss, accuracy, ...) from TFF's nested measurements: FedAvg's
     ``client_work.train``, the one-step process's ``client_work``, or a process without client work's
-    measurements whole; ``{}`` for a round nobody took part in. The same again for what it returns."""
+    measurements whole; ``{}`` for a round nobody took part in. Given training metrics, returns them."""
     if "client_work" not in metrics:
         return dict(metrics)
     work = metrics["client_work"] or {}
