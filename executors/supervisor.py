@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from tffprod.executors.config import SiteConfig
 from tffprod.errors import WorkerError
-from tffprod.workers.process import WorkerProcess, free_port
+from tffprod.workers.process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class WorkerSupervisor:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         worker = self._worker = WorkerProcess(
             name=f"{self.config.name}-worker",
-            port=settings.port or free_port(),
+            port=settings.port or None,  # None: the worker picks a free port (another if it finds it shared)
             cwd=self.config.state_dir,
             log_path=self.log_path,
             max_message_mb=settings.max_message_mb,

@@ -55,6 +55,36 @@ def test_workers_start_while_grpc_channels_are_busy(tmp_path):
             w.stop()
 
 
+def _listeners(port: int) -> set[Optional[int]]:
+    return {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+
+
+@pytest.mark.parametrize("chosen", [True, False], ids=["port it chose", "port it was given"])
+def test_a_worker_never_shares_its_port(tmp_path, monkeypatch, chosen):
+    """worker_binary binds with SO_REUSEPORT: a second worker started on a busy port (the race between
+    checking a port and binding it, here forced) would take half of the first one's connections."""
+    from tffprod.workers import process
+
+    first = WorkerProcess(name="first", log_path=tmp_path / "first.log").start()
+    monkeypatch.setattr(process, "_port_is_free", lambda port: True)  # lose the race
+    second = WorkerProcess(name="second", log_path=tmp_path / "second.log", port=None if chosen else first.port)
+    second.port = first.port
+    try:
+        if chosen:
+            second.start()
+            assert second.port != first.port and _listeners(second.port) == {second.pid}
+        else:
+            with pytest.raises(WorkerError, match=rf"^worker second: another process listens on port "
+                                                  rf"{first.port} too$"):
+                second.start()
+            assert not second.alive()
+        assert _listeners(first.port) == {first.pid}
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_stop_all_workers_ends_every_live_worker(tmp_path):
     workers = [WorkerProcess(name=f"a{i}", log_path=tmp_path / f"a{i}.log").start() for i in range(2)]
     stop_all_workers()

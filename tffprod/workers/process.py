@@ -51,6 +51,10 @@ def worker_binary_path() -> Path:
     return path
 
 
+class _PortShared(Exception):
+    """Another process listens on a worker's port beside it."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -116,6 +120,8 @@ class WorkerProcess:
         # A private folder (0700) for the isolated worker's socket, kept across restarts.
         self._socket_dir = _socket_folder() if isolated else None
         self._proc: Optional[subprocess.Popen] = None
+        self._port_chosen = port is None  # may move to another port until its address is handed out
+        self._handed_out = False
 
     @property
     def socket_path(self) -> Optional[Path]:
@@ -140,7 +146,23 @@ class WorkerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 30.0) -> "WorkerProcess":
-        """Start the worker and wait until its port accepts connections."""
+        """Start the worker and wait until it listens, alone, on its port.
+
+        ``worker_binary`` lets another process listen on the same port (SO_REUSEPORT), and connections
+        are then split between them: a worker that finds another listener beside it is stopped. One
+        whose port this object chose and never handed out starts again on another (three tries).
+        """
+        for attempt in range(3):
+            try:
+                return self._start(timeout_s)
+            except _PortShared:
+                if not self._port_chosen or self._handed_out or attempt == 2:
+                    raise WorkerError(f"worker {self.name}: another process listens on port {self.port} too") \
+                        from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout_s: float) -> "WorkerProcess":
         if self.alive():
             return self
         if not self.isolated and not _port_is_free(self.port):
@@ -174,11 +196,31 @@ class WorkerProcess:
             if self._proc.poll() is not None:
                 self._forget()
                 raise WorkerError(f"worker {self.name} exited at start ({self._proc.returncode}); see {self.log_path}")
-            if self._accepts():
+            if self._accepts() and self._listening_alone():
+                self._handed_out = True
                 return self
             time.sleep(0.05)
         self.stop()
         raise WorkerError(f"worker {self.name} did not listen on {self.address} within {timeout_s:.0f} s")
+
+    def _listening_alone(self) -> bool:
+        """Whether this worker listens on its port (always, isolated: the port is in its own network).
+
+        Raises:
+            _PortShared: another process listens on the port too (stopped first).
+        """
+        if self.isolated:
+            return True
+        import psutil
+
+        listeners = {c.pid for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port}
+        if self.pid not in listeners:
+            return False
+        if len(listeners) > 1:
+            self.stop()
+            raise _PortShared()
+        return True
 
     def _accepts(self) -> bool:
         """Whether the worker (or, isolated, its socket) accepts a connection now."""
