@@ -189,6 +189,18 @@ def test_install_sh_bootstraps_the_uv_the_makefile_pins() -> None:
     assert f'"uv=={kit_install.UV_VERSION}"' in makefile
 
 
+def test_install_sh_installs_uv_only_from_a_wheel_with_a_listed_hash() -> None:
+    """The e2e kit test installs it for real (pip checks the x86_64 wheel's hash); here, the file's form."""
+    script = kit_install.install_script("hospital-a", wheel="w.whl", user="tffprod")
+    requirements = script.split("<<'UV_REQUIREMENTS'\n", 1)[1].split("\nUV_REQUIREMENTS\n", 1)[0]
+    lines = requirements.split(" \\\n")
+    assert lines[0] == f"uv=={kit_install.UV_VERSION}"
+    hashes = [re.fullmatch(r"    --hash=sha256:([0-9a-f]{64})", line).group(1) for line in lines[1:]]
+    assert hashes == list(kit_install.UV_LINUX_WHEEL_SHA256) and len(set(hashes)) == len(hashes) >= 2
+    (pip,) = [line for line in script.splitlines() if "-m pip install" in line]
+    assert "--require-hashes" in pip and "--only-binary=:all:" in pip
+
+
 def test_the_cli_writes_a_kit_with_its_wheel(run_cli, tmp_path: Path, ca: Path, token_file: Path) -> None:
     out = tmp_path / "kit"
     result = run_cli("site", "kit", "hospital-a", "--ca", ca, "--out", out, "--host", "hospital-a.example.org",
