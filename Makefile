@@ -9,9 +9,11 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast check bench clean protos
 
+# uv from a wheel whose sha256 PyPI lists for the pinned version (the site kit's install.sh does the same).
 $(UV):
 	$(PYTHON) -m venv .tools
-	.tools/bin/pip install --quiet "uv==0.13.9"
+	$(PYTHON) executors/kit_install.py > .tools/uv-requirements.txt
+	.tools/bin/pip install --quiet --require-hashes --only-binary=:all: -r .tools/uv-requirements.txt
 
 # --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE, so nothing would ever cache TensorFlow's and TFF's
 # bytecode; compiled once here (8 s), `import tensorflow_federated` takes 3 s instead of 7-9 s.

@@ -16,7 +16,7 @@ whatever is left when ``TimeoutStopSec`` runs out is killed.
 
 from __future__ import annotations
 
-UV_VERSION = "0.13.9"  # the uv the Makefile installs (tests/unit/test_site_kit.py keeps them in step)
+UV_VERSION = "0.13.9"  # the uv the Makefile installs too (``python3 executors/kit_install.py``)
 # The sha256 of UV_VERSION's Linux wheels as PyPI lists them (https://pypi.org/simple/uv/). install.sh
 # installs uv with --require-hashes too: a file changed on the index, a mirror or a proxy is refused.
 UV_LINUX_WHEEL_SHA256 = (
@@ -189,3 +189,7 @@ def _fill(template: str, **values: str) -> str:
     for key, value in values.items():
         template = template.replace(f"@{key}@", value)
     return template
+
+
+if __name__ == "__main__":  # the Makefile bootstraps its own uv from the same requirements
+    print(uv_requirements())

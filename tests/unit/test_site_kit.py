@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -184,9 +185,16 @@ def test_the_stop_timeout_covers_site_serves_graceful_stop() -> None:
     assert kit_install.TIMEOUT_STOP_S >= STOP_GRACE_S + worker_stop_s + 10
 
 
-def test_install_sh_bootstraps_the_uv_the_makefile_pins() -> None:
+def test_the_makefile_bootstraps_uv_from_the_kit_s_requirements() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert f'"uv=={kit_install.UV_VERSION}"' in makefile
+    assert "$(PYTHON) executors/kit_install.py > .tools/uv-requirements.txt" in makefile
+    assert "pip install --quiet --require-hashes --only-binary=:all: -r .tools/uv-requirements.txt" in makefile
+    printed = subprocess.run([sys.executable, str(ROOT / "executors" / "kit_install.py")], capture_output=True,
+                             text=True, check=True).stdout
+    assert printed == kit_install.uv_requirements() + "\n"
+    installed = (ROOT / ".tools" / "bin" / "uv")  # the one make installed from them
+    assert subprocess.run([str(installed), "--version"], capture_output=True, text=True,
+                          check=True).stdout.split()[1] == kit_install.UV_VERSION
 
 
 def test_install_sh_installs_uv_only_from_a_wheel_with_a_listed_hash() -> None:
