@@ -69,13 +69,7 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], reps: int) -> dict[st
 
 def median_seconds(fn: Callable[[], Any], reps: int) -> float:
     """Median wall time of ``fn()`` over ``reps`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_medians({"fn": fn}, reps)["fn"]
 
 
 def user_paths(root: Path) -> list[str]:

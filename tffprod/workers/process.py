@@ -152,15 +152,16 @@ class WorkerProcess:
         are then split between them: a worker that finds another listener beside it is stopped. One
         whose port this object chose and never handed out starts again on another (three tries).
         """
-        for attempt in range(3):
+        tries = 3
+        while True:
             try:
                 return self._start(timeout_s)
             except _PortShared:
-                if not self._port_chosen or self._handed_out or attempt == 2:
+                tries -= 1
+                if not self._port_chosen or self._handed_out or tries == 0:
                     raise WorkerError(f"worker {self.name}: another process listens on port {self.port} too") \
                         from None
                 self.port = free_port()
-        raise AssertionError("unreachable")
 
     def _start(self, timeout_s: float) -> "WorkerProcess":
         if self.alive():
